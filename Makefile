@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv if missing
+# and install the project with the pinned versions of constraints.txt.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.keras_convx-installed
+BACKENDS ?= tensorflow jax torch
+EPOCHS ?= 8
+OUT ?= demo_out
+BACKEND ?= jax
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[backends,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m keras_convx.demo --backend $(BACKEND) --epochs $(EPOCHS) --out $(OUT)
+
+test: $(STAMP)
+	$(PY) tools/run_matrix.py --backends $(BACKENDS) $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py --backends $(BACKENDS)
+
+clean:
+	rm -rf $(VENV) demo_out guide_out .pytest_cache

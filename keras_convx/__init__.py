@@ -1,0 +1,21 @@
+"""keras_convx: recent convolution ideas as backend-agnostic Keras 3 layers.
+
+Public namespaces (explicit re-exports only):
+
+- `keras_convx.layers`, `keras_convx.ops`, `keras_convx.applications`
+- `keras_convx.regularizers`, `keras_convx.constraints`, `keras_convx.callbacks`
+- `keras_convx.pruning`, `keras_convx.training`, `keras_convx.analysis`, `keras_convx.export`
+"""
+
+__version__ = "0.1.0.dev0"
+
+from keras_convx import analysis  # noqa: E402,F401
+from keras_convx import applications  # noqa: E402,F401
+from keras_convx import callbacks  # noqa: E402,F401
+from keras_convx import constraints  # noqa: E402,F401
+from keras_convx import export  # noqa: E402,F401
+from keras_convx import layers  # noqa: E402,F401
+from keras_convx import ops  # noqa: E402,F401
+from keras_convx import pruning  # noqa: E402,F401
+from keras_convx import regularizers  # noqa: E402,F401
+from keras_convx import training  # noqa: E402,F401

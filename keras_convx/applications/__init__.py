@@ -1,0 +1,2 @@
+"""The papers' architectures as builder functions returning uncompiled `keras.Model`s."""
+__all__ = []

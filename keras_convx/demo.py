@@ -1,0 +1,237 @@
+"""The main job: train and evaluate small models on bundled data, one row per layer family.
+
+Run `python -m keras_convx.demo [--backend jax] [--epochs 8] [--out demo_out]` (or
+`make demo`). The data is scikit-learn's bundled `load_digits` (1,797 8×8 digits), upsampled
+to 32×32; the test split is also evaluated rotated by 90°, 180° and 270°, which shows what
+rotation-equivariant layers buy. The demo prints a table (model, parameters, accuracy per
+rotation, seconds) and writes plots (PNG) and `results.json` to the output folder.
+
+Set `KERAS_CONVX_FAST=1` for a seconds-long smoke run (used by the test suite).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+DEFAULT_SIZE = 32
+ROTATIONS = (0, 90, 180, 270)
+
+
+def fast_mode():
+    """True when `KERAS_CONVX_FAST=1`: demo, guides and examples shrink data and epochs."""
+    return os.environ.get("KERAS_CONVX_FAST", "0").lower() in ("1", "true", "yes")
+
+
+def load_digits_data(size=DEFAULT_SIZE, test_fraction=0.25, seed=0, limit=None):
+    """scikit-learn's bundled digits, bilinearly upsampled to `size`×`size`, channels_last.
+
+    Returns `(x_train, y_train, x_test, y_test)`: float32 images in [0, 1] of shape
+    (N, size, size, 1) and int32 labels; a stratified split with a fixed seed.
+    `limit` keeps at most that many images (for fast runs).
+    """
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = digits.images.astype("float32") / 16.0
+    labels = digits.target.astype("int32")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(images))
+    if limit is not None:
+        order = order[:limit]
+    images, labels = images[order], labels[order]
+    images = _resize_bilinear(images, size)[..., None]
+    n_test = int(round(len(images) * test_fraction))
+    test_idx = np.concatenate(
+        [np.flatnonzero(labels == c)[: max(1, n_test // 10)] for c in range(10)]
+    )
+    train_mask = np.ones(len(images), bool)
+    train_mask[test_idx] = False
+    return images[train_mask], labels[train_mask], images[test_idx], labels[test_idx]
+
+
+def _resize_bilinear(images, size):
+    """Bilinear resize of (N, h, w) images (align-corners=False), in NumPy."""
+    import numpy as np
+
+    n, h, w = images.shape
+
+    def axis_weights(src, dst):
+        pos = (np.arange(dst) + 0.5) * src / dst - 0.5
+        pos = np.clip(pos, 0, src - 1)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, src - 1)
+        frac = pos - lo
+        m = np.zeros((dst, src), np.float32)
+        m[np.arange(dst), lo] += 1 - frac
+        m[np.arange(dst), hi] += frac
+        return m
+
+    rows, cols = axis_weights(h, size), axis_weights(w, size)
+    return np.einsum("ih,nhw,jw->nij", rows, images, cols).astype("float32")
+
+
+def rotate(images, degrees):
+    """Rotate a batch of channels_last images counter-clockwise by a multiple of 90°."""
+    import numpy as np
+
+    if degrees % 90:
+        raise ValueError(f"Expected degrees to be a multiple of 90. Received: degrees={degrees}")
+    return np.ascontiguousarray(np.rot90(images, k=degrees // 90, axes=(1, 2)))
+
+
+def plain_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10):
+    """The baseline row: three 3×3 Conv2D-BN-ReLU blocks, global average pooling, softmax."""
+    import keras
+
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, width in enumerate((16, 32, 64)):
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization(momentum=0.9)(x)
+        x = keras.layers.ReLU()(x)
+        if i < 2:
+            x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="plain_cnn")
+
+
+# One row per layer family: (name, builder, what it shows). Later families append rows.
+DEMO_MODELS = [
+    ("plain CNN (Conv2D 3×3)", plain_cnn, "baseline"),
+]
+
+
+def train_and_evaluate(builder, data, epochs, batch_size=32, seed=0, verbose=1):
+    """Train `builder()` on `data`; returns (model, history dict, {rotation: accuracy}, s)."""
+    import keras
+
+    x_train, y_train, x_test, y_test = data
+    keras.utils.set_random_seed(seed)
+    model = builder()
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    start = time.time()
+    history = model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_test, y_test),
+        epochs=epochs,
+        batch_size=batch_size,
+        verbose=verbose,
+    )
+    accuracy = {
+        deg: float(model.evaluate(rotate(x_test, deg), y_test, verbose=0)[1]) for deg in ROTATIONS
+    }
+    return model, history.history, accuracy, time.time() - start
+
+
+def _plot(results, data, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results:
+        axes[0].plot(r["history"]["val_accuracy"], label=r["model"])
+    axes[0].set(xlabel="epoch", ylabel="test accuracy (upright)", title="training")
+    axes[0].legend(fontsize=8)
+    width = 0.8 / max(1, len(results))
+    for i, r in enumerate(results):
+        xs = np.arange(len(ROTATIONS)) + i * width
+        axes[1].bar(xs, [r["accuracy"][str(d)] for d in ROTATIONS], width, label=r["model"])
+    axes[1].set_xticks(np.arange(len(ROTATIONS)) + width * (len(results) - 1) / 2)
+    axes[1].set_xticklabels([f"{d}°" for d in ROTATIONS])
+    axes[1].set(ylabel="accuracy", ylim=(0, 1), title="test accuracy per rotation")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "accuracy.png"), dpi=100)
+    plt.close(fig)
+
+    x_test = data[2]
+    fig, axes = plt.subplots(len(ROTATIONS), 8, figsize=(8, 4.4))
+    for row, deg in enumerate(ROTATIONS):
+        for col in range(8):
+            axes[row, col].imshow(rotate(x_test[:8], deg)[col, ..., 0], cmap="gray")
+            axes[row, col].axis("off")
+        axes[row, 0].set_title(f"{deg}°", fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "samples.png"), dpi=100)
+    plt.close(fig)
+
+
+def format_table(results):
+    head = ["model", "params"] + [f"acc {d}°" for d in ROTATIONS] + ["seconds"]
+    rows = [
+        [r["model"], f"{r['params']:,}"]
+        + [f"{r['accuracy'][str(d)]:.3f}" for d in ROTATIONS]
+        + [f"{r['seconds']:.1f}"]
+        for r in results
+    ]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(head), sep, *map(line, rows)])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m keras_convx.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None,
+                        help="Keras backend (default: KERAS_BACKEND or Keras' default)")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--out", default="demo_out", help="folder for plots and results.json")
+    parser.add_argument("--models", nargs="*", default=None,
+                        help="substrings selecting rows of the table (default: all)")
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+
+    if args.backend and os.environ.get("KERAS_BACKEND") != args.backend:
+        # The backend is fixed when keras is first imported: restart with it set.
+        env = dict(os.environ, KERAS_BACKEND=args.backend)
+        cmd = [sys.executable, "-m", "keras_convx.demo", *(argv if argv is not None else sys.argv[1:])]
+        os.execve(sys.executable, cmd, env)
+
+    import keras
+
+    fast = fast_mode()
+    epochs = 1 if fast else args.epochs
+    data = load_digits_data(limit=300 if fast else None)
+    os.makedirs(args.out, exist_ok=True)
+    print(f"keras_convx demo — backend {keras.backend.backend()}, digits {data[0].shape[1:]}, "
+          f"{len(data[0])} train / {len(data[2])} test, {epochs} epochs")
+    rows = [m for m in DEMO_MODELS if not args.models or any(s in m[0] for s in args.models)]
+    if not rows:
+        parser.error(f"--models {args.models} selects none of {[m[0] for m in DEMO_MODELS]}")
+    results = []
+    for name, builder, _ in rows:
+        print(f"\n--- {name}")
+        model, history, accuracy, seconds = train_and_evaluate(builder, data, epochs)
+        results.append({
+            "model": name,
+            "params": int(model.count_params()),
+            "accuracy": {str(k): v for k, v in accuracy.items()},
+            "seconds": seconds,
+            "history": {k: [float(v) for v in vs] for k, vs in history.items()},
+        })
+    table = format_table(results)
+    print("\n" + table)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"backend": keras.backend.backend(), "epochs": epochs, "results": results}, f,
+                  indent=1)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table + "\n")
+    _plot(results, data, args.out)
+    print(f"\nwrote {args.out}/accuracy.png, samples.png, results.json, results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

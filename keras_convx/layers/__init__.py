@@ -1,0 +1,2 @@
+"""Layers of keras_convx, one file per family."""
+__all__ = []

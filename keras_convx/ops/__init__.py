@@ -1,0 +1,19 @@
+"""Functional, backend-agnostic maths of keras_convx.
+
+Static tables (region maps, group permutations) are NumPy; tensor maths uses `keras.ops`;
+per-backend fast paths sit behind the single dispatch point in `keras_convx.ops.dispatcher`.
+"""
+
+from keras_convx.ops.dispatcher import available_fast_paths
+from keras_convx.ops.dispatcher import dispatch
+from keras_convx.ops.dispatcher import reference_mode
+from keras_convx.ops.dispatcher import reference_only
+from keras_convx.ops.dispatcher import set_reference_only
+
+__all__ = [
+    "available_fast_paths",
+    "dispatch",
+    "reference_mode",
+    "reference_only",
+    "set_reference_only",
+]

@@ -1,0 +1,2 @@
+"""Regularizers of keras_convx (the orthonormality regularizer arrives with issue 5)."""
+__all__ = []

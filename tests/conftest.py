@@ -1,0 +1,19 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+
+def pytest_report_header(config):
+    return f"KERAS_BACKEND={keras.backend.backend()} (keras {keras.__version__})"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    keras.utils.set_random_seed(1234)
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.backend.clear_session()

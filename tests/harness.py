@@ -1,0 +1,380 @@
+"""Test harness for keras_convx layers, used by every layer family's tests.
+
+- `run_layer_test(cls, init_kwargs, input_shape, ...)`: the contract every layer meets (config
+  round trip, build, eager and symbolic calls, `compute_output_shape`, one `fit` step, `.keras`
+  save/load identity, both data formats, mixed precision).
+- `assert_matches_oracle(layer, inputs, oracle, ...)`: forward outputs AND input/weight
+  gradients of a layer, on the current backend, against a NumPy oracle from tests/oracles/.
+  Oracle gradients come from an analytic NumPy function when the oracle offers one, otherwise
+  from central finite differences of the float64 oracle.
+- `backend_gradients(fn, args)`: gradients through the current backend's own autodiff.
+"""
+
+import contextlib
+import inspect
+import json
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+BACKEND = keras.backend.backend()
+MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
+
+
+class HarnessError(AssertionError):
+    """Raised by the harness when a layer breaks the contract; the message says which part."""
+
+
+def _fail(check, message):
+    raise HarnessError(f"[{check}] {message}")
+
+
+@contextlib.contextmanager
+def _check(name):
+    """Any exception inside becomes a HarnessError naming the check that broke."""
+    try:
+        yield
+    except HarnessError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised with the check's name
+        raise HarnessError(f"[{name}] {type(e).__name__}: {e}") from e
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def _random_inputs(shape, dtype="float32", seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _to_channels_first(shape):
+    return (shape[0], shape[-1], *shape[1:-1])
+
+
+def _normalise_shape(shape):
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def _accepts(cls, name):
+    return name in inspect.signature(cls.__init__).parameters
+
+
+def _config_json(config):
+    return json.dumps(keras.saving.serialize_keras_object(config), sort_keys=True, default=str)
+
+
+def check_config_round_trip(cls, init_kwargs):
+    layer = cls(**init_kwargs)
+    config = layer.get_config()
+    missing = [k for k in init_kwargs if k not in config]
+    if missing:
+        _fail("config", f"get_config() of {cls.__name__} lacks constructor arguments {missing}")
+    clone = cls.from_config(config)
+    if _config_json(clone.get_config()) != _config_json(config):
+        _fail("config", f"{cls.__name__}.from_config(get_config()) changes the config")
+    serialized = keras.saving.serialize_keras_object(layer)
+    revived = keras.saving.deserialize_keras_object(serialized)
+    if type(revived) is not cls:
+        _fail("config", f"{cls.__name__} does not deserialize to itself (is it registered?)")
+    return config
+
+
+def _check_output_shape(check, layer, output, input_shape):
+    expected = _normalise_shape(layer.compute_output_shape(input_shape))
+    got = _normalise_shape(output.shape)
+    if got != expected:
+        _fail(check, f"output shape {got} != compute_output_shape {expected}")
+
+
+def _fit_one_step(model, x, check="fit"):
+    y = model.predict(x, verbose=0)
+    target = np.random.default_rng(1).standard_normal(y.shape).astype("float32")
+    before = [to_numpy(w).copy() for w in model.trainable_weights]
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    history = model.fit(x, target, batch_size=x.shape[0], epochs=1, verbose=0)
+    loss = history.history["loss"][-1]
+    if not np.isfinite(loss):
+        _fail(check, f"one fit step gave a non-finite loss {loss}")
+    after = [to_numpy(w) for w in model.trainable_weights]
+    if before and all(np.array_equal(b, a) for b, a in zip(before, after)):
+        _fail(check, "one fit step changed no trainable weight (no gradient reaches them?)")
+
+
+def _check_save_load(model, x, check="saving"):
+    expected = model.predict(x, verbose=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        loaded = keras.saving.load_model(path)
+    got = loaded.predict(x, verbose=0)
+    if not np.allclose(got, expected, rtol=1e-6, atol=1e-6):
+        err = np.max(np.abs(got - expected))
+        _fail(check, f"outputs differ after .keras save/load (max abs diff {err:.3g})")
+    names = lambda m: sorted(w.path for w in m.weights)  # noqa: E731
+    if len(model.weights) != len(loaded.weights):
+        _fail(check, f"weights differ after save/load: {names(model)} vs {names(loaded)}")
+    for w_a, w_b in zip(model.weights, loaded.weights):
+        if not np.array_equal(to_numpy(w_a), to_numpy(w_b)):
+            _fail(check, f"weight {w_a.path} differs after save/load")
+    return loaded
+
+
+def _check_data_formats(cls, init_kwargs, input_shape, x, reference_layer, reference_y, atol):
+    """Same weights, channels_first input: the output must be the transposed output."""
+    layer = cls(**dict(init_kwargs, data_format="channels_first"))
+    cf_shape = _to_channels_first(input_shape)
+    x_cf = np.moveaxis(x, -1, 1)
+    y_cf = layer(x_cf)
+    _check_output_shape("data_format", layer, y_cf, cf_shape)
+    if [w.shape for w in layer.weights] != [w.shape for w in reference_layer.weights]:
+        _fail("data_format", "weight shapes depend on data_format")
+    layer.set_weights(reference_layer.get_weights())
+    y_cf = to_numpy(layer(x_cf))
+    expected = np.moveaxis(to_numpy(reference_y), -1, 1)
+    if not np.allclose(y_cf, expected, atol=atol, rtol=atol):
+        err = np.max(np.abs(y_cf - expected))
+        _fail("data_format", f"channels_first output != transposed channels_last (max {err:.3g})")
+    symbolic = layer(keras.Input(shape=cf_shape[1:]))
+    _check_output_shape("data_format", layer, symbolic, (None, *cf_shape[1:]))
+
+
+def mixed_precision_skip_reason(policy):
+    """Why `policy` cannot run on this backend on this machine, or None."""
+    return None
+
+
+def _check_mixed_precision(cls, init_kwargs, x):
+    for policy in MIXED_POLICIES:
+        reason = mixed_precision_skip_reason(policy)
+        if reason:
+            continue
+        layer = cls(**dict(init_kwargs, dtype=policy))
+        y = layer(x)
+        compute = keras.mixed_precision.DTypePolicy(policy).compute_dtype
+        if keras.backend.standardize_dtype(y.dtype) != compute:
+            _fail("mixed_precision", f"{policy}: output dtype {y.dtype} != {compute}")
+        for w in layer.trainable_weights:
+            if keras.backend.standardize_dtype(w.dtype) != "float32":
+                _fail("mixed_precision", f"{policy}: variable {w.path} is {w.dtype}, not float32")
+        if not np.all(np.isfinite(to_numpy(keras.ops.cast(y, "float32")))):
+            _fail("mixed_precision", f"{policy}: non-finite outputs")
+
+
+def run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_shape,
+    *,
+    expected_output_shape=None,
+    expected_num_trainable_weights=None,
+    expected_num_non_trainable_weights=None,
+    expected_num_params=None,
+    run_fit=True,
+    run_saving=True,
+    run_data_formats=True,
+    run_mixed_precision=True,
+    data_format_atol=1e-5,
+):
+    """Check that `layer_cls(**init_kwargs)` meets keras_convx's layer contract.
+
+    `input_shape` includes the batch and is channels_last when the layer has a `data_format`
+    (the harness derives the channels_first case itself). Raises `HarnessError` (an
+    AssertionError) naming the failed check.
+    """
+    input_shape = _normalise_shape(input_shape)
+    with _check("config"):
+        check_config_round_trip(layer_cls, init_kwargs)
+
+    with _check("build"):
+        layer = layer_cls(**init_kwargs)
+        layer.build(input_shape)
+        if not layer.built:
+            _fail("build", "layer.built is False after build()")
+        counts = {
+            "trainable weights": (expected_num_trainable_weights, len(layer.trainable_weights)),
+            "non-trainable weights": (
+                expected_num_non_trainable_weights,
+                len(layer.non_trainable_weights),
+            ),
+            "parameters": (expected_num_params, layer.count_params()),
+        }
+        for what, (expected, got) in counts.items():
+            if expected is not None and expected != got:
+                _fail("build", f"expected {expected} {what}, got {got}")
+
+    x = _random_inputs(input_shape)
+    with _check("eager"):
+        y = layer(x)
+        _check_output_shape("eager", layer, y, input_shape)
+        if expected_output_shape is not None and _normalise_shape(y.shape) != _normalise_shape(
+            expected_output_shape
+        ):
+            _fail("eager", f"output shape {tuple(y.shape)} != expected {expected_output_shape}")
+
+    with _check("symbolic"):
+        inputs = keras.Input(shape=input_shape[1:])
+        sym_layer = layer_cls(**init_kwargs)
+        outputs = sym_layer(inputs)
+        _check_output_shape("symbolic", sym_layer, outputs, (None, *input_shape[1:]))
+        model = keras.Model(inputs, outputs)
+
+    if run_fit:
+        with _check("fit"):
+            _fit_one_step(model, x)
+    if run_saving:
+        with _check("saving"):
+            _check_save_load(model, x)
+    if run_data_formats and _accepts(layer_cls, "data_format") and "data_format" not in init_kwargs:
+        with _check("data_format"):
+            _check_data_formats(layer_cls, init_kwargs, input_shape, x, layer, y, data_format_atol)
+    if run_mixed_precision:
+        with _check("mixed_precision"):
+            _check_mixed_precision(layer_cls, init_kwargs, x)
+    return layer
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients through the backend's own autodiff
+# ---------------------------------------------------------------------------------------------
+
+
+def backend_gradients(fn, args):
+    """Gradients of the scalar `fn(*args)` w.r.t. every array in `args` (NumPy in and out)."""
+    if BACKEND == "jax":
+        import jax
+
+        grads = jax.grad(lambda *a: fn(*a), argnums=tuple(range(len(args))))(*args)
+        return [np.asarray(g) for g in grads]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.convert_to_tensor(a) for a in args]
+        with tf.GradientTape() as tape:
+            for t in tensors:
+                tape.watch(t)
+            value = fn(*tensors)
+        return [g.numpy() if g is not None else np.zeros_like(a) for g, a in
+                zip(tape.gradient(value, tensors), args)]
+    if BACKEND == "torch":
+        import torch
+
+        tensors = [torch.tensor(np.asarray(a), requires_grad=True) for a in args]
+        value = fn(*tensors)
+        grads = torch.autograd.grad(value, tensors, allow_unused=True)
+        return [g.detach().cpu().numpy() if g is not None else np.zeros_like(a)
+                for g, a in zip(grads, args)]
+    raise RuntimeError(f"No gradient helper for backend {BACKEND!r}")
+
+
+def layer_gradients(layer, x, cotangent, **call_kwargs):
+    """(dL/dx, {weight name: dL/dw}) for L = sum(layer(x) * cotangent), via the backend."""
+    trainable = list(layer.trainable_variables)
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+    cot = keras.ops.convert_to_tensor(cotangent)
+
+    def loss(x_, *tv):
+        y, _ = layer.stateless_call(list(tv), non_trainable, x_, **call_kwargs)
+        return keras.ops.sum(keras.ops.cast(y, "float32") * cot)
+
+    grads = backend_gradients(loss, [x, *[to_numpy(v) for v in trainable]])
+    return grads[0], {v.name: g for v, g in zip(trainable, grads[1:])}
+
+
+def finite_difference_gradient(f, arrays, index, cotangent, eps=1e-6, max_coords=None, seed=0):
+    """Central-difference gradient of sum(f(*arrays) * cotangent) w.r.t. arrays[index].
+
+    With `max_coords`, only that many randomly chosen coordinates are differenced; the others
+    are NaN (and ignored by `assert_matches_oracle`).
+    """
+    arrays = [np.array(a, dtype=np.float64) for a in arrays]
+    target = arrays[index]
+    grad = np.full(target.shape, np.nan)
+    coords = np.arange(target.size)
+    if max_coords is not None and target.size > max_coords:
+        coords = np.random.default_rng(seed).choice(target.size, max_coords, replace=False)
+    flat = target.reshape(-1)
+    for c in coords:
+        old = flat[c]
+        flat[c] = old + eps
+        plus = np.sum(f(*arrays) * cotangent)
+        flat[c] = old - eps
+        minus = np.sum(f(*arrays) * cotangent)
+        flat[c] = old
+        grad.reshape(-1)[c] = (plus - minus) / (2 * eps)
+    return grad
+
+
+def _assert_close(what, got, expected, rtol, atol):
+    got = np.asarray(got, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if got.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {got.shape} != oracle {expected.shape}")
+    known = ~np.isnan(expected)
+    diff = np.abs(got - expected)[known]
+    bound = (atol + rtol * np.abs(expected))[known]
+    if np.any(diff > bound):
+        worst = np.argmax(diff - bound)
+        raise AssertionError(
+            f"{what}: {int(np.sum(diff > bound))}/{diff.size} entries off; worst |diff| "
+            f"{diff[worst]:.3g} (allowed {bound[worst]:.3g})"
+        )
+
+
+def assert_matches_oracle(
+    layer,
+    x,
+    oracle,
+    *,
+    rtol=1e-5,
+    atol=1e-5,
+    grad_rtol=1e-4,
+    grad_atol=1e-4,
+    check_gradients=True,
+    max_fd_coords=48,
+    call_kwargs=None,
+    seed=0,
+):
+    """Assert a built layer agrees with a NumPy oracle, forward and gradients.
+
+    Args:
+        layer: a keras_convx layer (built, or built by the call).
+        x: NumPy input.
+        oracle: `oracle(x, weights) -> y`, NumPy float64, where `weights` maps each trainable
+            variable's name to its value. If it has an attribute `vjp` —
+            `oracle.vjp(x, weights, cotangent) -> (dx, {name: dw})` — that analytic form is
+            used for the gradients; otherwise central finite differences of the oracle on
+            `max_fd_coords` random coordinates of the input and of every weight.
+        rtol, atol: forward tolerances; grad_rtol, grad_atol: gradient tolerances.
+    """
+    call_kwargs = call_kwargs or {}
+    y = to_numpy(layer(x, **call_kwargs))
+    weights = {v.name: to_numpy(v).astype(np.float64) for v in layer.trainable_variables}
+    x64 = np.asarray(x, dtype=np.float64)
+    expected = oracle(x64, weights)
+    _assert_close("forward", y, expected, rtol, atol)
+    if not check_gradients:
+        return
+    cotangent = np.random.default_rng(seed + 7).standard_normal(expected.shape)
+    dx, dw = layer_gradients(layer, np.asarray(x, "float32"), cotangent.astype("float32"),
+                             **call_kwargs)
+    if hasattr(oracle, "vjp"):
+        odx, odw = oracle.vjp(x64, weights, cotangent)
+    else:
+        names = list(weights)
+
+        def f(x_, *ws):
+            return oracle(x_, dict(zip(names, ws)))
+
+        arrays = [x64, *[weights[n] for n in names]]
+        odx = finite_difference_gradient(f, arrays, 0, cotangent, max_coords=max_fd_coords)
+        odw = {
+            n: finite_difference_gradient(f, arrays, i + 1, cotangent, max_coords=max_fd_coords)
+            for i, n in enumerate(names)
+        }
+    _assert_close("input gradient", dx, odx, grad_rtol, grad_atol)
+    for name, g in dw.items():
+        _assert_close(f"gradient of {name}", g, odw[name], grad_rtol, grad_atol)
