@@ -1,2 +1,5 @@
 """Layers of keras_convx, one file per family."""
-__all__ = []
+
+from keras_convx.layers.log_polar import LogPolarConv2D
+
+__all__ = ["LogPolarConv2D"]

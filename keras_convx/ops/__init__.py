@@ -9,10 +9,12 @@ from keras_convx.ops.dispatcher import dispatch
 from keras_convx.ops.dispatcher import reference_mode
 from keras_convx.ops.dispatcher import reference_only
 from keras_convx.ops.dispatcher import set_reference_only
+from keras_convx.ops.log_polar import log_polar_regions
 
 __all__ = [
     "available_fast_paths",
     "dispatch",
+    "log_polar_regions",
     "reference_mode",
     "reference_only",
     "set_reference_only",

@@ -1,0 +1,412 @@
+"""Log-polar space convolution: `LogPolarConv2D`."""
+
+import keras
+import numpy as np
+
+from keras_convx._registry import register
+from keras_convx.ops import log_polar as lp
+from keras_convx.ops.core import conv2d
+
+IMPLEMENTATIONS = ("auto", "dense", "pool", "max")
+
+
+def _normalize_pair(name, value):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        raise TypeError(f"Expected {name} to be an int or a tuple of 2 ints. Received: {name}={value!r}")
+    if min(value) < 1:
+        raise ValueError(f"Expected {name} >= 1. Received: {name}={value}")
+    return (int(value[0]), int(value[1]))
+
+
+def _choice(name, value, accepted):
+    if not isinstance(value, str) or value.lower() not in accepted:
+        raise ValueError(f"Expected {name} to be one of {list(accepted)}. Received: {name}={value!r}")
+    return value.lower()
+
+
+@register
+class LogPolarConv2D(keras.layers.Layer):
+    """2D log-polar space convolution (LPSC).
+
+    The k_h×k_w window around every pixel is cut into `rings` distance levels (radii growing by
+    `growth_rate`) × `sectors` direction sectors; the input is pooled over each region (mean by
+    default) and the pooled values are weighted per (region, input channel, filter). A 9×9 or
+    11×11 receptive field thus costs `C_in·filters·(rings·sectors + 1)` weights instead of
+    `C_in·filters·k²`. With `center=True` (default) the centre pixel also gets its own weight,
+    as in the paper's classification models:
+
+    `y[p, o] = Σ_c Σ_{l,a} W[l, a, c, o]·pool_{q∈Ω(l,a)} x[s·p + q, c] + Σ_c w0[c, o]·x[s·p, c] + b[o]`
+
+    The region map is exactly the official implementation's (`keras_convx.ops.log_polar_regions`),
+    so weights trained with it can be imported (`from_official_weights`).
+
+    Args:
+        filters: int, the number of output channels.
+        kernel_size: int or tuple of 2 ints, the window (e.g. 9 or 11). Non-square windows use
+            elliptical rings.
+        rings: int ≥ 1, number of distance levels (`Lr`).
+        sectors: int ≥ 1, number of direction sectors (`Lθ`).
+        growth_rate: float > 1, ratio between consecutive ring radii (`g`).
+        strides: int or tuple of 2 ints.
+        padding: `"same"` (zero padding anchored at the window centre: output position p sees
+            the window centred on input pixel stride·p, like the paper and the official code;
+            output size ceil(H / stride)) or `"valid"`.
+        data_format: `"channels_last"` or `"channels_first"`; default
+            `keras.config.image_data_format()`.
+        pooling: `"mean"` (default; padded zeros count, so every region's size is fixed),
+            `"sum"` or `"max"`.
+        center: bool, give the centre pixel its own extra weight (default True).
+        initial_angle: float, rotation of the sector grid in radians (`φ`).
+        groups: int, input and output channels split into this many independent groups.
+        activation: activation applied to the output, or None.
+        use_bias: bool.
+        implementation: `"auto"` (default), `"dense"` (synthesised k_h×k_w kernel, one
+            convolution), `"pool"` (region pooling then 1×1 mixing) or `"max"` (the only
+            path for `pooling="max"`). All are exact; `"auto"` picks the cheaper by the cost
+            model `keras_convx.ops.log_polar.choose_implementation` (max → `"max"`).
+        kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
+        activity_regularizer, kernel_constraint, bias_constraint: as in `keras.layers.Conv2D`;
+            the kernel ones apply to the region kernel and to the centre kernel.
+        **kwargs: base layer arguments (`name`, `dtype`, `trainable`, ...).
+
+    Input shape:
+        4D tensor `(batch, rows, cols, channels)` with `channels_last`,
+        `(batch, channels, rows, cols)` with `channels_first`.
+
+    Output shape:
+        4D tensor with `filters` channels; rows and cols as for `keras.layers.Conv2D`.
+
+    Weights:
+        `kernel` `(rings, sectors, channels / groups, filters)`, `center_kernel`
+        `(channels / groups, filters)` if `center`, `bias` `(filters,)` if `use_bias`.
+
+    Example:
+
+    >>> x = np.random.rand(4, 32, 32, 3).astype("float32")
+    >>> layer = LogPolarConv2D(16, 9, rings=2, sectors=6, growth_rate=3.0)
+    >>> layer(x).shape
+    (4, 32, 32, 16)
+    >>> layer.count_params()  # 3·16·(2·6 + 1) + 16, against 3·16·81 + 16 for a 9×9 Conv2D
+    640
+
+    Reference:
+        Bing Su, Ji-Rong Wen. "Log-Polar Space Convolution Layers". NeurIPS 2022.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        rings=2,
+        sectors=6,
+        growth_rate=3.0,
+        strides=1,
+        padding="same",
+        data_format=None,
+        pooling="mean",
+        center=True,
+        initial_angle=0.0,
+        groups=1,
+        activation=None,
+        use_bias=True,
+        implementation="auto",
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)):
+            raise TypeError(f"Expected filters to be an int. Received: filters={filters!r}")
+        if filters < 1:
+            raise ValueError(f"Expected filters >= 1. Received: filters={filters}")
+        self.filters = int(filters)
+        (
+            self.kernel_size,
+            self.rings,
+            self.sectors,
+            self.growth_rate,
+            self.initial_angle,
+        ) = lp.validate_region_args(kernel_size, rings, sectors, growth_rate, initial_angle)
+        self.strides = _normalize_pair("strides", strides)
+        self.padding = _choice("padding", padding, ("same", "valid"))
+        self.data_format = _choice(
+            "data_format",
+            data_format or keras.config.image_data_format(),
+            ("channels_last", "channels_first"),
+        )
+        self.pooling = _choice("pooling", pooling, lp.POOLINGS)
+        if not isinstance(center, bool):
+            raise TypeError(f"Expected center to be a bool. Received: center={center!r}")
+        self.center = center
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+            raise ValueError(f"Expected groups to be an int >= 1. Received: groups={groups!r}")
+        if filters % groups:
+            raise ValueError(
+                f"Expected filters to be divisible by groups. Received: filters={filters}, groups={groups}"
+            )
+        self.groups = int(groups)
+        self.implementation = _choice("implementation", implementation, IMPLEMENTATIONS)
+        if self.pooling == "max" and self.implementation in ("dense", "pool"):
+            raise ValueError(
+                f"pooling='max' has no {self.implementation!r} path; use implementation='max' or "
+                f"'auto'. Received: implementation={implementation!r}"
+            )
+        if self.pooling != "max" and self.implementation == "max":
+            raise ValueError(
+                "implementation='max' needs pooling='max'. "
+                f"Received: implementation={implementation!r}, pooling={pooling!r}"
+            )
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.input_spec = keras.layers.InputSpec(min_ndim=4, max_ndim=4)
+        self._pmatrix = lp.pooling_matrix(
+            self.kernel_size,
+            self.rings,
+            self.sectors,
+            self.growth_rate,
+            self.initial_angle,
+            self.pooling,
+            self.center,
+        )
+
+    # -- static maths -------------------------------------------------------------------------
+
+    @property
+    def regions(self):
+        """(ring index map, sector index map) of the window, NumPy int arrays."""
+        return lp.log_polar_regions(
+            self.kernel_size, self.rings, self.sectors, self.growth_rate, self.initial_angle
+        )
+
+    @property
+    def pooling_matrix(self):
+        """The static (k_h·k_w, rings·sectors [+1]) pooling matrix (NumPy, read-only)."""
+        return self._pmatrix
+
+    def _channel_axis(self):
+        return -1 if self.data_format == "channels_last" else 1
+
+    # -- weights ------------------------------------------------------------------------------
+
+    def build(self, input_shape):
+        channels = input_shape[self._channel_axis()]
+        if channels is None:
+            raise ValueError(
+                "The channel dimension of the inputs to LogPolarConv2D must be known. "
+                f"Received: input_shape={input_shape}"
+            )
+        if channels % self.groups:
+            raise ValueError(
+                "Expected the input channels to be divisible by groups. "
+                f"Received: channels={channels}, groups={self.groups}"
+            )
+        cin = channels // self.groups
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.rings, self.sectors, cin, self.filters),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self.center_kernel = None
+        if self.center:
+            self.center_kernel = self.add_weight(
+                name="center_kernel",
+                shape=(cin, self.filters),
+                initializer=self.kernel_initializer,
+                regularizer=self.kernel_regularizer,
+                constraint=self.kernel_constraint,
+            )
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.filters,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+                constraint=self.bias_constraint,
+            )
+        axis = self._channel_axis() % 4
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={axis: channels})
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def resolved_implementation(self, input_channels=None):
+        """The path `call` takes: "dense", "pool" or "max" (resolving "auto")."""
+        if self.implementation != "auto":
+            return self.implementation
+        if self.pooling == "max":
+            return "max"
+        if input_channels is None:
+            input_channels = self.kernel.shape[2] * self.groups
+        return lp.choose_implementation(
+            self.kernel_size, input_channels, self.filters, self.groups, self._pmatrix.shape[1]
+        )
+
+    def dense_kernel(self):
+        """The equivalent (k_h, k_w, C_in/groups, filters) Conv2D kernel (not for max)."""
+        if self.pooling == "max":
+            raise ValueError("pooling='max' has no dense kernel equivalent.")
+        return lp.synthesize_kernel(self.kernel, self.center_kernel, self._pmatrix, self.kernel_size)
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, self.compute_dtype)
+        kernel = keras.ops.cast(self.kernel, self.compute_dtype)
+        center = None if self.center_kernel is None else keras.ops.cast(self.center_kernel, self.compute_dtype)
+        path = self.resolved_implementation()
+        if self.padding == "same":
+            x = lp.pad_same(x, self.kernel_size, self.data_format)
+        if path == "dense":
+            dense = lp.synthesize_kernel(kernel, center, self._pmatrix, self.kernel_size)
+            y = conv2d(x, dense, self.strides, "valid", self.data_format)
+        else:
+            if self.data_format == "channels_first":
+                x = keras.ops.transpose(x, (0, 2, 3, 1))
+            pooled = lp.region_pool(x, self._pmatrix, self.kernel_size, self.strides, self.pooling)
+            mix = lp.mixing_kernel(kernel, center)
+            if self.groups == 1:
+                y = keras.ops.matmul(pooled, keras.ops.reshape(mix, (-1, self.filters)))
+            else:
+                y = conv2d(pooled, mix, 1, "valid", "channels_last")
+            if self.data_format == "channels_first":
+                y = keras.ops.transpose(y, (0, 3, 1, 2))
+        if self.bias is not None:
+            bias = keras.ops.cast(self.bias, self.compute_dtype)
+            if self.data_format == "channels_first":
+                bias = keras.ops.reshape(bias, (-1, 1, 1))
+            y = y + bias
+        if self.activation is not None:
+            y = self.activation(y)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        if self.data_format == "channels_last":
+            rows, cols = input_shape[1:3]
+        else:
+            rows, cols = input_shape[2:4]
+        out = [
+            lp.output_length(n, k, s, self.padding)
+            for n, k, s in zip((rows, cols), self.kernel_size, self.strides)
+        ]
+        for n, k, name in zip((rows, cols), self.kernel_size, ("rows", "cols")):
+            if self.padding == "valid" and n is not None and n < k:
+                raise ValueError(
+                    f"Input {name} ({n}) smaller than kernel_size ({k}) with padding='valid'. "
+                    f"Received: input_shape={input_shape}"
+                )
+        if self.data_format == "channels_last":
+            return (input_shape[0], *out, self.filters)
+        return (input_shape[0], self.filters, *out)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "rings": self.rings,
+                "sectors": self.sectors,
+                "growth_rate": self.growth_rate,
+                "strides": self.strides,
+                "padding": self.padding,
+                "data_format": self.data_format,
+                "pooling": self.pooling,
+                "center": self.center,
+                "initial_angle": self.initial_angle,
+                "groups": self.groups,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "implementation": self.implementation,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+            }
+        )
+        return config
+
+
+def official_tile_position(ring, sector, rings, sectors):
+    """(row, col) of region (ring, sector) in the official (2·rings) × (sectors/2) tile."""
+    half = sectors // 2
+    if sector < half:
+        return rings - 1 - ring, half - 1 - sector
+    return rings + ring, sector - half
+
+
+def from_official_weights(tile_weight, center_weight=None, center_bias=None, tile_bias=None):
+    """Convert the official PyTorch LPSC weights to `LogPolarConv2D`'s layout.
+
+    The official layer writes the pooled regions of every position into a
+    (2·rings) × (sectors/2) tile and convolves it with a Conv2d of kernel = stride = tile
+    size; region (l, a) sits at tile row `rings−1−l`, column `sectors/2−1−a` when
+    a < sectors/2, else at row `rings+l`, column `a−sectors/2`. The centre weight and the
+    bias come from the separate 1×1 `centerconv`.
+
+    Args:
+        tile_weight: array (C_out, C_in, 2·rings, sectors/2), the tile conv's weight.
+        center_weight: array (C_out, C_in, 1, 1) of the centre 1×1 conv, or None.
+        center_bias: array (C_out,) of the centre conv, or None.
+        tile_bias: array (C_out,) of the tile conv if it has one (added to the bias).
+
+    Returns:
+        A list of arrays for `layer.set_weights` of a `LogPolarConv2D(C_out, ..., rings,
+        sectors, center=center_weight is not None, use_bias=<any bias given>)`.
+
+    Example:
+
+    ```python
+    layer = LogPolarConv2D(16, 9, rings=2, sectors=6, growth_rate=3.0)
+    layer.build((None, 32, 32, 3))
+    layer.set_weights(from_official_weights(
+        sd["conv1.weight"], sd["centerconv1.weight"], sd["centerconv1.bias"], sd["conv1.bias"]))
+    ```
+    """
+    tile_weight = np.asarray(tile_weight)
+    if tile_weight.ndim != 4:
+        raise ValueError(
+            "Expected tile_weight of shape (C_out, C_in, 2·rings, sectors/2). "
+            f"Received: tile_weight.shape={tile_weight.shape}"
+        )
+    cout, cin, two_rings, half = tile_weight.shape
+    if two_rings % 2:
+        raise ValueError(f"Expected an even tile height 2·rings. Received: tile_weight.shape={tile_weight.shape}")
+    rings, sectors = two_rings // 2, 2 * half
+    kernel = np.zeros((rings, sectors, cin, cout), tile_weight.dtype)
+    for ring in range(rings):
+        for sector in range(sectors):
+            row, col = official_tile_position(ring, sector, rings, sectors)
+            kernel[ring, sector] = tile_weight[:, :, row, col].T
+    weights = [kernel]
+    if center_weight is not None:
+        center_weight = np.asarray(center_weight)
+        if center_weight.shape[:2] != (cout, cin):
+            raise ValueError(
+                f"Expected center_weight of shape ({cout}, {cin}, 1, 1). "
+                f"Received: center_weight.shape={center_weight.shape}"
+            )
+        weights.append(center_weight.reshape(cout, cin).T.copy())
+    biases = [np.asarray(b) for b in (center_bias, tile_bias) if b is not None]
+    if biases:
+        weights.append(np.sum(biases, axis=0))
+    return weights

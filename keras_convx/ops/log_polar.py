@@ -1,0 +1,349 @@
+"""Log-polar space convolution (LPSC): region maps and the exact execution paths.
+
+Paper: Bing Su and Ji-Rong Wen, "Log-Polar Space Convolution Layers", NeurIPS 2022.
+
+A k_h×k_w window is cut into `rings` distance levels × `sectors` direction sectors; all pixels
+of one region share one weight. The region map below reproduces the official
+implementation's rules exactly (including its float32 roundings), so trained weights move
+between it and keras_convx (see `keras_convx.layers.log_polar.from_official_weights`).
+
+Execution paths (all exact, agreeing to float32 round-off):
+
+- "dense" (A): synthesise the k_h×k_w kernel `K[q] = W[region(q)] / |region(q)|` (+ the
+  centre weight at the centre) and run one ordinary convolution.
+- "pool" (B): pool every region of every window (a fixed, weight-free operation), then mix
+  the `rings·sectors + 1` pooled maps of every channel with a 1×1 convolution.
+- "max" (C): for `pooling="max"`, region max over the window's shifted slices, then the same
+  1×1 mixing. There is no dense equivalent of max pooling.
+
+Region pooling has a reference implementation in `keras.ops` (a depthwise convolution with
+fixed 0/1 filters) and per-backend fast paths behind `keras_convx.ops.dispatch` (every pixel
+of the window belongs to exactly one region, so pooling is k_h·k_w shifted adds, which XLA
+and torch.compile fuse into one pass over the input).
+"""
+
+import functools
+import math
+
+import keras
+import numpy as np
+
+from keras_convx.ops.dispatcher import dispatch
+
+POOLINGS = ("mean", "sum", "max")
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"Expected {name} to be an int. Received: {name}={value!r}")
+    if value < minimum:
+        raise ValueError(f"Expected {name} >= {minimum}. Received: {name}={value}")
+    return int(value)
+
+
+def normalize_kernel_size(kernel_size):
+    """An int or a pair of ints ≥ 1 → (k_h, k_w)."""
+    if isinstance(kernel_size, (int, np.integer)) and not isinstance(kernel_size, bool):
+        kernel_size = (kernel_size, kernel_size)
+    if (
+        not isinstance(kernel_size, (tuple, list))
+        or len(kernel_size) != 2
+        or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in kernel_size)
+    ):
+        raise TypeError(
+            "Expected kernel_size to be an int or a tuple of 2 ints. "
+            f"Received: kernel_size={kernel_size!r}"
+        )
+    if min(kernel_size) < 1:
+        raise ValueError(f"Expected kernel_size >= 1. Received: kernel_size={kernel_size}")
+    return (int(kernel_size[0]), int(kernel_size[1]))
+
+
+def validate_region_args(kernel_size, rings, sectors, growth_rate, initial_angle):
+    kernel_size = normalize_kernel_size(kernel_size)
+    rings = _check_int("rings", rings, 1)
+    sectors = _check_int("sectors", sectors, 1)
+    if isinstance(growth_rate, bool) or not isinstance(growth_rate, (int, float, np.number)):
+        raise TypeError(f"Expected growth_rate to be a number. Received: growth_rate={growth_rate!r}")
+    if not growth_rate > 1:
+        raise ValueError(f"Expected growth_rate > 1. Received: growth_rate={growth_rate}")
+    if isinstance(initial_angle, bool) or not isinstance(initial_angle, (int, float, np.number)):
+        raise TypeError(
+            f"Expected initial_angle to be a number (radians). Received: initial_angle={initial_angle!r}"
+        )
+    if not math.isfinite(initial_angle):
+        raise ValueError(f"Expected a finite initial_angle. Received: initial_angle={initial_angle}")
+    return kernel_size, rings, sectors, float(growth_rate), float(initial_angle)
+
+
+def ring_thresholds(kernel_size, rings, growth_rate):
+    """Squared-distance thresholds t_l = float32(d1·(g²)^l), l = 0..rings−1."""
+    kh, kw = normalize_kernel_size(kernel_size)
+    radius_sq = ((max(kh, kw) - 1) // 2) ** 2
+    g2 = growth_rate**2
+    d1 = max(radius_sq / g2 ** (rings - 1), 2.0)
+    return np.array([d1 * g2**level for level in range(rings)], dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def _regions_cached(kernel_size, rings, sectors, growth_rate, initial_angle):
+    kh, kw = kernel_size
+    cy, cx = (kh - 1) // 2, (kw - 1) // 2
+    dy, dx = np.meshgrid(np.arange(kh) - cy, np.arange(kw) - cx, indexing="ij")
+    # Direction: counter-clockwise from +x with dy pointing down; the centre gets 0.
+    theta = np.arctan2((-dy).astype(np.float64), dx.astype(np.float64)) + initial_angle
+    theta = np.where(theta > 2 * np.pi, theta - 2 * np.pi, theta)
+    theta = np.where(theta < 0, theta + 2 * np.pi, theta)
+    bounds = np.array(
+        [2 * np.pi * (a + 1) / sectors - 1e-6 for a in range(sectors)], dtype=np.float32
+    ).astype(np.float64)
+    sector = np.minimum(np.searchsorted(bounds, theta, side="left"), sectors - 1)
+    # Distance: an ellipse of axis ratio k_h/k_w, rotated by the initial angle.
+    ratio = kh / kw
+    c, s = math.cos(initial_angle), math.sin(initial_angle)
+    rho_sq = (dx * c - dy * s) ** 2 + ((-dx * s - dy * c) ** 2) / ratio**2
+    rho_sq = rho_sq.astype(np.float32).astype(np.float64)
+    thresholds = ring_thresholds(kernel_size, rings, growth_rate).astype(np.float64)
+    ring = np.minimum(np.searchsorted(thresholds, rho_sq, side="left"), rings - 1).astype(np.int32)
+    sector = sector.astype(np.int32)
+    ring.setflags(write=False)
+    sector.setflags(write=False)
+    return ring, sector
+
+
+def log_polar_regions(kernel_size, rings, sectors, growth_rate, initial_angle=0.0):
+    """The log-polar region map of a window: (ring index map, sector index map).
+
+    Rules (those of the official implementation, reproduced exactly): the window's centre is
+    `((k_h − 1)//2, (k_w − 1)//2)`; an offset (dy, dx) (dy pointing down) has direction
+    θ = atan2(−dy, dx) + initial_angle, wrapped once into [0, 2π], and falls in the first
+    sector a with θ ≤ float32(2π(a+1)/sectors − 1e-6) (clamped to sectors − 1). Its squared
+    elliptical distance ρ² = (dx·cosφ − dy·sinφ)² + ((−dx·sinφ − dy·cosφ)/(k_h/k_w))²
+    (rounded to float32) falls in the first ring l with ρ² ≤ float32(d1·g^(2l)), where
+    d1 = max(R²/g^(2(rings−1)), 2) and R = (max(k_h, k_w) − 1)//2; the corners beyond the
+    last threshold join the outer ring. The centre pixel is in ring 0, sector of θ = φ.
+
+    Args:
+        kernel_size: int or (k_h, k_w).
+        rings: number of distance levels (≥ 1), `Lr` in the paper.
+        sectors: number of direction sectors (≥ 1), `Lθ` in the paper.
+        growth_rate: ratio between consecutive ring radii (> 1), `g` in the paper.
+        initial_angle: rotation φ of the sector grid, radians.
+
+    Returns:
+        `(ring, sector)`: two read-only int32 NumPy arrays of shape (k_h, k_w).
+
+    Example:
+
+    >>> ring, sector = log_polar_regions(5, rings=2, sectors=6, growth_rate=3)
+    >>> ring[0].tolist(), sector[0].tolist()
+    ([1, 1, 1, 1, 1], [2, 1, 1, 1, 0])
+    """
+    args = validate_region_args(kernel_size, rings, sectors, growth_rate, initial_angle)
+    return _regions_cached(*args)
+
+
+def region_sizes(ring, sector, rings, sectors):
+    """Number of window pixels in each region, shape (rings, sectors)."""
+    counts = np.zeros((rings, sectors), np.int64)
+    np.add.at(counts, (ring, sector), 1)
+    return counts
+
+
+@functools.lru_cache(maxsize=256)
+def pooling_matrix(kernel_size, rings, sectors, growth_rate, initial_angle, pooling, center):
+    """Static (k_h·k_w, R') matrix P with pooled = patches @ P.
+
+    R' = rings·sectors (+1 with `center`: the last column picks the centre pixel).
+    P[q, r] = 1/|Ω_r| ("mean") or 1 ("sum", "max": the 0/1 membership) for q ∈ Ω_r.
+    """
+    ring, sector = log_polar_regions(kernel_size, rings, sectors, growth_rate, initial_angle)
+    kh, kw = normalize_kernel_size(kernel_size)
+    n_regions = rings * sectors
+    region = (ring * sectors + sector).reshape(-1)
+    p = np.zeros((kh * kw, n_regions + (1 if center else 0)), np.float64)
+    p[np.arange(kh * kw), region] = 1.0
+    if pooling == "mean":
+        sizes = region_sizes(ring, sector, rings, sectors).reshape(-1)
+        p[:, :n_regions] /= np.maximum(sizes, 1)
+    if center:
+        p[((kh - 1) // 2) * kw + (kw - 1) // 2, n_regions] = 1.0
+    p.setflags(write=False)
+    return p
+
+
+def region_offsets(pooling_matrix_):
+    """[(offset indices q, weights), ...] per column of the pooling matrix (empty allowed)."""
+    return [
+        (tuple(np.flatnonzero(col).tolist()), tuple(col[np.flatnonzero(col)].tolist()))
+        for col in np.asarray(pooling_matrix_).T
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding
+# ---------------------------------------------------------------------------------------------
+
+
+def output_length(length, k, stride, padding):
+    if length is None:
+        return None
+    if padding == "same":
+        return (length - 1) // stride + 1
+    return (length - k) // stride + 1
+
+
+def pad_same(x, kernel_size, data_format="channels_last"):
+    """Zero padding anchored at the window centre: (k−1)//2 before, k−1−(k−1)//2 after.
+
+    With it, output position p sees the window centred on input position stride·p, as in the
+    paper's formula and the official code (this differs from TensorFlow's "same" alignment
+    only for stride > 1).
+    """
+    kh, kw = kernel_size
+    pads = [((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)]
+    if data_format == "channels_last":
+        pads = [(0, 0), *pads, (0, 0)]
+    else:
+        pads = [(0, 0), (0, 0), *pads]
+    return keras.ops.pad(x, pads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Region pooling (channels_last, input already padded; valid windows with stride)
+# ---------------------------------------------------------------------------------------------
+
+
+def _pool_depthwise(x, pmatrix, kernel_size, strides, mode):
+    """Reference: a depthwise conv whose per-channel filters are the columns of P."""
+    kh, kw = kernel_size
+    channels = x.shape[-1]
+    n_out = pmatrix.shape[1]
+    kernel = np.broadcast_to(pmatrix.reshape(kh, kw, 1, n_out), (kh, kw, channels, n_out))
+    kernel = keras.ops.convert_to_tensor(np.ascontiguousarray(kernel), dtype=x.dtype)
+    y = keras.ops.depthwise_conv(x, kernel, strides=strides, padding="valid")
+    return y
+
+
+def _strided_slice(x, dy, dx, out_h, out_w, strides):
+    sh, sw = strides
+    return x[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :]
+
+
+def pool_by_slices(x, pmatrix, kernel_size, strides, mode, out_hw=None):
+    """Region pooling as shifted slices: sum (mean/sum) or maximum (max) per region.
+
+    Returns (B, H_out, W_out, C·R') with channel index c·R' + r, like a depthwise conv.
+    """
+    kh, kw = kernel_size
+    if out_hw is None:
+        out_hw = ((x.shape[1] - kh) // strides[0] + 1, (x.shape[2] - kw) // strides[1] + 1)
+    out_h, out_w = out_hw
+    pooled = []
+    for offsets, weights in region_offsets(pmatrix):
+        if not offsets:
+            pooled.append(keras.ops.zeros_like(_strided_slice(x, 0, 0, out_h, out_w, strides)))
+            continue
+        acc = None
+        for q, w in zip(offsets, weights):
+            part = _strided_slice(x, q // kw, q % kw, out_h, out_w, strides)
+            if mode == "max":
+                acc = part if acc is None else keras.ops.maximum(acc, part)
+            else:
+                acc = part if acc is None else acc + part
+        if mode != "max" and weights[0] != 1.0:
+            acc = acc * weights[0]  # all weights of a mean region are equal: 1/|Ω|
+        pooled.append(acc)
+    y = keras.ops.stack(pooled, axis=-1)  # (B, H, W, C, R')
+    return keras.ops.reshape(y, (*keras.ops.shape(y)[:3], -1))
+
+
+def region_pool(x, pmatrix, kernel_size, strides, mode):
+    """Pool every log-polar region of every (valid, strided) window of a padded input.
+
+    Args:
+        x: padded channels_last input (B, H_pad, W_pad, C).
+        pmatrix: static pooling matrix from `pooling_matrix`.
+        kernel_size, strides: pairs of ints.
+        mode: "mean", "sum" or "max".
+
+    Returns:
+        (B, H_out, W_out, C·R') pooled maps, channel index c·R' + r.
+    """
+    if mode == "max":
+        return dispatch("log_polar_region_max", pool_by_slices)(
+            x, pmatrix, kernel_size, strides, mode
+        )
+    return dispatch("log_polar_region_pool", _pool_depthwise)(
+        x, pmatrix, kernel_size, strides, mode
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights → dense kernel / mixing matrix
+# ---------------------------------------------------------------------------------------------
+
+
+def synthesize_kernel(kernel, center_kernel, pmatrix, kernel_size):
+    """Dense k_h×k_w kernel of path A: K[q, c, o] = Σ_r P[q, r]·W[r, c, o] (+ centre).
+
+    Args:
+        kernel: (rings, sectors, C_in/groups, filters) region weights.
+        center_kernel: (C_in/groups, filters) or None.
+        pmatrix: the static pooling matrix (with a centre column iff `center_kernel`).
+
+    Returns:
+        (k_h, k_w, C_in/groups, filters) tensor, usable by any Conv2D.
+    """
+    kh, kw = kernel_size
+    rings, sectors, cin, cout = kernel.shape
+    weights = keras.ops.reshape(kernel, (rings * sectors, cin * cout))
+    if center_kernel is not None:
+        weights = keras.ops.concatenate([weights, keras.ops.reshape(center_kernel, (1, cin * cout))], 0)
+    p = keras.ops.convert_to_tensor(np.asarray(pmatrix), dtype=kernel.dtype)
+    dense = keras.ops.matmul(p, weights)
+    return keras.ops.reshape(dense, (kh, kw, cin, cout))
+
+
+def mixing_kernel(kernel, center_kernel):
+    """1×1 kernel of paths B/C: (1, 1, C_in/groups·R', filters), row index c·R' + r."""
+    rings, sectors, cin, cout = kernel.shape
+    w = keras.ops.reshape(kernel, (rings * sectors, cin, cout))
+    if center_kernel is not None:
+        w = keras.ops.concatenate([w, keras.ops.expand_dims(center_kernel, 0)], 0)
+    w = keras.ops.transpose(w, (1, 0, 2))
+    return keras.ops.reshape(w, (1, 1, -1, cout))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost model for implementation="auto"
+# ---------------------------------------------------------------------------------------------
+
+# Cost of one shifted add of the fast pooling path, in multiply-adds of a well-tuned
+# convolution: pooling is memory-bound, a convolution compute-bound. Measured on the
+# benchmark machine (see benchmarks/RESULTS.md) per backend; a backend without a fast
+# pooling path pays a depthwise conv with R' filters per channel.
+POOL_COST = {"jax": 8.0, "tensorflow": 8.0, "torch": 8.0}
+
+
+def choose_implementation(kernel_size, in_channels, filters, groups, n_pooled, backend=None,
+                          has_fast_pool=None):
+    """The cheaper exact path for `pooling` "mean"/"sum": "dense" or "pool".
+
+    Per output pixel and input channel, "dense" costs k_h·k_w·filters/groups multiply-adds;
+    "pool" costs R'·filters/groups for the 1×1 mixing plus the pooling: k_h·k_w shifted adds
+    at `POOL_COST[backend]` each with a fast pooling path, else a depthwise conv of
+    k_h·k_w·R' multiply-adds.
+    """
+    backend = backend or keras.backend.backend()
+    kh, kw = kernel_size
+    taps = kh * kw
+    per_group_out = filters / groups
+    dense = taps * per_group_out
+    if has_fast_pool is None:
+        from keras_convx.ops.dispatcher import fast_path, reference_only
+
+        has_fast_pool = not reference_only() and fast_path("log_polar_region_pool", backend) is not None
+    pool_cost = taps * POOL_COST.get(backend, 8.0) if has_fast_pool else taps * n_pooled
+    pool = n_pooled * per_group_out + pool_cost
+    return "pool" if pool < dense else "dense"

@@ -1,0 +1,300 @@
+"""LogPolarConv2D and keras_convx.ops.log_polar_regions."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_convx import ops
+from keras_convx.layers import LogPolarConv2D
+from keras_convx.layers.log_polar import from_official_weights
+from keras_convx.ops import log_polar as lp
+from tests import harness
+from tests.oracles import log_polar as oracle
+
+# --------------------------------------------------------------------------- region maps
+
+
+def test_golden_region_map_from_spec():
+    ring, sector = ops.log_polar_regions(5, rings=2, sectors=6, growth_rate=3)
+    np.testing.assert_array_equal(lp.ring_thresholds(5, 2, 3), [2, 18])
+    assert ["".join(map(str, r)) for r in ring] == ["11111", "10001", "10001", "10001", "11111"]
+    assert ["".join(map(str, r)) for r in sector] == ["21110", "22100", "33000", "33455", "34445"]
+    np.testing.assert_array_equal(
+        lp.region_sizes(ring, sector, 2, 6), [[3, 1, 1, 2, 1, 1], [3, 3, 2, 3, 3, 2]]
+    )
+
+
+def test_hand_computed_quadrants():
+    # 3×3, one ring, 4 sectors: boundary angles (π/2 above, π left, 3π/2 below) go up.
+    ring, sector = ops.log_polar_regions(3, rings=1, sectors=4, growth_rate=2)
+    np.testing.assert_array_equal(sector, [[1, 1, 0], [2, 0, 0], [2, 3, 3]])
+    np.testing.assert_array_equal(ring, np.zeros((3, 3)))
+
+
+def test_hand_computed_elliptical_window():
+    # 3×5: R = 2, thresholds [2, 8]; rows ±1 have dy²/(3/5)² = 2.78 > 2.
+    ring, _ = ops.log_polar_regions((3, 5), rings=2, sectors=1, growth_rate=2)
+    np.testing.assert_array_equal(ring, [[1, 1, 1, 1, 1], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]])
+
+
+def test_initial_angle_rotates_sectors():
+    # A quarter turn with 4 sectors moves every off-centre pixel to the next sector.
+    _, s0 = ops.log_polar_regions(7, 2, 4, 2.0)
+    _, s1 = ops.log_polar_regions(7, 2, 4, 2.0, initial_angle=math.pi / 2 + 0.01)
+    off = np.ones((7, 7), bool)
+    off[3, 3] = False
+    np.testing.assert_array_equal(s1[off], (s0[off] + 1) % 4)
+
+
+CONFIGS = [
+    (k, rings, sectors, g, phi)
+    for k in (3, 5, 9, 11, (5, 9), (9, 5), (7, 3))
+    for rings, sectors, g in ((1, 4, 2.0), (2, 6, 3.0), (2, 8, 2.0), (3, 8, 2.0), (3, 12, 1.5), (2, 5, 2.5))
+    for phi in (0.0, math.pi / 4, 0.3, -1.0)
+]
+
+
+@pytest.mark.parametrize("k, rings, sectors, g, phi", CONFIGS[:: 1 if keras.backend.backend() == "jax" else 7])
+def test_region_map_matches_independent_transcription(k, rings, sectors, g, phi):
+    ring, sector = ops.log_polar_regions(k, rings, sectors, g, phi)
+    o_ring, o_sector = oracle.regions(k, rings, sectors, g, phi)
+    np.testing.assert_array_equal(ring, o_ring)
+    np.testing.assert_array_equal(sector, o_sector)
+
+
+def test_region_maps_are_cached_and_read_only():
+    a = ops.log_polar_regions(9, 2, 6, 3.0)
+    b = ops.log_polar_regions(9, 2, 6, 3.0)
+    assert a[0] is b[0]
+    with pytest.raises(ValueError):
+        a[0][0, 0] = 5
+
+
+# --------------------------------------------------------------------------- oracle agreement
+
+ORACLE_CASES = [
+    # (kwargs, input shape channels_last)
+    (dict(kernel_size=5, rings=2, sectors=6, growth_rate=3.0), (2, 7, 8, 3)),
+    (dict(kernel_size=5, rings=2, sectors=6, growth_rate=3.0, strides=2), (2, 8, 7, 3)),
+    (dict(kernel_size=9, rings=2, sectors=6, growth_rate=3.0, strides=2), (1, 10, 11, 2)),
+    (dict(kernel_size=(5, 7), rings=3, sectors=8, growth_rate=2.0, padding="valid"), (2, 8, 9, 2)),
+    (dict(kernel_size=5, rings=2, sectors=6, growth_rate=2.0, pooling="sum", center=False), (2, 6, 6, 2)),
+    (dict(kernel_size=5, rings=2, sectors=6, growth_rate=3.0, groups=2, initial_angle=0.4), (2, 6, 6, 4)),
+    (dict(kernel_size=5, rings=2, sectors=6, growth_rate=3.0, strides=2, use_bias=False), (2, 7, 7, 2)),
+]
+
+
+def _oracle_for(layer):
+    cfg = layer.get_config()
+    keys = ("kernel_size", "rings", "sectors", "growth_rate", "initial_angle", "strides", "padding",
+            "pooling", "groups", "data_format")
+    return lambda x, w: oracle.lpsc(x, w, **{k: cfg[k] for k in keys})
+
+
+def _random_weights(layer, seed=0):
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.standard_normal(w.shape).astype("float32") for w in layer.get_weights()])
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("implementation", ["dense", "pool"])
+@pytest.mark.parametrize("case", range(len(ORACLE_CASES)))
+def test_matches_oracle_forward_and_gradients(case, implementation, data_format):
+    kwargs, shape = ORACLE_CASES[case]
+    layer = LogPolarConv2D(4, implementation=implementation, data_format=data_format, **kwargs)
+    x = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    if data_format == "channels_first":
+        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    layer.build(x.shape)
+    _random_weights(layer)
+    harness.assert_matches_oracle(layer, x, _oracle_for(layer), rtol=1e-5, atol=2e-5,
+                                  grad_rtol=1e-3, grad_atol=1e-3)
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_max_pooling_matches_oracle(strides, data_format):
+    layer = LogPolarConv2D(3, 5, rings=2, sectors=6, growth_rate=3.0, pooling="max", strides=strides,
+                           data_format=data_format)
+    x = np.random.default_rng(2).standard_normal((2, 3, 7, 7) if data_format == "channels_first" else (2, 7, 7, 3))
+    x = x.astype("float32")
+    layer.build(x.shape)
+    _random_weights(layer)
+    assert layer.resolved_implementation() == "max"
+    harness.assert_matches_oracle(layer, x, _oracle_for(layer), grad_rtol=1e-3, grad_atol=1e-3)
+
+
+@pytest.mark.parametrize("implementation", ["dense", "pool"])
+def test_reference_path_equals_fast_path(implementation):
+    layer = LogPolarConv2D(5, 9, rings=2, sectors=6, growth_rate=3.0, strides=2, implementation=implementation)
+    x = np.random.default_rng(3).standard_normal((2, 12, 13, 4)).astype("float32")
+    fast = harness.to_numpy(layer(x))
+    with ops.reference_mode():
+        reference = harness.to_numpy(layer(x))
+    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_max_reference_path_equals_fast_path():
+    layer = LogPolarConv2D(3, 7, rings=2, sectors=8, growth_rate=2.0, pooling="max")
+    x = np.random.default_rng(3).standard_normal((2, 9, 9, 2)).astype("float32")
+    fast = harness.to_numpy(layer(x))
+    with ops.reference_mode():
+        reference = harness.to_numpy(layer(x))
+    np.testing.assert_allclose(fast, reference, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@pytest.mark.parametrize("k, rings, sectors, g", [(9, 2, 6, 3.0), (11, 3, 8, 2.0), (5, 2, 6, 3.0)])
+def test_parameter_count(k, rings, sectors, g):
+    layer = LogPolarConv2D(7, k, rings=rings, sectors=sectors, growth_rate=g)
+    layer.build((None, 16, 16, 5))
+    assert layer.count_params() == 5 * 7 * (rings * sectors + 1) + 7
+    layer = LogPolarConv2D(7, k, rings=rings, sectors=sectors, growth_rate=g, center=False, use_bias=False)
+    layer.build((None, 16, 16, 5))
+    assert layer.count_params() == 5 * 7 * rings * sectors
+
+
+@pytest.mark.parametrize("implementation", ["dense", "pool"])
+def test_one_output_pixel_sees_the_whole_window(implementation):
+    layer = LogPolarConv2D(1, 9, rings=2, sectors=6, growth_rate=3.0, implementation=implementation)
+    layer.build((1, 15, 15, 1))
+    _random_weights(layer)
+    cot = np.zeros((1, 15, 15, 1), "float32")
+    cot[0, 7, 7, 0] = 1.0
+    dx, _ = harness.layer_gradients(layer, np.ones((1, 15, 15, 1), "float32"), cot)
+    support = np.abs(dx[0, :, :, 0]) > 0
+    expected = np.zeros((15, 15), bool)
+    expected[3:12, 3:12] = True
+    np.testing.assert_array_equal(support, expected)
+
+
+def test_dense_kernel_is_region_constant():
+    layer = LogPolarConv2D(2, 9, rings=2, sectors=6, growth_rate=3.0, pooling="sum", center=False)
+    layer.build((None, 9, 9, 1))
+    kernel = harness.to_numpy(layer.dense_kernel())[..., 0, 0]
+    ring, sector = layer.regions
+    w = harness.to_numpy(layer.kernel)[..., 0, 0]
+    np.testing.assert_allclose(kernel, w[ring, sector], rtol=1e-6)
+
+
+def test_official_weight_import_reproduces_official_forward():
+    rings, sectors, cin, cout = 2, 6, 3, 4
+    rng = np.random.default_rng(5)
+    tile = rng.standard_normal((cout, cin, 2 * rings, sectors // 2))
+    cw = rng.standard_normal((cout, cin, 1, 1))
+    cb = rng.standard_normal(cout)
+    x = rng.standard_normal((2, cin, 10, 10))
+    expected = oracle.official_tile_forward(x, tile, cw, cb, kernel_size=9, rings=rings, sectors=sectors,
+                                            growth_rate=3.0, strides=2)
+    layer = LogPolarConv2D(cout, 9, rings=rings, sectors=sectors, growth_rate=3.0, strides=2,
+                           data_format="channels_first")
+    layer.build(x.shape)
+    layer.set_weights([w.astype("float32") for w in from_official_weights(tile, cw, cb)])
+    np.testing.assert_allclose(harness.to_numpy(layer(x.astype("float32"))), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_official_weight_import_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="tile_weight"):
+        from_official_weights(np.zeros((4, 3, 4)))
+    with pytest.raises(ValueError, match="center_weight"):
+        from_official_weights(np.zeros((4, 3, 4, 3)), np.zeros((3, 4, 1, 1)))
+
+
+def test_auto_follows_cost_model():
+    stem = LogPolarConv2D(16, 9, rings=2, sectors=6, growth_rate=3.0)
+    stem.build((None, 32, 32, 3))
+    assert stem.resolved_implementation() == lp.choose_implementation((9, 9), 3, 16, 1, 13)
+    # A 3×3 window has fewer taps than regions: the dense kernel is always cheaper.
+    small = LogPolarConv2D(64, 3, rings=1, sectors=8, growth_rate=2.0)
+    small.build((None, 8, 8, 64))
+    assert small.resolved_implementation() == "dense"
+    assert lp.choose_implementation((11, 11), 64, 64, 1, 25, has_fast_pool=True) == "pool"
+    with ops.reference_mode():
+        # Without a fast pooling path, pooling costs a depthwise conv with R' filters.
+        assert lp.choose_implementation((11, 11), 64, 64, 1, 25, backend="jax") == (
+            "pool" if 25 * 64 + 121 * 25 < 121 * 64 else "dense")
+
+
+# --------------------------------------------------------------------------- Keras contract
+
+HARNESS_CASES = [
+    dict(filters=4, kernel_size=5, rings=2, sectors=6, growth_rate=3.0),
+    dict(filters=4, kernel_size=5, rings=2, sectors=6, growth_rate=3.0, implementation="pool", strides=2),
+    dict(filters=4, kernel_size=5, rings=2, sectors=6, growth_rate=3.0, pooling="max", activation="relu"),
+    dict(filters=4, kernel_size=(5, 3), rings=2, sectors=4, growth_rate=2.0, groups=2, padding="valid",
+         kernel_regularizer="l2"),
+]
+
+
+@pytest.mark.parametrize("kwargs", HARNESS_CASES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items() if a not in ("filters",)))
+def test_layer_contract(kwargs):
+    harness.run_layer_test(LogPolarConv2D, kwargs, (2, 8, 8, 4))
+
+
+def test_works_in_compiled_fit_with_batchnorm():
+    inputs = keras.Input((12, 12, 1))
+    x = LogPolarConv2D(6, 9, rings=2, sectors=6, growth_rate=3.0, activation="relu")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy", jit_compile=keras.backend.backend() == "jax")
+    x = np.random.rand(8, 12, 12, 1).astype("float32")
+    h = model.fit(x, np.arange(8) % 2, epochs=2, verbose=0)
+    assert np.isfinite(h.history["loss"]).all()
+
+
+# --------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(rings=0), "rings"),
+        (dict(sectors=0), "sectors"),
+        (dict(growth_rate=1.0), "growth_rate"),
+        (dict(growth_rate=0.5), "growth_rate"),
+        (dict(pooling="median"), "pooling"),
+        (dict(padding="causal"), "padding"),
+        (dict(implementation="fft"), "implementation"),
+        (dict(pooling="max", implementation="dense"), "implementation"),
+        (dict(implementation="max"), "implementation"),
+        (dict(strides=0), "strides"),
+        (dict(kernel_size=0), "kernel_size"),
+        (dict(data_format="NHWC"), "data_format"),
+        (dict(groups=3), "groups"),
+        (dict(filters=0), "filters"),
+    ],
+)
+def test_bad_arguments_raise_value_error(kwargs, match):
+    args = dict(filters=4, kernel_size=5, rings=2, sectors=6, growth_rate=3.0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        LogPolarConv2D(**args)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(rings=2.5), "rings"), (dict(kernel_size="9"), "kernel_size"), (dict(growth_rate="3"), "growth_rate"),
+     (dict(center=1), "center"), (dict(filters=4.0), "filters")],
+)
+def test_bad_argument_types_raise_type_error(kwargs, match):
+    args = dict(filters=4, kernel_size=5, rings=2, sectors=6, growth_rate=3.0)
+    args.update(kwargs)
+    with pytest.raises(TypeError, match=match):
+        LogPolarConv2D(**args)
+
+
+def test_bad_input_channels_for_groups():
+    layer = LogPolarConv2D(4, 5, groups=2)
+    with pytest.raises(ValueError, match="groups"):
+        layer.build((None, 8, 8, 3))
+
+
+def test_valid_padding_input_too_small():
+    layer = LogPolarConv2D(4, 9, padding="valid")
+    with pytest.raises(ValueError, match="kernel_size"):
+        layer.compute_output_shape((None, 5, 12, 3))
