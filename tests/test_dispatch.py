@@ -20,9 +20,27 @@ def _fast(x):
 @pytest.fixture
 def fake_fast_path():
     table = dispatch_module._fast_paths(keras.backend.backend())
-    table["_test_op"] = _fast
+    dispatch_module.register_fast_path(table)(_fast)
+    table["_test_op"] = table.pop("_fast")
     yield
     table.pop("_test_op")
+
+
+def _slow(x):
+    return ("slow-compiled", x)
+
+
+def test_opt_in_fast_path_needs_the_switch():
+    table = dispatch_module._fast_paths(keras.backend.backend())
+    dispatch_module.register_fast_path(table, opt_in=True)(_slow)
+    try:
+        assert ops.dispatch("_slow", _reference)(1) == ("reference", 1)
+        assert "_slow" not in ops.available_fast_paths()
+        ops.set_opt_in_fast_paths(True)
+        assert ops.dispatch("_slow", _reference)(1) == ("slow-compiled", 1)
+    finally:
+        ops.set_opt_in_fast_paths(False)
+        table.pop("_slow")
 
 
 def test_dispatch_prefers_fast_path(fake_fast_path):

@@ -126,23 +126,31 @@ def test_max_pooling_matches_oracle(strides, data_format):
     harness.assert_matches_oracle(layer, x, _oracle_for(layer), grad_rtol=1e-3, grad_atol=1e-3)
 
 
-@pytest.mark.parametrize("implementation", ["dense", "pool"])
-def test_reference_path_equals_fast_path(implementation):
-    layer = LogPolarConv2D(5, 9, rings=2, sectors=6, growth_rate=3.0, strides=2, implementation=implementation)
-    x = np.random.default_rng(3).standard_normal((2, 12, 13, 4)).astype("float32")
-    fast = harness.to_numpy(layer(x))
-    with ops.reference_mode():
-        reference = harness.to_numpy(layer(x))
-    np.testing.assert_allclose(fast, reference, rtol=1e-5, atol=1e-5)
+@pytest.fixture
+def opt_in_fast_paths():
+    ops.set_opt_in_fast_paths(True)
+    yield
+    ops.set_opt_in_fast_paths(False)
 
 
-def test_max_reference_path_equals_fast_path():
-    layer = LogPolarConv2D(3, 7, rings=2, sectors=8, growth_rate=2.0, pooling="max")
-    x = np.random.default_rng(3).standard_normal((2, 9, 9, 2)).astype("float32")
-    fast = harness.to_numpy(layer(x))
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_fast_path_equals_reference_forward_and_gradients(pooling, opt_in_fast_paths):
+    """Every backend has a fast region-pooling path; it agrees with the keras.ops reference."""
+    assert {"log_polar_region_pool", "log_polar_region_max"} <= set(ops.available_fast_paths())
+    layer = LogPolarConv2D(5, 5, rings=2, sectors=6, growth_rate=3.0, strides=2, pooling=pooling,
+                           implementation="pool" if pooling == "mean" else "max")
+    x = np.random.default_rng(3).standard_normal((2, 10, 11, 3)).astype("float32")
+    layer.build(x.shape)
+    cot = np.random.default_rng(4).standard_normal(layer.compute_output_shape(x.shape)).astype("float32")
+    fast_y = harness.to_numpy(layer(x))
+    fast_dx, fast_dw = harness.layer_gradients(layer, x, cot)
     with ops.reference_mode():
-        reference = harness.to_numpy(layer(x))
-    np.testing.assert_allclose(fast, reference, rtol=1e-6, atol=1e-6)
+        ref_y = harness.to_numpy(layer(x))
+        ref_dx, ref_dw = harness.layer_gradients(layer, x, cot)
+    np.testing.assert_allclose(fast_y, ref_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fast_dx, ref_dx, rtol=1e-4, atol=1e-4)
+    for name in ref_dw:
+        np.testing.assert_allclose(fast_dw[name], ref_dw[name], rtol=1e-4, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- properties

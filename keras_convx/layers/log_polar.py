@@ -280,11 +280,7 @@ class LogPolarConv2D(keras.layers.Layer):
             if self.data_format == "channels_first":
                 x = keras.ops.transpose(x, (0, 2, 3, 1))
             pooled = lp.region_pool(x, self._pmatrix, self.kernel_size, self.strides, self.pooling)
-            mix = lp.mixing_kernel(kernel, center)
-            if self.groups == 1:
-                y = keras.ops.matmul(pooled, keras.ops.reshape(mix, (-1, self.filters)))
-            else:
-                y = conv2d(pooled, mix, 1, "valid", "channels_last")
+            y = lp.mix_regions(pooled, kernel, center, self.groups)
             if self.data_format == "channels_first":
                 y = keras.ops.transpose(y, (0, 3, 1, 2))
         if self.bias is not None:

@@ -6,8 +6,10 @@ per-backend fast paths sit behind the single dispatch point in `keras_convx.ops.
 
 from keras_convx.ops.dispatcher import available_fast_paths
 from keras_convx.ops.dispatcher import dispatch
+from keras_convx.ops.dispatcher import opt_in_fast_paths
 from keras_convx.ops.dispatcher import reference_mode
 from keras_convx.ops.dispatcher import reference_only
+from keras_convx.ops.dispatcher import set_opt_in_fast_paths
 from keras_convx.ops.dispatcher import set_reference_only
 from keras_convx.ops.log_polar import log_polar_regions
 
@@ -15,7 +17,9 @@ __all__ = [
     "available_fast_paths",
     "dispatch",
     "log_polar_regions",
+    "opt_in_fast_paths",
     "reference_mode",
     "reference_only",
+    "set_opt_in_fast_paths",
     "set_reference_only",
 ]

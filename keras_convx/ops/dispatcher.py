@@ -20,6 +20,10 @@ with keras_convx.ops.reference_mode():
 
 The choice is made when the op is called (for compiled functions: when they are traced), so
 switch before tracing a `jit`-compiled function, not inside it.
+
+Opt-in fast paths: a fast path whose compilation costs tens of seconds per input shape
+(torch.compile on CPU) pays off only in long runs, so it is used only after
+`keras_convx.ops.set_opt_in_fast_paths(True)` or with `KERAS_CONVX_OPT_IN=1`.
 """
 
 import contextlib
@@ -34,7 +38,14 @@ _BACKEND_MODULES = {
     "torch": "keras_convx.ops._torch",
 }
 _ENV_FLAG = "KERAS_CONVX_REFERENCE"
-_state = {"reference_only": os.environ.get(_ENV_FLAG, "0").lower() in ("1", "true", "yes")}
+_ENV_OPT_IN = "KERAS_CONVX_OPT_IN"
+
+
+def _env_true(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes")
+
+
+_state = {"reference_only": _env_true(_ENV_FLAG), "opt_in": _env_true(_ENV_OPT_IN)}
 _loaded = {}
 
 
@@ -65,6 +76,22 @@ def reference_mode(flag=True):
         _state["reference_only"] = previous
 
 
+def opt_in_fast_paths():
+    """Returns True when opt-in (slow-to-compile) fast paths may be used."""
+    return _state["opt_in"]
+
+
+def set_opt_in_fast_paths(flag):
+    """Allow (`True`) or forbid (`False`, the default) opt-in fast paths.
+
+    Args:
+        flag: bool.
+    """
+    if not isinstance(flag, bool):
+        raise TypeError(f"Expected flag to be a bool. Received: flag={flag!r}")
+    _state["opt_in"] = flag
+
+
 def _fast_paths(backend):
     if backend not in _loaded:
         module_name = _BACKEND_MODULES.get(backend)
@@ -81,12 +108,15 @@ def fast_path(name, backend=None):
         name: str, the op's name (as registered by the backend module).
         backend: str or None; defaults to `keras.backend.backend()`.
     """
-    return _fast_paths(backend or keras.backend.backend()).get(name)
+    entry = _fast_paths(backend or keras.backend.backend()).get(name)
+    if entry is None or (entry.opt_in and not _state["opt_in"]):
+        return None
+    return entry
 
 
 def available_fast_paths(backend=None):
-    """Sorted names of the ops that have a fast path on `backend` (default: current)."""
-    return sorted(_fast_paths(backend or keras.backend.backend()))
+    """Sorted names of the ops that have a usable fast path on `backend` (default: current)."""
+    return sorted(n for n in _fast_paths(backend or keras.backend.backend()) if fast_path(n, backend))
 
 
 def dispatch(name, reference):
@@ -102,13 +132,15 @@ def dispatch(name, reference):
     return reference if fast is None else fast
 
 
-def register_fast_path(table):
+def register_fast_path(table, opt_in=False):
     """Decorator factory used by the backend modules: `@register_fast_path(FAST_PATHS)`.
 
-    The function is stored under its `__name__` (the op's name).
+    The function is stored under its `__name__` (the op's name). With `opt_in=True` it is
+    used only while `opt_in_fast_paths()` is True.
     """
 
     def decorator(fn):
+        fn.opt_in = opt_in
         table[fn.__name__] = fn
         return fn
 

@@ -222,7 +222,8 @@ def _pool_depthwise(x, pmatrix, kernel_size, strides, mode):
     kernel = np.broadcast_to(pmatrix.reshape(kh, kw, 1, n_out), (kh, kw, channels, n_out))
     kernel = keras.ops.convert_to_tensor(np.ascontiguousarray(kernel), dtype=x.dtype)
     y = keras.ops.depthwise_conv(x, kernel, strides=strides, padding="valid")
-    return y
+    y = keras.ops.reshape(y, (*keras.ops.shape(y)[:3], channels, n_out))
+    return keras.ops.transpose(y, (0, 1, 2, 4, 3))
 
 
 def _strided_slice(x, dy, dx, out_h, out_w, strides):
@@ -233,7 +234,7 @@ def _strided_slice(x, dy, dx, out_h, out_w, strides):
 def pool_by_slices(x, pmatrix, kernel_size, strides, mode, out_hw=None):
     """Region pooling as shifted slices: sum (mean/sum) or maximum (max) per region.
 
-    Returns (B, H_out, W_out, C·R') with channel index c·R' + r, like a depthwise conv.
+    Returns (B, H_out, W_out, R', C).
     """
     kh, kw = kernel_size
     if out_hw is None:
@@ -254,8 +255,7 @@ def pool_by_slices(x, pmatrix, kernel_size, strides, mode, out_hw=None):
         if mode != "max" and weights[0] != 1.0:
             acc = acc * weights[0]  # all weights of a mean region are equal: 1/|Ω|
         pooled.append(acc)
-    y = keras.ops.stack(pooled, axis=-1)  # (B, H, W, C, R')
-    return keras.ops.reshape(y, (*keras.ops.shape(y)[:3], -1))
+    return keras.ops.stack(pooled, axis=3)
 
 
 def region_pool(x, pmatrix, kernel_size, strides, mode):
@@ -268,7 +268,8 @@ def region_pool(x, pmatrix, kernel_size, strides, mode):
         mode: "mean", "sum" or "max".
 
     Returns:
-        (B, H_out, W_out, C·R') pooled maps, channel index c·R' + r.
+        (B, H_out, W_out, R', C) pooled maps (region-major: each region's map is contiguous
+        over channels, which is what the 1×1 mixing reads).
     """
     if mode == "max":
         return dispatch("log_polar_region_max", pool_by_slices)(
@@ -305,14 +306,33 @@ def synthesize_kernel(kernel, center_kernel, pmatrix, kernel_size):
     return keras.ops.reshape(dense, (kh, kw, cin, cout))
 
 
-def mixing_kernel(kernel, center_kernel):
-    """1×1 kernel of paths B/C: (1, 1, C_in/groups·R', filters), row index c·R' + r."""
-    rings, sectors, cin, cout = kernel.shape
-    w = keras.ops.reshape(kernel, (rings * sectors, cin, cout))
+def mix_regions(pooled, kernel, center_kernel, groups=1):
+    """Paths B/C's 1×1 mixing: y[..., o] = Σ_{r,c} pooled[..., r, c]·W'[r, c, o].
+
+    Args:
+        pooled: (B, H, W, R', C) from `region_pool`.
+        kernel: (rings, sectors, C/groups, filters); `center_kernel`: (C/groups, filters) or
+            None (then R' = rings·sectors).
+        groups: channel groups (input channel group g feeds output group g only).
+
+    Returns:
+        (B, H, W, filters), channels_last.
+    """
+    rings, sectors, cin_g, cout = kernel.shape
+    w = keras.ops.reshape(kernel, (rings * sectors, cin_g, cout))
     if center_kernel is not None:
         w = keras.ops.concatenate([w, keras.ops.expand_dims(center_kernel, 0)], 0)
-    w = keras.ops.transpose(w, (1, 0, 2))
-    return keras.ops.reshape(w, (1, 1, -1, cout))
+    n_pooled = w.shape[0]
+    batch_hw = keras.ops.shape(pooled)[:3]
+    if groups == 1:
+        flat = keras.ops.reshape(pooled, (*batch_hw, n_pooled * cin_g))
+        return keras.ops.matmul(flat, keras.ops.reshape(w, (n_pooled * cin_g, cout)))
+    # Group-major channels for a grouped 1×1 convolution: index g·(R'·C/G) + r·C/G + c.
+    grouped = keras.ops.reshape(pooled, (*batch_hw, n_pooled, groups, cin_g))
+    grouped = keras.ops.transpose(grouped, (0, 1, 2, 4, 3, 5))
+    grouped = keras.ops.reshape(grouped, (*batch_hw, groups * n_pooled * cin_g))
+    mix = keras.ops.reshape(w, (1, 1, n_pooled * cin_g, cout))
+    return keras.ops.conv(grouped, mix, 1, "valid", "channels_last")
 
 
 # ---------------------------------------------------------------------------------------------
