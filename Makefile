@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) tools/run_matrix.py --backends $(BACKENDS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py --backends $(BACKENDS)
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out guide_out .pytest_cache

@@ -19,6 +19,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "RESULTS.md")
+RAW = os.path.join(HERE, "results.json")  # raw rows per backend; re-running one backend keeps the others
 
 
 def _select(cases, patterns):
@@ -46,7 +47,10 @@ def worker(args):
 
 
 def _spawn(backend, extra):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    # "torch:opt-in" runs torch with the opt-in (torch.compile) fast paths allowed.
+    name, _, flag = backend.partition(":")
+    env = dict(os.environ, KERAS_BACKEND=name, TF_CPP_MIN_LOG_LEVEL="3",
+               KERAS_CONVX_OPT_IN="1" if flag == "opt-in" else "0")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", *extra]
     out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -65,7 +69,8 @@ def _machine():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
+    parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch", "torch:opt-in"],
+                        help="backends; 'torch:opt-in' allows the torch.compile fast paths")
     parser.add_argument("--cases", nargs="*", default=None)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-memory", action="store_true")
@@ -81,7 +86,12 @@ def main():
 
     import keras
 
-    lines = []
+    stored = {}
+    if os.path.exists(RAW):
+        with open(RAW) as f:
+            stored = json.load(f)
+    stamp = datetime.date.today().isoformat()
+    mode = "tf.function + XLA" if args.tf_xla else "tf.function (graph, no XLA)"
     for backend in args.backends:
         common = ["--repeats", str(args.repeats)] + (["--tf-xla"] if args.tf_xla else [])
         if args.cases:
@@ -89,32 +99,53 @@ def main():
         rows = _spawn(backend, common)
         for row in rows:
             case = next(c for c in CASES if c["name"] == row["case"])
-            memory = {}
+            row["memory"] = {}
             if not args.no_memory:
                 for variant in ["layer", *case["baselines"]]:
-                    memory[variant] = _spawn(backend, ["--cases", case["name"], "--memory", variant])
-            ms = row["ms"]
-            ratios = "; ".join(f"{ms['layer'] / ms[b]:.2f}× {b}" for b in case["baselines"])
-            base_ms = "; ".join(f"{b} {ms[b]:.1f}" for b in case["baselines"])
-            mem = ("; ".join(f"{k} {v:.0f}" for k, v in memory.items())) if memory else "—"
-            lines.append(f"| {row['case']} | {backend} | {ms['layer']:.1f} | {base_ms} | {ratios} | {mem} |")
+                    row["memory"][variant] = _spawn(backend, ["--cases", case["name"], "--memory", variant])
+            row.update(date=stamp, repeats=args.repeats, machine=_machine(), keras=keras.__version__,
+                       tf_mode=mode)
+            stored.setdefault(backend, {})[row["case"]] = row
+    with open(RAW, "w") as f:
+        json.dump(stored, f, indent=1, ensure_ascii=False)
+    section = render(stored, CASES)
+    header = open(os.path.join(HERE, "RESULTS_HEADER.md")).read()
+    with open(RESULTS, "w") as f:
+        f.write(header.rstrip() + "\n\n" + section)
+    print(section)
 
-    stamp = datetime.date.today().isoformat()
-    mode = "tf.function + XLA" if args.tf_xla else "tf.function (graph, no XLA)"
+
+def render(stored, cases):
+    """The RESULTS.md table from the stored raw rows (one line per case and backend)."""
+    lines = []
+    meta = set()
+    for case in cases:
+        for backend, rows in stored.items():
+            row = rows.get(case["name"])
+            if row is None:
+                continue
+            ms = row["ms"]
+            baselines = [b for b in case["baselines"] if b in ms]
+            ratios = "; ".join(f"**{ms['layer'] / ms[b]:.2f}×** {b}" for b in baselines)
+            base_ms = "; ".join(f"{b} {ms[b]:.1f}" for b in baselines)
+            memory = row.get("memory") or {}
+            mem = "; ".join(f"{k} {v:.0f}" for k, v in memory.items()) if memory else "—"
+            lines.append(f"| {case['name']} | {backend} | {ms['layer']:.1f} | {base_ms} | {ratios} | {mem} |")
+            meta.add((row["date"], row["machine"], row["keras"], row["repeats"], row["tf_mode"]))
+    runs = "\n".join(
+        f"- {date}: {machine}; keras {kv}; median of {rep} after warm-up; tensorflow: {tf_mode}."
+        for date, machine, kv, rep, tf_mode in sorted(meta)
+    )
     table = "\n".join([
         "| case | backend | layer ms | baselines ms | layer / baseline | peak RSS growth MB |",
         "|---|---|---|---|---|---|",
         *lines,
     ])
-    section = (
-        f"## Run of {stamp}\n\nMachine: {_machine()}. keras {keras.__version__}. "
-        f"Forward+backward (input and weight gradients), median of {args.repeats} after warm-up; "
-        f"jax: jit; tensorflow: {mode}; torch: eager.\n\n{table}\n"
+    return (
+        "## Results\n\nForward+backward (input and weight gradients) per step. jax: jit; torch: eager "
+        "(torch:opt-in: keras_convx's opt-in torch.compile fast paths allowed).\n\n"
+        f"Runs:\n{runs}\n\n{table}\n"
     )
-    header = open(os.path.join(HERE, "RESULTS_HEADER.md")).read()
-    with open(RESULTS, "w") as f:
-        f.write(header.rstrip() + "\n\n" + section)
-    print(section)
 
 
 if __name__ == "__main__":

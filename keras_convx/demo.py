@@ -82,26 +82,47 @@ def rotate(images, degrees):
     return np.ascontiguousarray(np.rot90(images, k=degrees // 90, axes=(1, 2)))
 
 
-def plain_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10):
-    """The baseline row: three 3×3 Conv2D-BN-ReLU blocks, global average pooling, softmax."""
+def plain_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10, first_conv=None,
+              name="plain_cnn"):
+    """The baseline row: three 3×3 Conv2D-BN-ReLU blocks, global average pooling, softmax.
+
+    `first_conv`, a layer factory, replaces the first 3×3 convolution (the other rows).
+    """
     import keras
 
     inputs = keras.Input(input_shape)
     x = inputs
     for i, width in enumerate((16, 32, 64)):
-        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        if i == 0 and first_conv is not None:
+            x = first_conv(width)(x)
+        else:
+            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
         x = keras.layers.BatchNormalization(momentum=0.9)(x)
         x = keras.layers.ReLU()(x)
         if i < 2:
             x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
-    return keras.Model(inputs, outputs, name="plain_cnn")
+    return keras.Model(inputs, outputs, name=name)
+
+
+def lpsc_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10):
+    """The baseline with a 9×9 log-polar stem (rings 2, sectors 6, growth 3) instead of 3×3."""
+    from keras_convx.layers import LogPolarConv2D
+
+    return plain_cnn(
+        input_shape,
+        num_classes,
+        first_conv=lambda width: LogPolarConv2D(width, 9, rings=2, sectors=6, growth_rate=3.0,
+                                                use_bias=False),
+        name="lpsc_cnn",
+    )
 
 
 # One row per layer family: (name, builder, what it shows). Later families append rows.
 DEMO_MODELS = [
     ("plain CNN (Conv2D 3×3)", plain_cnn, "baseline"),
+    ("LPSC stem (LogPolarConv2D 9×9)", lpsc_cnn, "log-polar space convolution"),
 ]
 
 

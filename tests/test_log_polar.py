@@ -83,6 +83,8 @@ ORACLE_CASES = [
     (dict(kernel_size=5, rings=2, sectors=6, growth_rate=2.0, pooling="sum", center=False), (2, 6, 6, 2)),
     (dict(kernel_size=5, rings=2, sectors=6, growth_rate=3.0, groups=2, initial_angle=0.4), (2, 6, 6, 4)),
     (dict(kernel_size=5, rings=2, sectors=6, growth_rate=3.0, strides=2, use_bias=False), (2, 7, 7, 2)),
+    (dict(kernel_size=(4, 6), rings=2, sectors=4, growth_rate=2.0), (2, 7, 8, 3)),
+    (dict(kernel_size=4, rings=2, sectors=4, growth_rate=2.0, strides=(2, 1)), (1, 9, 8, 2)),
 ]
 
 
@@ -220,11 +222,14 @@ def test_auto_follows_cost_model():
     small = LogPolarConv2D(64, 3, rings=1, sectors=8, growth_rate=2.0)
     small.build((None, 8, 8, 64))
     assert small.resolved_implementation() == "dense"
-    assert lp.choose_implementation((11, 11), 64, 64, 1, 25, has_fast_pool=True) == "pool"
+    for backend in ("jax", "tensorflow", "torch"):
+        assert lp.choose_implementation((11, 11), 64, 64, 1, 25, backend, has_fast_pool=True) == "pool"
+        # Without a fast pooling path the dense kernel always wins.
+        assert lp.choose_implementation((11, 11), 64, 64, 1, 25, backend, has_fast_pool=False) == "dense"
     with ops.reference_mode():
-        # Without a fast pooling path, pooling costs a depthwise conv with R' filters.
-        assert lp.choose_implementation((11, 11), 64, 64, 1, 25, backend="jax") == (
-            "pool" if 25 * 64 + 121 * 25 < 121 * 64 else "dense")
+        big = LogPolarConv2D(64, 11, rings=3, sectors=8, growth_rate=2.0)
+        big.build((None, 16, 16, 64))
+        assert big.resolved_implementation() == "dense"
 
 
 # --------------------------------------------------------------------------- Keras contract

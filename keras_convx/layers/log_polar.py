@@ -271,12 +271,18 @@ class LogPolarConv2D(keras.layers.Layer):
         kernel = keras.ops.cast(self.kernel, self.compute_dtype)
         center = None if self.center_kernel is None else keras.ops.cast(self.center_kernel, self.compute_dtype)
         path = self.resolved_implementation()
-        if self.padding == "same":
-            x = lp.pad_same(x, self.kernel_size, self.data_format)
         if path == "dense":
             dense = lp.synthesize_kernel(kernel, center, self._pmatrix, self.kernel_size)
-            y = conv2d(x, dense, self.strides, "valid", self.data_format)
+            if self.padding == "same" and self.strides == (1, 1):
+                # At stride 1 Keras' "same" pads exactly like the centre-anchored padding.
+                y = conv2d(x, dense, 1, "same", self.data_format)
+            else:
+                if self.padding == "same":
+                    x = lp.pad_same(x, self.kernel_size, self.data_format)
+                y = conv2d(x, dense, self.strides, "valid", self.data_format)
         else:
+            if self.padding == "same":
+                x = lp.pad_same(x, self.kernel_size, self.data_format)
             if self.data_format == "channels_first":
                 x = keras.ops.transpose(x, (0, 2, 3, 1))
             pooled = lp.region_pool(x, self._pmatrix, self.kernel_size, self.strides, self.pooling)

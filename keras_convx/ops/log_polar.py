@@ -339,11 +339,13 @@ def mix_regions(pooled, kernel, center_kernel, groups=1):
 # Cost model for implementation="auto"
 # ---------------------------------------------------------------------------------------------
 
-# Cost of one shifted add of the fast pooling path, in multiply-adds of a well-tuned
-# convolution: pooling is memory-bound, a convolution compute-bound. Measured on the
-# benchmark machine (see benchmarks/RESULTS.md) per backend; a backend without a fast
-# pooling path pays a depthwise conv with R' filters per channel.
-POOL_COST = {"jax": 8.0, "tensorflow": 8.0, "torch": 8.0}
+# Cost of one shifted add of the fast pooling path, in multiply-adds of the backend's
+# convolution: pooling is memory-bound, a convolution compute-bound. Fitted on a 2-core CPU
+# (batch 16, 32×32; 3→16, 16→16, 64→64 channels; 9×9 (2,6,3) and 11×11 (3,8,2)) as the
+# largest value seen, so that "auto" never picks a pooling path slower than the dense one:
+# jax 3–8, tensorflow 5–43, torch (compiled, opt-in) 19–27. A backend without a fast pooling
+# path always takes the dense path.
+POOL_COST = {"jax": 8.0, "tensorflow": 40.0, "torch": 30.0}
 
 
 def choose_implementation(kernel_size, in_channels, filters, groups, n_pooled, backend=None,
@@ -351,19 +353,23 @@ def choose_implementation(kernel_size, in_channels, filters, groups, n_pooled, b
     """The cheaper exact path for `pooling` "mean"/"sum": "dense" or "pool".
 
     Per output pixel and input channel, "dense" costs k_h·k_w·filters/groups multiply-adds;
-    "pool" costs R'·filters/groups for the 1×1 mixing plus the pooling: k_h·k_w shifted adds
-    at `POOL_COST[backend]` each with a fast pooling path, else a depthwise conv of
-    k_h·k_w·R' multiply-adds.
+    "pool" costs R'·filters/groups for the 1×1 mixing plus k_h·k_w shifted adds at
+    `POOL_COST[backend]` multiply-adds each. Without a usable fast pooling path (reference
+    mode, or torch without opt-in) the answer is always "dense": the reference pooling is a
+    depthwise convolution, which measured slower than the dense path on every backend.
+    `in_channels` does not enter the comparison (both costs scale with it); it is kept for
+    cost models that need it.
     """
     backend = backend or keras.backend.backend()
-    kh, kw = kernel_size
-    taps = kh * kw
-    per_group_out = filters / groups
-    dense = taps * per_group_out
     if has_fast_pool is None:
         from keras_convx.ops.dispatcher import fast_path, reference_only
 
         has_fast_pool = not reference_only() and fast_path("log_polar_region_pool", backend) is not None
-    pool_cost = taps * POOL_COST.get(backend, 8.0) if has_fast_pool else taps * n_pooled
-    pool = n_pooled * per_group_out + pool_cost
+    if not has_fast_pool:
+        return "dense"
+    kh, kw = kernel_size
+    taps = kh * kw
+    per_group_out = filters / groups
+    dense = taps * per_group_out
+    pool = n_pooled * per_group_out + taps * POOL_COST.get(backend, max(POOL_COST.values()))
     return "pool" if pool < dense else "dense"
