@@ -6,66 +6,28 @@ under that op's name. This is the only module allowed to import tensorflow.
 
 import functools
 
-import numpy as np
 import tensorflow as tf
 
+from keras_convx.ops import log_polar as lp
 from keras_convx.ops.dispatcher import register_fast_path
 
 FAST_PATHS = {}
 fast = register_fast_path(FAST_PATHS)
 
 
-def offsets_key(pmatrix):
-    pmatrix = np.asarray(pmatrix)
-    cols = []
-    for col in pmatrix.T:
-        idx = np.flatnonzero(col)
-        cols.append((tuple(idx.tolist()), tuple(col[idx].tolist())))
-    return tuple(cols)
-
-
 @functools.lru_cache(maxsize=128)
-def _slice_pool_fn(offsets, kernel_w, strides, mode):
-    """An XLA-compiled function pooling every region by shifted strided slices."""
-    sh, sw = strides
-    kh = max((q // kernel_w for offs, _ in offsets for q in offs), default=0) + 1
-
-    @tf.function(jit_compile=True, reduce_retracing=True)
-    def pool(x):
-        dynamic = tf.shape(x)
-        b, hp, wp, c = (d if d is not None else dynamic[i] for i, d in enumerate(x.shape))
-        out_h = (hp - kh) // sh + 1
-        out_w = (wp - kernel_w) // sw + 1
-        outs = []
-        for offs, weights in offsets:
-            acc = None
-            for q in offs:
-                dy, dx = divmod(q, kernel_w)
-                part = tf.strided_slice(
-                    x, [0, dy, dx, 0], [b, dy + sh * (out_h - 1) + 1, dx + sw * (out_w - 1) + 1, c],
-                    [1, sh, sw, 1],
-                )
-                if acc is None:
-                    acc = part
-                elif mode == "max":
-                    acc = tf.maximum(acc, part)
-                else:
-                    acc = acc + part
-            if acc is None:
-                acc = tf.zeros(tf.stack([b, out_h, out_w, c]), x.dtype)
-            elif mode != "max" and weights[0] != 1.0:
-                acc = acc * tf.cast(weights[0], x.dtype)
-            outs.append(acc)
-        return tf.stack(outs, 3)
-
-    return pool
+def _xla_slice_pool(offsets, kernel_size, strides, mode):
+    pool = functools.partial(lp.pool_by_slices, pmatrix=None, kernel_size=kernel_size, strides=strides,
+                             mode=mode, offsets=offsets)
+    return tf.function(pool, jit_compile=True)
 
 
 @fast
 def log_polar_region_pool(x, pmatrix, kernel_size, strides, mode):
-    return _slice_pool_fn(offsets_key(pmatrix), kernel_size[1], tuple(strides), mode)(x)
+    """Region pooling as XLA-compiled shifted slices (graph-mode slices are not fused)."""
+    return _xla_slice_pool(lp.region_offsets(pmatrix), tuple(kernel_size), tuple(strides), mode)(x)
 
 
 @fast
 def log_polar_region_max(x, pmatrix, kernel_size, strides, mode):
-    return _slice_pool_fn(offsets_key(pmatrix), kernel_size[1], tuple(strides), mode)(x)
+    return log_polar_region_pool(x, pmatrix, kernel_size, strides, mode)

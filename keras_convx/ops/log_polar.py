@@ -173,11 +173,12 @@ def pooling_matrix(kernel_size, rings, sectors, growth_rate, initial_angle, pool
 
 
 def region_offsets(pooling_matrix_):
-    """[(offset indices q, weights), ...] per column of the pooling matrix (empty allowed)."""
-    return [
-        (tuple(np.flatnonzero(col).tolist()), tuple(col[np.flatnonzero(col)].tolist()))
-        for col in np.asarray(pooling_matrix_).T
-    ]
+    """((window offsets q, weights), ...) per column of the pooling matrix; hashable, so the
+    backends can cache compiled pooling functions on it. A region may be empty."""
+    columns = np.asarray(pooling_matrix_).T
+    return tuple(
+        (tuple(np.flatnonzero(col).tolist()), tuple(col[np.flatnonzero(col)].tolist())) for col in columns
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,29 +232,35 @@ def _strided_slice(x, dy, dx, out_h, out_w, strides):
     return x[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :]
 
 
-def pool_by_slices(x, pmatrix, kernel_size, strides, mode, out_hw=None):
-    """Region pooling as shifted slices: sum (mean/sum) or maximum (max) per region.
+def pool_by_slices(x, pmatrix, kernel_size, strides, mode, offsets=None):
+    """Region pooling as shifted strided slices: sum (mean/sum) or maximum (max) per region.
+
+    Every window pixel belongs to exactly one region, so this is k_h·k_w slice-adds in all;
+    compiled (XLA, torch.compile) it becomes one fused pass over the input. The backends'
+    fast paths compile this function; called as it is, it is the eager reference for "max".
 
     Returns (B, H_out, W_out, R', C).
     """
     kh, kw = kernel_size
-    if out_hw is None:
-        out_hw = ((x.shape[1] - kh) // strides[0] + 1, (x.shape[2] - kw) // strides[1] + 1)
-    out_h, out_w = out_hw
+    sh, sw = strides
+    out_h = (x.shape[1] - kh) // sh + 1
+    out_w = (x.shape[2] - kw) // sw + 1
     pooled = []
-    for offsets, weights in region_offsets(pmatrix):
-        if not offsets:
-            pooled.append(keras.ops.zeros_like(_strided_slice(x, 0, 0, out_h, out_w, strides)))
-            continue
+    for region, weights in offsets or region_offsets(pmatrix):
         acc = None
-        for q, w in zip(offsets, weights):
-            part = _strided_slice(x, q // kw, q % kw, out_h, out_w, strides)
-            if mode == "max":
-                acc = part if acc is None else keras.ops.maximum(acc, part)
+        for q in region:
+            dy, dx = divmod(q, kw)
+            part = x[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :]
+            if acc is None:
+                acc = part
+            elif mode == "max":
+                acc = keras.ops.maximum(acc, part)
             else:
-                acc = part if acc is None else acc + part
-        if mode != "max" and weights[0] != 1.0:
-            acc = acc * weights[0]  # all weights of a mean region are equal: 1/|Ω|
+                acc = acc + part
+        if acc is None:  # an empty region pools to 0
+            acc = keras.ops.zeros_like(x[:, : sh * (out_h - 1) + 1 : sh, : sw * (out_w - 1) + 1 : sw, :])
+        elif mode != "max" and weights[0] != 1.0:
+            acc = acc * weights[0]  # the weights of a "mean" region are all 1/|Ω|
         pooled.append(acc)
     return keras.ops.stack(pooled, axis=3)
 
