@@ -75,6 +75,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--tf-xla", action="store_true")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite RESULTS.md from benchmarks/results.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--memory", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -92,7 +94,7 @@ def main():
             stored = json.load(f)
     stamp = datetime.date.today().isoformat()
     mode = "tf.function + XLA" if args.tf_xla else "tf.function (graph, no XLA)"
-    for backend in args.backends:
+    for backend in [] if args.render else args.backends:
         common = ["--repeats", str(args.repeats)] + (["--tf-xla"] if args.tf_xla else [])
         if args.cases:
             common += ["--cases", *args.cases]
@@ -106,8 +108,9 @@ def main():
             row.update(date=stamp, repeats=args.repeats, machine=_machine(), keras=keras.__version__,
                        tf_mode=mode)
             stored.setdefault(backend, {})[row["case"]] = row
-    with open(RAW, "w") as f:
-        json.dump(stored, f, indent=1, ensure_ascii=False)
+    if not args.render:
+        with open(RAW, "w") as f:
+            json.dump(stored, f, indent=1, ensure_ascii=False)
     section = render(stored, CASES)
     header = open(os.path.join(HERE, "RESULTS_HEADER.md")).read()
     with open(RESULTS, "w") as f:

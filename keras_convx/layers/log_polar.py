@@ -6,22 +6,9 @@ import numpy as np
 from keras_convx._registry import register
 from keras_convx.ops import log_polar as lp
 from keras_convx.ops.core import conv2d
+from keras_convx.ops.core import normalize_pair
 
 IMPLEMENTATIONS = ("auto", "dense", "pool", "max")
-
-
-def _normalize_pair(name, value):
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (value, value)
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
-    ):
-        raise TypeError(f"Expected {name} to be an int or a tuple of 2 ints. Received: {name}={value!r}")
-    if min(value) < 1:
-        raise ValueError(f"Expected {name} >= 1. Received: {name}={value}")
-    return (int(value[0]), int(value[1]))
 
 
 def _choice(name, value, accepted):
@@ -138,7 +125,7 @@ class LogPolarConv2D(keras.layers.Layer):
             self.growth_rate,
             self.initial_angle,
         ) = lp.validate_region_args(kernel_size, rings, sectors, growth_rate, initial_angle)
-        self.strides = _normalize_pair("strides", strides)
+        self.strides = normalize_pair("strides", strides)
         self.padding = _choice("padding", padding, ("same", "valid"))
         self.data_format = _choice(
             "data_format",

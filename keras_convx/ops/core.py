@@ -1,6 +1,19 @@
 """Small `keras.ops` building blocks shared by every layer family."""
 
 import keras
+import numpy as np
+
+
+def normalize_pair(name, value):
+    """An int or a pair of ints ≥ 1 → a tuple of 2 ints; TypeError/ValueError naming `name`."""
+    is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
+    if is_int(value):
+        value = (value, value)
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(map(is_int, value)):
+        raise TypeError(f"Expected {name} to be an int or a tuple of 2 ints. Received: {name}={value!r}")
+    if min(value) < 1:
+        raise ValueError(f"Expected {name} >= 1. Received: {name}={value}")
+    return (int(value[0]), int(value[1]))
 
 
 def conv2d(x, kernel, strides=1, padding="valid", data_format="channels_last", dilation_rate=1):

@@ -28,6 +28,7 @@ import math
 import keras
 import numpy as np
 
+from keras_convx.ops.core import normalize_pair
 from keras_convx.ops.dispatcher import dispatch
 
 POOLINGS = ("mean", "sum", "max")
@@ -43,20 +44,7 @@ def _check_int(name, value, minimum):
 
 def normalize_kernel_size(kernel_size):
     """An int or a pair of ints ≥ 1 → (k_h, k_w)."""
-    if isinstance(kernel_size, (int, np.integer)) and not isinstance(kernel_size, bool):
-        kernel_size = (kernel_size, kernel_size)
-    if (
-        not isinstance(kernel_size, (tuple, list))
-        or len(kernel_size) != 2
-        or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in kernel_size)
-    ):
-        raise TypeError(
-            "Expected kernel_size to be an int or a tuple of 2 ints. "
-            f"Received: kernel_size={kernel_size!r}"
-        )
-    if min(kernel_size) < 1:
-        raise ValueError(f"Expected kernel_size >= 1. Received: kernel_size={kernel_size}")
-    return (int(kernel_size[0]), int(kernel_size[1]))
+    return normalize_pair("kernel_size", kernel_size)
 
 
 def validate_region_args(kernel_size, rings, sectors, growth_rate, initial_angle):
