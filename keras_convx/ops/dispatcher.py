@@ -49,6 +49,12 @@ _state = {"reference_only": _env_true(_ENV_FLAG), "opt_in": _env_true(_ENV_OPT_I
 _loaded = {}
 
 
+def _set(key, flag):
+    if not isinstance(flag, bool):
+        raise TypeError(f"Expected flag to be a bool. Received: flag={flag!r}")
+    _state[key] = flag
+
+
 def reference_only():
     """Returns True when every op is forced onto its `keras.ops` reference path."""
     return _state["reference_only"]
@@ -60,9 +66,7 @@ def set_reference_only(flag):
     Args:
         flag: bool.
     """
-    if not isinstance(flag, bool):
-        raise TypeError(f"Expected flag to be a bool. Received: flag={flag!r}")
-    _state["reference_only"] = flag
+    _set("reference_only", flag)
 
 
 @contextlib.contextmanager
@@ -87,9 +91,7 @@ def set_opt_in_fast_paths(flag):
     Args:
         flag: bool.
     """
-    if not isinstance(flag, bool):
-        raise TypeError(f"Expected flag to be a bool. Received: flag={flag!r}")
-    _state["opt_in"] = flag
+    _set("opt_in", flag)
 
 
 def _fast_paths(backend):
