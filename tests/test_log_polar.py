@@ -217,15 +217,15 @@ def test_official_weight_import_rejects_bad_shapes():
 def test_auto_follows_cost_model():
     stem = LogPolarConv2D(16, 9, rings=2, sectors=6, growth_rate=3.0)
     stem.build((None, 32, 32, 3))
-    assert stem.resolved_implementation() == lp.choose_implementation((9, 9), 3, 16, 1, 13)
+    assert stem.resolved_implementation() == lp.choose_implementation((9, 9), 16, 1, 13)
     # A 3×3 window has fewer taps than regions: the dense kernel is always cheaper.
     small = LogPolarConv2D(64, 3, rings=1, sectors=8, growth_rate=2.0)
     small.build((None, 8, 8, 64))
     assert small.resolved_implementation() == "dense"
     for backend in ("jax", "tensorflow", "torch"):
-        assert lp.choose_implementation((11, 11), 64, 64, 1, 25, backend, has_fast_pool=True) == "pool"
+        assert lp.choose_implementation((11, 11), 64, 1, 25, backend, has_fast_pool=True) == "pool"
         # Without a fast pooling path the dense kernel always wins.
-        assert lp.choose_implementation((11, 11), 64, 64, 1, 25, backend, has_fast_pool=False) == "dense"
+        assert lp.choose_implementation((11, 11), 64, 1, 25, backend, has_fast_pool=False) == "dense"
     with ops.reference_mode():
         big = LogPolarConv2D(64, 11, rings=3, sectors=8, growth_rate=2.0)
         big.build((None, 16, 16, 64))

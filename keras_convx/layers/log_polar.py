@@ -235,17 +235,13 @@ class LogPolarConv2D(keras.layers.Layer):
 
     # -- forward ------------------------------------------------------------------------------
 
-    def resolved_implementation(self, input_channels=None):
+    def resolved_implementation(self):
         """The path `call` takes: "dense", "pool" or "max" (resolving "auto")."""
         if self.implementation != "auto":
             return self.implementation
         if self.pooling == "max":
             return "max"
-        if input_channels is None:
-            input_channels = self.kernel.shape[2] * self.groups
-        return lp.choose_implementation(
-            self.kernel_size, input_channels, self.filters, self.groups, self._pmatrix.shape[1]
-        )
+        return lp.choose_implementation(self.kernel_size, self.filters, self.groups, self._pmatrix.shape[1])
 
     def dense_kernel(self):
         """The equivalent (k_h, k_w, C_in/groups, filters) Conv2D kernel (not for max)."""

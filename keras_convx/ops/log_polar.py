@@ -30,6 +30,8 @@ import numpy as np
 
 from keras_convx.ops.core import normalize_pair
 from keras_convx.ops.dispatcher import dispatch
+from keras_convx.ops.dispatcher import fast_path
+from keras_convx.ops.dispatcher import reference_only
 
 POOLINGS = ("mean", "sum", "max")
 
@@ -238,7 +240,7 @@ def pool_by_slices(x, pmatrix, kernel_size, strides, mode, offsets=None):
         acc = None
         for q in region:
             dy, dx = divmod(q, kw)
-            part = x[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :]
+            part = _strided_slice(x, dy, dx, out_h, out_w, strides)
             if acc is None:
                 acc = part
             elif mode == "max":
@@ -246,7 +248,7 @@ def pool_by_slices(x, pmatrix, kernel_size, strides, mode, offsets=None):
             else:
                 acc = acc + part
         if acc is None:  # an empty region pools to 0
-            acc = keras.ops.zeros_like(x[:, : sh * (out_h - 1) + 1 : sh, : sw * (out_w - 1) + 1 : sw, :])
+            acc = keras.ops.zeros_like(_strided_slice(x, 0, 0, out_h, out_w, strides))
         elif mode != "max" and weights[0] != 1.0:
             acc = acc * weights[0]  # the weights of a "mean" region are all 1/|Ω|
         pooled.append(acc)
@@ -343,8 +345,7 @@ def mix_regions(pooled, kernel, center_kernel, groups=1):
 POOL_COST = {"jax": 8.0, "tensorflow": 40.0, "torch": 30.0}
 
 
-def choose_implementation(kernel_size, in_channels, filters, groups, n_pooled, backend=None,
-                          has_fast_pool=None):
+def choose_implementation(kernel_size, filters, groups, n_pooled, backend=None, has_fast_pool=None):
     """The cheaper exact path for `pooling` "mean"/"sum": "dense" or "pool".
 
     Per output pixel and input channel, "dense" costs k_h·k_w·filters/groups multiply-adds;
@@ -352,13 +353,10 @@ def choose_implementation(kernel_size, in_channels, filters, groups, n_pooled, b
     `POOL_COST[backend]` multiply-adds each. Without a usable fast pooling path (reference
     mode, or torch without opt-in) the answer is always "dense": the reference pooling is a
     depthwise convolution, which measured slower than the dense path on every backend.
-    `in_channels` does not enter the comparison (both costs scale with it); it is kept for
-    cost models that need it.
+    Both costs scale with the number of input channels, so it does not enter the comparison.
     """
     backend = backend or keras.backend.backend()
     if has_fast_pool is None:
-        from keras_convx.ops.dispatcher import fast_path, reference_only
-
         has_fast_pool = not reference_only() and fast_path("log_polar_region_pool", backend) is not None
     if not has_fast_pool:
         return "dense"
