@@ -1,5 +1,17 @@
 """Layers of keras_convx, one file per family."""
 
+from keras_convx.layers.e4_conv import E4Conv2D
+from keras_convx.layers.group_conv import GroupBatchNormalization
+from keras_convx.layers.group_conv import GroupConv2D
+from keras_convx.layers.group_conv import GroupLiftConv2D
+from keras_convx.layers.group_conv import GroupPooling
 from keras_convx.layers.log_polar import LogPolarConv2D
 
-__all__ = ["LogPolarConv2D"]
+__all__ = [
+    "E4Conv2D",
+    "GroupBatchNormalization",
+    "GroupConv2D",
+    "GroupLiftConv2D",
+    "GroupPooling",
+    "LogPolarConv2D",
+]

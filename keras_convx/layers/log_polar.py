@@ -7,14 +7,9 @@ from keras_convx._registry import register
 from keras_convx.ops import log_polar as lp
 from keras_convx.ops.core import conv2d
 from keras_convx.ops.core import normalize_pair
+from keras_convx.layers._common import choice as _choice
 
 IMPLEMENTATIONS = ("auto", "dense", "pool", "max")
-
-
-def _choice(name, value, accepted):
-    if not isinstance(value, str) or value.lower() not in accepted:
-        raise ValueError(f"Expected {name} to be one of {list(accepted)}. Received: {name}={value!r}")
-    return value.lower()
 
 
 @register

@@ -1,0 +1,50 @@
+"""Argument validation shared by the layer families (clear errors before any work)."""
+
+import keras
+import numpy as np
+
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+def choice(name, value, accepted):
+    """Returns `value.lower()` if it is one of `accepted`; ValueError naming `name` otherwise."""
+    if not isinstance(value, str) or value.lower() not in accepted:
+        raise ValueError(f"Expected {name} to be one of {list(accepted)}. Received: {name}={value!r}")
+    return value.lower()
+
+
+def data_format(value):
+    """`None` → `keras.config.image_data_format()`; validated otherwise."""
+    return choice("data_format", value or keras.config.image_data_format(), DATA_FORMATS)
+
+
+def is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def integer(name, value, minimum=1):
+    """An int ≥ `minimum`: TypeError if not an int, ValueError if too small, naming `name`."""
+    if not is_int(value):
+        raise TypeError(f"Expected {name} to be an int. Received: {name}={value!r}")
+    if value < minimum:
+        raise ValueError(f"Expected {name} >= {minimum}. Received: {name}={value}")
+    return int(value)
+
+
+def odd_kernel_size(value):
+    """An odd int ≥ 1 (or a pair of equal odd ints) → int; ValueError naming kernel_size."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    k = integer("kernel_size", value)
+    if k % 2 == 0:
+        raise ValueError(
+            f"Expected kernel_size to be an odd int (the group acts about the window's centre "
+            f"pixel). Received: kernel_size={value!r}"
+        )
+    return k
+
+
+def boolean(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"Expected {name} to be a bool. Received: {name}={value!r}")
+    return bool(value)

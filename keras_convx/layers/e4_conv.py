@@ -1,0 +1,258 @@
+"""The efficient equivariant E4 layer: `E4Conv2D`."""
+
+import keras
+import numpy as np
+
+from keras_convx._registry import register
+from keras_convx.layers import _common
+from keras_convx.ops import group as gops
+
+
+@register
+class E4Conv2D(keras.layers.Layer):
+    """E4 layer (He et al., "Efficient Equivariant Network", NeurIPS 2021), p4 or p4m.
+
+    An equivariant, input-dependent k×k convolution. For a group feature map f with C_in
+    fields, C_r = ⌊C_in / reduction_ratio⌋ and `slices` groups of `filters / slices` output
+    fields that share one generated kernel:
+
+    1. Generator: `t = ReLU(GroupNorm(GroupConv1x1(C_in → C_r)(f)))` — each GroupNorm group is
+       one field's |G| copies, normalised over (|G|, H, W) with ONE γ, β per field — then
+       `κ = t · W_gen + b_gen` (a dense map C_r → k²·slices shared by all group elements),
+       viewed as (slices, k, k, |G|) per pixel. With strides > 1 the generator sees the
+       average-pooled input.
+    2. Steering: `K[σ, g] = T_g(κ[σ, :, :, g])`, the spatial transform of element g — a
+       static permutation of the k² axis (folded into `W_gen`'s columns, so it costs nothing).
+    3. Encoder: `V = GroupConv1x1(C_in → filters)(f)`, no bias.
+    4. Aggregation: `y[σ·M + m, g, x] = Σ_{i,j} K[σ, g, x][i, j] · V[σ·M + m, g, x·s + (i − p, j − p)]`,
+       zero padding p = (k − 1)/2, M = filters / slices.
+
+    The layer is exactly equivariant at stride 1 (`keras_convx.analysis.equivariance_error`).
+    The aggregation runs through `keras_convx.ops.group.aggregate`: k² shifted
+    multiply-adds that never build the k²-times larger patch tensor (compiled per backend
+    where that is faster); `keras_convx.ops.reference_mode()` switches to the patch form.
+
+    `official_compat=True` gives each orientation copy its own GroupNorm γ, β, as the official
+    PyTorch code does, so its trained weights can be loaded. That form is NOT exactly
+    equivariant once γ, β differ across copies (the default, tied form is).
+
+    Args:
+        filters: int, output fields (`filters·|G|` channels); divisible by `slices`.
+        kernel_size: odd int, the generated kernel's size k.
+        group: `"p4"` (default) or `"p4m"`.
+        reduction_ratio: number ≥ 1, the generator's channel reduction r (C_r = ⌊C_in / r⌋ ≥ 1).
+        slices: int ≥ 1 dividing `filters`, the number of generated kernels per pixel
+            (the official code's `groups` argument is `filters / slices`, the fields per slice).
+        strides: 1 or 2 (int or pair); stride 2 averages the generator's input over 2×2 and
+            samples the aggregation every second pixel ("same"-style output size ceil(H / 2)).
+        data_format: `"channels_last"` or `"channels_first"`; default
+            `keras.config.image_data_format()`.
+        official_compat: bool, untied GroupNorm affine (see above).
+        epsilon: float > 0, the GroupNorm epsilon (1e-5 as in PyTorch).
+        kernel_initializer: initializer of the three kernels (default `"he_normal"`).
+        bias_initializer: initializer of the generator bias.
+        kernel_regularizer, kernel_constraint: applied to the three kernels.
+        activity_regularizer: as for any layer.
+        **kwargs: base layer arguments (`name`, `dtype`, `trainable`, ...).
+
+    Input shape:
+        a group feature map `(batch, rows, cols, fields·|G|)` (channels_last).
+
+    Output shape:
+        `(batch, ceil(rows / s), ceil(cols / s), filters·|G|)` (channels_last).
+
+    Weights:
+        `reduce_kernel` `(C_in·|G|, C_r)`, `norm_gamma` and `norm_beta` `(C_r,)` (`(C_r·|G|,)`
+        with `official_compat`), `generator_kernel` `(C_r, k²·slices)`, `generator_bias`
+        `(k²·slices,)`, `encoder_kernel` `(C_in·|G|, filters)`. A 1×1 group kernel's row
+        `c·|G| + h` is the official `(out, in, |G|)` weight's `[:, c, h]`.
+
+    Example:
+
+    >>> x = np.random.rand(2, 28, 28, 16 * 4).astype("float32")
+    >>> E4Conv2D(16, 5, group="p4", reduction_ratio=1, slices=2)(x).shape
+    (2, 28, 28, 64)
+    """
+
+    _group_input = True
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        group="p4",
+        reduction_ratio=2,
+        slices=1,
+        strides=1,
+        data_format=None,
+        official_compat=False,
+        epsilon=1e-5,
+        kernel_initializer="he_normal",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        kernel_constraint=None,
+        activity_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        self.filters = _common.integer("filters", filters)
+        self.kernel_size = _common.odd_kernel_size(kernel_size)
+        self.group = gops.check_group(group)
+        self.order = gops.group_order(self.group)
+        if isinstance(reduction_ratio, bool) or not isinstance(reduction_ratio, (int, float, np.number)):
+            raise TypeError(
+                f"Expected reduction_ratio to be a number >= 1. Received: reduction_ratio={reduction_ratio!r}"
+            )
+        if reduction_ratio < 1:
+            raise ValueError(f"Expected reduction_ratio >= 1. Received: reduction_ratio={reduction_ratio}")
+        self.reduction_ratio = reduction_ratio
+        self.slices = _common.integer("slices", slices)
+        if self.filters % self.slices:
+            raise ValueError(
+                "Expected slices to divide filters. "
+                f"Received: filters={self.filters}, slices={self.slices}"
+            )
+        strides = _common.integer("strides", strides[0] if isinstance(strides, (tuple, list)) and
+                                  len(strides) == 2 and strides[0] == strides[1] else strides)
+        if strides not in (1, 2):
+            raise ValueError(f"Expected strides to be 1 or 2. Received: strides={strides}")
+        self.strides = strides
+        self.data_format = _common.data_format(data_format)
+        self.official_compat = _common.boolean("official_compat", official_compat)
+        if not isinstance(epsilon, (int, float)) or epsilon <= 0:
+            raise ValueError(f"Expected epsilon to be a float > 0. Received: epsilon={epsilon!r}")
+        self.epsilon = float(epsilon)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+        self._steering = True  # tests switch it off as a negative control
+
+    @property
+    def _channel_axis(self):
+        return 3 if self.data_format == "channels_last" else 1
+
+    def _kernel(self, name, shape, initializer=None):
+        return self.add_weight(
+            name=name,
+            shape=shape,
+            initializer=initializer or self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+
+    def build(self, input_shape):
+        channels = input_shape[self._channel_axis]
+        if channels is None or channels % self.order:
+            raise ValueError(
+                f"E4Conv2D with group={self.group!r} expects a known channel count that is a "
+                f"multiple of |G| = {self.order}. Received: input_shape={input_shape}"
+            )
+        self.in_fields = channels // self.order
+        self.reduced = int(self.in_fields // self.reduction_ratio)
+        if self.reduced < 1:
+            raise ValueError(
+                f"reduction_ratio={self.reduction_ratio} leaves no generator channels for "
+                f"{self.in_fields} input fields (C_r = floor(C_in / r) must be >= 1)."
+            )
+        k2s = self.kernel_size**2 * self.slices
+        norm_size = self.reduced * (self.order if self.official_compat else 1)
+        self.reduce_kernel = self._kernel("reduce_kernel", (channels, self.reduced))
+        self.norm_gamma = self.add_weight(name="norm_gamma", shape=(norm_size,), initializer="ones")
+        self.norm_beta = self.add_weight(name="norm_beta", shape=(norm_size,), initializer="zeros")
+        self.generator_kernel = self._kernel("generator_kernel", (self.reduced, k2s), "glorot_uniform")
+        self.generator_bias = self.add_weight(
+            name="generator_bias", shape=(k2s,), initializer=self.bias_initializer
+        )
+        self.encoder_kernel = self._kernel("encoder_kernel", (channels, self.filters))
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis: channels})
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def _group_1x1(self, x, kernel):
+        """1×1 group convolution of channels_last `x` with a `(C·|G|, F)` kernel."""
+        dense = gops.group_kernel(keras.ops.reshape(kernel, (1, 1, *kernel.shape)), self.group)
+        return keras.ops.matmul(x, keras.ops.reshape(dense, dense.shape[2:]))
+
+    def _steered_generator(self, dtype):
+        """(C_r, |G|, k²·slices) weights and (k²·slices, |G|) bias with the steering folded in."""
+        n = self.order
+        table = gops.steering_table(self.group, self.kernel_size, self.slices)
+        if not self._steering:
+            table = np.tile(np.arange(n), table.size // n) + np.repeat(np.arange(table.size // n) * n, n)
+        k2s = self.kernel_size**2 * self.slices
+        cols = table.reshape(k2s, n) // n  # source column for (slot, g)
+        kernel = keras.ops.cast(self.generator_kernel, dtype)
+        bias = keras.ops.cast(self.generator_bias, dtype)
+        w = keras.ops.take(kernel, cols.T.reshape(-1), axis=1)  # (C_r, G·k2s)
+        w = keras.ops.reshape(w, (self.reduced, n, k2s))
+        b = keras.ops.reshape(keras.ops.take(bias, cols.reshape(-1), axis=0), (k2s, n))
+        return w, b
+
+    def generate_kernels(self, x):
+        """The steered per-pixel kernels `(B, H', W', slices, k², |G|)` for channels_last `x`."""
+        n = self.order
+        if self.strides > 1:
+            x = keras.ops.average_pool(x, self.strides, self.strides, "same", "channels_last")
+        t = self._group_1x1(x, keras.ops.cast(self.reduce_kernel, x.dtype))
+        shape = keras.ops.shape(t)
+        t = keras.ops.reshape(keras.ops.cast(t, "float32"), (shape[0], shape[1], shape[2], self.reduced, n))
+        mean, var = keras.ops.moments(t, axes=(1, 2, 4), keepdims=True)
+        t = (t - mean) * keras.ops.rsqrt(var + self.epsilon)
+        gamma = keras.ops.reshape(keras.ops.cast(self.norm_gamma, "float32"), (self.reduced, -1))
+        beta = keras.ops.reshape(keras.ops.cast(self.norm_beta, "float32"), (self.reduced, -1))
+        t = keras.ops.relu(t * gamma + beta)
+        t = keras.ops.cast(t, x.dtype)
+        w, b = self._steered_generator(x.dtype)
+        kappa = keras.ops.einsum("bhwog,ogn->bhwng", t, w) + b
+        return keras.ops.reshape(
+            kappa, (shape[0], shape[1], shape[2], self.slices, self.kernel_size**2, n)
+        )
+
+    def call(self, inputs):
+        x = keras.ops.cast(inputs, self.compute_dtype)
+        if self.data_format == "channels_first":
+            x = keras.ops.transpose(x, (0, 2, 3, 1))
+        kernels = self.generate_kernels(x)
+        v = self._group_1x1(x, keras.ops.cast(self.encoder_kernel, x.dtype))
+        shape = keras.ops.shape(v)
+        v = keras.ops.reshape(
+            v, (shape[0], shape[1], shape[2], self.slices, self.filters // self.slices, self.order)
+        )
+        y = gops.aggregate(v, kernels, self.kernel_size, (self.strides, self.strides))
+        shape = keras.ops.shape(y)
+        y = keras.ops.reshape(y, (shape[0], shape[1], shape[2], self.filters * self.order))
+        if self.data_format == "channels_first":
+            y = keras.ops.transpose(y, (0, 3, 1, 2))
+        return y
+
+    def compute_output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        spatial = input_shape[1:3] if self.data_format == "channels_last" else input_shape[2:4]
+        out = [None if n is None else -(-n // self.strides) for n in spatial]
+        channels = self.filters * self.order
+        if self.data_format == "channels_last":
+            return (input_shape[0], *out, channels)
+        return (input_shape[0], channels, *out)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "group": self.group,
+                "reduction_ratio": self.reduction_ratio,
+                "slices": self.slices,
+                "strides": self.strides,
+                "data_format": self.data_format,
+                "official_compat": self.official_compat,
+                "epsilon": self.epsilon,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            }
+        )
+        return config

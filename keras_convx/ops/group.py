@@ -1,0 +1,236 @@
+"""Maths of the group-equivariant convolutions (p4, p4m) and of the E4 layer.
+
+Static tables (NumPy, computed once per configuration and cached):
+
+- `kernel_permutation(group, k)`: for each group element g, the permutation of the k×k
+  kernel positions that applies the element's spatial transform (`rot90^g` for g < 4, the
+  mirrored ones `rot90^(7-g)(transpose(w))` for g ≥ 4, NumPy's `rot90` convention).
+- `group_permutation(group)`: P[g][h], the input group element that output element g reads
+  at slot h (p4: `(h − g) mod 4`; p4m: the D4 table of the spec).
+- gather tables that expand a lifting or group kernel into the ordinary dense kernel.
+
+Group feature maps are plain 4-D tensors whose channel index is `field·|G| + g`.
+
+Tensor maths uses `keras.ops`; the E4 aggregation has a patch reference and a
+shift-and-accumulate form, chosen by the ops dispatch point (`e4_aggregate`).
+"""
+
+import functools
+
+import keras
+import numpy as np
+
+from keras_convx.ops.dispatcher import dispatch
+
+GROUPS = ("p4", "p4m")
+
+# The spec's D4 table: input group axis permutation of element i.
+_P8 = np.array(
+    [
+        [0, 1, 2, 3, 4, 5, 6, 7],
+        [3, 0, 1, 2, 5, 6, 7, 4],
+        [2, 3, 0, 1, 6, 7, 4, 5],
+        [1, 2, 3, 0, 7, 4, 5, 6],
+        [4, 5, 6, 7, 0, 1, 2, 3],
+        [5, 6, 7, 4, 3, 0, 1, 2],
+        [6, 7, 4, 5, 2, 3, 0, 1],
+        [7, 4, 5, 6, 1, 2, 3, 0],
+    ]
+)
+
+
+def check_group(group):
+    """Returns the normalised group name; ValueError naming `group` otherwise."""
+    if not isinstance(group, str) or group.lower() not in GROUPS:
+        raise ValueError(f"Expected group to be one of {list(GROUPS)}. Received: group={group!r}")
+    return group.lower()
+
+
+def group_order(group):
+    """|G|: 4 for p4, 8 for p4m."""
+    return 4 if check_group(group) == "p4" else 8
+
+
+def transform_kernel(w, g, axes=(0, 1)):
+    """Applies element g's spatial transform to the two `axes` of the NumPy array `w`."""
+    if g < 4:
+        return np.rot90(w, g, axes=axes)
+    return np.rot90(np.swapaxes(w, *axes), 7 - g, axes=axes)
+
+
+def _readonly(a):
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_permutation(group, k):
+    """(|G|, k²) int array: `T_g(w).flat[s] == w.flat[table[g, s]]` for a k×k kernel."""
+    positions = np.arange(k * k).reshape(k, k)
+    return _readonly([transform_kernel(positions, g).reshape(-1) for g in range(group_order(group))])
+
+
+@functools.lru_cache(maxsize=None)
+def group_permutation(group):
+    """(|G|, |G|) int array P: output element g reads input element P[g, h] at slot h."""
+    n = group_order(group)
+    if n == 4:
+        return _readonly([[(h - g) % 4 for h in range(4)] for g in range(4)])
+    return _readonly(_P8)
+
+
+@functools.lru_cache(maxsize=None)
+def lift_gather_table(group, k):
+    """(k², |G|) indices into a kernel's k² axis: `table[s, g] = kernel_permutation[g, s]`."""
+    return _readonly(kernel_permutation(group, k).T)
+
+
+@functools.lru_cache(maxsize=None)
+def group_gather_table(group, k):
+    """(k², |G|_in, |G|_out) indices into a kernel's flattened (k², |G|) axes.
+
+    `table[s, h, g] = src_g(s)·|G| + P[g, h]`: the dense group kernel at position s, input
+    element h, output element g is the stored kernel at position `src_g(s)` and element
+    `P[g, h]`.
+    """
+    n = group_order(group)
+    src = kernel_permutation(group, k)  # (G, k²)
+    p = group_permutation(group)  # (G, G)
+    table = src.T[:, None, :] * n + p.T[None, :, :]  # [s, h, g]
+    return _readonly(table)
+
+
+def lift_kernel(kernel, group):
+    """Dense kernel of a lifting convolution.
+
+    Args:
+        kernel: (k, k, C_in, F) tensor.
+        group: "p4" or "p4m".
+
+    Returns:
+        (k, k, C_in, F·|G|) tensor, output channel `f·|G| + g` holding `T_g(kernel[..., f])`.
+    """
+    k, _, cin, f = kernel.shape
+    n = group_order(group)
+    flat = keras.ops.reshape(kernel, (k * k, cin, f))
+    idx = lift_gather_table(group, k).reshape(-1)
+    dense = keras.ops.take(flat, idx, axis=0)  # (k²·G, cin, f)
+    dense = keras.ops.reshape(dense, (k, k, n, cin, f))
+    dense = keras.ops.transpose(dense, (0, 1, 3, 4, 2))
+    return keras.ops.reshape(dense, (k, k, cin, f * n))
+
+
+def group_kernel(kernel, group):
+    """Dense kernel of a group convolution.
+
+    Args:
+        kernel: (k, k, C_in·|G|, F) tensor, input channel index `c·|G| + h`.
+        group: "p4" or "p4m".
+
+    Returns:
+        (k, k, C_in·|G|, F·|G|) tensor: `W[s, c·|G|+h, f·|G|+g] = kernel[src_g(s), c·|G|+P[g,h], f]`.
+    """
+    k, _, cin_g, f = kernel.shape
+    n = group_order(group)
+    cin = cin_g // n
+    flat = keras.ops.reshape(kernel, (k * k, cin, n, f))
+    flat = keras.ops.reshape(keras.ops.transpose(flat, (0, 2, 1, 3)), (k * k * n, cin, f))
+    idx = group_gather_table(group, k).reshape(-1)
+    dense = keras.ops.take(flat, idx, axis=0)  # (k²·G·G, cin, f)
+    dense = keras.ops.reshape(dense, (k, k, n, n, cin, f))  # s, h, g, c, f
+    dense = keras.ops.transpose(dense, (0, 1, 4, 2, 5, 3))  # s, c, h, f, g
+    return keras.ops.reshape(dense, (k, k, cin * n, f * n))
+
+
+def split_fields(x, order, data_format):
+    """(B, H, W, F·|G|) → (B, H, W, F, |G|) (channels_first: (B, F, |G|, H, W))."""
+    shape = keras.ops.shape(x)
+    if data_format == "channels_last":
+        return keras.ops.reshape(x, (shape[0], shape[1], shape[2], -1, order))
+    return keras.ops.reshape(x, (shape[0], -1, order, shape[2], shape[3]))
+
+
+def merge_fields(x, data_format):
+    """Inverse of `split_fields`."""
+    shape = keras.ops.shape(x)
+    if data_format == "channels_last":
+        return keras.ops.reshape(x, (shape[0], shape[1], shape[2], -1))
+    return keras.ops.reshape(x, (shape[0], -1, shape[3], shape[4]))
+
+
+# ------------------------------------------------------------------------------ E4 layer
+
+
+@functools.lru_cache(maxsize=None)
+def steering_table(group, k, slices):
+    """(slices·k²·|G|,) indices steering the generator's kernels.
+
+    The generator output for element g, viewed as (slices, k², |G|) and flattened, is gathered
+    with this table so that slot (σ, s, g) holds `κ[σ, src_g(s), g]`, i.e. `T_g(κ[σ, :, :, g])`.
+    """
+    n = group_order(group)
+    src = kernel_permutation(group, k)  # (G, k²)
+    sigma = np.arange(slices)[:, None, None]
+    s = np.arange(k * k)[None, :, None]
+    g = np.arange(n)[None, None, :]
+    table = (sigma * k * k + src[g, s]) * n + g
+    return _readonly(table.reshape(-1))
+
+
+def _shift_windows(v, k, strides, out_hw):
+    """Yields ((i, j), window) for the k×k shifts of the zero-padded (B, H+2p, W+2p, ...) `v`."""
+    sh, sw = strides
+    oh, ow = out_hw
+    for i in range(k):
+        for j in range(k):
+            yield i * k + j, v[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+
+
+def aggregate_patches(v, kernels, k, strides):
+    """Reference E4 aggregation through the explicit k²-times larger patch tensor.
+
+    Args:
+        v: (B, H, W, S, M, |G|) encoded features, channels_last, S slices of M fields.
+        kernels: (B, H', W', S, k², |G|) steered kernels at the output positions.
+        k: odd kernel size; zero padding (k − 1) / 2.
+        strides: pair of ints.
+
+    Returns:
+        (B, H', W', S, M, |G|).
+    """
+    p = (k - 1) // 2
+    v = keras.ops.pad(v, ((0, 0), (p, p), (p, p), (0, 0), (0, 0), (0, 0)))
+    out_hw = (kernels.shape[1], kernels.shape[2])
+    patches = keras.ops.stack([w for _, w in _shift_windows(v, k, strides, out_hw)], axis=4)
+    # patches: (B, H', W', S, k², M, G)
+    return keras.ops.sum(patches * kernels[:, :, :, :, :, None, :], axis=4)
+
+
+def aggregate_shifts(v, kernels, k, strides):
+    """E4 aggregation as k² shifted multiply-adds; never builds the patch tensor.
+
+    Same signature and result as `aggregate_patches`. Compilers (XLA, torch.compile) fuse
+    the loop into one pass over the output.
+    """
+    p = (k - 1) // 2
+    v = keras.ops.pad(v, ((0, 0), (p, p), (p, p), (0, 0), (0, 0), (0, 0)))
+    out_hw = (kernels.shape[1], kernels.shape[2])
+    out = None
+    for s, window in _shift_windows(v, k, strides, out_hw):
+        term = window * kernels[:, :, :, :, s : s + 1, :]
+        out = term if out is None else out + term
+    return out
+
+
+def aggregate(v, kernels, k, strides):
+    """E4 aggregation through the dispatch point (`e4_aggregate`).
+
+    Default: `aggregate_shifts`; per-backend compiled versions where registered;
+    `keras_convx.ops.reference_mode()` forces `aggregate_patches`.
+    """
+    from keras_convx.ops import dispatcher
+
+    if dispatcher.reference_only():
+        return aggregate_patches(v, kernels, k, tuple(strides))
+    return dispatch("e4_aggregate", aggregate_shifts)(v, kernels, k, tuple(strides))
