@@ -33,7 +33,12 @@ def integer(name, value, minimum=1):
 
 def odd_kernel_size(value):
     """An odd int ≥ 1 (or a pair of equal odd ints) → int; ValueError naming kernel_size."""
-    if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1]:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        if value[0] != value[1]:
+            raise ValueError(
+                "Expected kernel_size to be square (rotations map a k×k window onto itself). "
+                f"Received: kernel_size={value!r}"
+            )
         value = value[0]
     k = integer("kernel_size", value)
     if k % 2 == 0:

@@ -1,0 +1,263 @@
+"""GroupLiftConv2D, GroupConv2D, GroupBatchNormalization, GroupPooling and equivariance_error."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_convx import analysis
+from keras_convx.layers import GroupBatchNormalization
+from keras_convx.layers import GroupConv2D
+from keras_convx.layers import GroupLiftConv2D
+from keras_convx.layers import GroupPooling
+from keras_convx.ops import group as gops
+from tests import harness
+from tests.oracles import group as oracle
+
+ORDER = {"p4": 4, "p4m": 8}
+
+
+def _randomize(layer, seed=0):
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.standard_normal(w.shape).astype("float32") for w in layer.get_weights()])
+
+
+def _to_cf(x):
+    return np.ascontiguousarray(np.moveaxis(x, -1, 1))
+
+
+def _cf_oracle(fn):
+    """Wraps a channels_last oracle for channels_first inputs/outputs."""
+    return lambda x, w: np.moveaxis(fn(np.moveaxis(x, 1, -1), w), -1, 1)
+
+
+# --------------------------------------------------------------------------- static tables
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+def test_tables_match_spec(group):
+    n = ORDER[group]
+    np.testing.assert_array_equal(gops.group_permutation(group), oracle.table(group))
+    w = np.arange(25).reshape(5, 5)
+    for g in range(n):
+        np.testing.assert_array_equal(w.reshape(-1)[gops.kernel_permutation(group, 5)[g]],
+                                      oracle.transform(w, g).reshape(-1))
+
+
+def test_p4m_kernel_transforms_form_the_dihedral_group():
+    # The 8 transforms of an asymmetric kernel are all different and closed under composition.
+    w = np.arange(9).reshape(3, 3)
+    images = {oracle.transform(w, g).tobytes() for g in range(8)}
+    assert len(images) == 8
+    for g in range(8):
+        for h in range(8):
+            assert oracle.transform(oracle.transform(w, g), h).tobytes() in images
+
+
+# --------------------------------------------------------------------------- oracle agreement
+
+LIFT_CASES = [
+    ("p4", dict(kernel_size=3), (2, 7, 7, 2)),
+    ("p4m", dict(kernel_size=3), (2, 6, 6, 1)),
+    ("p4", dict(kernel_size=5, strides=2), (1, 8, 9, 2)),
+    ("p4m", dict(kernel_size=3, padding="valid", use_bias=False), (2, 6, 7, 2)),
+]
+GCONV_CASES = [
+    ("p4", dict(kernel_size=3), (2, 6, 6, 2 * 4)),
+    ("p4m", dict(kernel_size=3), (1, 5, 5, 2 * 8)),
+    ("p4", dict(kernel_size=1), (2, 5, 4, 3 * 4)),
+    ("p4m", dict(kernel_size=1, use_bias=False), (1, 4, 4, 2 * 8)),
+    ("p4", dict(kernel_size=5, strides=2, padding="valid"), (1, 9, 8, 2 * 4)),
+    ("p4m", dict(kernel_size=3, strides=2), (1, 6, 7, 1 * 8)),
+]
+
+
+def _conv_oracle(layer, fn):
+    cfg = layer.get_config()
+    return lambda x, w: fn(x, w, cfg["group"], cfg["strides"], cfg["padding"])
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize(
+    "cls, fn, case",
+    [(GroupLiftConv2D, oracle.lift_conv, c) for c in LIFT_CASES]
+    + [(GroupConv2D, oracle.group_conv, c) for c in GCONV_CASES],
+)
+def test_conv_matches_oracle(cls, fn, case, data_format):
+    group, kwargs, shape = case
+    layer = cls(3, group=group, data_format=data_format, **kwargs)
+    x = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    fn_ = _conv_oracle(layer, fn)
+    if data_format == "channels_first":
+        x, fn_ = _to_cf(x), _cf_oracle(fn_)
+    layer.build(x.shape)
+    _randomize(layer)
+    harness.assert_matches_oracle(layer, x, fn_, atol=1e-4, rtol=1e-5, grad_rtol=1e-3, grad_atol=1e-3)
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+def test_dense_kernel_folds_into_conv2d(group):
+    n = ORDER[group]
+    layer = GroupConv2D(3, 3, group=group)
+    x = np.random.default_rng(2).standard_normal((2, 7, 7, 2 * n)).astype("float32")
+    layer.build(x.shape)
+    _randomize(layer)
+    conv = keras.layers.Conv2D(3 * n, 3, padding="same")
+    conv.build(x.shape)
+    conv.set_weights([harness.to_numpy(layer.dense_kernel()), harness.to_numpy(layer.dense_bias())])
+    np.testing.assert_allclose(harness.to_numpy(conv(x)), harness.to_numpy(layer(x)), atol=1e-5)
+
+
+def test_group_batch_norm_matches_oracle_and_updates_moving_statistics():
+    layer = GroupBatchNormalization("p4m", momentum=0.9, epsilon=1e-3)
+    x = np.random.default_rng(3).standard_normal((3, 5, 5, 2 * 8)).astype("float32") * 2 + 1
+    layer.build(x.shape)
+    rng = np.random.default_rng(4)
+    gamma, beta = rng.standard_normal(2), rng.standard_normal(2)
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    y = harness.to_numpy(layer(x, training=True))
+    expected, mean, var = oracle.group_batch_norm(x.astype(np.float64), gamma, beta, "p4m", 1e-3)
+    np.testing.assert_allclose(y, expected, atol=1e-4)
+    np.testing.assert_allclose(harness.to_numpy(layer.moving_mean), 0.1 * mean, atol=1e-5)
+    np.testing.assert_allclose(harness.to_numpy(layer.moving_variance), 0.9 + 0.1 * var, atol=1e-5)
+    # inference uses the moving statistics
+    mm, mv = harness.to_numpy(layer.moving_mean), harness.to_numpy(layer.moving_variance)
+    inference = harness.to_numpy(layer(x, training=False))
+    fields = x.reshape(3, 5, 5, 2, 8)
+    manual = (fields - mm[:, None]) / np.sqrt(mv[:, None] + 1e-3) * gamma[:, None] + beta[:, None]
+    np.testing.assert_allclose(inference, manual.reshape(x.shape), atol=1e-4)
+
+
+def test_group_batch_norm_gradients_match_oracle():
+    layer = GroupBatchNormalization("p4")
+    x = np.random.default_rng(5).standard_normal((2, 3, 3, 2 * 4)).astype("float32")
+    layer.build(x.shape)
+    _randomize(layer)
+
+    def fn(x_, w):
+        return oracle.group_batch_norm(x_, w["gamma"], w["beta"], "p4", 1e-3)[0]
+
+    harness.assert_matches_oracle(layer, x, fn, call_kwargs={"training": True}, atol=1e-4,
+                                  grad_rtol=1e-3, grad_atol=1e-3)
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_group_pooling(pooling, data_format):
+    x = np.random.default_rng(6).standard_normal((2, 4, 4, 3 * 8)).astype("float32")
+    reduce = np.max if pooling == "max" else np.mean
+    expected = reduce(x.reshape(2, 4, 4, 3, 8), axis=-1)
+    if data_format == "channels_first":
+        x, expected = _to_cf(x), _to_cf(expected)
+    y = GroupPooling("p4m", pooling=pooling, data_format=data_format)(x)
+    np.testing.assert_allclose(harness.to_numpy(y), expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- equivariance
+
+
+def test_analysis_transform_matches_the_spec_actions():
+    y = np.random.default_rng(7).standard_normal((2, 5, 5, 3 * 8))
+    np.testing.assert_array_equal(analysis.transform(y, "r", "p4m"), oracle.rotate_group_map(y, "p4m"))
+    np.testing.assert_array_equal(analysis.transform(y, "m", "p4m"), oracle.mirror_group_map(y))
+    y4 = y[..., :12]
+    np.testing.assert_array_equal(analysis.transform(y4, "rr", "p4"),
+                                  oracle.rotate_group_map(oracle.rotate_group_map(y4, "p4"), "p4"))
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize(
+    "make, fields_in",
+    [
+        (lambda g, df: GroupLiftConv2D(3, 5, group=g, data_format=df), None),
+        (lambda g, df: GroupConv2D(3, 3, group=g, data_format=df), 2),
+        (lambda g, df: GroupConv2D(3, 1, group=g, data_format=df), 2),
+        (lambda g, df: GroupBatchNormalization(g, data_format=df), 2),
+        (lambda g, df: GroupPooling(g, data_format=df), 2),
+    ],
+)
+def test_every_group_layer_is_equivariant(make, fields_in, group, data_format):
+    n = ORDER[group]
+    layer = make(group, data_format)
+    channels = 2 if fields_in is None else fields_in * n
+    x = np.random.default_rng(8).standard_normal((2, 9, 9, channels)).astype("float32")
+    if data_format == "channels_first":
+        x = _to_cf(x)
+    layer.build(x.shape)
+    _randomize(layer)
+    if isinstance(layer, GroupBatchNormalization):
+        layer.moving_variance.assign(np.abs(harness.to_numpy(layer.moving_variance)) + 0.5)
+    errors = analysis.equivariance_error(layer, x, group, per_element=True)
+    assert len(errors) == n
+    assert max(errors.values()) <= 1e-5, errors
+
+
+def test_equivariance_error_detects_a_plain_conv():
+    layer = keras.layers.Conv2D(4, 3, padding="same")
+    x = np.random.default_rng(9).standard_normal((2, 9, 9, 2)).astype("float32")
+    assert analysis.equivariance_error(layer, x, "p4", output_type="image") > 0.3
+
+
+def test_equivariance_error_detects_per_channel_batch_norm():
+    # Ordinary BatchNormalization with different per-orientation statistics breaks equivariance.
+    layer = keras.layers.BatchNormalization()
+    x = np.random.default_rng(10).standard_normal((2, 9, 9, 4)).astype("float32")
+    layer.build(x.shape)
+    layer.moving_mean.assign([0.0, 1.0, 2.0, 3.0])
+    assert analysis.equivariance_error(layer, x, "p4", input_type="group", output_type="group") > 0.3
+
+
+def test_equivariance_error_bad_arguments():
+    layer = GroupConv2D(2, 3)
+    x = np.zeros((1, 5, 5, 4), "float32")
+    with pytest.raises(ValueError, match="group"):
+        analysis.equivariance_error(layer, x, "c8")
+    with pytest.raises(ValueError, match="square"):
+        analysis.equivariance_error(layer, np.zeros((1, 5, 6, 4), "float32"), "p4")
+    with pytest.raises(ValueError, match="output_type"):
+        analysis.equivariance_error(layer, x, "p4", output_type="vector")
+
+
+# --------------------------------------------------------------------------- layer contract
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, shape, params",
+    [
+        (GroupLiftConv2D, dict(filters=4, kernel_size=3, group="p4"), (2, 8, 8, 3), 3 * 3 * 3 * 4 + 4),
+        (GroupConv2D, dict(filters=3, kernel_size=3, group="p4m"), (2, 6, 6, 2 * 8), 9 * 16 * 3 + 3),
+        (GroupConv2D, dict(filters=3, kernel_size=1, group="p4", strides=2, use_bias=False), (2, 6, 6, 8), 8 * 3),
+        (GroupBatchNormalization, dict(group="p4"), (2, 5, 5, 12), 2 * 3),
+        (GroupPooling, dict(group="p4m", pooling="mean"), (2, 5, 5, 16), 0),
+    ],
+)
+def test_layer_contract(cls, kwargs, shape, params):
+    layer = harness.run_layer_test(cls, kwargs, shape)
+    trainable = sum(int(np.prod(w.shape)) for w in layer.trainable_weights)
+    assert trainable == params
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: GroupConv2D(4, 3, group="c4"), "group"),
+        (lambda: GroupConv2D(4, 4), "kernel_size"),
+        (lambda: GroupLiftConv2D(4, (3, 5)), "kernel_size"),
+        (lambda: GroupConv2D(0, 3), "filters"),
+        (lambda: GroupConv2D(4, 3, padding="full"), "padding"),
+        (lambda: GroupBatchNormalization("p4", momentum=1.5), "momentum"),
+        (lambda: GroupPooling("p4", pooling="sum"), "pooling"),
+        (lambda: GroupPooling("p6"), "group"),
+    ],
+)
+def test_bad_arguments_raise_value_error(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_group_input_with_wrong_channel_count_is_rejected():
+    with pytest.raises(ValueError, match="multiple of"):
+        GroupConv2D(2, 3, group="p4m")(np.zeros((1, 5, 5, 12), "float32"))
+    with pytest.raises(TypeError, match="filters"):
+        GroupLiftConv2D(2.5, 3)
