@@ -257,7 +257,7 @@ def backend_gradients(fn, args):
             for t in tensors:
                 tape.watch(t)
             value = fn(*tensors)
-        return [g.numpy() if g is not None else np.zeros_like(a) for g, a in
+        return [tf.convert_to_tensor(g).numpy() if g is not None else np.zeros_like(a) for g, a in
                 zip(tape.gradient(value, tensors), args)]
     if BACKEND == "torch":
         import torch

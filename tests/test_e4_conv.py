@@ -1,0 +1,194 @@
+"""E4Conv2D: oracle agreement, exact equivariance, negative controls, aggregation paths."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_convx import analysis
+from keras_convx import ops
+from keras_convx.layers import E4Conv2D
+from keras_convx.ops import group as gops
+from tests import harness
+from tests.oracles import group as oracle
+
+ORDER = {"p4": 4, "p4m": 8}
+
+
+def _randomize(layer, seed=0):
+    rng = np.random.default_rng(seed)
+    values = []
+    for w in layer.get_weights():
+        values.append(rng.standard_normal(w.shape).astype("float32"))
+    layer.set_weights(values)
+
+
+def _e4_oracle(layer):
+    cfg = layer.get_config()
+
+    def fn(x, w):
+        return oracle.e4(x, w, cfg["group"], cfg["kernel_size"], cfg["slices"], cfg["strides"], cfg["epsilon"])
+
+    if cfg["data_format"] == "channels_first":
+        return lambda x, w: np.moveaxis(fn(np.moveaxis(x, 1, -1), w), -1, 1)
+    return fn
+
+
+CASES = [
+    ("p4", dict(filters=4, kernel_size=3, reduction_ratio=1, slices=2), (2, 6, 6, 2)),
+    ("p4", dict(filters=4, kernel_size=5, reduction_ratio=2, slices=1, strides=2), (1, 8, 8, 4)),
+    ("p4m", dict(filters=2, kernel_size=3, reduction_ratio=2, slices=2), (1, 5, 5, 2)),
+    ("p4m", dict(filters=2, kernel_size=3, reduction_ratio=1, slices=1, strides=2, official_compat=True), (1, 6, 6, 2)),
+]
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_matches_oracle_forward_and_gradients(case, data_format):
+    group, kwargs, (b, h, w, fields) = CASES[case]
+    layer = E4Conv2D(group=group, data_format=data_format, **kwargs)
+    x = np.random.default_rng(1).standard_normal((b, h, w, fields * ORDER[group])).astype("float32")
+    if data_format == "channels_first":
+        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
+    layer.build(x.shape)
+    _randomize(layer)
+    harness.assert_matches_oracle(layer, x, _e4_oracle(layer), rtol=1e-4, atol=1e-4,
+                                  grad_rtol=2e-3, grad_atol=2e-3, max_fd_coords=24)
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=5, reduction_ratio=1, slices=2),
+                                    dict(kernel_size=3, reduction_ratio=2, slices=4)])
+def test_exactly_equivariant(group, kwargs):
+    n = ORDER[group]
+    layer = E4Conv2D(4, group=group, **kwargs)
+    x = np.random.default_rng(2).standard_normal((2, 11, 11, 4 * n)).astype("float32")
+    layer.build(x.shape)
+    _randomize(layer)  # random tied GroupNorm γ, β included
+    errors = analysis.equivariance_error(layer, x, group, per_element=True)
+    assert len(errors) == n
+    assert max(errors.values()) <= 1e-5, errors
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+def test_negative_control_untied_group_norm_breaks_equivariance(group):
+    n = ORDER[group]
+    layer = E4Conv2D(4, 3, group=group, reduction_ratio=1, slices=2, official_compat=True)
+    x = np.random.default_rng(3).standard_normal((2, 9, 9, 4 * n)).astype("float32")
+    layer.build(x.shape)
+    _randomize(layer)  # random γ, β per orientation copy, as after official training
+    assert analysis.equivariance_error(layer, x, group) > 0.05
+    # With equal copies (its initial state) the untied form is still equivariant.
+    layer.norm_gamma.assign(np.ones(layer.norm_gamma.shape, "float32"))
+    layer.norm_beta.assign(np.zeros(layer.norm_beta.shape, "float32"))
+    assert analysis.equivariance_error(layer, x, group) <= 1e-5
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+def test_negative_control_without_steering_breaks_equivariance(group):
+    n = ORDER[group]
+    layer = E4Conv2D(4, 3, group=group, reduction_ratio=1, slices=2)
+    x = np.random.default_rng(4).standard_normal((2, 9, 9, 4 * n)).astype("float32")
+    layer.build(x.shape)
+    _randomize(layer)
+    layer._steering = False
+    assert analysis.equivariance_error(layer, x, group) > 0.05
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_shift_aggregation_equals_patch_reference(strides):
+    rng = np.random.default_rng(5)
+    k = 5
+    v = rng.standard_normal((2, 8, 8, 2, 3, 4)).astype("float32")
+    oh = 8 // strides
+    kernels = rng.standard_normal((2, oh, oh, 2, k * k, 4)).astype("float32")
+    cot = rng.standard_normal((2, oh, oh, 2, 3, 4)).astype("float32")
+
+    def loss(fn):
+        return lambda v_, k_: keras.ops.sum(fn(v_, k_, k, (strides, strides)) * keras.ops.convert_to_tensor(cot))
+
+    ref = harness.to_numpy(gops.aggregate_patches(v, kernels, k, (strides, strides)))
+    fast = harness.to_numpy(gops.aggregate_shifts(v, kernels, k, (strides, strides)))
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5)
+    g_ref = harness.backend_gradients(loss(gops.aggregate_patches), [v, kernels])
+    g_fast = harness.backend_gradients(loss(gops.aggregate_shifts), [v, kernels])
+    for a, b in zip(g_fast, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def opt_in_fast_paths():
+    ops.set_opt_in_fast_paths(True)
+    yield
+    ops.set_opt_in_fast_paths(False)
+
+
+def test_dispatched_layer_equals_reference_mode(opt_in_fast_paths):
+    """Whatever aggregation the dispatch point picks agrees with the patch reference."""
+    layer = E4Conv2D(4, 5, group="p4", reduction_ratio=1, slices=2)
+    x = np.random.default_rng(6).standard_normal((2, 10, 10, 16)).astype("float32")
+    layer.build(x.shape)
+    _randomize(layer)
+    cot = np.random.default_rng(7).standard_normal((2, 10, 10, 16)).astype("float32")
+    y = harness.to_numpy(layer(x))
+    dx, dw = harness.layer_gradients(layer, x, cot)
+    with ops.reference_mode():
+        ref_y = harness.to_numpy(layer(x))
+        ref_dx, ref_dw = harness.layer_gradients(layer, x, cot)
+    np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-4, atol=1e-4)
+    for name in ref_dw:
+        np.testing.assert_allclose(dw[name], ref_dw[name], rtol=1e-4, atol=2e-4)
+
+
+def _official_param_count(cin, cout, k, r, gc, order):
+    """Parameters of the official E4_C4/E4_D4 module, from its submodules' shapes."""
+    cr = int(cin // r)
+    v = cout * cin * order  # C_4_1x1(cin, cout)
+    conv1 = cr * cin * order  # C_4_1x1(cin, cr)
+    group_norm = 2 * cr * order  # nn.GroupNorm(cr, cr·|G|) affine
+    conv2 = cr * k * k * (cout // gc) + k * k * (cout // gc)  # Conv3d(cr, k²·s, 1) + bias
+    return v + conv1 + group_norm + conv2
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+@pytest.mark.parametrize("cin, cout, k, r, gc", [(16, 16, 5, 1, 8), (24, 24, 5, 2, 2), (32, 32, 3, 2, 2)])
+def test_parameter_count_official_compat_and_tied(group, cin, cout, k, r, gc):
+    n = ORDER[group]
+    official = E4Conv2D(cout, k, group=group, reduction_ratio=r, slices=cout // gc, official_compat=True)
+    official.build((None, 8, 8, cin * n))
+    assert official.count_params() == _official_param_count(cin, cout, k, r, gc, n)
+    tied = E4Conv2D(cout, k, group=group, reduction_ratio=r, slices=cout // gc)
+    tied.build((None, 8, 8, cin * n))
+    assert official.count_params() - tied.count_params() == 2 * int(cin // r) * (n - 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, shape",
+    [
+        (dict(filters=4, kernel_size=3, group="p4", reduction_ratio=2, slices=2), (2, 6, 6, 16)),
+        (dict(filters=2, kernel_size=3, group="p4m", reduction_ratio=1, slices=1, strides=2), (2, 6, 6, 16)),
+    ],
+)
+def test_layer_contract(kwargs, shape):
+    harness.run_layer_test(E4Conv2D, kwargs, shape, data_format_atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(filters=4, kernel_size=3, group="c4"), "group"),
+        (dict(filters=4, kernel_size=3, slices=3), "slices"),
+        (dict(filters=4, kernel_size=3, reduction_ratio=0.5), "reduction_ratio"),
+        (dict(filters=4, kernel_size=4), "kernel_size"),
+        (dict(filters=4, kernel_size=3, strides=3), "strides"),
+        (dict(filters=4, kernel_size=3, data_format="NHWC"), "data_format"),
+    ],
+)
+def test_bad_arguments_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        E4Conv2D(**kwargs)
+
+
+def test_reduction_leaving_no_generator_channels_is_rejected():
+    with pytest.raises(ValueError, match="reduction_ratio"):
+        E4Conv2D(4, 3, reduction_ratio=4)(np.zeros((1, 5, 5, 2 * 4), "float32"))
