@@ -6,6 +6,8 @@ of the layer under test) and `baselines` ({label: factory}). Later families appe
 
 import keras
 
+from keras_convx.layers import E4Conv2D
+from keras_convx.layers import GroupConv2D
 from keras_convx.layers import LogPolarConv2D
 
 
@@ -16,6 +18,15 @@ def conv2d(filters, k, **kw):
 def lpsc(filters, k, rings, sectors, growth_rate, implementation="auto"):
     return lambda: LogPolarConv2D(filters, k, rings=rings, sectors=sectors, growth_rate=growth_rate,
                                   implementation=implementation)
+
+
+def gconv(fields, k, group="p4"):
+    return lambda: GroupConv2D(fields, k, group=group, use_bias=False)
+
+
+def e4(fields, k, r, slices, implementation="auto", group="p4"):
+    return lambda: E4Conv2D(fields, k, group=group, reduction_ratio=r, slices=slices,
+                            implementation=implementation)
 
 
 CASES = [
@@ -58,6 +69,31 @@ CASES = [
             "Conv2D 9×9": conv2d(16, 9),
             "Conv2D 3×3": conv2d(16, 3),
             "LPSC dense path (A)": lpsc(16, 9, 2, 6, 3.0, "dense"),
+        },
+    },
+    {
+        # MNIST-rot block of E4-Net (p4): 16 → 16 fields, k = 5, r = 1, 2 slices.
+        "name": "E4Conv2D p4 16→16 k5 r1 s2 (MNIST-rot block)",
+        "family": "equivariant",
+        "input_shape": (16, 28, 28, 64),
+        "layer": e4(16, 5, 1, 2),
+        "baselines": {
+            "GroupConv2D 5×5": gconv(16, 5),
+            "GroupConv2D 3×3": gconv(16, 3),
+            "E4 patch reference": e4(16, 5, 1, 2, "patches"),
+            "E4 keras.ops shifts": e4(16, 5, 1, 2, "shifts"),
+        },
+    },
+    {
+        # CIFAR ResNet-18 E4 block (p4): 32 → 32 fields, k = 3, r = 2, 2 fields per slice.
+        "name": "E4Conv2D p4 32→32 k3 r2 gc2 (CIFAR block)",
+        "family": "equivariant",
+        "input_shape": (16, 32, 32, 128),
+        "layer": e4(32, 3, 2, 16),
+        "baselines": {
+            "GroupConv2D 3×3": gconv(32, 3),
+            "E4 patch reference": e4(32, 3, 2, 16, "patches"),
+            "E4 keras.ops shifts": e4(32, 3, 2, 16, "shifts"),
         },
     },
 ]

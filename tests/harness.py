@@ -247,7 +247,8 @@ def backend_gradients(fn, args):
     if BACKEND == "jax":
         import jax
 
-        grads = jax.grad(lambda *a: fn(*a), argnums=tuple(range(len(args))))(*args)
+        # jit: one compilation instead of one per primitive in eager mode (much faster on CPU)
+        grads = jax.jit(jax.grad(lambda *a: fn(*a), argnums=tuple(range(len(args)))))(*args)
         return [np.asarray(g) for g in grads]
     if BACKEND == "tensorflow":
         import tensorflow as tf

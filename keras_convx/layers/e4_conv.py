@@ -49,6 +49,10 @@ class E4Conv2D(keras.layers.Layer):
             `keras.config.image_data_format()`.
         official_compat: bool, untied GroupNorm affine (see above).
         epsilon: float > 0, the GroupNorm epsilon (1e-5 as in PyTorch).
+        implementation: the aggregation: `"auto"` (default; the ops dispatch point picks the
+            backend's compiled shift-and-accumulate), `"shifts"` (k² shifted multiply-adds in
+            `keras.ops`) or `"patches"` (the reference through the k²-times larger patch
+            tensor). All are exact.
         kernel_initializer: initializer of the three kernels (default `"he_normal"`).
         bias_initializer: initializer of the generator bias.
         kernel_regularizer, kernel_constraint: applied to the three kernels.
@@ -87,6 +91,7 @@ class E4Conv2D(keras.layers.Layer):
         data_format=None,
         official_compat=False,
         epsilon=1e-5,
+        implementation="auto",
         kernel_initializer="he_normal",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -122,6 +127,7 @@ class E4Conv2D(keras.layers.Layer):
         if not isinstance(epsilon, (int, float)) or epsilon <= 0:
             raise ValueError(f"Expected epsilon to be a float > 0. Received: epsilon={epsilon!r}")
         self.epsilon = float(epsilon)
+        self.implementation = _common.choice("implementation", implementation, gops.AGGREGATIONS)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
@@ -220,7 +226,7 @@ class E4Conv2D(keras.layers.Layer):
         v = keras.ops.reshape(
             v, (shape[0], shape[1], shape[2], self.slices, self.filters // self.slices, self.order)
         )
-        y = gops.aggregate(v, kernels, self.kernel_size, (self.strides, self.strides))
+        y = gops.aggregate(v, kernels, self.kernel_size, (self.strides, self.strides), self.implementation)
         shape = keras.ops.shape(y)
         y = keras.ops.reshape(y, (shape[0], shape[1], shape[2], self.filters * self.order))
         if self.data_format == "channels_first":
@@ -249,6 +255,7 @@ class E4Conv2D(keras.layers.Layer):
                 "data_format": self.data_format,
                 "official_compat": self.official_compat,
                 "epsilon": self.epsilon,
+                "implementation": self.implementation,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),

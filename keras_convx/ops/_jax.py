@@ -8,6 +8,7 @@ import functools
 
 import jax
 
+from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
 from keras_convx.ops.dispatcher import register_fast_path
 
@@ -30,3 +31,14 @@ def log_polar_region_pool(x, pmatrix, kernel_size, strides, mode):
 @fast
 def log_polar_region_max(x, pmatrix, kernel_size, strides, mode):
     return log_polar_region_pool(x, pmatrix, kernel_size, strides, mode)
+
+
+@functools.lru_cache(maxsize=128)
+def _jitted_aggregate(kernel_size, strides):
+    return jax.jit(functools.partial(gops.aggregate_shifts, k=kernel_size, strides=strides))
+
+
+@fast
+def e4_aggregate(v, kernels, k, strides):
+    """E4 aggregation: the k² shifted multiply-adds jitted into one fused XLA computation."""
+    return _jitted_aggregate(k, tuple(strides))(v, kernels)

@@ -8,6 +8,7 @@ import functools
 
 import tensorflow as tf
 
+from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
 from keras_convx.ops.dispatcher import register_fast_path
 
@@ -31,3 +32,15 @@ def log_polar_region_pool(x, pmatrix, kernel_size, strides, mode):
 @fast
 def log_polar_region_max(x, pmatrix, kernel_size, strides, mode):
     return log_polar_region_pool(x, pmatrix, kernel_size, strides, mode)
+
+
+@functools.lru_cache(maxsize=128)
+def _xla_aggregate(kernel_size, strides):
+    return tf.function(functools.partial(gops.aggregate_shifts, k=kernel_size, strides=strides),
+                       jit_compile=True)
+
+
+@fast
+def e4_aggregate(v, kernels, k, strides):
+    """E4 aggregation: the k² shifted multiply-adds XLA-compiled into one fused kernel."""
+    return _xla_aggregate(k, tuple(strides))(v, kernels)

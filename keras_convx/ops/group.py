@@ -223,14 +223,22 @@ def aggregate_shifts(v, kernels, k, strides):
     return out
 
 
-def aggregate(v, kernels, k, strides):
-    """E4 aggregation through the dispatch point (`e4_aggregate`).
+AGGREGATIONS = ("auto", "shifts", "patches")
 
-    Default: `aggregate_shifts`; per-backend compiled versions where registered;
-    `keras_convx.ops.reference_mode()` forces `aggregate_patches`.
+
+def aggregate(v, kernels, k, strides, implementation="auto"):
+    """E4 aggregation.
+
+    `implementation="auto"` goes through the dispatch point (`e4_aggregate`): the backend's
+    compiled shift-and-accumulate where one is registered, else `aggregate_shifts`;
+    `keras_convx.ops.reference_mode()` forces `aggregate_patches`. `"shifts"` and
+    `"patches"` force those `keras.ops` forms.
     """
     from keras_convx.ops import dispatcher
 
-    if dispatcher.reference_only():
-        return aggregate_patches(v, kernels, k, tuple(strides))
-    return dispatch("e4_aggregate", aggregate_shifts)(v, kernels, k, tuple(strides))
+    strides = tuple(strides)
+    if implementation == "patches" or dispatcher.reference_only():
+        return aggregate_patches(v, kernels, k, strides)
+    if implementation == "shifts":
+        return aggregate_shifts(v, kernels, k, strides)
+    return dispatch("e4_aggregate", aggregate_shifts)(v, kernels, k, strides)
