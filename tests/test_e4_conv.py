@@ -98,10 +98,10 @@ def test_negative_control_without_steering_breaks_equivariance(group):
 def test_shift_aggregation_equals_patch_reference(strides):
     rng = np.random.default_rng(5)
     k = 3
-    v = rng.standard_normal((2, 8, 8, 2, 3, 4)).astype("float32")
+    v = rng.standard_normal((2, 8, 8, 3, 8)).astype("float32")
     oh = 8 // strides
-    kernels = rng.standard_normal((2, oh, oh, 2, k * k, 4)).astype("float32")
-    cot = rng.standard_normal((2, oh, oh, 2, 3, 4)).astype("float32")
+    kernels = rng.standard_normal((2, oh, oh, k * k, 8)).astype("float32")
+    cot = rng.standard_normal((2, oh, oh, 3, 8)).astype("float32")
 
     def loss(fn):
         return lambda v_, k_: keras.ops.sum(fn(v_, k_, k, (strides, strides)) * keras.ops.convert_to_tensor(cot))

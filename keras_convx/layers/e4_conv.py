@@ -182,22 +182,28 @@ class E4Conv2D(keras.layers.Layer):
         return keras.ops.matmul(x, keras.ops.reshape(dense, dense.shape[2:]))
 
     def _steered_generator(self, dtype):
-        """(C_r, |G|, k²·slices) weights and (k²·slices, |G|) bias with the steering folded in."""
-        n = self.order
-        table = gops.steering_table(self.group, self.kernel_size, self.slices)
+        """Generator weights `(C_r, |G|, k²·slices)` and bias `(k²·slices, |G|)` with the steering
+        folded in; output slot `s·slices + σ` (window position s of slice σ)."""
+        n, k2, slices = self.order, self.kernel_size**2, self.slices
+        table = gops.steering_table(self.group, self.kernel_size, slices)
         if not self._steering:
-            table = np.tile(np.arange(n), table.size // n) + np.repeat(np.arange(table.size // n) * n, n)
-        k2s = self.kernel_size**2 * self.slices
-        cols = table.reshape(k2s, n) // n  # source column for (slot, g)
+            table = np.arange(table.size)
+        # source column of the stored kernel for (slot σ·k² + s, element g) ...
+        cols = table.reshape(k2 * slices, n) // n
+        # ... reordered so that the slots run (s, σ)
+        cols = cols[(np.arange(slices)[None, :] * k2 + np.arange(k2)[:, None]).reshape(-1)]
         kernel = keras.ops.cast(self.generator_kernel, dtype)
         bias = keras.ops.cast(self.generator_bias, dtype)
         w = keras.ops.take(kernel, cols.T.reshape(-1), axis=1)  # (C_r, G·k2s)
-        w = keras.ops.reshape(w, (self.reduced, n, k2s))
-        b = keras.ops.reshape(keras.ops.take(bias, cols.reshape(-1), axis=0), (k2s, n))
+        w = keras.ops.reshape(w, (self.reduced, n, k2 * slices))
+        b = keras.ops.reshape(keras.ops.take(bias, cols.reshape(-1), axis=0), (k2 * slices, n))
         return w, b
 
     def generate_kernels(self, x):
-        """The steered per-pixel kernels `(B, H', W', slices, k², |G|)` for channels_last `x`."""
+        """Steered per-pixel kernels `(B, H', W', k², slices·|G|)` for channels_last `x`.
+
+        Entry `[b, y, x, i·k + j, σ·|G| + g]` is `K[σ, g, (y, x)][i, j]` of the spec.
+        """
         n = self.order
         if self.strides > 1:
             x = keras.ops.average_pool(x, self.strides, self.strides, "same", "channels_last")
@@ -213,22 +219,34 @@ class E4Conv2D(keras.layers.Layer):
         w, b = self._steered_generator(x.dtype)
         kappa = keras.ops.einsum("bhwog,ogn->bhwng", t, w) + b
         return keras.ops.reshape(
-            kappa, (shape[0], shape[1], shape[2], self.slices, self.kernel_size**2, n)
+            kappa, (shape[0], shape[1], shape[2], self.kernel_size**2, self.slices * n)
         )
+
+    def _encoder_columns(self):
+        """Static column order of the encoder: output channel (σ·M + m)·|G| + g → (m, σ, g)."""
+        n, slices, m = self.order, self.slices, self.filters // self.slices
+        mm, ss, gg = np.meshgrid(np.arange(m), np.arange(slices), np.arange(n), indexing="ij")
+        return ((ss * m + mm) * n + gg).reshape(-1)
 
     def call(self, inputs):
         x = keras.ops.cast(inputs, self.compute_dtype)
         if self.data_format == "channels_first":
             x = keras.ops.transpose(x, (0, 2, 3, 1))
         kernels = self.generate_kernels(x)
-        v = self._group_1x1(x, keras.ops.cast(self.encoder_kernel, x.dtype))
-        shape = keras.ops.shape(v)
-        v = keras.ops.reshape(
-            v, (shape[0], shape[1], shape[2], self.slices, self.filters // self.slices, self.order)
+        encoder = gops.group_kernel(
+            keras.ops.reshape(keras.ops.cast(self.encoder_kernel, x.dtype), (1, 1, *self.encoder_kernel.shape)),
+            self.group,
         )
+        encoder = keras.ops.take(keras.ops.reshape(encoder, encoder.shape[2:]), self._encoder_columns(), axis=1)
+        v = keras.ops.matmul(x, encoder)
+        n, slices, m = self.order, self.slices, self.filters // self.slices
+        shape = keras.ops.shape(v)
+        v = keras.ops.reshape(v, (shape[0], shape[1], shape[2], m, slices * n))
         y = gops.aggregate(v, kernels, self.kernel_size, (self.strides, self.strides), self.implementation)
         shape = keras.ops.shape(y)
-        y = keras.ops.reshape(y, (shape[0], shape[1], shape[2], self.filters * self.order))
+        y = keras.ops.reshape(y, (shape[0], shape[1], shape[2], m, slices, n))
+        y = keras.ops.transpose(y, (0, 1, 2, 4, 3, 5))
+        y = keras.ops.reshape(y, (shape[0], shape[1], shape[2], self.filters * n))
         if self.data_format == "channels_first":
             y = keras.ops.transpose(y, (0, 3, 1, 2))
         return y

@@ -179,7 +179,7 @@ def steering_table(group, k, slices):
 
 
 def _shift_windows(v, k, strides, out_hw):
-    """Yields ((i, j), window) for the k×k shifts of the zero-padded (B, H+2p, W+2p, ...) `v`."""
+    """Yields (i·k + j, window) for the k×k shifts of the zero-padded (B, H+2p, W+2p, ...) `v`."""
     sh, sw = strides
     oh, ow = out_hw
     for i in range(k):
@@ -187,40 +187,83 @@ def _shift_windows(v, k, strides, out_hw):
             yield i * k + j, v[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
 
 
+def _pad_spatial(v, p):
+    return keras.ops.pad(v, ((0, 0), (p, p), (p, p), (0, 0), (0, 0)))
+
+
 def aggregate_patches(v, kernels, k, strides):
     """Reference E4 aggregation through the explicit k²-times larger patch tensor.
 
     Args:
-        v: (B, H, W, S, M, |G|) encoded features, channels_last, S slices of M fields.
-        kernels: (B, H', W', S, k², |G|) steered kernels at the output positions.
+        v: (B, H, W, M, A) encoded features, channels_last; A indexes (slice, group element)
+            pairs and M the fields of a slice.
+        kernels: (B, H', W', k², A) steered kernels at the output positions (window position
+            i·k + j).
         k: odd kernel size; zero padding (k − 1) / 2.
         strides: pair of ints.
 
     Returns:
-        (B, H', W', S, M, |G|).
+        (B, H', W', M, A): `y[x, m, a] = Σ_{i,j} kernels[x, i·k+j, a] · v[x·s + (i−p, j−p), m, a]`.
+    """
+    v = _pad_spatial(v, (k - 1) // 2)
+    out_hw = (kernels.shape[1], kernels.shape[2])
+    patches = keras.ops.stack([w for _, w in _shift_windows(v, k, strides, out_hw)], axis=3)
+    # patches: (B, H', W', k², M, A)
+    return keras.ops.sum(patches * kernels[:, :, :, :, None, :], axis=3)
+
+
+def _forward_shifts(v, kernels, k, strides):
+    v = _pad_spatial(v, (k - 1) // 2)
+    out_hw = (kernels.shape[1], kernels.shape[2])
+    out = None
+    for s, window in _shift_windows(v, k, strides, out_hw):
+        term = window * kernels[:, :, :, s : s + 1, :]
+        out = term if out is None else out + term
+    return out
+
+
+def _backward_shifts(v, kernels, dy, k):
+    """Stride-1 gradients of the aggregation, again as k² shifted multiply-adds.
+
+    `dv[z] = Σ_s kernels[z − δ_s, s] · dy[z − δ_s]` and `dkernels[x, s] = Σ_m dy[x, m] · v[x + δ_s, m]`
+    (δ_s the window offset of position s). Autodiff of the forward loop instead sums k²
+    zero-padded copies of full-size tensors, several times slower on CPU.
     """
     p = (k - 1) // 2
-    v = keras.ops.pad(v, ((0, 0), (p, p), (p, p), (0, 0), (0, 0), (0, 0)))
-    out_hw = (kernels.shape[1], kernels.shape[2])
-    patches = keras.ops.stack([w for _, w in _shift_windows(v, k, strides, out_hw)], axis=4)
-    # patches: (B, H', W', S, k², M, G)
-    return keras.ops.sum(patches * kernels[:, :, :, :, :, None, :], axis=4)
+    h, w = dy.shape[1], dy.shape[2]
+    vp, dyp, kp = _pad_spatial(v, p), _pad_spatial(dy, p), _pad_spatial(kernels, p)
+    dv, dk = None, []
+    for i in range(k):
+        for j in range(k):
+            s, a, b = i * k + j, 2 * p - i, 2 * p - j
+            term = dyp[:, a : a + h, b : b + w] * kp[:, a : a + h, b : b + w, s : s + 1, :]
+            dv = term if dv is None else dv + term
+            dk.append(keras.ops.sum(dy * vp[:, i : i + h, j : j + w], axis=3))
+    return dv, keras.ops.stack(dk, axis=3)
 
 
 def aggregate_shifts(v, kernels, k, strides):
     """E4 aggregation as k² shifted multiply-adds; never builds the patch tensor.
 
-    Same signature and result as `aggregate_patches`. Compilers (XLA, torch.compile) fuse
-    the loop into one pass over the output.
+    Same signature and result as `aggregate_patches`. In this layout each shifted window
+    and each kernel slice are contiguous in their last axis, and compilers (XLA,
+    torch.compile) fuse the forward loop into one pass over the output. At stride 1 the
+    gradient is written out (`_backward_shifts`, through `keras.ops.custom_gradient`).
     """
-    p = (k - 1) // 2
-    v = keras.ops.pad(v, ((0, 0), (p, p), (p, p), (0, 0), (0, 0), (0, 0)))
-    out_hw = (kernels.shape[1], kernels.shape[2])
-    out = None
-    for s, window in _shift_windows(v, k, strides, out_hw):
-        term = window * kernels[:, :, :, :, s : s + 1, :]
-        out = term if out is None else out + term
-    return out
+    strides = tuple(strides)
+    if strides != (1, 1):
+        return _forward_shifts(v, kernels, k, strides)
+
+    @keras.ops.custom_gradient
+    def fn(v_, kernels_):
+        def grad(*args, upstream=None):
+            # jax/tensorflow call grad(upstream); torch calls grad(*inputs, upstream=upstream)
+            dy = args[0] if upstream is None else upstream
+            return _backward_shifts(v_, kernels_, dy, k)
+
+        return _forward_shifts(v_, kernels_, k, strides), grad
+
+    return fn(v, kernels)
 
 
 AGGREGATIONS = ("auto", "shifts", "patches")
