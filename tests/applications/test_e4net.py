@@ -1,0 +1,100 @@
+"""e4net_mnist_rot and e4_resnet18: official parameter counts, exact invariance, training."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_convx import analysis
+from keras_convx.applications import e4_resnet18
+from keras_convx.applications import e4net_mnist_rot
+
+ORDER = {"p4": 4, "p4m": 8}
+
+
+def _trainable(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+# Parameter counts of the official PyTorch modules, from their submodules' weight shapes.
+def _e4(cin, cout, k, r, gc, n):
+    cr = int(cin // r)
+    return cout * cin * n + cr * cin * n + 2 * cr * n + cr * k * k * (cout // gc) + k * k * (cout // gc)
+
+
+def _official_mnist(fields, k, r, gc):
+    lift, bns, fc = fields * 1 * 9, 7 * 2 * fields, fields * 10 + 10
+    return lift + bns + 6 * _e4(fields, fields, k, r, gc, 4) + fc
+
+
+def _official_resnet18(group, e4, num_classes=10):
+    n = ORDER[group]
+    widths = (32, 64, 128, 256) if group == "p4" else (22, 44, 88, 176)
+    total = 3 * widths[0] * 9 + 2 * widths[0]  # C_4_Conv / D_4_Conv + BN
+    cin = widths[0]
+    for stage, w in enumerate(widths):
+        for block in range(2):
+            stride = 2 if stage and not block else 1
+            total += w * cin * n * 9 + 2 * w  # conv1 + bn1
+            total += _e4(w, w, 3, 2, 2, n) if e4 else w * w * n * 9  # conv2
+            total += 2 * w  # bn2
+            if stride != 1 or cin != w:
+                total += w * cin * n + 2 * w  # 1×1 shortcut + bn
+            cin = w
+    return total + widths[-1] * num_classes + num_classes
+
+
+@pytest.mark.parametrize("size, official", [("normal", (16, 5, 1, 8)), ("large", (24, 5, 2, 2))])
+def test_mnist_rot_parameter_count_equals_official(size, official):
+    assert _trainable(e4net_mnist_rot(size, official_compat=True)) == _official_mnist(*official)
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+@pytest.mark.parametrize("e4", [True, False])
+def test_resnet18_parameter_count_equals_official(group, e4):
+    assert _trainable(e4_resnet18(group, 10, e4=e4, official_compat=True)) == _official_resnet18(group, e4)
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+def test_e4_resnet_uses_fewer_parameters_than_its_gcnn_baseline(group):
+    ratio = _trainable(e4_resnet18(group, e4=True)) / _trainable(e4_resnet18(group, e4=False))
+    assert 0.5 < ratio < 0.65  # the paper: ~56%
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+def test_mnist_net_is_invariant(group):
+    model = e4net_mnist_rot("normal", input_shape=(16, 16, 1), group=group)
+    x = np.random.default_rng(0).standard_normal((2, 16, 16, 1)).astype("float32")
+    errors = analysis.equivariance_error(model, x, group, per_element=True)
+    assert analysis._auto_output(model, model(x)) == "invariant"
+    assert max(errors.values()) <= 1e-5, errors
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+@pytest.mark.parametrize("e4", [True, False])
+def test_resnet18_is_invariant(group, e4):
+    model = e4_resnet18(group, 5, e4=e4, input_shape=(16, 16, 3), widths=(4, 4, 6, 6))
+    x = np.random.default_rng(1).standard_normal((2, 16, 16, 3)).astype("float32")
+    assert analysis.equivariance_error(model, x, group) <= 1e-5
+
+
+def test_mnist_net_trains_and_round_trips(tmp_path):
+    model = e4net_mnist_rot("normal", input_shape=(12, 12, 1))
+    x = np.random.default_rng(2).standard_normal((8, 12, 12, 1)).astype("float32")
+    y = np.arange(8) % 10
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    path = str(tmp_path / "e4net.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(x)),
+                               keras.ops.convert_to_numpy(model(x)), atol=1e-5)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="size"):
+        e4net_mnist_rot("huge")
+    with pytest.raises(ValueError, match="group"):
+        e4_resnet18("c8")
+    with pytest.raises(ValueError, match="fields_per_slice"):
+        e4_resnet18("p4", fields_per_slice=3)
