@@ -119,10 +119,53 @@ def lpsc_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10):
     )
 
 
+def equivariant_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10, e4=False,
+                    group="p4", name=None):
+    """A small rotation-invariant p4 network: the group counterpart of `plain_cnn`.
+
+    Lifting 3×3 conv (8 fields) → group BN → ReLU → max pool; two blocks of [group 3×3 conv
+    (or, with `e4=True`, an E4 layer k = 5, r = 1, 2 slices) → group BN → ReLU], the first
+    followed by max pooling; group max pool, global max pool, softmax. Exactly invariant to
+    90° rotations of inputs whose side is divisible by 4.
+    """
+    import keras
+
+    from keras_convx.layers import E4Conv2D
+    from keras_convx.layers import GroupBatchNormalization
+    from keras_convx.layers import GroupConv2D
+    from keras_convx.layers import GroupLiftConv2D
+    from keras_convx.layers import GroupPooling
+
+    def block(x, fields):
+        if e4:
+            x = E4Conv2D(fields, 5, group=group, reduction_ratio=1, slices=2)(x)
+        else:
+            x = GroupConv2D(fields, 3, group=group, use_bias=False)(x)
+        return keras.layers.ReLU()(GroupBatchNormalization(group, momentum=0.9)(x))
+
+    inputs = keras.Input(input_shape)
+    x = GroupLiftConv2D(8, 3, group=group, use_bias=False)(inputs)
+    x = keras.layers.ReLU()(GroupBatchNormalization(group, momentum=0.9)(x))
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.MaxPooling2D()(block(x, 8))
+    x = block(x, 16)
+    x = GroupPooling(group)(x)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name=name or ("e4_cnn" if e4 else "gcnn"))
+
+
+def e4_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10):
+    """`equivariant_cnn` with E4 layers in its two blocks."""
+    return equivariant_cnn(input_shape, num_classes, e4=True)
+
+
 # One row per layer family: (name, builder, what it shows). Later families append rows.
 DEMO_MODELS = [
     ("plain CNN (Conv2D 3×3)", plain_cnn, "baseline"),
     ("LPSC stem (LogPolarConv2D 9×9)", lpsc_cnn, "log-polar space convolution"),
+    ("p4 G-CNN (GroupConv2D)", equivariant_cnn, "group-equivariant convolution"),
+    ("p4 E4 net (E4Conv2D)", e4_cnn, "efficient equivariant E4 layer"),
 ]
 
 
