@@ -77,9 +77,11 @@ for group, label, err in rows:
 
 # ## 2. Parameters: the official CIFAR ResNet-18s
 params = {}
+# (fast smoke runs use quarter widths: building the full networks takes a while)
+widths = {"p4": (8, 16, 32, 64), "p4m": (6, 12, 22, 44)} if FAST else {"p4": None, "p4m": None}
 for group in ("p4", "p4m"):
     for e4 in (False, True):
-        model = e4_resnet18(group, 10, e4=e4)
+        model = e4_resnet18(group, 10, e4=e4, widths=widths[group])
         params[(group, e4)] = model.count_params()
     ratio = params[(group, True)] / params[(group, False)]
     print(f"{group}: R18 {params[(group, False)]:,} parameters, E4R18 {params[(group, True)]:,} "

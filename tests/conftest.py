@@ -17,3 +17,13 @@ def _fresh_keras_state():
     yield
     keras.config.set_dtype_policy("float32")
     keras.backend.clear_session()
+
+
+@pytest.fixture
+def opt_in_fast_paths():
+    """Allows the opt-in (slow-to-compile) fast paths for one test."""
+    from keras_convx import ops
+
+    ops.set_opt_in_fast_paths(True)
+    yield
+    ops.set_opt_in_fast_paths(False)

@@ -115,13 +115,6 @@ def test_shift_aggregation_equals_patch_reference(strides):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.fixture
-def opt_in_fast_paths():
-    ops.set_opt_in_fast_paths(True)
-    yield
-    ops.set_opt_in_fast_paths(False)
-
-
 def test_dispatched_layer_equals_reference_mode(opt_in_fast_paths):
     """Whatever aggregation the dispatch point picks agrees with the patch reference."""
     layer = E4Conv2D(4, 5, group="p4", reduction_ratio=1, slices=2)

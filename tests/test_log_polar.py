@@ -128,13 +128,6 @@ def test_max_pooling_matches_oracle(strides, data_format):
     harness.assert_matches_oracle(layer, x, _oracle_for(layer), grad_rtol=1e-3, grad_atol=1e-3)
 
 
-@pytest.fixture
-def opt_in_fast_paths():
-    ops.set_opt_in_fast_paths(True)
-    yield
-    ops.set_opt_in_fast_paths(False)
-
-
 @pytest.mark.parametrize("pooling", ["mean", "max"])
 def test_fast_path_equals_reference_forward_and_gradients(pooling, opt_in_fast_paths):
     """Every backend has a fast region-pooling path; it agrees with the keras.ops reference."""

@@ -53,3 +53,39 @@ def boolean(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"Expected {name} to be a bool. Received: {name}={value!r}")
     return bool(value)
+
+
+CONV_OBJECTS = (
+    "kernel_initializer",
+    "bias_initializer",
+    "kernel_regularizer",
+    "bias_regularizer",
+    "kernel_constraint",
+    "bias_constraint",
+)
+
+_KINDS = (
+    ("_initializer", keras.initializers),
+    ("_regularizer", keras.regularizers),
+    ("_constraint", keras.constraints),
+    ("activation", keras.activations),
+)
+
+
+def _kind(name):
+    for suffix, module in _KINDS:
+        if name.endswith(suffix):
+            return module
+    raise KeyError(name)
+
+
+def set_objects(layer, **objects):
+    """Sets `layer.<name> = keras.<kind>.get(value)` for initializers, regularizers,
+    constraints and activations, the kind read from the argument's name."""
+    for name, value in objects.items():
+        setattr(layer, name, _kind(name).get(value))
+
+
+def serialize_objects(layer, *names):
+    """{name: keras.<kind>.serialize(layer.<name>)}: the config entries of `set_objects`."""
+    return {name: _kind(name).serialize(getattr(layer, name)) for name in names}

@@ -128,10 +128,13 @@ class E4Conv2D(keras.layers.Layer):
             raise ValueError(f"Expected epsilon to be a float > 0. Received: epsilon={epsilon!r}")
         self.epsilon = float(epsilon)
         self.implementation = _common.choice("implementation", implementation, gops.AGGREGATIONS)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        _common.set_objects(
+            self,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            kernel_constraint=kernel_constraint,
+        )
         self.input_spec = keras.layers.InputSpec(ndim=4)
         self._steering = True  # tests switch it off as a negative control
 
@@ -274,10 +277,11 @@ class E4Conv2D(keras.layers.Layer):
                 "official_compat": self.official_compat,
                 "epsilon": self.epsilon,
                 "implementation": self.implementation,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
             }
+        )
+        config.update(
+            _common.serialize_objects(
+                self, "kernel_initializer", "bias_initializer", "kernel_regularizer", "kernel_constraint"
+            )
         )
         return config

@@ -15,6 +15,7 @@ import keras
 
 from keras_convx._registry import register
 from keras_convx.layers import _common
+from keras_convx.layers._common import CONV_OBJECTS
 from keras_convx.ops import group as gops
 from keras_convx.ops.core import conv2d
 from keras_convx.ops.core import normalize_pair
@@ -54,12 +55,15 @@ class _GroupConvBase(keras.layers.Layer):
         self.data_format = _common.data_format(data_format)
         self.activation = keras.activations.get(activation)
         self.use_bias = _common.boolean("use_bias", use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        _common.set_objects(
+            self,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+        )
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     @property
@@ -149,14 +153,9 @@ class _GroupConvBase(keras.layers.Layer):
                 "data_format": self.data_format,
                 "activation": keras.activations.serialize(self.activation),
                 "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
             }
         )
+        config.update(_common.serialize_objects(self, *CONV_OBJECTS))
         return config
 
 
@@ -263,6 +262,18 @@ class GroupConv2D(_GroupConvBase):
         return gops.group_kernel(kernel, self.group)
 
 
+_BN_OBJECTS = (
+    "beta_initializer",
+    "gamma_initializer",
+    "moving_mean_initializer",
+    "moving_variance_initializer",
+    "beta_regularizer",
+    "gamma_regularizer",
+    "beta_constraint",
+    "gamma_constraint",
+)
+
+
 @register
 class GroupBatchNormalization(keras.layers.Layer):
     """Batch normalization of a p4/p4m group feature map, one statistic and affine per field.
@@ -333,14 +344,17 @@ class GroupBatchNormalization(keras.layers.Layer):
         self.center = _common.boolean("center", center)
         self.scale = _common.boolean("scale", scale)
         self.data_format = _common.data_format(data_format)
-        self.beta_initializer = keras.initializers.get(beta_initializer)
-        self.gamma_initializer = keras.initializers.get(gamma_initializer)
-        self.moving_mean_initializer = keras.initializers.get(moving_mean_initializer)
-        self.moving_variance_initializer = keras.initializers.get(moving_variance_initializer)
-        self.beta_regularizer = keras.regularizers.get(beta_regularizer)
-        self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
-        self.beta_constraint = keras.constraints.get(beta_constraint)
-        self.gamma_constraint = keras.constraints.get(gamma_constraint)
+        _common.set_objects(
+            self,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            moving_mean_initializer=moving_mean_initializer,
+            moving_variance_initializer=moving_variance_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+        )
         self.input_spec = keras.layers.InputSpec(ndim=4)
         self.supports_masking = True
 
@@ -430,18 +444,9 @@ class GroupBatchNormalization(keras.layers.Layer):
                 "center": self.center,
                 "scale": self.scale,
                 "data_format": self.data_format,
-                "beta_initializer": keras.initializers.serialize(self.beta_initializer),
-                "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
-                "moving_mean_initializer": keras.initializers.serialize(self.moving_mean_initializer),
-                "moving_variance_initializer": keras.initializers.serialize(
-                    self.moving_variance_initializer
-                ),
-                "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
-                "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
-                "beta_constraint": keras.constraints.serialize(self.beta_constraint),
-                "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
             }
         )
+        config.update(_common.serialize_objects(self, *_BN_OBJECTS))
         return config
 
 

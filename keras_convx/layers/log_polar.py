@@ -4,10 +4,12 @@ import keras
 import numpy as np
 
 from keras_convx._registry import register
+from keras_convx.layers import _common
+from keras_convx.layers._common import CONV_OBJECTS
+from keras_convx.layers._common import choice as _choice
 from keras_convx.ops import log_polar as lp
 from keras_convx.ops.core import conv2d
 from keras_convx.ops.core import normalize_pair
-from keras_convx.layers._common import choice as _choice
 
 IMPLEMENTATIONS = ("auto", "dense", "pool", "max")
 
@@ -151,12 +153,15 @@ class LogPolarConv2D(keras.layers.Layer):
             )
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        _common.set_objects(
+            self,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+        )
         self.input_spec = keras.layers.InputSpec(min_ndim=4, max_ndim=4)
         self._pmatrix = lp.pooling_matrix(
             self.kernel_size,
@@ -315,14 +320,9 @@ class LogPolarConv2D(keras.layers.Layer):
                 "activation": keras.activations.serialize(self.activation),
                 "use_bias": self.use_bias,
                 "implementation": self.implementation,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
             }
         )
+        config.update(_common.serialize_objects(self, *CONV_OBJECTS))
         return config
 
 
