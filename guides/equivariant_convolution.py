@@ -19,9 +19,11 @@ Run: `KERAS_BACKEND=jax python guides/equivariant_convolution.py` (plots go to
 $KERAS_CONVX_OUT, default ./guide_out).
 
 A full run (jax, 2-core CPU, 2026-11-25; digits upsampled to 32×32, 1,347 train / 450 test,
-8 epochs) gave — accuracy at 0°/90°/180°/270°:
-plain CNN 0.96/0.21/0.35/0.23 (24,138 parameters); p4 G-CNN 0.93/0.93/0.93/0.93 (7,882);
-p4 E4 net 0.90/0.90/0.90/0.90 (3,546). Numbers of the last run are printed at the end.
+8 epochs, seed 0) gave, accuracy at 0°/90°/180°/270°:
+plain CNN 0.895/0.041/0.389/0.057 (24,282 parameters); p4 G-CNN 0.939 at every angle (7,282);
+p4 E4 net 0.825 at every angle (2,582). Equivariance errors: ~2e-7 for every layer, 1.2 for
+the untied (official) GroupNorm and 1.4 for a plain Conv2D. E4R18 has 57% (p4) / 55% (p4m)
+of the parameters of its G-CNN ResNet-18 (the paper: ~56%).
 """
 
 import os
