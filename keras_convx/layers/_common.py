@@ -89,3 +89,19 @@ def set_objects(layer, **objects):
 def serialize_objects(layer, *names):
     """{name: keras.<kind>.serialize(layer.<name>)}: the config entries of `set_objects`."""
     return {name: _kind(name).serialize(getattr(layer, name)) for name in names}
+
+
+def add_conv_weight(layer, name, shape, prefix="kernel"):
+    """`layer.add_weight` with the layer's `<prefix>_initializer/_regularizer/_constraint`."""
+    return layer.add_weight(
+        name=name,
+        shape=shape,
+        initializer=getattr(layer, f"{prefix}_initializer"),
+        regularizer=getattr(layer, f"{prefix}_regularizer"),
+        constraint=getattr(layer, f"{prefix}_constraint"),
+    )
+
+
+def add_bias(layer, size):
+    """The `(size,)` bias of a conv layer if `layer.use_bias`, else None."""
+    return add_conv_weight(layer, "bias", (size,), prefix="bias") if layer.use_bias else None

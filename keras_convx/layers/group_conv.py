@@ -81,22 +81,10 @@ class _GroupConvBase(keras.layers.Layer):
                 f"Received: input_shape={input_shape}"
             )
         k = self.kernel_size
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(k, k, self._kernel_in_channels(channels), self.filters),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
+        self.kernel = _common.add_conv_weight(
+            self, "kernel", (k, k, self._kernel_in_channels(channels), self.filters)
         )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
+        self.bias = _common.add_bias(self, self.filters)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis: channels})
 
     def dense_kernel(self):

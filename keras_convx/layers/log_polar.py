@@ -205,31 +205,11 @@ class LogPolarConv2D(keras.layers.Layer):
                 f"Received: channels={channels}, groups={self.groups}"
             )
         cin = channels // self.groups
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.rings, self.sectors, cin, self.filters),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
+        self.kernel = _common.add_conv_weight(self, "kernel", (self.rings, self.sectors, cin, self.filters))
         self.center_kernel = None
         if self.center:
-            self.center_kernel = self.add_weight(
-                name="center_kernel",
-                shape=(cin, self.filters),
-                initializer=self.kernel_initializer,
-                regularizer=self.kernel_regularizer,
-                constraint=self.kernel_constraint,
-            )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.filters,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
+            self.center_kernel = _common.add_conv_weight(self, "center_kernel", (cin, self.filters))
+        self.bias = _common.add_bias(self, self.filters)
         axis = self._channel_axis() % 4
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={axis: channels})
 
