@@ -71,7 +71,8 @@ class _GroupConvBase(keras.layers.Layer):
         return 3 if self.data_format == "channels_last" else 1
 
     def _kernel_in_channels(self, channels):
-        raise NotImplementedError
+        """Input channels of the stored kernel; group inputs override it to validate |G|."""
+        return channels
 
     def build(self, input_shape):
         channels = input_shape[self._channel_axis]
@@ -199,9 +200,6 @@ class GroupLiftConv2D(_GroupConvBase):
     )
 
     _group_input = False
-
-    def _kernel_in_channels(self, channels):
-        return channels
 
     def _expand(self, kernel):
         return gops.lift_kernel(kernel, self.group)
