@@ -188,13 +188,7 @@ class E4Conv2D(keras.layers.Layer):
         """Generator weights `(C_r, |G|, k²·slices)` and bias `(k²·slices, |G|)` with the steering
         folded in; output slot `s·slices + σ` (window position s of slice σ)."""
         n, k2, slices = self.order, self.kernel_size**2, self.slices
-        table = gops.steering_table(self.group, self.kernel_size, slices)
-        if not self._steering:
-            table = np.arange(table.size)
-        # source column of the stored kernel for (slot σ·k² + s, element g) ...
-        cols = table.reshape(k2 * slices, n) // n
-        # ... reordered so that the slots run (s, σ)
-        cols = cols[(np.arange(slices)[None, :] * k2 + np.arange(k2)[:, None]).reshape(-1)]
+        cols = gops.steered_generator_columns(self.group, self.kernel_size, slices, self._steering)
         kernel = keras.ops.cast(self.generator_kernel, dtype)
         bias = keras.ops.cast(self.generator_bias, dtype)
         w = keras.ops.take(kernel, cols.T.reshape(-1), axis=1)  # (C_r, G·k2s)
@@ -225,12 +219,6 @@ class E4Conv2D(keras.layers.Layer):
             kappa, (shape[0], shape[1], shape[2], self.kernel_size**2, self.slices * n)
         )
 
-    def _encoder_columns(self):
-        """Static column order of the encoder: output channel (σ·M + m)·|G| + g → (m, σ, g)."""
-        n, slices, m = self.order, self.slices, self.filters // self.slices
-        mm, ss, gg = np.meshgrid(np.arange(m), np.arange(slices), np.arange(n), indexing="ij")
-        return ((ss * m + mm) * n + gg).reshape(-1)
-
     def call(self, inputs):
         x = keras.ops.cast(inputs, self.compute_dtype)
         if self.data_format == "channels_first":
@@ -240,7 +228,8 @@ class E4Conv2D(keras.layers.Layer):
             keras.ops.reshape(keras.ops.cast(self.encoder_kernel, x.dtype), (1, 1, *self.encoder_kernel.shape)),
             self.group,
         )
-        encoder = keras.ops.take(keras.ops.reshape(encoder, encoder.shape[2:]), self._encoder_columns(), axis=1)
+        columns = gops.encoder_columns(self.order, self.slices, self.filters // self.slices)
+        encoder = keras.ops.take(keras.ops.reshape(encoder, encoder.shape[2:]), columns, axis=1)
         v = keras.ops.matmul(x, encoder)
         n, slices, m = self.order, self.slices, self.filters // self.slices
         shape = keras.ops.shape(v)

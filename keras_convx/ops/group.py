@@ -178,6 +178,26 @@ def steering_table(group, k, slices):
     return _readonly(table.reshape(-1))
 
 
+@functools.lru_cache(maxsize=None)
+def steered_generator_columns(group, k, slices, steering=True):
+    """(k²·slices, |G|) source columns of the generator kernel, slots ordered (s, σ).
+
+    Row `s·slices + σ`, column g holds the stored generator column `σ·k² + src_g(s)` (the
+    steering folded into the weights); `steering=False` (a negative control) keeps `σ·k² + s`.
+    """
+    n, k2 = group_order(group), k * k
+    table = steering_table(group, k, slices) if steering else np.arange(k2 * slices * n)
+    cols = table.reshape(k2 * slices, n) // n
+    return _readonly(cols[(np.arange(slices)[None, :] * k2 + np.arange(k2)[:, None]).reshape(-1)])
+
+
+@functools.lru_cache(maxsize=None)
+def encoder_columns(order, slices, fields_per_slice):
+    """Column order taking output channel `(σ·M + m)·|G| + g` to the slot `(m, σ, g)`."""
+    mm, ss, gg = np.meshgrid(np.arange(fields_per_slice), np.arange(slices), np.arange(order), indexing="ij")
+    return _readonly(((ss * fields_per_slice + mm) * order + gg).reshape(-1))
+
+
 def _shift_windows(v, k, strides, out_hw):
     """Yields (i·k + j, window) for the k×k shifts of the zero-padded (B, H+2p, W+2p, ...) `v`."""
     sh, sw = strides
