@@ -6,8 +6,18 @@ from keras_convx.layers.group_conv import GroupConv2D
 from keras_convx.layers.group_conv import GroupLiftConv2D
 from keras_convx.layers.group_conv import GroupPooling
 from keras_convx.layers.log_polar import LogPolarConv2D
+from keras_convx.layers.pde import CentredIdentity
+from keras_convx.layers.pde import DiffusionConv2D
+from keras_convx.layers.pde import GraphDiffusion
+from keras_convx.layers.pde import GraphHyperbolic
+from keras_convx.layers.pde import HyperbolicConv2D
 
 __all__ = [
+    "CentredIdentity",
+    "DiffusionConv2D",
+    "GraphDiffusion",
+    "GraphHyperbolic",
+    "HyperbolicConv2D",
     "E4Conv2D",
     "GroupBatchNormalization",
     "GroupConv2D",
