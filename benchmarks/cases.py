@@ -6,6 +6,7 @@ of the layer under test) and `baselines` ({label: factory}). Later families appe
 
 import keras
 
+from keras_convx.layers import DiffusionConv2D
 from keras_convx.layers import E4Conv2D
 from keras_convx.layers import GroupConv2D
 from keras_convx.layers import LogPolarConv2D
@@ -27,6 +28,10 @@ def gconv(fields, k, group="p4"):
 def e4(fields, k, r, slices, implementation="auto", group="p4"):
     return lambda: E4Conv2D(fields, k, group=group, reduction_ratio=r, slices=slices,
                             implementation=implementation)
+
+
+def diffusion(k, stable=False):
+    return lambda: DiffusionConv2D(kernel_size=k, stable=stable)
 
 
 CASES = [
@@ -94,6 +99,27 @@ CASES = [
             "GroupConv2D 3×3": gconv(32, 3),
             "E4 patch reference": e4(32, 3, 2, 16, "patches"),
             "E4 keras.ops shifts": e4(32, 3, 2, 16, "shifts"),
+        },
+    },
+    {
+        # Issue 6's goal: DiffusionConv2D fwd+bwd ≤ 2.5× a 3×3 Conv2D with the same channels.
+        "name": "DiffusionConv2D 64 ch, K 1×1",
+        "family": "pde",
+        "input_shape": (16, 32, 32, 64),
+        "layer": diffusion(1),
+        "baselines": {
+            "Conv2D 3×3": conv2d(64, 3),
+            "DiffusionConv2D 1×1 stable=True": diffusion(1, True),
+        },
+    },
+    {
+        "name": "DiffusionConv2D 64 ch, K 3×3",
+        "family": "pde",
+        "input_shape": (16, 32, 32, 64),
+        "layer": diffusion(3),
+        "baselines": {
+            "Conv2D 3×3": conv2d(64, 3),
+            "DiffusionConv2D 3×3 stable=True": diffusion(3, True),
         },
     },
 ]

@@ -160,12 +160,25 @@ def e4_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10):
     return equivariant_cnn(input_shape, num_classes, e4=True)
 
 
+def pde_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10, depth=16):
+    """4×4 average pooling to 8×8, then `applications.pde_net` (16 hyperbolic PDE layers)."""
+    import keras
+
+    from keras_convx.applications import pde_net
+
+    inputs = keras.Input(input_shape)
+    x = keras.layers.AveragePooling2D(input_shape[0] // 8)(inputs)
+    body = pde_net(tuple(x.shape[1:]), num_classes, depth=depth, width=16, kind="hyperbolic")
+    return keras.Model(inputs, body(x), name="pde_cnn")
+
+
 # One row per layer family: (name, builder, what it shows). Later families append rows.
 DEMO_MODELS = [
     ("plain CNN (Conv2D 3×3)", plain_cnn, "baseline"),
     ("LPSC stem (LogPolarConv2D 9×9)", lpsc_cnn, "log-polar space convolution"),
     ("p4 G-CNN (GroupConv2D)", equivariant_cnn, "group-equivariant convolution"),
     ("p4 E4 net (E4Conv2D)", e4_cnn, "efficient equivariant E4 layer"),
+    ("PDE net (16 HyperbolicConv2D)", pde_cnn, "stable deep PDE layers"),
 ]
 
 
