@@ -104,7 +104,8 @@ def _fit_one_step(model, x, check="fit"):
         _fail(check, "one fit step changed no trainable weight (no gradient reaches them?)")
 
 
-def _check_save_load(model, x, check="saving"):
+def check_save_load(model, x, check="saving"):
+    """Save `model` as .keras, reload it: same outputs on `x`, same weights. Returns it."""
     expected = model.predict(x, verbose=0)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.keras")
@@ -227,7 +228,7 @@ def run_layer_test(
             _fit_one_step(model, x)
     if run_saving:
         with _check("saving"):
-            _check_save_load(model, x)
+            check_save_load(model, x)
     if run_data_formats and _accepts(layer_cls, "data_format") and "data_format" not in init_kwargs:
         with _check("data_format"):
             _check_data_formats(layer_cls, init_kwargs, input_shape, x, layer, y, data_format_atol)

@@ -163,6 +163,28 @@ class _PDEBase(keras.layers.Layer):
         return config
 
 
+class _WaveState:
+    """`return_state` / `diffusion_blend` arguments and outputs of the hyperbolic layers."""
+
+    _theorem = "wave"
+
+    def _init_wave(self, return_state, diffusion_blend):
+        self.return_state = _common.boolean("return_state", return_state)
+        self.diffusion_blend = _common.boolean("diffusion_blend", diffusion_blend)
+
+    def _outputs(self, f_next, f):
+        return [f_next, f] if self.return_state else f_next
+
+    def _output_shape(self, shape):
+        return [shape, shape] if self.return_state else shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"return_state": self.return_state,
+                       "diffusion_blend": self.diffusion_blend})
+        return config
+
+
 def _split_state(inputs, name):
     """`f` or `[f, f_prev]` → (f, f_prev or None), with the shapes checked to match."""
     if isinstance(inputs, (list, tuple)):
@@ -291,7 +313,7 @@ class DiffusionConv2D(_GridPDE):
 
 
 @register
-class HyperbolicConv2D(_GridPDE):
+class HyperbolicConv2D(_WaveState, _GridPDE):
     __doc__ = (
         """Hyperbolic (wave) PDE step on an image grid, the leapfrog
     `f_{l+1} = 2 f_l − f_{l−1} − h²·Gᵀ Kᵀ σ(K G f_l)`.
@@ -326,15 +348,13 @@ class HyperbolicConv2D(_GridPDE):
     Reference: Eliasof, Haber, Treister, "PDE-GCN", NeurIPS 2021 (hyperbolic PDE-GCN_H).
     """
     )
-    _theorem = "wave"
 
     def __init__(self, filters=None, kernel_size=1, step_size=0.1, activation="tanh",
                  stable=False, data_format=None, return_state=False, diffusion_blend=False,
                  **kwargs):
         super().__init__(filters=filters, kernel_size=kernel_size, step_size=step_size,
                          activation=activation, stable=stable, data_format=data_format, **kwargs)
-        self.return_state = _common.boolean("return_state", return_state)
-        self.diffusion_blend = _common.boolean("diffusion_blend", diffusion_blend)
+        self._init_wave(return_state, diffusion_blend)
 
     def build(self, input_shape):
         self._build_grid(_state_shape(input_shape, type(self).__name__))
@@ -345,18 +365,10 @@ class HyperbolicConv2D(_GridPDE):
         f = keras.ops.cast(f, self.compute_dtype)
         f_prev = f if f_prev is None else keras.ops.cast(f_prev, self.compute_dtype)
         h = keras.ops.cast(self.effective_step_size(), self.compute_dtype)
-        f_next = self._leapfrog(f, f_prev, self._flux(f), h)
-        return [f_next, f] if self.return_state else f_next
+        return self._outputs(self._leapfrog(f, f_prev, self._flux(f), h), f)
 
     def compute_output_shape(self, input_shape):
-        shape = _state_shape(input_shape, type(self).__name__)
-        return [shape, shape] if self.return_state else shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"return_state": self.return_state,
-                       "diffusion_blend": self.diffusion_blend})
-        return config
+        return self._output_shape(_state_shape(input_shape, type(self).__name__))
 
 
 # ------------------------------------------------------------------------------------ graphs
@@ -500,7 +512,7 @@ class GraphDiffusion(_GraphPDE):
 
 
 @register
-class GraphHyperbolic(_GraphPDE):
+class GraphHyperbolic(_WaveState, _GraphPDE):
     __doc__ = (
         """Hyperbolic PDE-GCN layer on a graph (leapfrog):
     `x_{l+1} = 2 x_l − x_{l−1} − h²·Gᵀ Kᵀ σ(K G x_l)`.
@@ -524,14 +536,12 @@ class GraphHyperbolic(_GraphPDE):
     Reference: Eliasof, Haber, Treister, "PDE-GCN", NeurIPS 2021.
     """
     )
-    _theorem = "wave"
 
     def __init__(self, filters=None, step_size=0.1, activation="tanh", stable=False,
                  return_state=False, diffusion_blend=False, **kwargs):
         super().__init__(filters=filters, step_size=step_size, activation=activation,
                          stable=stable, **kwargs)
-        self.return_state = _common.boolean("return_state", return_state)
-        self.diffusion_blend = _common.boolean("diffusion_blend", diffusion_blend)
+        self._init_wave(return_state, diffusion_blend)
 
     def build(self, input_shape):
         self._build_graph(input_shape)
@@ -551,14 +561,7 @@ class GraphHyperbolic(_GraphPDE):
         x_next = self._leapfrog(x, x_prev, flux, h)
         if not batched:
             x_next, x = x_next[0], x[0]
-        return [x_next, x] if self.return_state else x_next
+        return self._outputs(x_next, x)
 
     def compute_output_shape(self, input_shape):
-        shape = _state_shape(input_shape[0], type(self).__name__)
-        return [shape, shape] if self.return_state else shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"return_state": self.return_state,
-                       "diffusion_blend": self.diffusion_blend})
-        return config
+        return self._output_shape(_state_shape(input_shape[0], type(self).__name__))

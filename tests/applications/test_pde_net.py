@@ -1,8 +1,5 @@
 """applications.pde_net: structure, parameter counts, training and saving."""
 
-import os
-import tempfile
-
 import keras
 import numpy as np
 import pytest
@@ -10,6 +7,7 @@ import pytest
 from keras_convx.applications import pde_net
 from keras_convx.layers import DiffusionConv2D
 from keras_convx.layers import HyperbolicConv2D
+from tests import harness
 
 
 @pytest.mark.parametrize("kind, cls", [("diffusion", DiffusionConv2D),
@@ -48,12 +46,7 @@ def test_deep_hyperbolic_net_trains_and_reloads():
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
     losses = model.fit(x, y, epochs=3, batch_size=16, verbose=0).history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
-    expected = model.predict(x, verbose=0)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "pde_net.keras")
-        model.save(path)
-        loaded = keras.saving.load_model(path)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-6)
+    harness.check_save_load(model, x)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -10,35 +10,33 @@ nothing here flips kernels or pads the way the layer code does.
 import numpy as np
 
 
+def _tap_windows(k, h, w):
+    """For each tap t = (ti, tj): the output rows/cols p with p + t − c inside the grid, and
+    the matching input rows/cols."""
+    c = k // 2
+    for ti in range(k):
+        for tj in range(k):
+            di, dj = ti - c, tj - c
+            out = (slice(max(0, -di), min(h, h - di)), slice(max(0, -dj), min(w, w - dj)))
+            src = (slice(max(0, di), min(h, h + di)), slice(max(0, dj), min(w, w + dj)))
+            yield ti, tj, out, src
+
+
 def correlate(e, kernel):
     """Zero-padded 'same' correlation: y[p] = Σ_t e[p + t − c] K[t]; e (B, h, w, C)."""
-    k = kernel.shape[0]
-    c = k // 2
     b, h, w, _ = e.shape
     y = np.zeros((b, h, w, kernel.shape[3]))
-    for i in range(h):
-        for j in range(w):
-            for ti in range(k):
-                for tj in range(k):
-                    si, sj = i + ti - c, j + tj - c
-                    if 0 <= si < h and 0 <= sj < w:
-                        y[:, i, j] += e[:, si, sj] @ kernel[ti, tj]
+    for ti, tj, out, src in _tap_windows(kernel.shape[0], h, w):
+        y[:, out[0], out[1]] += e[:, src[0], src[1]] @ kernel[ti, tj]
     return y
 
 
 def correlate_adjoint(y, kernel):
-    """The adjoint of `correlate`, as a scatter: e[p + t − c] += K[t] y[p]."""
-    k = kernel.shape[0]
-    c = k // 2
+    """The adjoint of `correlate`, as a scatter: e[p + t − c] += K[t]ᵀ y[p]."""
     b, h, w, _ = y.shape
     e = np.zeros((b, h, w, kernel.shape[2]))
-    for i in range(h):
-        for j in range(w):
-            for ti in range(k):
-                for tj in range(k):
-                    si, sj = i + ti - c, j + tj - c
-                    if 0 <= si < h and 0 <= sj < w:
-                        e[:, si, sj] += y[:, i, j] @ kernel[ti, tj].T
+    for ti, tj, out, src in _tap_windows(kernel.shape[0], h, w):
+        e[:, src[0], src[1]] += y[:, out[0], out[1]] @ kernel[ti, tj].T
     return e
 
 
