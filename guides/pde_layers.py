@@ -61,7 +61,7 @@ for act in ("relu", "tanh", "linear"):
     stable.build(shape)
     free.build(shape)
     sigma = keras.activations.get(act)
-    plain_step = lambda f, kernel: f + sigma(conv2d(f, kernel, 1, "same"))  # noqa: E731
+    plain_step = lambda f, kernel: keras.ops.add(f, sigma(conv2d(f, kernel, 1, "same")))  # noqa: E731
     curves = {"stable": [x0], "free": [x0], "plain": [x0]}
     for kernel in kernels:
         for name, step in (("stable", stable), ("free", free), ("plain", plain_step)):
@@ -72,7 +72,7 @@ for act in ("relu", "tanh", "linear"):
             else:
                 f = step(f, kernel)
             f = to_np(f)
-            curves[name].append(f if np.linalg.norm(f) < 1e8 else np.full(shape, np.nan))
+            curves[name].append(f if np.linalg.norm(f) < 1e8 else np.full(shape, np.nan, "float32"))
     norms[act] = {k: np.array([np.linalg.norm(f) for f in v]) for k, v in curves.items()}
     n = norms[act]
     growth = np.max(n["stable"][1:] / n["stable"][:-1])
@@ -101,7 +101,7 @@ for _ in range(50):  # power iteration: λ_max of AᵀA (for choosing h, not for
     v = to_np(ata(v))
     v /= np.linalg.norm(v)
 lam = float(np.sum(v * to_np(ata(v))))
-h = 1.0 / np.sqrt(lam)
+h = float(1.0 / np.sqrt(lam))
 wave = HyperbolicConv2D(kernel_size=3, step_size=h, activation="linear", return_state=True)
 f0 = rng.standard_normal(wave_shape).astype("float32")
 wave.build(wave_shape)
