@@ -128,6 +128,8 @@ GRID_CASES = [
     (DiffusionConv2D, dict(kernel_size=3, step_size=5.0, activation="linear", stable=True),
      (1, 4, 5, 2)),
     (DiffusionConv2D, dict(kernel_size=3, step_size=0.1, activation="sigmoid"), (1, 4, 4, 2)),
+    (DiffusionConv2D, dict(kernel_size=1, step_size=0.1, activation="sigmoid", filters=3),
+     (1, 4, 5, 2)),
     (HyperbolicConv2D, dict(kernel_size=3, step_size=0.3), (2, 4, 5, 2)),
     (HyperbolicConv2D, dict(kernel_size=1, step_size=2.0, stable=True, filters=3), (1, 5, 5, 2)),
     (HyperbolicConv2D, dict(kernel_size=3, step_size=0.4, diffusion_blend=True), (1, 4, 4, 2)),
