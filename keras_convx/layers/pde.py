@@ -375,7 +375,7 @@ class HyperbolicConv2D(_WaveState, _GridPDE):
 
 
 def _graph_inputs(inputs, name):
-    """[x, edge_index] or [x, edge_index, edge_weight] → batched (x, edges, weights, batched?)."""
+    """[x, edge_index] or [x, edge_index, edge_weight] → [x, edge_index, edge_weight or None]."""
     if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
         raise ValueError(
             f"{name} takes [x, edge_index] or [x, edge_index, edge_weight]. "
@@ -388,7 +388,6 @@ def _check_graph_shapes(x_shape, e_shape, w_shape, name):
     x_shape, e_shape = tuple(x_shape), tuple(e_shape)
     if len(x_shape) not in (2, 3):
         raise ValueError(f"{name}: x must be (N, C) or (B, N, C). Received: x.shape={x_shape}")
-    batched = len(x_shape) == 3
     if len(e_shape) != len(x_shape) or e_shape[-2] not in (2, None):
         raise ValueError(
             f"{name}: edge_index must be (2, E) for x of shape (N, C) or (B, 2, E) for "
@@ -403,14 +402,9 @@ def _check_graph_shapes(x_shape, e_shape, w_shape, name):
     if x_shape[-1] is None or x_shape[-2] is None:
         raise ValueError(f"{name}: the node and channel dimensions of x must be known. "
                          f"Received: x.shape={x_shape}")
-    return batched
 
 
 class _GraphPDE(_PDEBase):
-    def _parse(self, inputs):
-        x_or_pair, edge_index, edge_weight = _graph_inputs(inputs, type(self).__name__)
-        return x_or_pair, edge_index, edge_weight
-
     def _build_graph(self, input_shape):
         name = type(self).__name__
         if (not isinstance(input_shape, (list, tuple)) or len(input_shape) not in (2, 3)
@@ -499,7 +493,7 @@ class GraphDiffusion(_GraphPDE):
             raise ValueError("GraphDiffusion takes x, not a state pair [x, x_prev].")
 
     def call(self, inputs):
-        x, edge_index, edge_weight = self._parse(inputs)
+        x, edge_index, edge_weight = _graph_inputs(inputs, type(self).__name__)
         x = keras.ops.cast(x, self.compute_dtype)
         x, edge_index, edge_weight, batched = self._batch(x, edge_index, edge_weight,
                                                           self.compute_dtype)
@@ -548,7 +542,7 @@ class GraphHyperbolic(_WaveState, _GraphPDE):
         self._blend_weight()
 
     def call(self, inputs):
-        x_or_pair, edge_index, edge_weight = self._parse(inputs)
+        x_or_pair, edge_index, edge_weight = _graph_inputs(inputs, type(self).__name__)
         x, x_prev = _split_state(x_or_pair, type(self).__name__)
         x = keras.ops.cast(x, self.compute_dtype)
         x_prev = x if x_prev is None else keras.ops.cast(x_prev, self.compute_dtype)

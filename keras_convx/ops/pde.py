@@ -64,6 +64,12 @@ def grid_gradient(f, data_format="channels_last"):
     return tuple(edges)
 
 
+def _edge_divergence(e, axis):
+    """Gᵀ along one axis for an unpadded edge field (n − 1 edges along `axis`): node j gets
+    e[j−1] − e[j], missing edges counting as zero."""
+    return _pad(e, axis, 1, 0) - _pad(e, axis, 0, 1)
+
+
 def grid_divergence(gx, gy, data_format="channels_last"):
     """Gᵀ (gx, gy): the exact adjoint of `grid_gradient` (the entries outside the edge set,
     the last column of gx and last row of gy, are ignored — they are not edges)."""
@@ -71,9 +77,7 @@ def grid_divergence(gx, gy, data_format="channels_last"):
     ay, ax = _spatial_axes(data_format)
     out = 0
     for g, axis in ((gx, ax), (gy, ay)):
-        n = g.shape[axis]
-        e = _slice(g, axis, 0, n - 1)
-        out = out + _pad(e, axis, 1, 0) - _pad(e, axis, 0, 1)
+        out = out + _edge_divergence(_slice(g, axis, 0, g.shape[axis] - 1), axis)
     return out
 
 
@@ -113,9 +117,7 @@ def grid_operator_transpose(e, kernel, data_format="channels_last", mask=None):
     """Aᵀ e = Gᵀ Kᵀ e for a (2B, ...) edge field (its non-edge entries are ignored)."""
     e = keras.ops.convert_to_tensor(e)
     if mask is None:
-        half = keras.ops.split(e, 2, axis=0)[0]
-        mask = edge_mask(half[..., :1] if data_format == "channels_last" else half[:, :1],
-                         data_format)
+        mask = edge_mask(keras.ops.split(e, 2, axis=0)[0], data_format)
     back = apply_kernel_transpose(e * mask, kernel, data_format)
     gx, gy = keras.ops.split(back, 2, axis=0)
     return grid_divergence(gx, gy, data_format)
@@ -135,7 +137,7 @@ def grid_flux(f, kernel, activation, data_format="channels_last"):
         for axis in (ax, ay):
             n = u.shape[axis]
             e = activation(_slice(u, axis, 1, n) - _slice(u, axis, 0, n - 1))
-            div = div + _pad(e, axis, 1, 0) - _pad(e, axis, 0, 1)
+            div = div + _edge_divergence(e, axis)
         return apply_kernel_transpose(div, kernel, data_format)
     mask = edge_mask(f, data_format)
     z = grid_operator(f, kernel, data_format, masked=False)
