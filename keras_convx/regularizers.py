@@ -1,2 +1,82 @@
-"""Regularizers of keras_convx (the orthonormality regularizer arrives with issue 5)."""
-__all__ = []
+"""Regularizers of keras_convx: `Orthonormal` (deeply shared filter bases, issue 5)."""
+
+import keras
+
+from keras_convx._registry import register
+from keras_convx.ops import shared_basis as sb
+
+__all__ = ["Orthonormal", "apply_global_orthonormal"]
+
+
+@register
+class Orthonormal(keras.regularizers.Regularizer):
+    """Orthonormality penalty for a kernel of any rank: `factor · ‖M Mᵀ − I‖_F² / normalizer`.
+
+    `M` is the kernel as the (filters, fan_in) matrix of its filters (the last axis indexes
+    filters, as in every Keras kernel: a `(k, k, c_in, s)` conv kernel gives s rows of
+    k·k·c_in). The diagonal is included, so the penalty asks for unit-norm AND mutually
+    orthogonal filters. With `normalizer=None` it is divided by `filters²` — the official
+    code's mean over the Gram matrix entries of one basis. Keras' own
+    `OrthogonalRegularizer` accepts rank-2 inputs only and ignores the norms.
+
+    The paper normalises GLOBALLY over all bases g of a model, Σ_g ‖B_g B_gᵀ − I‖² / Σ_g s_g²:
+    that is this regulariser on every basis with `normalizer = Σ_g s_g²`, which
+    `apply_global_orthonormal(bases, factor)` sets up. The jointly-orthogonal "DoubleShared"
+    form is a `FilterBasis(parts=2)`: the penalty covers the stacked [B_1; B_2].
+
+    Args:
+        factor: float ≥ 0, the weight λ (the paper uses 10).
+        normalizer: None (→ filters²) or a positive number dividing ‖M Mᵀ − I‖².
+
+    Example:
+
+    >>> basis = keras_convx.layers.FilterBasis(
+    ...     16, 3, kernel_regularizer=keras_convx.regularizers.Orthonormal(10.0))
+    >>> dense = keras.layers.Dense(8, kernel_regularizer=Orthonormal(1.0))  # any rank
+    """
+
+    def __init__(self, factor=1.0, normalizer=None):
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 0:
+            raise ValueError(f"Expected factor to be a float >= 0. Received: factor={factor!r}")
+        if normalizer is not None and (
+            isinstance(normalizer, bool)
+            or not isinstance(normalizer, (int, float))
+            or normalizer <= 0
+        ):
+            raise ValueError(
+                "Expected normalizer to be None or a number > 0. "
+                f"Received: normalizer={normalizer!r}"
+            )
+        self.factor = float(factor)
+        self.normalizer = None if normalizer is None else float(normalizer)
+
+    def __call__(self, x):
+        x = keras.ops.cast(x, "float32")
+        rows = x.shape[-1]
+        normalizer = self.normalizer if self.normalizer is not None else float(rows * rows)
+        return self.factor * sb.orthonormality_residual(x) / normalizer
+
+    def get_config(self):
+        return {"factor": self.factor, "normalizer": self.normalizer}
+
+
+def apply_global_orthonormal(bases, factor):
+    """Puts one globally normalised orthonormality penalty on several `FilterBasis` objects.
+
+    Each basis g gets `Orthonormal(factor, normalizer=Σ_g s_g²)` (s_g = `parts·size`), so the
+    model's regularisation loss is `factor · Σ_g ‖B_g B_gᵀ − I‖² / Σ_g s_g²` — the paper's
+    L_orth. Works before or after the bases are built. Returns the regulariser.
+    """
+    from keras_convx.layers.shared_basis import FilterBasis  # noqa: PLC0415
+
+    bases = list(bases)
+    if not bases or not all(isinstance(b, FilterBasis) for b in bases):
+        raise TypeError(
+            f"Expected bases to be a non-empty list of FilterBasis. Received: bases={bases!r}"
+        )
+    regularizer = Orthonormal(factor, normalizer=sum(b.total_size**2 for b in bases))
+    for basis in bases:
+        basis.kernel_regularizer = regularizer
+        if basis.built:
+            basis.kernel.regularizer = regularizer
+    return regularizer

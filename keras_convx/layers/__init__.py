@@ -11,6 +11,8 @@ from keras_convx.layers.pde import DiffusionConv2D
 from keras_convx.layers.pde import GraphDiffusion
 from keras_convx.layers.pde import GraphHyperbolic
 from keras_convx.layers.pde import HyperbolicConv2D
+from keras_convx.layers.shared_basis import FilterBasis
+from keras_convx.layers.shared_basis import SharedBasisConv2D
 
 __all__ = [
     "CentredIdentity",
@@ -19,9 +21,11 @@ __all__ = [
     "GraphHyperbolic",
     "HyperbolicConv2D",
     "E4Conv2D",
+    "FilterBasis",
     "GroupBatchNormalization",
     "GroupConv2D",
     "GroupLiftConv2D",
     "GroupPooling",
     "LogPolarConv2D",
+    "SharedBasisConv2D",
 ]
