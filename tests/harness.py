@@ -292,7 +292,9 @@ def finite_difference_gradient(f, arrays, index, cotangent, eps=1e-6, max_coords
     With `max_coords`, only that many randomly chosen coordinates are differenced; the others
     are NaN (and ignored by `assert_matches_oracle`).
     """
-    arrays = [np.array(a, dtype=np.float64) for a in arrays]
+    # C order: `reshape(-1)` below must be a view (a non-contiguous copy — e.g. of a torch
+    # variable stored transposed — would swallow the perturbations and give zeros).
+    arrays = [np.array(a, dtype=np.float64, order="C") for a in arrays]
     target = arrays[index]
     grad = np.full(target.shape, np.nan)
     coords = np.arange(target.size)

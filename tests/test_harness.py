@@ -185,3 +185,10 @@ def test_backend_gradients_of_a_known_function():
     x = np.array([1.0, -2.0, 3.0], "float32")
     (g,) = harness.backend_gradients(lambda t: keras.ops.sum(t**3), [x])
     np.testing.assert_allclose(g, 3 * x**2, rtol=1e-6)
+
+
+def test_finite_differences_of_a_non_contiguous_array():
+    # A Fortran-ordered (or transposed) weight must still be perturbed in place.
+    w = np.asfortranarray(np.arange(6.0).reshape(2, 3))
+    grad = harness.finite_difference_gradient(lambda a: a**2, [w], 0, np.ones((2, 3)))
+    np.testing.assert_allclose(grad, 2 * w, rtol=1e-6)
