@@ -5,8 +5,11 @@ import keras
 PACKAGE = "keras_convx"
 
 
-def register(cls):
+def register(cls=None, *, name=None):
     """Register `cls` for `.keras` (de)serialization as `keras_convx>ClassName`.
+
+    `name` overrides the registered name where two public classes share a class name in
+    different namespaces (`regularizers.Orthonormal` / `constraints.Orthonormal`).
 
     Every public layer, regularizer, constraint, callback and schedule of the package is
     decorated with this, once, so models using them reload without `custom_objects`.
@@ -19,4 +22,6 @@ def register(cls):
         ...
     ```
     """
-    return keras.saving.register_keras_serializable(package=PACKAGE)(cls)
+    if cls is None:
+        return lambda c: register(c, name=name)
+    return keras.saving.register_keras_serializable(package=PACKAGE, name=name)(cls)

@@ -1,4 +1,4 @@
-"""Analysis tools: equivariance error (issue 4); focus area and gradient flow follow (issues 5, 8)."""
+"""Analysis tools: equivariance error (issue 4), gradient flow (issue 5); focus area follows (8)."""
 
 import keras
 import numpy as np
@@ -6,7 +6,7 @@ import numpy as np
 from keras_convx.layers import _common
 from keras_convx.ops import group as gops
 
-__all__ = ["equivariance_error", "group_elements", "transform"]
+__all__ = ["equivariance_error", "gradient_flow", "group_elements", "transform"]
 
 _INPUT_TYPES = ("auto", "image", "group")
 _OUTPUT_TYPES = ("auto", "group", "image", "invariant")
@@ -160,3 +160,107 @@ def equivariance_error(
         expected = transform(y, element, group, output_type, data_format)
         errors[element] = float(np.linalg.norm(f(moved_in) - expected) / scale)
     return errors if per_element else max(errors.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient flow (deeply shared filter bases, issue 5)
+# ---------------------------------------------------------------------------------------------
+
+
+def _leaf_layers(model):
+    """Top-level layers in model order, descending into nested models."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def _filter_bases(model):
+    from keras_convx.layers.shared_basis import FilterBasis  # noqa: PLC0415
+
+    bases, seen = [], set()
+    for layer in _leaf_layers(model):
+        candidates = [layer] + [getattr(layer, "basis", None)]
+        for obj in candidates:
+            if isinstance(obj, FilterBasis) and id(obj) not in seen and obj.built:
+                seen.add(id(obj))
+                bases.append(obj)
+    return bases
+
+
+def _batch(data):
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data
+    raise ValueError(
+        "Expected data to be a batch (x, y) of inputs and targets. "
+        f"Received: data of type {type(data).__name__}"
+    )
+
+
+def gradient_flow(model, data, loss=None, training=True):
+    """Per-layer gradient norms of a model's loss on one batch, and the state of its bases.
+
+    The loss is the task loss only (no regularization penalties), so the norms show what
+    flows back through the network. Nothing is updated (the forward pass is stateless, so
+    batch-norm statistics stay as they are).
+
+    Args:
+        model: a built `keras.Model`.
+        data: a batch `(x, y)`.
+        loss: a Keras loss (name, instance or callable); default the compiled loss.
+        training: the forward pass's `training` flag (default True, as in a training step).
+
+    Returns:
+        A dict with
+        - `"loss"`: float;
+        - `"gradient_norms"`: {layer name: ‖∂L/∂θ‖₂ over the layer's OWN trainable weights}
+          in model order (a shared `FilterBasis` is not counted in its users);
+        - `"basis_gradient_norms"`: {basis name: ‖∂L/∂B‖₂} for every `FilterBasis` used (the
+          sum of all users' contributions);
+        - `"orthonormality"`: {basis name: ‖B Bᵀ − I‖_F² / s²} (0 = orthonormal filters).
+
+    Example:
+
+    >>> flow = keras_convx.analysis.gradient_flow(model, (x[:64], y[:64]))
+    >>> flow["gradient_norms"]           # {"block_1": 0.21, "block_2": 0.19, ...}
+    """
+    from keras_convx.ops import autodiff  # noqa: PLC0415
+    from keras_convx.ops import shared_basis as sb  # noqa: PLC0415
+
+    if not isinstance(model, keras.Model) or not model.built:
+        raise ValueError(f"Expected model to be a built keras.Model. Received: model={model!r}")
+    x, y = _batch(data)
+    loss = loss if loss is not None else getattr(model, "loss", None)
+    if loss is None:
+        raise ValueError("Pass loss=... (the model is not compiled with a loss).")
+    loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    value, grads = autodiff.loss_and_gradients(model, x, y, loss_fn, training=training)
+    by_id = {id(v): g for v, g in zip(model.trainable_variables, grads)}
+
+    def norm(variables):
+        squares = [
+            float(keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.square(by_id[id(v)]))))
+            for v in variables
+            if id(v) in by_id
+        ]
+        return float(np.sqrt(sum(squares)))
+
+    bases = _filter_bases(model)
+    basis_ids = {id(b.kernel) for b in bases}
+    norms = {}
+    for layer in _leaf_layers(model):
+        own = [v for v in layer.trainable_weights if id(v) not in basis_ids]
+        if own:
+            norms[layer.name] = norm(own)
+    orth = {}
+    for basis in bases:
+        kernel = keras.ops.cast(basis.kernel, "float32")
+        residual = keras.ops.convert_to_numpy(sb.orthonormality_residual(kernel))
+        orth[basis.name] = float(residual) / basis.total_size**2
+    return {
+        "loss": float(keras.ops.convert_to_numpy(value)),
+        "gradient_norms": norms,
+        "basis_gradient_norms": {b.name: norm([b.kernel]) for b in bases},
+        "orthonormality": orth,
+    }

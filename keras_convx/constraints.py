@@ -8,7 +8,7 @@ from keras_convx.ops import shared_basis as sb
 __all__ = ["Orthonormal"]
 
 
-@register
+@register(name="OrthonormalConstraint")
 class Orthonormal(keras.constraints.Constraint):
     """Projects a kernel onto orthonormal filters after every optimizer update.
 

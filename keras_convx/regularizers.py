@@ -8,7 +8,7 @@ from keras_convx.ops import shared_basis as sb
 __all__ = ["Orthonormal", "apply_global_orthonormal"]
 
 
-@register
+@register(name="OrthonormalRegularizer")
 class Orthonormal(keras.regularizers.Regularizer):
     """Orthonormality penalty for a kernel of any rank: `factor · ‖M Mᵀ − I‖_F² / normalizer`.
 

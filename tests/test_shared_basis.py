@@ -406,3 +406,12 @@ def test_constraint_with_too_many_filters_is_a_clear_error():
         SharedBasisConv2D(4, basis).build((None, 6, 6, 1))  # 10 > 9
     with pytest.raises(ValueError, match="filters <= fan_in"):
         constraints.Orthonormal()(keras.ops.ones((2, 3)))
+
+
+def test_regularizer_and_constraint_round_trip_separately():
+    reg, con = regularizers.Orthonormal(3.0, normalizer=7), constraints.Orthonormal()
+    revived = [keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(o))
+               for o in (reg, con)]
+    assert type(revived[0]) is regularizers.Orthonormal and revived[0].get_config() == {
+        "factor": 3.0, "normalizer": 7.0}
+    assert type(revived[1]) is constraints.Orthonormal

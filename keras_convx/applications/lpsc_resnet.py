@@ -2,30 +2,18 @@
 
 import keras
 
+from keras_convx.applications._common import bn as _bn
+from keras_convx.applications._common import conv3x3 as _conv3x3
+from keras_convx.applications._common import he_fan_out as _he_fan_out
 from keras_convx.layers.log_polar import LogPolarConv2D
 
 VARIANTS = ("stem", "cc")
-
-
-def _he_fan_out():
-    # The official models draw conv weights from N(0, 2 / (k_h·k_w·C_out)).
-    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
-
-
-def _conv3x3(filters, strides=1, name=None):
-    return keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
-                               kernel_initializer=_he_fan_out(), name=name)
 
 
 def _lpsc(filters, kernel_size, rings, sectors, growth_rate, strides, implementation, name):
     return LogPolarConv2D(filters, kernel_size, rings=rings, sectors=sectors, growth_rate=growth_rate,
                           strides=strides, implementation=implementation,
                           kernel_initializer=_he_fan_out(), name=name)
-
-
-def _bn(name):
-    # PyTorch's BatchNorm2d defaults: momentum 0.1 (Keras 0.9), eps 1e-5.
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
 
 
 def _basic_block(x, filters, strides, name, first_conv=None):

@@ -1,0 +1,52 @@
+"""Gradients of a model's loss through the current backend's autodiff (no state is changed).
+
+The forward pass is `model.stateless_call`, so batch-norm moving statistics and other
+non-trainable state are left untouched even with `training=True`.
+"""
+
+import keras
+
+
+def loss_and_gradients(model, x, y, loss_fn, training=True):
+    """(loss, [∂loss/∂v for v in model.trainable_variables]) as backend tensors.
+
+    Args:
+        model: a built `keras.Model`.
+        x, y: one batch of inputs and targets.
+        loss_fn: callable `loss_fn(y_true, y_pred) -> scalar or per-sample losses` (reduced by
+            the mean).
+        training: the `training` flag of the forward pass.
+    """
+    trainable = list(model.trainable_variables)
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def loss_of(*values):
+        y_pred, _ = model.stateless_call(list(values), non_trainable, x, training=training)
+        return keras.ops.mean(loss_fn(y, y_pred))
+
+    values = [v.value for v in trainable]
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax  # noqa: PLC0415
+
+        loss, grads = jax.value_and_grad(lambda vals: loss_of(*vals))(values)
+        return loss, list(grads)
+    if backend == "tensorflow":
+        import tensorflow as tf  # noqa: PLC0415
+
+        tensors = [tf.identity(v) for v in values]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            loss = loss_of(*tensors)
+        grads = tape.gradient(loss, tensors)
+        return loss, [g if g is not None else tf.zeros_like(t) for g, t in zip(grads, tensors)]
+    if backend == "torch":
+        import torch  # noqa: PLC0415
+
+        tensors = [v.detach().clone().requires_grad_(True) for v in values]
+        loss = loss_of(*tensors)
+        grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+        return loss.detach(), [
+            g if g is not None else torch.zeros_like(t) for g, t in zip(grads, tensors)
+        ]
+    raise NotImplementedError(f"No gradient route for backend {backend!r}.")
