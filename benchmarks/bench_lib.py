@@ -49,7 +49,8 @@ def make_step(layer, x, tf_xla=False):
     non_trainable = [v.value for v in layer.non_trainable_variables]
 
     def loss(x_, tv):
-        y, _ = layer.stateless_call(tv, non_trainable, x_)
+        # training=True: a training step (layers with batch norm use batch statistics).
+        y, _ = layer.stateless_call(tv, non_trainable, x_, training=True)
         return keras.ops.mean(keras.ops.square(keras.ops.cast(y, "float32")))
 
     if BACKEND == "jax":

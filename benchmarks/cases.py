@@ -8,8 +8,10 @@ import keras
 
 from keras_convx.layers import DiffusionConv2D
 from keras_convx.layers import E4Conv2D
+from keras_convx.layers import FilterBasis
 from keras_convx.layers import GroupConv2D
 from keras_convx.layers import LogPolarConv2D
+from keras_convx.layers import SharedBasisConv2D
 
 
 def conv2d(filters, k, **kw):
@@ -32,6 +34,12 @@ def e4(fields, k, r, slices, implementation="auto", group="p4"):
 
 def diffusion(k, stable=False):
     return lambda: DiffusionConv2D(kernel_size=k, stable=stable)
+
+
+def shared(filters, size, unique, implementation="auto", basis_batch_norm=True):
+    return lambda: SharedBasisConv2D(filters, FilterBasis(size, 3), unique_bases=unique,
+                                     implementation=implementation,
+                                     basis_batch_norm=basis_batch_norm)
 
 
 CASES = [
@@ -120,6 +128,42 @@ CASES = [
         "baselines": {
             "Conv2D 3×3": conv2d(64, 3),
             "DiffusionConv2D 3×3 stable=True": diffusion(3, True),
+        },
+    },
+    {
+        # Issue 5's goal: ≤ 1.1× a Conv2D of the same shapes; faster when u + s < filters.
+        # S16U1 at 64 channels (rank 17): auto = basis-first; in training the basis BN
+        # needs the basis responses, so basis-first is the only order there.
+        "name": "SharedBasisConv2D 64→64 S16U1, basis BN",
+        "family": "shared_basis",
+        "input_shape": (16, 32, 32, 64),
+        "layer": shared(64, 16, 1),
+        "baselines": {
+            "Conv2D 3×3 (no bias)": conv2d(64, 3, use_bias=False),
+            "Conv2D 3×3 + BN": lambda: keras.Sequential(
+                [keras.layers.Conv2D(64, 3, padding="same", use_bias=False),
+                 keras.layers.BatchNormalization()]),
+        },
+    },
+    {
+        "name": "SharedBasisConv2D 64→64 S16U1, no basis BN",
+        "family": "shared_basis",
+        "input_shape": (16, 32, 32, 64),
+        "layer": shared(64, 16, 1, basis_batch_norm=False),
+        "baselines": {
+            "Conv2D 3×3 (no bias)": conv2d(64, 3, use_bias=False),
+            "kernel-first order": shared(64, 16, 1, "kernel_first", basis_batch_norm=False),
+        },
+    },
+    {
+        # u + s > filters: auto = kernel-first (synthesised kernel, one conv).
+        "name": "SharedBasisConv2D 64→64 S64U4, no basis BN",
+        "family": "shared_basis",
+        "input_shape": (16, 32, 32, 64),
+        "layer": shared(64, 64, 4, basis_batch_norm=False),
+        "baselines": {
+            "Conv2D 3×3 (no bias)": conv2d(64, 3, use_bias=False),
+            "basis-first order": shared(64, 64, 4, "basis_first", basis_batch_norm=False),
         },
     },
 ]

@@ -172,6 +172,21 @@ def pde_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10, depth=1
     return keras.Model(inputs, body(x), name="pde_cnn")
 
 
+def shared_basis_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10):
+    """2×2 average pooling to 16×16, then `applications.resnet_cifar(14, S4U1)`: one shared
+    filter basis per stage (orthonormality λ = 10), softmax output."""
+    import keras
+
+    from keras_convx.applications import resnet_cifar
+
+    inputs = keras.Input(input_shape)
+    x = keras.layers.AveragePooling2D(2)(inputs)
+    body = resnet_cifar(14, num_classes, shared_bases=4, unique_bases=1,
+                        input_shape=tuple(x.shape[1:]))
+    outputs = keras.layers.Softmax()(body(x))
+    return keras.Model(inputs, outputs, name="shared_basis_cnn")
+
+
 # One row per layer family: (name, builder, what it shows). Later families append rows.
 DEMO_MODELS = [
     ("plain CNN (Conv2D 3×3)", plain_cnn, "baseline"),
@@ -179,6 +194,7 @@ DEMO_MODELS = [
     ("p4 G-CNN (GroupConv2D)", equivariant_cnn, "group-equivariant convolution"),
     ("p4 E4 net (E4Conv2D)", e4_cnn, "efficient equivariant E4 layer"),
     ("PDE net (16 HyperbolicConv2D)", pde_cnn, "stable deep PDE layers"),
+    ("ResNet-14 S4U1 (SharedBasisConv2D)", shared_basis_cnn, "deeply shared filter bases"),
 ]
 
 

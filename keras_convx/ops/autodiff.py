@@ -4,7 +4,12 @@ The forward pass is `model.stateless_call`, so batch-norm moving statistics and 
 non-trainable state are left untouched even with `training=True`.
 """
 
+import weakref
+
 import keras
+
+# JAX: one compiled value-and-grad per (model, loss, training), reused across calls.
+_JAX_CACHE = weakref.WeakKeyDictionary()
 
 
 def loss_and_gradients(model, x, y, loss_fn, training=True):
@@ -19,18 +24,27 @@ def loss_and_gradients(model, x, y, loss_fn, training=True):
     """
     trainable = list(model.trainable_variables)
     non_trainable = [v.value for v in model.non_trainable_variables]
-
-    def loss_of(*values):
-        y_pred, _ = model.stateless_call(list(values), non_trainable, x, training=training)
-        return keras.ops.mean(loss_fn(y, y_pred))
-
     values = [v.value for v in trainable]
     backend = keras.backend.backend()
     if backend == "jax":
         import jax  # noqa: PLC0415
 
-        loss, grads = jax.value_and_grad(lambda vals: loss_of(*vals))(values)
+        cache = _JAX_CACHE.setdefault(model, {})
+        key = (id(loss_fn), bool(training))
+        if key not in cache:
+
+            def loss_of_values(vals, ntv, x_, y_):
+                y_pred, _ = model.stateless_call(vals, ntv, x_, training=training)
+                return keras.ops.mean(loss_fn(y_, y_pred))
+
+            cache[key] = (jax.jit(jax.value_and_grad(loss_of_values)), loss_fn)
+        loss, grads = cache[key][0](values, non_trainable, x, y)
         return loss, list(grads)
+
+    def loss_of(*vals):
+        y_pred, _ = model.stateless_call(list(vals), non_trainable, x, training=training)
+        return keras.ops.mean(loss_fn(y, y_pred))
+
     if backend == "tensorflow":
         import tensorflow as tf  # noqa: PLC0415
 
