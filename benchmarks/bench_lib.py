@@ -15,6 +15,7 @@ Peak memory on CPU is the largest growth of the process' resident memory during 
 """
 
 import os
+import inspect
 import statistics
 import threading
 import time
@@ -48,9 +49,11 @@ def make_step(layer, x, tf_xla=False):
     trainable = [v.value for v in layer.trainable_variables]
     non_trainable = [v.value for v in layer.non_trainable_variables]
 
+    # A training step: layers that take `training` (batch norm inside) get training=True.
+    kwargs = {"training": True} if "training" in inspect.signature(layer.call).parameters else {}
+
     def loss(x_, tv):
-        # training=True: a training step (layers with batch norm use batch statistics).
-        y, _ = layer.stateless_call(tv, non_trainable, x_, training=True)
+        y, _ = layer.stateless_call(tv, non_trainable, x_, **kwargs)
         return keras.ops.mean(keras.ops.square(keras.ops.cast(y, "float32")))
 
     if BACKEND == "jax":

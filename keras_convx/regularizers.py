@@ -3,6 +3,7 @@
 import keras
 
 from keras_convx._registry import register
+from keras_convx.layers.shared_basis import FilterBasis
 from keras_convx.ops import shared_basis as sb
 
 __all__ = ["Orthonormal", "apply_global_orthonormal"]
@@ -67,8 +68,6 @@ def apply_global_orthonormal(bases, factor):
     model's regularisation loss is `factor · Σ_g ‖B_g B_gᵀ − I‖² / Σ_g s_g²` — the paper's
     L_orth. Works before or after the bases are built. Returns the regulariser.
     """
-    from keras_convx.layers.shared_basis import FilterBasis  # noqa: PLC0415
-
     bases = list(bases)
     if not bases or not all(isinstance(b, FilterBasis) for b in bases):
         raise TypeError(

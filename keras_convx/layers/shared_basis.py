@@ -6,6 +6,7 @@ import weakref
 import keras
 from keras import ops
 
+from keras_convx import constraints
 from keras_convx._registry import register
 from keras_convx.layers import _common
 from keras_convx.layers._common import CONV_OBJECTS
@@ -124,8 +125,6 @@ class FilterBasis(keras.layers.Layer):
         return self.kernel.shape[2] if self.built else None
 
     def _check_constraint(self, channels):
-        from keras_convx import constraints  # noqa: PLC0415 (constraints imports this module)
-
         fan_in = self.kernel_size[0] * self.kernel_size[1] * channels
         if isinstance(self.kernel_constraint, constraints.Orthonormal) and self.total_size > fan_in:
             raise ValueError(
@@ -222,6 +221,8 @@ def _deserialize_basis(basis_config, user_name):
             return basis
     basis = keras.saving.deserialize_keras_object(basis_config)
     if key is not None:
+        for dead in [k for k, (ref, _) in _CLONE_SESSIONS.items() if ref() is None]:
+            del _CLONE_SESSIONS[dead]
         _CLONE_SESSIONS[key] = (weakref.ref(basis), {user_name})
     return basis
 
