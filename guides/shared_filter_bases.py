@@ -10,9 +10,9 @@ drift (vanish or explode) with λ = 0.
 
 This guide
 1. counts parameters of the official SxUy CIFAR ResNets (`applications.resnet_cifar`);
-2. trains a deep plain stack (no residual connections, so nothing hides the effect) that
-   reuses ONE basis in every layer, with λ = 10 and λ = 0, with and without the basis batch
-   norm, and records per-layer gradient norms with `callbacks.GradientFlow`;
+2. trains the official ResNet32-S8U1 (each stage's basis serves 8 convs) with λ = 10 and
+   λ = 0, with and without the basis batch norm, and records per-layer gradient norms with
+   `callbacks.GradientFlow`;
 3. trains the SxUy ResNet on the digits next to the unshared one.
 
 Run: `KERAS_BACKEND=jax python guides/shared_filter_bases.py` (plots go to $KERAS_CONVX_OUT,
@@ -49,9 +49,7 @@ import numpy as np  # noqa: E402
 
 from keras_convx import callbacks  # noqa: E402
 from keras_convx import demo  # noqa: E402
-from keras_convx import regularizers  # noqa: E402
 from keras_convx.applications import resnet_cifar  # noqa: E402
-from keras_convx.layers import FilterBasis  # noqa: E402
 from keras_convx.layers import SharedBasisConv2D  # noqa: E402
 
 OUT = os.environ.get("KERAS_CONVX_OUT", "guide_out")
@@ -75,67 +73,47 @@ for depth in (14,) if FAST else (32, 56):
         print(f"ResNet-{depth} S{s}U1{' ' * (14 - len(str(s)))}{n:9,}  ({100 * (1 - n / base):.0f}% fewer)")
 
 
-# ## 2. Gradient flow through a deep stack that reuses one basis
-# The paper's block, repeated: x ← ReLU(x + BN(conv_b(ReLU(BN(conv_a(x)))))), every conv a
-# `SharedBasisConv2D(16, basis, unique_bases=1)` over ONE basis of s = 8 filters (so the
-# basis serves 2·L layers). SGD, momentum 0.9, lr 0.1 as the paper; λ = 10 vs 0, basis batch
-# norm on vs off. `GradientFlow` measures, every 20 steps on a fixed batch, ‖∂L/∂θ‖ of each
-# layer's own weights (unique filters, coefficients, basis BN), of the shared basis, and the
-# basis' orthonormality error ‖BBᵀ − I‖²/s².
-def deep_stack(blocks, lam, basis_bn, width=16, size=8):
-    regularizer = regularizers.Orthonormal(lam) if lam > 0 else None
-    basis = FilterBasis(size, 3, kernel_regularizer=regularizer, name="basis")
-    inputs = keras.Input((8, 8, 1))
-    x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name="stem")(inputs)
-    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
-    for i in range(blocks):
-        y = SharedBasisConv2D(width, basis, unique_bases=1, basis_batch_norm=basis_bn,
-                              name=f"layer{2 * i + 1:02d}")(x)
-        y = keras.layers.ReLU()(keras.layers.BatchNormalization()(y))
-        y = SharedBasisConv2D(width, basis, unique_bases=1, basis_batch_norm=basis_bn,
-                              name=f"layer{2 * i + 2:02d}")(y)
-        y = keras.layers.BatchNormalization()(y)
-        x = keras.layers.ReLU()(keras.layers.Add()([x, y]))
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(10, name="head")(x))
-
-
-data = demo.load_digits_data(size=8, limit=200 if FAST else None)
+# ## 2. Gradient flow through the shared ResNet
+# The paper's own model: `resnet_cifar(32, shared_bases=8, unique_bases=1)` (ResNet32-S8U1:
+# per stage, one basis serves the 8 convs of blocks 2–5) on 16×16 digits; SGD, momentum 0.9,
+# lr 0.1 as the paper; λ = 10 vs 0, with and without the basis batch norm. `GradientFlow`
+# measures, every 20 steps on a fixed batch, ‖∂L/∂θ‖ of each layer's own weights, the shared
+# bases' gradient norms and their orthonormality error ‖BBᵀ − I‖²/s². "Spread" is max/min of
+# the gradient norms over the shared convs at one measurement.
+size = 8 if FAST else 16
+data = demo.load_digits_data(size=size, limit=200 if FAST else None)
 x_train, y_train, x_test, y_test = data
-blocks = 2 if FAST else 16
-epochs = 1 if FAST else 10
-layers = [f"layer{i + 1:02d}" for i in range(2 * blocks)]
+depth = 14 if FAST else 32
+epochs = 1 if FAST else 8
 probe = (x_train[:128], y_train[:128])
 loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 runs = {}
-print("λ     basis BN  test acc  layer-norm spread (end / worst)  per-layer drift in time"
-      "  basis grad (first → last)  ‖BBᵀ−I‖²/s² (end)")
+print("λ     basis BN  test acc  shared-conv grad-norm spread (end / worst)  "
+      "stage-1 basis grad (first → last)  ‖BBᵀ−I‖²/s² per stage (end)")
 configs = [(10.0, True), (0.0, True)]
 configs += [] if FAST else [(10.0, False), (0.0, False)]
 for lam, basis_bn in configs:
-    if True:
-        keras.utils.set_random_seed(0)
-        model = deep_stack(blocks, lam, basis_bn)
-        model.compile(keras.optimizers.SGD(0.1, momentum=0.9), loss, metrics=["accuracy"])
-        flow = callbacks.GradientFlow(probe, every_n_steps=20)
-        model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0, callbacks=[flow])
-        accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
-        series = flow.series("grad_norm")
-        steps = sorted(series)
-        # spread: for one measurement, max/min over the layers; drift: for one layer,
-        # max/min over the measurements (median over layers).
-        spreads = [max(series[t][n] for n in layers) / min(series[t][n] for n in layers)
-                   for t in steps]
-        drift = float(np.median([max(series[t][n] for t in steps) /
-                                 min(series[t][n] for t in steps) for n in layers]))
-        basis_grad = [flow.series("basis_grad_norm")[t]["basis"] for t in steps]
-        orth = [flow.series("orthonormality")[t]["basis"] for t in steps]
-        runs[(lam, basis_bn)] = dict(per_layer=[series[steps[-1]][n] for n in layers],
-                                     steps=steps, basis_grad=basis_grad, orth=orth,
-                                     accuracy=accuracy)
-        print(f"{lam:4.1f}  {str(basis_bn):8}  {accuracy:8.3f}  {spreads[-1]:10.1f} / "
-              f"{max(spreads):6.1f}            {drift:10.1f}               "
-              f"{basis_grad[0]:.2e} → {basis_grad[-1]:.2e}     {orth[-1]:.2e}", flush=True)
+    keras.utils.set_random_seed(0)
+    model = resnet_cifar(depth, shared_bases=8, unique_bases=1, input_shape=(size, size, 1),
+                         orthonormal_factor=lam, basis_batch_norm=basis_bn)
+    layers = [layer.name for layer in model.layers if isinstance(layer, SharedBasisConv2D)]
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), loss, metrics=["accuracy"])
+    flow = callbacks.GradientFlow(probe, every_n_steps=20)
+    model.fit(x_train, y_train, epochs=epochs, batch_size=64, verbose=0, callbacks=[flow])
+    accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
+    series = flow.series("grad_norm")
+    steps = sorted(series)
+    spreads = [max(series[t][n] for n in layers) / min(series[t][n] for n in layers)
+               for t in steps]
+    basis_grad = [flow.series("basis_grad_norm")[t]["stage1_basis"] for t in steps]
+    orth = flow.series("orthonormality")
+    runs[(lam, basis_bn)] = dict(per_layer=[series[steps[-1]][n] for n in layers], steps=steps,
+                                 basis_grad=basis_grad, accuracy=accuracy,
+                                 orth=[orth[t]["stage1_basis"] for t in steps])
+    orth_end = " / ".join(f"{orth[steps[-1]][f'stage{g}_basis']:.1e}" for g in (1, 2, 3))
+    print(f"{lam:4.1f}  {str(basis_bn):8}  {accuracy:8.3f}  {spreads[-1]:14.1f} / "
+          f"{max(spreads):6.1f}                  {basis_grad[0]:.2e} → {basis_grad[-1]:.2e}"
+          f"            {orth_end}", flush=True)
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
 for (lam, basis_bn), r in runs.items():
@@ -144,11 +122,11 @@ for (lam, basis_bn), r in runs.items():
     axes[0].plot(range(1, len(layers) + 1), r["per_layer"], style, ms=3, label=label)
     axes[1].plot(r["steps"], r["basis_grad"], style, ms=3, label=label)
     axes[2].plot(r["steps"], r["orth"], style, ms=3, label=label)
-axes[0].set(yscale="log", xlabel="layer (input → output)", ylabel="‖∂L/∂θ_layer‖",
-            title=f"per-layer gradient norm, end ({len(layers)} layers, 1 basis)")
-axes[1].set(yscale="log", xlabel="step", ylabel="‖∂L/∂B‖", title="shared basis gradient norm")
+axes[0].set(yscale="log", xlabel="shared conv (input → output)", ylabel="‖∂L/∂θ_layer‖",
+            title=f"ResNet-{depth} S8U1: gradient norm per shared conv, end")
+axes[1].set(yscale="log", xlabel="step", ylabel="‖∂L/∂B‖", title="stage-1 basis gradient norm")
 axes[2].set(yscale="log", xlabel="step", ylabel="‖BBᵀ − I‖² / s²",
-            title="basis orthonormality error")
+            title="stage-1 basis orthonormality error")
 axes[0].legend(fontsize=7)
 fig.tight_layout()
 fig.savefig(os.path.join(OUT, "shared_bases_gradient_flow.png"), dpi=100)
