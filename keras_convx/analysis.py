@@ -189,7 +189,8 @@ def _filter_bases(model):
     return bases
 
 
-def _batch(data):
+def check_batch(data):
+    """`data` if it is a batch `(x, y)`; ValueError otherwise."""
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return data
     raise ValueError(
@@ -230,7 +231,7 @@ def gradient_flow(model, data, loss=None, training=True):
 
     if not isinstance(model, keras.Model) or not model.built:
         raise ValueError(f"Expected model to be a built keras.Model. Received: model={model!r}")
-    x, y = _batch(data)
+    x, y = check_batch(data)
     loss = loss if loss is not None else getattr(model, "loss", None)
     if loss is None:
         raise ValueError("Pass loss=... (the model is not compiled with a loss).")

@@ -47,12 +47,7 @@ class GradientFlow(keras.callbacks.Callback):
 
     def __init__(self, data, every_n_steps=100, loss=None, csv_path=None):
         super().__init__()
-        if not isinstance(data, (tuple, list)) or len(data) != 2:
-            raise ValueError(
-                "Expected data to be a batch (x, y) of inputs and targets. "
-                f"Received: data of type {type(data).__name__}"
-            )
-        self.data = tuple(data)
+        self.data = tuple(analysis.check_batch(data))
         self.every_n_steps = _common.integer("every_n_steps", every_n_steps)
         self.loss = loss
         self.csv_path = None if csv_path is None else os.fspath(csv_path)

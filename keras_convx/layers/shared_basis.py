@@ -12,6 +12,7 @@ from keras_convx.layers import _common
 from keras_convx.layers._common import CONV_OBJECTS
 from keras_convx.ops import shared_basis as sb
 from keras_convx.ops.core import conv2d
+from keras_convx.ops.core import conv_output_length
 from keras_convx.ops.core import normalize_pair
 
 _BASIS_OBJECTS = ("kernel_initializer", "kernel_regularizer", "kernel_constraint")
@@ -21,17 +22,9 @@ def _channel_axis(data_format):
     return -1 if data_format == "channels_last" else 1
 
 
-def _output_length(n, k, s, padding):
-    if n is None:
-        return None
-    if padding == "same":
-        return -(-n // s)
-    return (n - k) // s + 1
-
-
 def _conv_output_shape(input_shape, filters, kernel_size, strides, padding, data_format):
     spatial = input_shape[1:3] if data_format == "channels_last" else input_shape[2:4]
-    out = [_output_length(n, k, s, padding) for n, k, s in zip(spatial, kernel_size, strides)]
+    out = [conv_output_length(n, k, s, padding) for n, k, s in zip(spatial, kernel_size, strides)]
     if data_format == "channels_last":
         return (input_shape[0], *out, filters)
     return (input_shape[0], filters, *out)
@@ -142,8 +135,9 @@ class FilterBasis(keras.layers.Layer):
             self, "kernel", (*self.kernel_size, channels, self.total_size)
         )
 
-    def build_for_channels(self, channels):
-        """Builds the basis for `channels` input channels, or checks that it was."""
+    def build_for_channels(self, channels, user="a layer"):
+        """Builds the basis for `channels` input channels, or checks that it was (`user`
+        names the caller in the error)."""
         if not self.built:
             shape = (None, None, None, channels)
             if self.data_format == "channels_first":
@@ -152,8 +146,8 @@ class FilterBasis(keras.layers.Layer):
             self.built = True
         elif self.input_channels != channels:
             raise ValueError(
-                f"The basis {self.name!r} was built for {self.input_channels} input channels "
-                f"and cannot serve an input with {channels} channels."
+                f"The basis {self.name!r} has c_in={self.input_channels} but {user} receives "
+                f"inputs with {channels} channels. A basis serves layers with one input width."
             )
 
     def part(self, index):
@@ -366,13 +360,8 @@ class SharedBasisConv2D(keras.layers.Layer):
         channels = input_shape[_channel_axis(self.data_format)]
         if channels is None:
             raise ValueError("The channel dimension of a SharedBasisConv2D input must be defined.")
-        if self.basis.built and self.basis.input_channels != channels:
-            raise ValueError(
-                f"The basis {self.basis.name!r} has c_in={self.basis.input_channels} but "
-                f"{self.name!r} receives inputs with {channels} channels (input_shape="
-                f"{tuple(input_shape)}). A basis serves layers with one input width."
-            )
-        self.basis.build_for_channels(channels)
+        self.basis.build_for_channels(channels, user=f"{self.name!r} (input_shape="
+                                      f"{tuple(input_shape)})")
         self.unique_kernel = None
         if self.unique_bases:
             self.unique_kernel = _common.add_conv_weight(

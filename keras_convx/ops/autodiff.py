@@ -63,4 +63,7 @@ def loss_and_gradients(model, x, y, loss_fn, training=True):
         return loss.detach(), [
             g if g is not None else torch.zeros_like(t) for g, t in zip(grads, tensors)
         ]
-    raise NotImplementedError(f"No gradient route for backend {backend!r}.")
+    raise RuntimeError(
+        "Gradients need a backend with automatic differentiation: tensorflow, jax or torch. "
+        f"The current Keras backend is {backend!r}."
+    )

@@ -16,6 +16,16 @@ def normalize_pair(name, value):
     return (int(value[0]), int(value[1]))
 
 
+def conv_output_length(length, k, stride, padding):
+    """Output length of a convolution: ceil(length / stride) for "same", (length − k) // stride
+    + 1 for "valid"; None stays None."""
+    if length is None:
+        return None
+    if padding == "same":
+        return (length - 1) // stride + 1
+    return (length - k) // stride + 1
+
+
 def conv2d(x, kernel, strides=1, padding="valid", data_format="channels_last", dilation_rate=1):
     """`keras.ops.conv` for 4-D inputs that runs `channels_first` on every backend.
 

@@ -28,6 +28,7 @@ import math
 import keras
 import numpy as np
 
+from keras_convx.ops.core import conv_output_length
 from keras_convx.ops.core import normalize_pair
 from keras_convx.ops.dispatcher import dispatch
 from keras_convx.ops.dispatcher import fast_path
@@ -176,12 +177,7 @@ def region_offsets(pooling_matrix_):
 # ---------------------------------------------------------------------------------------------
 
 
-def output_length(length, k, stride, padding):
-    if length is None:
-        return None
-    if padding == "same":
-        return (length - 1) // stride + 1
-    return (length - k) // stride + 1
+output_length = conv_output_length
 
 
 def pad_same(x, kernel_size, data_format="channels_last"):
