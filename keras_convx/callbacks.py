@@ -1,5 +1,5 @@
-"""Callbacks of keras_convx: `GradientFlow` (issue 5); SynapticPruning and FocusArea follow
-(issues 7, 8)."""
+"""Callbacks of keras_convx: `GradientFlow` (issue 5), `SynapticPruning` (issue 7); FocusArea
+follows (issue 8)."""
 
 import csv
 import os
@@ -7,9 +7,10 @@ import os
 import keras
 
 from keras_convx import analysis
+from keras_convx import pruning
 from keras_convx.layers import _common
 
-__all__ = ["GradientFlow"]
+__all__ = ["GradientFlow", "SynapticPruning"]
 
 
 class GradientFlow(keras.callbacks.Callback):
@@ -125,3 +126,89 @@ class GradientFlow(keras.callbacks.Callback):
             ax.figure.tight_layout()
             ax.figure.savefig(path, dpi=120)
         return ax
+
+
+class SynapticPruning(keras.callbacks.Callback):
+    """Prunes the connections of every `SynapticConv2D` on a schedule during `fit`.
+
+    At each optimizer step `t` where `schedule(t)` says so (before that step runs), the masks
+    are recomputed with `keras_convx.pruning.prune(model, schedule.sparsity_at(t), scope,
+    criterion)`: the least important connections (synaptic strength |m·s| by default) are
+    masked; pruned connections stay pruned. Between updates the callback reads nothing (on
+    JAX an update forces one state sync, so `frequency` bounds that cost); the masks act
+    inside the compiled train step.
+
+    The step is the optimizer's `iterations`, read when training starts, so a run restored by
+    `keras.callbacks.BackupAndRestore` or from a `.keras` checkpoint (masks, strengths and the
+    optimizer state are all saved) continues the schedule exactly where it stopped.
+
+    Logs (into History): `sparsity` and `sparsity/<layer>` at the end of every epoch.
+    `self.updates` lists `(step, target sparsity, achieved total sparsity)` per update.
+
+    Args:
+        schedule: a `keras_convx.pruning.PruningSchedule` (`ConstantSparsity`,
+            `PolynomialDecay`) or its serialized dict.
+        scope: `"global"` (one threshold over all layers, default) or `"layer"`.
+        criterion: `"strength"` (default), `"kernel_l1"` or a callable (see
+            `keras_convx.pruning.importance`).
+        verbose: 0 or 1 (print each update).
+
+    Raises:
+        ValueError: at the start of training if the model has no `SynapticConv2D`.
+
+    Example:
+
+    >>> schedule = keras_convx.pruning.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000,
+    ...                                                frequency=100)
+    >>> model.fit(x, y, epochs=10,
+    ...           callbacks=[keras_convx.callbacks.SynapticPruning(schedule)])
+    >>> keras_convx.pruning.sparsity(model)["total"]      # ≈ 0.9
+    """
+
+    def __init__(self, schedule, scope="global", criterion="strength", verbose=0):
+        super().__init__()
+        self.schedule = pruning.get_schedule(schedule)
+        self.scope = _common.choice("scope", scope, pruning.SCOPES)
+        self.criterion = pruning._check_criterion(criterion)
+        self.verbose = _common.integer("verbose", verbose, minimum=0)
+        self.updates = []
+        self._layers = []
+        self._step = None
+
+    def on_train_begin(self, logs=None):
+        self._layers = pruning.prunable_layers(self.model)
+        if not self._layers:
+            raise ValueError(
+                "SynapticPruning expects a model with at least one "
+                "keras_convx.layers.SynapticConv2D; this model has none (convert its Conv2D "
+                "layers with keras_convx.pruning.make_synaptic(model))."
+            )
+        self._step = None
+
+    def _steps_per_batch(self):
+        return int(getattr(self.model, "steps_per_execution", 1) or 1)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._step is None:  # after every on_train_begin (BackupAndRestore restores there)
+            self._step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        due = [t for t in range(self._step, self._step + self._steps_per_batch())
+               if self.schedule.should_prune(t)]
+        if not due:
+            return
+        if keras.backend.backend() == "jax" and hasattr(self.model, "jax_state_sync"):
+            self.model.jax_state_sync()  # read current weights; the trainer re-reads ours
+        target = self.schedule.sparsity_at(due[-1])
+        report = pruning.prune(self.model, target, self.scope, self.criterion, self._layers)
+        self.updates.append((due[-1], target, report["total"]))
+        if self.verbose:
+            print(f"SynapticPruning: step {due[-1]}: target {target:.3f}, "
+                  f"sparsity {report['total']:.3f}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += self._steps_per_batch()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for name, value in pruning.sparsity(self.model).items():
+            logs["sparsity" if name == "total" else f"sparsity/{name}"] = value

@@ -13,6 +13,7 @@ from keras_convx.layers.pde import GraphHyperbolic
 from keras_convx.layers.pde import HyperbolicConv2D
 from keras_convx.layers.shared_basis import FilterBasis
 from keras_convx.layers.shared_basis import SharedBasisConv2D
+from keras_convx.layers.synaptic import SynapticConv2D
 
 __all__ = [
     "CentredIdentity",
@@ -28,4 +29,5 @@ __all__ = [
     "GroupPooling",
     "LogPolarConv2D",
     "SharedBasisConv2D",
+    "SynapticConv2D",
 ]
