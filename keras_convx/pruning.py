@@ -607,6 +607,8 @@ class _Analysis:
                 ins = [id(t) for t in node.input_tensors]
                 if kind == "conv":
                     kernel, _ = self.kernels[id(layer)]
+                    if not need[out].any():  # a conv keeps at least one output channel
+                        merge(out, np.arange(need[out].size) == 0)
                     conn = np.any(kernel != 0, axis=(0, 1))
                     uses = np.any(conn[:, need[out]], axis=1)
                     merge(ins[0], uses & ~self._foldable(layer, const[ins[0]]))
