@@ -184,7 +184,10 @@ def get_schedule(identifier):
         cls = _SCHEDULES.get(str(name).lower())
         if cls is not None:
             return cls.from_config(identifier.get("config", {}))
-        obj = keras.saving.deserialize_keras_object(identifier)
+        try:
+            obj = keras.saving.deserialize_keras_object(identifier)
+        except (TypeError, ValueError):
+            obj = None
         if isinstance(obj, PruningSchedule):
             return obj
     raise ValueError(
