@@ -151,6 +151,8 @@ class SynapticPruning(keras.callbacks.Callback):
         scope: `"global"` (one threshold over all layers, default) or `"layer"`.
         criterion: `"strength"` (default), `"kernel_l1"` or a callable (see
             `keras_convx.pruning.importance`).
+        normalization: None (default), `"channel"` or `"layer"` (see
+            `keras_convx.pruning.prune`).
         verbose: 0 or 1 (print each update).
 
     Raises:
@@ -165,11 +167,13 @@ class SynapticPruning(keras.callbacks.Callback):
     >>> keras_convx.pruning.sparsity(model)["total"]      # ≈ 0.9
     """
 
-    def __init__(self, schedule, scope="global", criterion="strength", verbose=0):
+    def __init__(self, schedule, scope="global", criterion="strength", normalization=None,
+                 verbose=0):
         super().__init__()
         self.schedule = pruning.get_schedule(schedule)
         self.scope = _common.choice("scope", scope, pruning.SCOPES)
         self.criterion = pruning._check_criterion(criterion)
+        self.normalization = pruning._check_normalization(normalization)
         self.verbose = _common.integer("verbose", verbose, minimum=0)
         self.updates = []
         self._layers = []
@@ -198,7 +202,8 @@ class SynapticPruning(keras.callbacks.Callback):
         if keras.backend.backend() == "jax" and hasattr(self.model, "jax_state_sync"):
             self.model.jax_state_sync()  # read current weights; the trainer re-reads ours
         target = self.schedule.sparsity_at(due[-1])
-        report = pruning.prune(self.model, target, self.scope, self.criterion, self._layers)
+        report = pruning.prune(self.model, target, self.scope, self.criterion, self._layers,
+                               self.normalization)
         self.updates.append((due[-1], target, report["total"]))
         if self.verbose:
             print(f"SynapticPruning: step {due[-1]}: target {target:.3f}, "

@@ -187,6 +187,44 @@ def shared_basis_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10
     return keras.Model(inputs, outputs, name="shared_basis_cnn")
 
 
+def synaptic_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10, strength_l1=5e-4,
+                 final_sparsity=0.9):
+    """The plain CNN with every conv a `SynapticConv2D` (L1 on the strengths) and the batch
+    norms without γ (the paper's setting: |s| then tracks ‖W‖·‖X‖).
+
+    `model.demo_callbacks(total_steps)` gives the demo's pruning callback: sparsity rising
+    from 0 to `final_sparsity` (`PolynomialDecay`) between 25% and 75% of training, then
+    fine-tuning with the masks fixed.
+    """
+    import keras
+
+    from keras_convx import callbacks
+    from keras_convx import pruning
+    from keras_convx.layers import SynapticConv2D
+
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, width in enumerate((16, 32, 64)):
+        x = SynapticConv2D(width, 3, padding="same", use_bias=False,
+                           strength_regularizer=keras.regularizers.L1(strength_l1))(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, scale=False)(x)
+        x = keras.layers.ReLU()(x)
+        if i < 2:
+            x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    model = keras.Model(inputs, outputs, name="synaptic_cnn")
+
+    def demo_callbacks(total_steps):
+        begin, end = total_steps // 4, max(total_steps * 3 // 4, total_steps // 4 + 1)
+        schedule = pruning.PolynomialDecay(0.0, final_sparsity, begin, end,
+                                           frequency=max(1, (end - begin) // 10))
+        return [callbacks.SynapticPruning(schedule)]
+
+    model.demo_callbacks = demo_callbacks
+    return model
+
+
 # One row per layer family: (name, builder, what it shows). Later families append rows.
 DEMO_MODELS = [
     ("plain CNN (Conv2D 3×3)", plain_cnn, "baseline"),
@@ -195,6 +233,7 @@ DEMO_MODELS = [
     ("p4 E4 net (E4Conv2D)", e4_cnn, "efficient equivariant E4 layer"),
     ("PDE net (16 HyperbolicConv2D)", pde_cnn, "stable deep PDE layers"),
     ("ResNet-14 S4U1 (SharedBasisConv2D)", shared_basis_cnn, "deeply shared filter bases"),
+    ("CNN, 90% connections pruned (SynapticConv2D)", synaptic_cnn, "synaptic strength pruning"),
 ]
 
 
@@ -210,6 +249,8 @@ def train_and_evaluate(builder, data, epochs, batch_size=32, seed=0, verbose=1):
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    steps = epochs * -(-len(x_train) // batch_size)
+    fit_callbacks = model.demo_callbacks(steps) if hasattr(model, "demo_callbacks") else []
     start = time.time()
     history = model.fit(
         x_train,
@@ -218,6 +259,7 @@ def train_and_evaluate(builder, data, epochs, batch_size=32, seed=0, verbose=1):
         epochs=epochs,
         batch_size=batch_size,
         verbose=verbose,
+        callbacks=fit_callbacks,
     )
     accuracy = {
         deg: float(model.evaluate(rotate(x_test, deg), y_test, verbose=0)[1]) for deg in ROTATIONS

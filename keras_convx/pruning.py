@@ -238,7 +238,15 @@ def _check_criterion(criterion):
     return criterion
 
 
-def prune(model, sparsity, scope="global", criterion="strength", layers=None):
+def _check_normalization(normalization):
+    if normalization not in syn.NORMALIZATIONS:
+        raise ValueError(f"Expected normalization to be one of {list(syn.NORMALIZATIONS)}. "
+                         f"Received: normalization={normalization!r}")
+    return normalization
+
+
+def prune(model, sparsity, scope="global", criterion="strength", layers=None,
+          normalization=None):
     """Sets the connection masks so that `sparsity` of the connections are pruned (one shot).
 
     Args:
@@ -249,6 +257,11 @@ def prune(model, sparsity, scope="global", criterion="strength", layers=None):
             `sparsity` on its own).
         criterion: `"strength"`, `"kernel_l1"` or a callable (see `importance`).
         layers: optional subset of the prunable layers.
+        normalization: None (raw scores, the paper), `"channel"` or `"layer"`: scores divided
+            by their root mean square per output channel / per layer before the global
+            ranking (`keras_convx.ops.synaptic.normalize_scores`). With a batch norm after
+            each conv the raw strengths of a channel have an arbitrary common scale, and a
+            raw global threshold can empty a whole layer; `"channel"` prevents that.
 
     Masks only lose connections: already pruned ones stay pruned (and count towards the
     target). Returns `sparsity(model)` after pruning. Raises ValueError if the model has no
@@ -257,13 +270,15 @@ def prune(model, sparsity, scope="global", criterion="strength", layers=None):
     sparsity_value = _sparsity_value("sparsity", sparsity)
     _common.choice("scope", scope, SCOPES)
     _check_criterion(criterion)
+    _check_normalization(normalization)
     layers = list(layers) if layers is not None else prunable_layers(model)
     if not layers:
         raise ValueError(
             "Expected a model with at least one keras_convx.layers.SynapticConv2D to prune; "
             "convert Conv2D layers with keras_convx.pruning.make_synaptic(model)."
         )
-    scores = [importance(layer, criterion) for layer in layers]
+    scores = [syn.normalize_scores(importance(layer, criterion), normalization)
+              for layer in layers]
     masks = [_np(layer.mask) for layer in layers]
     if scope == "global":
         new_masks = syn.masks_for_sparsity(scores, masks, sparsity_value)
@@ -663,7 +678,8 @@ def _macs_of(layer, node):
         spatial = out[1:3] if layer.data_format == "channels_last" else out[2:4]
         if None in spatial:
             return None
-        return int(np.prod(spatial)) * int(np.prod(layer.kernel.shape))
+        kernel_shape = (layer.direction if isinstance(layer, SynapticConv2D) else layer.kernel).shape
+        return int(np.prod(spatial)) * int(np.prod(kernel_shape))
     if type(layer) is keras.layers.Dense:
         inner = [d for d in out[1:-1]]
         if None in inner:

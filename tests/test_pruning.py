@@ -126,6 +126,27 @@ def test_prune_global_and_per_layer_by_hand():
     np.testing.assert_array_equal(_np(b2.mask), [[1, 0], [0, 0]])
 
 
+def test_channel_normalization_keeps_a_small_scale_layer_alive():
+    big = _layer_with_strengths(np.array([[1.0, 2.0], [3.0, 4.0], [0.5, 1.5]]), "big")
+    small = _layer_with_strengths(np.array([[0.01, 0.04], [0.02, 0.01]]), "small")
+    pruning.prune(big, 0.4, layers=[big, small])  # raw: the small layer is emptied
+    assert np.all(_np(small.mask) == 0)
+    big = _layer_with_strengths(np.array([[1.0, 2.0], [3.0, 4.0], [0.5, 1.5]]), "big2")
+    small = _layer_with_strengths(np.array([[0.01, 0.04], [0.02, 0.01]]), "small2")
+    pruning.prune(big, 0.4, layers=[big, small], normalization="channel")
+    # per output channel the scores become |s| / ‖s of the channel‖₂; hand-computed:
+    # big:   [[0.312, 0.424], [0.937, 0.848], [0.156, 0.318]]; small: [[0.447, 0.970],
+    # [0.894, 0.243]] → the 4 smallest of 10: 0.156, 0.243, 0.312, 0.318
+    np.testing.assert_array_equal(_np(big.mask), [[0, 0], [1, 1], [0, 0]])
+    np.testing.assert_array_equal(_np(small.mask), [[1, 1], [1, 0]])
+    single = _layer_with_strengths(np.array([[1e-3, 5.0]]), "single")  # one input channel
+    other = _layer_with_strengths(np.array([[1.0, 0.1], [0.2, 2.0]]), "other")
+    pruning.prune(single, 0.5, layers=[single, other], normalization="channel")
+    np.testing.assert_array_equal(_np(single.mask), [[1, 1]])  # a channel's only input: 1.0
+    with pytest.raises(ValueError, match="normalization"):
+        pruning.prune(big, 0.4, normalization="global")
+
+
 def test_prune_is_monotone_and_counts_exactly():
     model = _small_cnn()
     first = pruning.prune(model, 0.6)

@@ -14,6 +14,7 @@ import numpy as np
 from keras import ops
 
 CRITERIA = ("strength", "kernel_l1")
+NORMALIZATIONS = (None, "channel", "layer")
 
 
 def direction_norm(direction, epsilon=1e-12):
@@ -54,6 +55,27 @@ def importance_scores(strength, kernel, criterion="strength"):
         return connection_l1(kernel)
     raise ValueError(f"Expected criterion to be one of {list(CRITERIA)} or a callable. "
                      f"Received: criterion={criterion!r}")
+
+
+def normalize_scores(scores, normalization=None):
+    """NumPy: scores made comparable across layers before a global ranking.
+
+    - None: unchanged (the paper's raw synaptic strength).
+    - "channel": each score divided by the L2 norm of its output channel's scores, i.e. the
+      connection's share of the channel (≤ 1; a channel's only connection scores 1). Under a
+      batch norm that follows the conv, the strengths of one output channel are jointly
+      scale-invariant (scaling them all leaves the output unchanged), so only these shares
+      carry information.
+    - "layer": all scores of the layer divided by their root mean square.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if normalization is None:
+        return scores
+    if normalization == "channel":
+        scale = np.sqrt(np.sum(scores**2, axis=0, keepdims=True))
+    else:
+        scale = np.sqrt(np.mean(scores**2))
+    return np.divide(scores, scale, out=np.zeros_like(scores), where=scale > 0)
 
 
 def masks_for_sparsity(scores, masks, sparsity):
