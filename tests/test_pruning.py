@@ -137,7 +137,7 @@ def test_channel_normalization_keeps_a_small_scale_layer_alive():
     # per output channel the scores become |s| / ‖s of the channel‖₂; hand-computed:
     # big:   [[0.312, 0.424], [0.937, 0.848], [0.156, 0.318]]; small: [[0.447, 0.970],
     # [0.894, 0.243]] → the 4 smallest of 10: 0.156, 0.243, 0.312, 0.318
-    np.testing.assert_array_equal(_np(big.mask), [[0, 0], [1, 1], [0, 0]])
+    np.testing.assert_array_equal(_np(big.mask), [[0, 1], [1, 1], [0, 0]])
     np.testing.assert_array_equal(_np(small.mask), [[1, 1], [1, 0]])
     single = _layer_with_strengths(np.array([[1e-3, 5.0]]), "single")  # one input channel
     other = _layer_with_strengths(np.array([[1.0, 0.1], [0.2, 2.0]]), "other")
