@@ -194,7 +194,8 @@ def synaptic_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10, st
 
     `model.demo_callbacks(total_steps)` gives the demo's pruning callback: sparsity rising
     from 0 to `final_sparsity` (`PolynomialDecay`) between 25% and 75% of training, then
-    fine-tuning with the masks fixed.
+    fine-tuning with the masks fixed; one global threshold on the strengths normalised per
+    output channel (the guide measures why).
     """
     import keras
 
@@ -219,7 +220,7 @@ def synaptic_cnn(input_shape=(DEFAULT_SIZE, DEFAULT_SIZE, 1), num_classes=10, st
         begin, end = total_steps // 4, max(total_steps * 3 // 4, total_steps // 4 + 1)
         schedule = pruning.PolynomialDecay(0.0, final_sparsity, begin, end,
                                            frequency=max(1, (end - begin) // 10))
-        return [callbacks.SynapticPruning(schedule)]
+        return [callbacks.SynapticPruning(schedule, normalization="channel")]
 
     model.demo_callbacks = demo_callbacks
     return model
