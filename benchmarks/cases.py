@@ -70,6 +70,14 @@ def stripped(filters, k, channels, sparsity):
     return factory
 
 
+def functional_conv2d(filters, k, channels):
+    def factory():
+        inputs = keras.Input((None, None, channels))
+        return keras.Model(inputs, keras.layers.Conv2D(filters, k, padding="same")(inputs))
+
+    return factory
+
+
 _DIGITS_CNN = {}
 
 
@@ -249,7 +257,8 @@ CASES = [
         "family": "synaptic",
         "input_shape": (16, 32, 32, 64),
         "layer": stripped(64, 3, 64, 0.9),
-        "baselines": {"Conv2D 3×3": conv2d(64, 3)},
+        "baselines": {"Conv2D 3×3": conv2d(64, 3), "Conv2D 3×3 in a Functional model":
+                      functional_conv2d(64, 3, 64)},
     },
     {
         # compact: the guide's CNN pruned to 90% connection sparsity, dead channels removed,

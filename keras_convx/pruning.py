@@ -312,20 +312,9 @@ _sparsity_report = sparsity
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_graph_model(model, what):
-    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
-        if isinstance(model, keras.Sequential):
-            raise ValueError(
-                f"{what} needs a built Sequential model (give it a keras.Input first)."
-            )
-        raise ValueError(
-            f"{what} needs a Functional or Sequential keras.Model; received "
-            f"{type(model).__name__}. Subclassed models have no graph to rewrite."
-        )
-
-
 def _graph_of(model):
-    """The Functional graph behind a Functional or built Sequential model."""
+    """The Functional graph behind a Functional or built Sequential model; ValueError for
+    anything else (subclassed models have no graph to rewrite)."""
     if isinstance(model, keras.Sequential):
         functional = getattr(model, "_functional", None)
         if functional is None:
@@ -334,7 +323,11 @@ def _graph_of(model):
                 "yet."
             )
         return functional
-    _check_graph_model(model, "This operation")
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+        raise ValueError(
+            "Expected a Functional or Sequential keras.Model; received "
+            f"{type(model).__name__}. Subclassed models have no graph to rewrite."
+        )
     return model
 
 
