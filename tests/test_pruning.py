@@ -271,6 +271,23 @@ def test_masks_and_step_survive_keras_save_load():
     np.testing.assert_allclose(_np(loaded(x[:4])), _np(model(x[:4])), rtol=1e-5, atol=1e-6)
 
 
+def test_schedule_continues_from_a_model_checkpoint():
+    model = _small_cnn()
+    x, y = _data()
+    schedule = pruning.ConstantSparsity(0.5, begin_step=0, frequency=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ckpt.keras")
+        first = callbacks.SynapticPruning(schedule)
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0,
+                  callbacks=[first, keras.callbacks.ModelCheckpoint(path)])
+        restored = keras.models.load_model(path)
+    resumed = callbacks.SynapticPruning(schedule)
+    restored.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[resumed])
+    assert [u[0] for u in first.updates] == [0, 4]
+    assert [u[0] for u in resumed.updates] == [8]  # steps 6..11: the next update step is 8
+    assert resumed.updates[0][2] == pytest.approx(0.5, abs=0.01)
+
+
 # -- strip, make_synaptic, compact ----------------------------------------------------------------
 
 

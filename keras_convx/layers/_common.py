@@ -105,3 +105,14 @@ def add_conv_weight(layer, name, shape, prefix="kernel"):
 def add_bias(layer, size):
     """The `(size,)` bias of a conv layer if `layer.use_bias`, else None."""
     return add_conv_weight(layer, "bias", (size,), prefix="bias") if layer.use_bias else None
+
+
+def bias_and_activation(layer, y):
+    """`y + layer.bias` (on the channel axis of `layer.data_format`, in the compute dtype) if
+    the layer has a bias, then `layer.activation` if it has one: the tail of every conv."""
+    if layer.bias is not None:
+        shape = (1, -1, 1, 1) if layer.data_format == "channels_first" else (1, 1, 1, -1)
+        y = y + keras.ops.reshape(keras.ops.cast(layer.bias, layer.compute_dtype), shape)
+    if layer.activation is not None:
+        y = layer.activation(y)
+    return y

@@ -12,7 +12,7 @@ from keras_convx.layers import _common
 from keras_convx.layers._common import CONV_OBJECTS
 from keras_convx.ops import shared_basis as sb
 from keras_convx.ops.core import conv2d
-from keras_convx.ops.core import conv_output_length
+from keras_convx.ops.core import conv_output_shape
 from keras_convx.ops.core import normalize_pair
 
 _BASIS_OBJECTS = ("kernel_initializer", "kernel_regularizer", "kernel_constraint")
@@ -20,14 +20,6 @@ _BASIS_OBJECTS = ("kernel_initializer", "kernel_regularizer", "kernel_constraint
 
 def _channel_axis(data_format):
     return -1 if data_format == "channels_last" else 1
-
-
-def _conv_output_shape(input_shape, filters, kernel_size, strides, padding, data_format):
-    spatial = input_shape[1:3] if data_format == "channels_last" else input_shape[2:4]
-    out = [conv_output_length(n, k, s, padding) for n, k, s in zip(spatial, kernel_size, strides)]
-    if data_format == "channels_last":
-        return (input_shape[0], *out, filters)
-    return (input_shape[0], filters, *out)
 
 
 @register
@@ -160,7 +152,7 @@ class FilterBasis(keras.layers.Layer):
         return conv2d(inputs, kernel, 1, "same", self.data_format)
 
     def compute_output_shape(self, input_shape):
-        return _conv_output_shape(
+        return conv_output_shape(
             input_shape, self.total_size, self.kernel_size, (1, 1), "same", self.data_format
         )
 
@@ -430,15 +422,10 @@ class SharedBasisConv2D(keras.layers.Layer):
             if self.basis_bn is not None:
                 scale, shift = (ops.cast(t, dtype) for t in self._folded_bn())
             y = sb.kernel_first(inputs, basis, coefficients, *args, scale=scale, shift=shift)
-        if self.bias is not None:
-            shape = (1, -1, 1, 1) if self.data_format == "channels_first" else (1, 1, 1, -1)
-            y = y + ops.reshape(ops.cast(self.bias, dtype), shape)
-        if self.activation is not None:
-            y = self.activation(y)
-        return y
+        return _common.bias_and_activation(self, y)
 
     def compute_output_shape(self, input_shape):
-        return _conv_output_shape(
+        return conv_output_shape(
             input_shape, self.filters, self.kernel_size, self.strides, self.padding,
             self.data_format,
         )

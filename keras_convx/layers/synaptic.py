@@ -8,7 +8,7 @@ from keras_convx._registry import register
 from keras_convx.layers import _common
 from keras_convx.ops import synaptic as syn
 from keras_convx.ops.core import conv2d
-from keras_convx.ops.core import conv_output_length
+from keras_convx.ops.core import conv_output_shape
 from keras_convx.ops.core import normalize_pair
 
 _OBJECTS = (
@@ -242,28 +242,13 @@ class SynapticConv2D(keras.layers.Layer):
         self.strength.assign((strength * mask).astype(strength.dtype))
 
     def call(self, inputs):
-        dtype = self.compute_dtype
-        kernel = ops.cast(self.kernel, dtype)
+        kernel = ops.cast(self.kernel, self.compute_dtype)
         y = conv2d(inputs, kernel, self.strides, self.padding, self.data_format, self.dilation_rate)
-        if self.bias is not None:
-            shape = (1, -1, 1, 1) if self.data_format == "channels_first" else (1, 1, 1, -1)
-            y = y + ops.reshape(ops.cast(self.bias, dtype), shape)
-        if self.activation is not None:
-            y = self.activation(y)
-        return y
+        return _common.bias_and_activation(self, y)
 
     def compute_output_shape(self, input_shape):
-        if self.data_format == "channels_last":
-            spatial = input_shape[1:3]
-        else:
-            spatial = input_shape[2:4]
-        out = [
-            conv_output_length(n, (k - 1) * d + 1, s, self.padding)
-            for n, k, s, d in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)
-        ]
-        if self.data_format == "channels_last":
-            return (input_shape[0], *out, self.filters)
-        return (input_shape[0], self.filters, *out)
+        return conv_output_shape(input_shape, self.filters, self.kernel_size, self.strides,
+                                 self.padding, self.data_format, self.dilation_rate)
 
     def get_config(self):
         config = super().get_config()

@@ -26,6 +26,19 @@ def conv_output_length(length, k, stride, padding):
     return (length - k) // stride + 1
 
 
+def conv_output_shape(input_shape, filters, kernel_size, strides, padding, data_format,
+                      dilation_rate=(1, 1)):
+    """Output shape of a 2-D convolution of a 4-D `input_shape` (batch included)."""
+    spatial = input_shape[1:3] if data_format == "channels_last" else input_shape[2:4]
+    out = [
+        conv_output_length(n, (k - 1) * d + 1, s, padding)
+        for n, k, s, d in zip(spatial, kernel_size, strides, dilation_rate)
+    ]
+    if data_format == "channels_last":
+        return (input_shape[0], *out, filters)
+    return (input_shape[0], filters, *out)
+
+
 def conv2d(x, kernel, strides=1, padding="valid", data_format="channels_last", dilation_rate=1):
     """`keras.ops.conv` for 4-D inputs that runs `channels_first` on every backend.
 
