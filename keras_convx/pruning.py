@@ -340,13 +340,11 @@ def _rewrite(model, replace):
     def clone(layer):
         key = id(layer)
         if key not in cache:
-            result = replace(layer)
-            if result is None:
-                new = layer.__class__.from_config(layer.get_config())
-                post.append((new, lambda n, old=layer: n.set_weights(old.get_weights())))
-            else:
-                new, setter = result
-                post.append((new, setter))
+            new, setter = replace(layer) or (
+                layer.__class__.from_config(layer.get_config()),
+                lambda n, old=layer: n.set_weights(old.get_weights()),
+            )
+            post.append((new, setter))
             cache[key] = new
         return cache[key]
 
@@ -401,6 +399,16 @@ def _plain_conv_config(layer, filters=None, use_bias=None):
     return config
 
 
+def _strip_replace(layer):
+    """`_rewrite`'s replacement of a SynapticConv2D by the equivalent plain Conv2D (None for
+    any other layer)."""
+    if not isinstance(layer, SynapticConv2D):
+        return None
+    new = keras.layers.Conv2D(**_plain_conv_config(layer))
+    weights = [_np(layer.kernel)] + ([_np(layer.bias)] if layer.bias is not None else [])
+    return new, lambda n: n.set_weights(weights)
+
+
 def strip(model):
     """An equivalent model in which every `SynapticConv2D` is a plain `keras.layers.Conv2D`
     with the effective kernel m·s·V/‖V‖ (pruned slices exactly zero) and the same bias:
@@ -411,15 +419,7 @@ def strip(model):
     >>> deployable = keras_convx.pruning.strip(pruned_model)
     >>> deployable.save("model.keras")      # plain Keras layers only
     """
-
-    def replace(layer):
-        if not isinstance(layer, SynapticConv2D):
-            return None
-        new = keras.layers.Conv2D(**_plain_conv_config(layer))
-        weights = [_np(layer.kernel)] + ([_np(layer.bias)] if layer.bias is not None else [])
-        return new, lambda n: n.set_weights(weights)
-
-    return _rewrite(model, replace)
+    return _rewrite(model, _strip_replace)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,11 +437,6 @@ _TIED = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply, keras.l
          keras.layers.Minimum, keras.layers.Average)
 
 
-class _Format:
-    def __init__(self, data_format):
-        self.data_format = data_format
-
-
 def _is_conv(layer):
     return isinstance(layer, SynapticConv2D) or (
         type(layer) is keras.layers.Conv2D and layer.groups == 1
@@ -450,10 +445,21 @@ def _is_conv(layer):
     )
 
 
-def _conv_kernel_bias(layer):
+def _kernel_bias(layer):
+    """(kernel, bias or None) of a conv or Dense layer as float64 NumPy arrays."""
     kernel = _np(layer.kernel).astype(np.float64)
     bias = None if layer.bias is None else _np(layer.bias).astype(np.float64)
     return kernel, bias
+
+
+def _graph_nodes(graph):
+    """The layer-call nodes of a Functional graph in topological order (inputs excluded)."""
+    return [
+        node
+        for depth in sorted(graph._nodes_by_depth, reverse=True)
+        for node in graph._nodes_by_depth[depth]
+        if node.operation is not None and not node.is_input
+    ]
 
 
 class _Analysis:
@@ -461,11 +467,7 @@ class _Analysis:
 
     def __init__(self, model):
         graph = _graph_of(model)
-        self.nodes = []
-        for depth in sorted(graph._nodes_by_depth, reverse=True):
-            for node in graph._nodes_by_depth[depth]:
-                if node.operation is not None and not node.is_input:
-                    self.nodes.append(node)
+        self.nodes = _graph_nodes(graph)
         counts = {}
         for node in self.nodes:
             counts[id(node.operation)] = counts.get(id(node.operation), 0) + 1
@@ -480,20 +482,16 @@ class _Analysis:
         self.outputs = [id(t) for t in graph.outputs]
         self.inputs = [id(t) for t in graph.inputs]
         self.kind = {id(n): self._kind(n) for n in self.nodes}
-        self.kernels = {}
-        for node in self.nodes:
-            if self.kind[id(node)] in ("conv", "dense"):
-                layer = node.operation
-                if self.kind[id(node)] == "conv":
-                    self.kernels[id(layer)] = _conv_kernel_bias(layer)
-                else:
-                    bias = None if layer.bias is None else _np(layer.bias).astype(np.float64)
-                    self.kernels[id(layer)] = (_np(layer.kernel).astype(np.float64), bias)
+        self.kernels = {
+            id(node.operation): _kernel_bias(node.operation)
+            for node in self.nodes
+            if self.kind[id(node)] in ("conv", "dense")
+        }
 
-    def _axis_ok(self, layer, ndim):
-        axis = -1 if getattr(layer, "data_format", "channels_last") == "channels_last" else 1
-        if ndim == 2:
-            return True
+    def _axis_ok(self, data_format):
+        """Whether a 4-D layer's `data_format` agrees with the graph's channel axis (the first
+        4-D layer met fixes it)."""
+        axis = -1 if data_format == "channels_last" else 1
         if self.channel_axis is None:
             self.channel_axis = axis
         return axis == self.channel_axis
@@ -504,7 +502,7 @@ class _Analysis:
         if id(layer) in self.shared or len(outs) != 1:
             return "opaque"
         ndim = len(outs[0].shape)
-        if _is_conv(layer) and len(ins) == 1 and self._axis_ok(layer, 4):
+        if _is_conv(layer) and len(ins) == 1 and self._axis_ok(layer.data_format):
             return "conv"
         if type(layer) is keras.layers.Dense and len(ins) == 1 and len(ins[0].shape) == 2:
             return "dense"
@@ -514,11 +512,12 @@ class _Analysis:
                 return "pass"
             if ndim == 4 and axis in (-1, 3, 1):
                 fmt = "channels_first" if axis == 1 else "channels_last"
-                if self._axis_ok(_Format(fmt), 4):
+                if self._axis_ok(fmt):
                     return "pass"
             return "opaque"
         if isinstance(layer, _PASS_THROUGH) and len(ins) == 1:
-            if len(ins[0].shape) == 4 and not self._axis_ok(layer, 4):
+            fmt = getattr(layer, "data_format", "channels_last")
+            if len(ins[0].shape) == 4 and not self._axis_ok(fmt):
                 return "opaque"
             return "pass"
         if isinstance(layer, _TIED) and len(set(tuple(t.shape) for t in ins)) == 1:
@@ -685,13 +684,7 @@ def count_params_and_macs(model):
     """{"params": trainable + non-trainable parameters, "macs": multiply-accumulates per
     example of the Conv2D / SynapticConv2D / Dense layers (None if a spatial size is not
     static)} of a Functional or built Sequential model."""
-    graph = _graph_of(model)
-    per_node = [
-        _macs_of(node.operation, node)
-        for nodes in graph._nodes_by_depth.values()
-        for node in nodes
-        if node.operation is not None and not node.is_input
-    ]
+    per_node = [_macs_of(node.operation, node) for node in _graph_nodes(_graph_of(model))]
     macs = None if None in per_node else int(sum(per_node))
     return {"params": int(model.count_params()), "macs": macs}
 
@@ -699,7 +692,7 @@ def count_params_and_macs(model):
 def compact(model, return_report=False):
     """A smaller model with identical outputs: pruned channels physically removed.
 
-    Every `SynapticConv2D` becomes a plain `Conv2D` (as `strip`), and then, over the whole
+    Every `SynapticConv2D` becomes a plain `Conv2D` (as in `strip`), and over the whole
     Functional / Sequential graph:
     - an input channel of a conv (or a feature of a Dense) whose connections to the kept
       outputs are all pruned is not needed by that layer;
@@ -725,8 +718,7 @@ def compact(model, return_report=False):
     >>> small, report = keras_convx.pruning.compact(pruned_model, return_report=True)
     >>> report["macs_before"], report["macs_after"]
     """
-    stripped = strip(model)
-    analysis = _Analysis(stripped)
+    analysis = _Analysis(model)
     const = analysis.constants()
     need = analysis.needed(const)
     plans = {}
@@ -743,7 +735,7 @@ def compact(model, return_report=False):
     def replace(layer):
         plan = plans.get(id(layer))
         if plan is None:
-            return None
+            return _strip_replace(layer)
         kind, keep_in, keep_out, in_const = plan
         dropped = np.setdiff1d(np.arange(in_const.size), keep_in)
         folded = dropped[np.isfinite(in_const[dropped])]
@@ -775,11 +767,10 @@ def compact(model, return_report=False):
             return new, lambda n: n.set_weights(weights)
         return None
 
-    before = count_params_and_macs(model)
-    small = _rewrite(stripped, replace)
+    small = _rewrite(model, replace)
     if not return_report:
         return small
-    after = count_params_and_macs(small)
+    before, after = count_params_and_macs(model), count_params_and_macs(small)
     kept = {}
     for node in analysis.nodes:
         if analysis.kind[id(node)] == "conv":
