@@ -67,3 +67,37 @@ def loss_and_gradients(model, x, y, loss_fn, training=True):
         "Gradients need a backend with automatic differentiation: tensorflow, jax or torch. "
         f"The current Keras backend is {backend!r}."
     )
+
+
+def input_gradient(fn, x):
+    """∂ Σ fn(x) / ∂x through the current backend's autodiff, as a tensor shaped like `x`.
+
+    `x` is treated as a leaf (no gradient flows past it to whatever produced it), so this is
+    safe inside a training step (e.g. Grad-CAM weights computed in `compute_loss`): on JAX it
+    nests `jax.grad`, on TensorFlow a `GradientTape`, on PyTorch `torch.autograd.grad` with
+    gradients enabled even under `torch.no_grad()` (evaluation).
+    """
+    backend = keras.backend.backend()
+    x = keras.ops.stop_gradient(x)
+    if backend == "jax":
+        import jax  # noqa: PLC0415
+
+        return jax.grad(lambda a: keras.ops.sum(fn(a)))(x)
+    if backend == "tensorflow":
+        import tensorflow as tf  # noqa: PLC0415
+
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(fn(x))
+        return tape.gradient(total, x)
+    if backend == "torch":
+        import torch  # noqa: PLC0415
+
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(fn(leaf).sum(), leaf)
+        return grad
+    raise RuntimeError(
+        "Gradients need a backend with automatic differentiation: tensorflow, jax or torch. "
+        f"The current Keras backend is {backend!r}."
+    )
