@@ -334,17 +334,45 @@ class _FocusPlan:
             )
         self.method = "cam" if method != "grad_cam" and features is cam_features else "grad_cam"
         self.features_model = keras.Model(graph.inputs[0], [features, output])
-        self.head_model = None
+        self._features, self._output = features, output
+        self._head_nodes = None
         if self.method == "grad_cam":
-            try:
-                self.head_model = keras.Model(features, output)
-            except ValueError as error:
+            self._head_nodes = self._nodes_between(graph, features, output)
+            if self._head_nodes is None:
                 raise ValueError(
                     f"The output of model {model.name!r} does not depend on the feature map "
                     f"{features.name!r} alone (e.g. a skip connection bypasses it), so Grad-CAM "
                     "cannot explain it there. Pass feature_layer= a layer every path to the "
-                    f"output goes through. ({error})"
-                ) from None
+                    "output goes through."
+                )
+
+    @staticmethod
+    def _nodes_between(graph, source, target):
+        """The graph's nodes computable from `source` alone, in topological order (None if
+        `target` is not among them). Walking the existing nodes leaves the model untouched
+        (a `keras.Model(source, target)` would add nodes to the user's layers)."""
+        from keras_convx import pruning  # noqa: PLC0415
+
+        known, nodes = {id(source)}, []
+        for node in pruning._graph_nodes(graph):
+            inputs = keras.tree.flatten(node.input_tensors)
+            if inputs and all(id(t) in known for t in inputs):
+                nodes.append(node)
+                known.update(id(t) for t in node.output_tensors)
+        return nodes if id(target) in known else None
+
+    def head(self, features):
+        """The model's output computed from the feature map (inference mode)."""
+        from keras_convx import pruning  # noqa: PLC0415
+
+        values = {id(self._features): features}
+        for node in self._head_nodes:
+            args, kwargs = node.arguments.fill_in(values)
+            if pruning._accepts_training(node.operation):
+                kwargs["training"] = False
+            outputs = keras.tree.flatten(node.operation(*args, **kwargs))
+            values.update((id(t), v) for t, v in zip(node.output_tensors, outputs))
+        return values[id(self._output)]
 
     def _find_cam_head(self, output):
         layer, node = _producer(output)
@@ -370,6 +398,8 @@ class _FocusPlan:
 
     @staticmethod
     def _named_features(graph, name):
+        from keras_convx import pruning  # noqa: PLC0415
+
         try:
             layer = graph.get_layer(name)
         except ValueError:
@@ -377,12 +407,15 @@ class _FocusPlan:
                 f"Expected feature_layer to name a layer of the model. Received: "
                 f"feature_layer={name!r}; layers: {[layer.name for layer in graph.layers]}"
             ) from None
-        if len(layer._inbound_nodes) != 1 or _rank(layer.output) != 4:
+        nodes = [node for node in pruning._graph_nodes(graph) if node.operation is layer]
+        if len(nodes) != 1 or len(nodes[0].output_tensors) != 1 or _rank(
+            nodes[0].output_tensors[0]
+        ) != 4:
             raise ValueError(
-                f"Expected feature_layer={name!r} to be called once and output a 4-D feature "
-                "map."
+                f"Expected feature_layer={name!r} to be called once in the model and output a "
+                "4-D feature map."
             )
-        return layer.output
+        return nodes[0].output_tensors[0]
 
     @staticmethod
     def _last_spatial(output):
@@ -415,7 +448,7 @@ class _FocusPlan:
             return focus.class_activation_maps(features, self.dense.kernel, classes,
                                                self.data_format)
         gradients = autodiff.input_gradient(
-            lambda a: self.scores(self.head_model(a, training=False), classes), features
+            lambda a: self.scores(self.head(a), classes), features
         )
         return focus.grad_cam_maps(keras.ops.stop_gradient(features), gradients,
                                    self.data_format)
@@ -477,8 +510,6 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
     >>> result = keras_convx.analysis.focus_area(model, x_test[:100], threshold=0.2)
     >>> result["focus_area"].mean()        # e.g. 0.31: the decisions rest on 31% of the image
     """
-    from keras_convx.ops import focus  # noqa: PLC0415
-
     threshold = check_threshold("threshold", threshold)
     batch_size = _common.integer("batch_size", batch_size)
     model = getattr(model, "focus_model", model)
@@ -493,6 +524,18 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
                 f"Expected one class per image. Received: {len(classes)} classes for "
                 f"{len(images)} images"
             )
+    maps, explained = compute_focus_maps(plan, images, classes, batch_size)
+    return {
+        "focus_area": np.mean(maps >= threshold, axis=(1, 2)),
+        "maps": maps,
+        "classes": explained,
+        "method": plan.method,
+    }
+
+
+def compute_focus_maps(plan, images, classes=None, batch_size=64):
+    """NumPy focus maps (N, H, W) and explained classes (N,) of `images` under a
+    `_FocusPlan` (classes default to the predictions)."""
     size = image_size(images, plan.data_format)
     maps, explained = [], []
     for start in range(0, len(images), batch_size):
@@ -504,10 +547,4 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
             chosen = classes[start:start + batch_size]
         maps.append(keras.ops.convert_to_numpy(plan.maps(features, chosen, size)))
         explained.append(np.asarray(keras.ops.convert_to_numpy(chosen)).astype("int32"))
-    maps = np.concatenate(maps).astype("float32")
-    return {
-        "focus_area": np.mean(maps >= threshold, axis=(1, 2)),
-        "maps": maps,
-        "classes": np.concatenate(explained),
-        "method": plan.method,
-    }
+    return np.concatenate(maps).astype("float32"), np.concatenate(explained)

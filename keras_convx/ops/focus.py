@@ -102,6 +102,7 @@ def erase_masks(maps, threshold, region="mask"):
 def erase(images, masks, fill=0.0, data_format="channels_last"):
     """`x ⊙ (1 − E) + fill ⊙ E`, E broadcast over channels; `fill` a scalar, a per-channel
     vector or a per-image-per-channel (B, C) tensor."""
+    images = ops.convert_to_tensor(images)
     dtype = images.dtype
     masks = ops.cast(masks, dtype)
     fill = ops.cast(fill, dtype)
@@ -140,6 +141,7 @@ def relevance_mask(probabilities, classes, relevance="top_k", top_k=5):
 
 def restricted_kl(p, q, mask, epsilon=1e-7):
     """(B,) KL(p̃ ‖ q̃) of p and q restricted to `mask` and renormalised there."""
+    mask = ops.cast(mask, "float32")
     p = ops.cast(p, "float32") * mask
     q = ops.cast(q, "float32") * mask
     p = p / ops.maximum(ops.sum(p, axis=-1, keepdims=True), epsilon)
