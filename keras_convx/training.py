@@ -1,5 +1,7 @@
 """Training schemes: pairwise consistency learning (Chen et al., NeurIPS 2021)."""
 
+import copy
+
 import keras
 import numpy as np
 
@@ -236,7 +238,7 @@ class PairwiseConsistency(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
+        config = copy.deepcopy(config)  # deserialising consumes the nested model config
         config["model"] = keras.saving.deserialize_keras_object(
             config["model"], custom_objects=custom_objects)
         return cls(**config)
