@@ -161,6 +161,12 @@ class PairwiseConsistency(keras.Model):
         return keras.ops.convert_to_tensor(self.fill, dtype=x.dtype)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self._compile_loss is None:
+            raise ValueError(
+                "PairwiseConsistency needs the classification loss: compile the wrapper with "
+                "loss=... (e.g. 'sparse_categorical_crossentropy'); it is used for the clean "
+                "and the erased view."
+            )
         if isinstance(y_pred, tuple):
             outputs, features = y_pred
         else:

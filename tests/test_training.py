@@ -306,3 +306,11 @@ def test_bad_models():
     flat = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
     with pytest.raises(ValueError, match="spatial"):
         PairwiseConsistency(flat)
+
+
+def test_compiling_without_a_loss_is_a_clear_error():
+    x, y = _task(16)
+    wrapper = PairwiseConsistency(_classifier())
+    wrapper.compile("adam")
+    with pytest.raises(ValueError, match="compile the wrapper with loss="):
+        wrapper.fit(x, y, epochs=1, verbose=0)

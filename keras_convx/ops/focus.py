@@ -77,11 +77,6 @@ def focus_maps(raw_maps, size):
     return normalize_maps(resize_maps(ops.cast(raw_maps, "float32"), size))
 
 
-def focus_fraction(maps, threshold):
-    """(B,) fraction of pixels whose focus value is ≥ `threshold`."""
-    return ops.mean(ops.cast(maps >= threshold, "float32"), axis=(1, 2))
-
-
 def _any_before_and_after(lines):
     """1 where a line lies between the first and last marked line (inclusive)."""
     before = ops.cumsum(lines, axis=1) > 0
