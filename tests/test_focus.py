@@ -21,24 +21,30 @@ def _np(x):
     return harness.to_numpy(x).astype(np.float64)
 
 
-def _cam_model(size=12, channels=3, filters=4, classes=5, data_format="channels_last",
-               softmax=True, seed=0):
+def cam_model(size=12, channels=3, filters=4, classes=5, data_format="channels_last",
+              softmax=True, seed=0, batch_norm=False, dropout=True, scale=1.0):
+    """conv → [BN] → ReLU → GAP → [Dropout] → Dense, conv and head drawn from N(0, scale²)."""
     shape = (size, size, channels) if data_format == "channels_last" else (channels, size, size)
     inputs = keras.Input(shape)
     x = inputs
     if data_format == "channels_first":  # TF's CPU Conv2D is NHWC only: convolve there
         x = keras.layers.Permute((2, 3, 1))(x)
     x = keras.layers.Conv2D(filters, 3, padding="same", name="conv")(x)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(momentum=0.5, name="bn")(x)
     if data_format == "channels_first":
         x = keras.layers.Permute((3, 1, 2))(x)
     x = keras.layers.ReLU(name="features")(x)
     x = keras.layers.GlobalAveragePooling2D(data_format=data_format)(x)
-    x = keras.layers.Dropout(0.5)(x)
+    if dropout:
+        x = keras.layers.Dropout(0.5)(x)
     outputs = keras.layers.Dense(classes, activation="softmax" if softmax else None,
                                  name="head")(x)
     model = keras.Model(inputs, outputs)
     rng = np.random.default_rng(seed)
-    model.set_weights([rng.standard_normal(w.shape).astype("float32") for w in model.get_weights()])
+    for layer in (model.get_layer("conv"), model.get_layer("head")):
+        layer.set_weights([rng.standard_normal(w.shape).astype("float32") * scale
+                           for w in layer.get_weights()])
     return model
 
 
@@ -157,7 +163,7 @@ def test_labels_to_classes_accepts_sparse_and_one_hot():
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 def test_focus_area_cam_matches_oracle(data_format):
-    model = _cam_model(data_format=data_format)
+    model = cam_model(data_format=data_format)
     x = _rand(5, 12, 12, 3, seed=7)
     given = x if data_format == "channels_last" else x.transpose(0, 3, 1, 2)
     features = _oracle_features(model, x)
@@ -193,7 +199,7 @@ def test_focus_area_grad_cam_matches_oracle():
 
 
 def test_grad_cam_on_a_cam_model_is_the_rectified_cam():
-    model = _cam_model(softmax=False)
+    model = cam_model(softmax=False)
     x = _rand(4, 12, 12, 3, seed=9)
     classes = np.array([0, 1, 2, 3])
     grad = analysis.focus_area(model, x, classes=classes, method="grad_cam")["maps"]
@@ -205,7 +211,7 @@ def test_grad_cam_on_a_cam_model_is_the_rectified_cam():
 
 
 def test_focus_area_named_feature_layer_uses_grad_cam_there():
-    model = _cam_model()
+    model = cam_model()
     result = analysis.focus_area(model, _rand(2, 12, 12, 3), feature_layer="conv")
     assert result["method"] == "grad_cam" and result["maps"].shape == (2, 12, 12)
     assert analysis.focus_area(model, _rand(2, 12, 12, 3), feature_layer="features")[
@@ -222,11 +228,11 @@ def test_sequential_model_is_supported():
 @pytest.mark.parametrize("threshold", [0.0, 1.0, -0.2, 1.5])
 def test_focus_area_threshold_outside_unit_interval(threshold):
     with pytest.raises(ValueError, match="threshold"):
-        analysis.focus_area(_cam_model(), _rand(1, 12, 12, 3), threshold=threshold)
+        analysis.focus_area(cam_model(), _rand(1, 12, 12, 3), threshold=threshold)
 
 
 def test_focus_area_bad_arguments():
-    model = _cam_model()
+    model = cam_model()
     with pytest.raises(TypeError, match="threshold"):
         analysis.focus_area(model, _rand(1, 12, 12, 3), threshold="0.5")
     with pytest.raises(ValueError, match="method"):
@@ -281,7 +287,7 @@ def test_grad_cam_bypassed_feature_map_is_rejected():
 
 
 def test_focus_area_callback_logs_every_epoch_and_plots(tmp_path):
-    model = _cam_model(size=8, channels=1, classes=3)
+    model = cam_model(size=8, channels=1, classes=3)
     model.compile("adam", "sparse_categorical_crossentropy")
     x, y = _rand(16, 8, 8, 1, seed=10), np.arange(16) % 3
     path = tmp_path / "focus.png"

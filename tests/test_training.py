@@ -11,6 +11,7 @@ from keras_convx.training import PairwiseConsistency
 from tests import harness
 from tests.oracles import focus as oracle
 from tests.oracles.shared_basis import conv2d
+from tests.test_focus import cam_model
 
 SIZE, CHANNELS, FILTERS, CLASSES = 8, 2, 3, 4
 
@@ -24,26 +25,8 @@ def _np(x):
 
 
 def _classifier(data_format="channels_last", seed=0, batch_norm=False, softmax=False):
-    shape = (SIZE, SIZE, CHANNELS) if data_format == "channels_last" else (CHANNELS, SIZE, SIZE)
-    inputs = keras.Input(shape)
-    x = inputs
-    if data_format == "channels_first":  # TF's CPU Conv2D is NHWC only: convolve there
-        x = keras.layers.Permute((2, 3, 1))(x)
-    x = keras.layers.Conv2D(FILTERS, 3, padding="same", name="conv")(x)
-    if batch_norm:
-        x = keras.layers.BatchNormalization(momentum=0.5, name="bn")(x)
-    if data_format == "channels_first":
-        x = keras.layers.Permute((3, 1, 2))(x)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D(data_format=data_format)(x)
-    outputs = keras.layers.Dense(CLASSES, activation="softmax" if softmax else None,
-                                 name="head")(x)
-    model = keras.Model(inputs, outputs)
-    rng = np.random.default_rng(seed)
-    for layer in (model.get_layer("conv"), model.get_layer("head")):
-        layer.set_weights([rng.standard_normal(w.shape).astype("float32") * 0.7
-                           for w in layer.get_weights()])
-    return model
+    return cam_model(SIZE, CHANNELS, FILTERS, CLASSES, data_format, softmax, seed, batch_norm,
+                     dropout=False, scale=0.7)
 
 
 def _batch(n=4, seed=1):
