@@ -8,6 +8,7 @@ BACKENDS ?= tensorflow jax torch
 EPOCHS ?= 8
 OUT ?= demo_out
 BACKEND ?= jax
+JOBS ?= 2
 
 .PHONY: install demo test bench clean
 
@@ -23,7 +24,7 @@ demo: $(STAMP)
 	$(PY) -m keras_convx.demo --backend $(BACKEND) --epochs $(EPOCHS) --out $(OUT)
 
 test: $(STAMP)
-	$(PY) tools/run_matrix.py --backends $(BACKENDS) $(PYTEST_ARGS)
+	$(PY) tools/run_matrix.py --backends $(BACKENDS) --jobs $(JOBS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

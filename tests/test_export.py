@@ -1,0 +1,130 @@
+"""export.fold: every foldable layer family becomes core Keras layers with identical
+inference outputs; the others are kept."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_convx import export
+from keras_convx import layers
+from tests import harness
+
+
+def _rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def _randomise(model, seed=0):
+    """Random weights everywhere (BN variances positive) so nothing folds by accident."""
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        shape = tuple(variable.shape)
+        if "variance" in variable.path:
+            variable.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
+        elif "mask" in variable.path:
+            variable.assign((rng.uniform(size=shape) > 0.4).astype("float32"))
+        elif variable.dtype == "float32" and "seed" not in variable.path:
+            variable.assign(rng.standard_normal(shape).astype("float32") * 0.5)
+
+
+def _model(body, shape=(12, 12, 3)):
+    inputs = keras.Input(shape)
+    outputs = body(inputs)
+    model = keras.Model(inputs, outputs)
+    _randomise(model)
+    return model
+
+
+def _is_core(layer):
+    return type(layer).__module__.startswith("keras.")
+
+
+def _check_fold(model, x, kept=()):
+    folded = export.fold(model)
+    np.testing.assert_allclose(harness.to_numpy(folded(x, training=False)),
+                               harness.to_numpy(model(x, training=False)), rtol=1e-4, atol=1e-4)
+    leaves = [inner for layer in folded.layers
+              for inner in (layer.layers if isinstance(layer, keras.Sequential) else [layer])]
+    left = sorted({type(layer).__name__ for layer in leaves if not _is_core(layer)})
+    assert left == sorted(kept), left
+    return folded
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(padding="same"),
+    dict(padding="same", strides=2),
+    dict(padding="valid", strides=2, pooling="sum", activation="relu"),
+    dict(padding="same", groups=3, use_bias=False),
+], ids=["same", "same-s2", "valid-s2-sum", "groups"])
+def test_log_polar_folds_to_conv2d(kwargs):
+    model = _model(lambda x: layers.LogPolarConv2D(6, 9, rings=2, sectors=6, growth_rate=3.0,
+                                                   **kwargs)(x))
+    folded = _check_fold(model, _rand(2, 12, 12, 3))
+    if kwargs.get("strides") == 2 and kwargs["padding"] == "same":
+        block = folded.layers[-1]
+        assert [type(layer).__name__ for layer in block.layers] == ["ZeroPadding2D", "Conv2D"]
+
+
+def test_log_polar_max_pooling_is_kept():
+    model = _model(lambda x: layers.LogPolarConv2D(4, 5, rings=2, sectors=4, growth_rate=2.0,
+                                                   pooling="max")(x))
+    assert not export.foldable(model.layers[-1])
+    _check_fold(model, _rand(2, 12, 12, 3), kept=["LogPolarConv2D"])
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+def test_group_layers_fold_and_e4_stays(group):
+    def body(x):
+        x = layers.GroupLiftConv2D(3, 3, group=group, padding="same", use_bias=True)(x)
+        x = layers.GroupBatchNormalization(group=group)(x)
+        x = keras.layers.ReLU()(x)
+        x = layers.GroupConv2D(2, 3, group=group, strides=2, use_bias=True)(x)
+        x = layers.E4Conv2D(2, 3, group=group, reduction_ratio=1, slices=2)(x)
+        return layers.GroupPooling(group=group)(x)
+
+    model = _model(body)
+    folded = _check_fold(model, _rand(2, 12, 12, 3), kept=["E4Conv2D", "GroupPooling"])
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+
+
+def test_shared_basis_with_basis_batch_norm_folds():
+    basis = layers.FilterBasis(4, 3)
+
+    def body(x):
+        x = layers.SharedBasisConv2D(5, basis, unique_bases=1, use_bias=True)(x)
+        return layers.SharedBasisConv2D(5, basis, unique_bases=1, strides=2,
+                                        activation="relu")(x)
+
+    model = _model(body, shape=(10, 10, 5))
+    _check_fold(model, _rand(2, 10, 10, 5))
+
+
+def test_synaptic_and_pde_layers():
+    def body(x):
+        x = layers.SynapticConv2D(4, 3, padding="same")(x)
+        return layers.DiffusionConv2D(3)(x)
+
+    model = _model(body)
+    _check_fold(model, _rand(2, 12, 12, 3), kept=["DiffusionConv2D"])
+
+
+def test_folded_model_saves_with_core_layers_only(tmp_path):
+    model = _model(lambda x: layers.GroupConv2D(2, 3, group="p4")(
+        layers.GroupLiftConv2D(2, 3, group="p4")(x)))
+    folded = export.fold(model)
+    path = tmp_path / "folded.keras"
+    folded.save(path)
+    loaded = keras.models.load_model(path)
+    assert all(_is_core(layer) for layer in loaded.layers)
+    x = _rand(2, 12, 12, 3)
+    np.testing.assert_allclose(harness.to_numpy(loaded(x)), harness.to_numpy(model(x)),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_fold_rejects_subclassed_models():
+    class Net(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(ValueError, match="Functional or Sequential"):
+        export.fold(Net())
