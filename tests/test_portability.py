@@ -1,0 +1,53 @@
+"""Cross-backend portability: `.keras` and `.weights.h5` files written under each other backend
+load under this one and reproduce the writer's inference outputs (every layer family and the
+pairwise-consistency wrapper). Over the three backends' runs this covers all six ordered
+pairs; the files are written by `tests/portability.py` in a subprocess per backend."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_convx  # noqa: F401  (registers the classes the files name)
+from tests import harness
+from tests import portability
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OTHERS = [b for b in ("tensorflow", "jax", "torch") if b != keras.backend.backend()]
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    folders = {}
+    for backend in OTHERS:
+        out = tmp_path_factory.mktemp(f"written_by_{backend}")
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+        proc = subprocess.run([sys.executable, "-m", "tests.portability", str(out)], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"writer under {backend} failed:\n{proc.stderr[-3000:]}"
+        folders[backend] = out
+    return folders
+
+
+def _check(model, folder, name):
+    data = np.load(folder / f"{name}.npz")
+    got = harness.to_numpy(model(data["x"], training=False))
+    np.testing.assert_allclose(got, data["y"], rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", portability.FAMILIES)
+@pytest.mark.parametrize("writer", OTHERS)
+def test_keras_file_from_another_backend(written, writer, name):
+    model = keras.models.load_model(written[writer] / f"{name}.keras")
+    _check(model, written[writer], name)
+
+
+@pytest.mark.parametrize("name", portability.FAMILIES)
+@pytest.mark.parametrize("writer", OTHERS)
+def test_weights_file_from_another_backend(written, writer, name):
+    model = portability.build(name)
+    model.load_weights(written[writer] / f"{name}.weights.h5")
+    _check(model, written[writer], name)
