@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[backends,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[backends,dev,export]"
 	touch $(STAMP)
 
 demo: $(STAMP)

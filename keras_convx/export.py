@@ -1,10 +1,17 @@
-"""Export: fold keras_convx layers into core Keras layers (issue 9; ONNX and LiteRT export
-follow).
+"""Export: fold keras_convx layers into core Keras layers, then ONNX / LiteRT files that are
+verified against Keras before they are handed back.
 
 `fold(model)` is the first step of every export route: an equivalent model in which every
 layer that is, at inference, a plain convolution or batch norm becomes one, so exporters and
-runtimes only see core Keras layers.
+runtimes only see core Keras layers. `to_onnx` and `to_litert` fold, export, run the file in
+ONNX Runtime / the LiteRT interpreter on sample inputs and compare with Keras; any failure is
+an `ExportError` naming the layer(s) that do not export on this backend.
 """
+
+import os
+import subprocess
+import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -16,7 +23,7 @@ from keras_convx.layers.log_polar import LogPolarConv2D
 from keras_convx.layers.shared_basis import SharedBasisConv2D
 from keras_convx.layers.synaptic import SynapticConv2D
 
-__all__ = ["fold", "foldable"]
+__all__ = ["ExportError", "fold", "foldable", "to_litert", "to_onnx"]
 
 
 def _np(x):
@@ -141,3 +148,194 @@ def fold(model):
     True
     """
     return pruning._rewrite(model, _fold_layer)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX and LiteRT files, verified
+# ---------------------------------------------------------------------------------------------
+
+
+class ExportError(RuntimeError):
+    """An export route failed; the message names the backend, the format and the layer(s)."""
+
+
+def _sample_inputs(model, sample_inputs, batch_sizes=(2, 3)):
+    if sample_inputs is not None:
+        return [np.asarray(sample_inputs, dtype="float32")]
+    if len(model.inputs) != 1:
+        raise ValueError("Pass sample_inputs= for models with several inputs.")
+    shape = tuple(model.inputs[0].shape[1:])
+    if any(d is None for d in shape):
+        raise ValueError(
+            f"The model's input shape {model.inputs[0].shape} has unknown non-batch dimensions: "
+            "pass sample_inputs= (a NumPy batch)."
+        )
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((b, *shape)).astype("float32") for b in batch_sizes]
+
+
+def _reference(model, x):
+    return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), dtype="float32")
+
+
+def _run_onnx(path, x):
+    import onnxruntime  # noqa: PLC0415
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _run_litert(path, x):
+    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+
+    interpreter = Interpreter(model_path=path)
+    detail = interpreter.get_input_details()[0]
+    if tuple(detail["shape"]) != x.shape:
+        interpreter.resize_tensor_input(detail["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def _export_file(model, path, fmt):
+    """Writes `path` (Keras' own exporter; LiteRT from JAX/PyTorch through TensorFlow)."""
+    backend = keras.backend.backend()
+    if fmt == "onnx" or backend == "tensorflow":
+        model.export(path, format="onnx" if fmt == "onnx" else "litert", verbose=False)
+        return
+    # Keras exports LiteRT from TensorFlow only: the weights are portable, so the model is
+    # saved and re-exported by a TensorFlow-backend subprocess.
+    with tempfile.TemporaryDirectory() as folder:
+        saved = os.path.join(folder, "model.keras")
+        model.save(saved)
+        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+        proc = subprocess.run(
+            [sys.executable, "-m", "keras_convx.export", "litert", saved, os.fspath(path)],
+            env=env, capture_output=True, text=True, timeout=900,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                               else f"exit status {proc.returncode}")
+
+
+def _export_and_verify(model, path, fmt, inputs, atol, rtol):
+    """Exports and compares; returns the largest |difference|. Raises on any failure."""
+    run = _run_onnx if fmt == "onnx" else _run_litert
+    references = [_reference(model, x) for x in inputs]  # also "calls" a fresh clone
+    _export_file(model, path, fmt)
+    worst = 0.0
+    for x, expected in zip(inputs, references):
+        got = np.asarray(run(os.fspath(path), x), dtype="float32")
+        if got.shape != expected.shape:
+            raise RuntimeError(f"the file's output shape {got.shape} != Keras' {expected.shape}")
+        difference = float(np.max(np.abs(got - expected))) if got.size else 0.0
+        if not np.allclose(got, expected, atol=atol, rtol=rtol):
+            raise RuntimeError(
+                f"outputs differ from Keras by up to {difference:.3g} (atol={atol}, "
+                f"rtol={rtol}) for a batch of {len(x)}"
+            )
+        worst = max(worst, difference)
+    return worst
+
+
+def _culprits(model, fmt, atol, rtol):
+    """The non-core layers that fail the same route on their own (diagnosis)."""
+    failing = []
+    with tempfile.TemporaryDirectory() as folder:
+        for layer in model.layers:
+            module = type(layer).__module__
+            if module.startswith("keras.") or isinstance(layer, keras.layers.InputLayer):
+                continue
+            try:
+                shape = tuple(layer.input.shape[1:])
+                inputs = keras.Input(shape)
+                single = keras.Model(inputs, layer(inputs))
+                _export_and_verify(single, os.path.join(folder, f"{layer.name}.{fmt}"), fmt,
+                                   _sample_inputs(single, None), atol, rtol)
+            except Exception as error:  # noqa: BLE001 - any failure is the diagnosis
+                failing.append(f"{layer.name} ({type(layer).__name__}): "
+                               f"{str(error).strip().splitlines()[0][:200] if str(error) else type(error).__name__}")
+    return failing
+
+
+def _export(model, path, fmt, sample_inputs, atol, rtol, fold_first):
+    label = {"onnx": "ONNX", "litert": "LiteRT"}[fmt]
+    exported = fold(model) if fold_first else model
+    inputs = _sample_inputs(exported, sample_inputs)
+    try:
+        difference = _export_and_verify(exported, path, fmt, inputs, atol, rtol)
+    except Exception as error:  # noqa: BLE001 - re-raised with the diagnosis
+        culprits = _culprits(exported, fmt, atol, rtol)
+        where = ("; the layer(s) failing on their own: " + " | ".join(culprits)) if culprits \
+            else "; no single keras_convx layer fails on its own (the combination does)"
+        first = str(error).strip().splitlines()[0][:300] if str(error) else type(error).__name__
+        raise ExportError(
+            f"{label} export of model {model.name!r} on the {keras.backend.backend()} backend "
+            f"failed: {first}{where}"
+        ) from error
+    return {
+        "path": os.fspath(path),
+        "format": fmt,
+        "backend": keras.backend.backend(),
+        "max_abs_difference": difference,
+        "batch_sizes": [len(x) for x in inputs],
+        "bytes": os.path.getsize(path),
+    }
+
+
+def to_onnx(model, path, sample_inputs=None, atol=1e-4, rtol=1e-4, fold_first=True):
+    """Folds `model`, exports it to ONNX with Keras' exporter for the current backend
+    (tf2onnx / jax2onnx / torch.onnx), runs the file in ONNX Runtime and compares.
+
+    Args:
+        model: a Functional or Sequential model.
+        path: the `.onnx` file to write.
+        sample_inputs: a NumPy batch to verify on; default random normal batches of 2 and 3
+            (the second checks the dynamic batch dimension).
+        atol, rtol: the tolerance of the comparison with Keras' own inference outputs.
+        fold_first: apply `fold` first (default True).
+
+    Returns:
+        dict: `path`, `format`, `backend`, `max_abs_difference`, `batch_sizes`, `bytes`.
+
+    Raises:
+        ExportError: export or verification failed; the message names the layer(s) that
+            fail the same route on their own.
+
+    Example:
+
+    >>> report = keras_convx.export.to_onnx(model, "model.onnx")
+    >>> report["max_abs_difference"]        # e.g. 3e-7
+    """
+    return _export(model, path, "onnx", sample_inputs, atol, rtol, fold_first)
+
+
+def to_litert(model, path, sample_inputs=None, atol=1e-4, rtol=1e-4, fold_first=True):
+    """Folds `model`, exports a LiteRT (`.tflite`) file and verifies it in the LiteRT
+    interpreter (builtin ops only: a file needing TensorFlow "Flex" ops fails to run there and
+    is reported).
+
+    On TensorFlow it uses Keras' exporter; on JAX and PyTorch, where Keras has none, the
+    folded model is saved and exported by a TensorFlow-backend subprocess (weights are
+    portable across backends), then verified here against this backend's outputs.
+    Arguments and result as `to_onnx`.
+
+    Example:
+
+    >>> keras_convx.export.to_litert(model, "model.tflite")["bytes"]
+    """
+    return _export(model, path, "litert", sample_inputs, atol, rtol, fold_first)
+
+
+def _main(argv):
+    """`python -m keras_convx.export litert SRC.keras DST.tflite` (TensorFlow backend)."""
+    if len(argv) != 3 or argv[0] != "litert":
+        raise SystemExit("usage: python -m keras_convx.export litert SRC.keras DST.tflite")
+    import keras_convx  # noqa: F401,PLC0415  (registers the classes the file names)
+
+    keras.models.load_model(argv[1]).export(argv[2], format="litert", verbose=False)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
