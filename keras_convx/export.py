@@ -251,7 +251,7 @@ def _culprits(model, fmt, atol, rtol):
                 shape = tuple(layer.input.shape[1:])
                 inputs = keras.Input(shape)
                 single = keras.Model(inputs, layer(inputs))
-                _export_and_verify(single, os.path.join(folder, f"{layer.name}.{fmt}"), fmt,
+                _export_and_verify(single, os.path.join(folder, layer.name + _SUFFIX[fmt]), fmt,
                                    _sample_inputs(single, None), atol, rtol)
             except Exception as error:  # noqa: BLE001 - any failure is the diagnosis
                 failing.append(f"{layer.name} ({type(layer).__name__}): "
@@ -259,8 +259,17 @@ def _culprits(model, fmt, atol, rtol):
     return failing
 
 
+_SUFFIX = {"onnx": ".onnx", "litert": ".tflite"}
+
+
 def _export(model, path, fmt, sample_inputs, atol, rtol, fold_first):
     label = {"onnx": "ONNX", "litert": "LiteRT"}[fmt]
+    if not os.fspath(path).endswith(_SUFFIX[fmt]):
+        raise ValueError(
+            f"Expected path to end with {_SUFFIX[fmt]!r} for {label}. Received: path={path!r}"
+        )
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Expected model to be a keras.Model. Received: model={model!r}")
     exported = fold(model) if fold_first else model
     inputs = _sample_inputs(exported, sample_inputs)
     try:

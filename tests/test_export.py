@@ -191,3 +191,13 @@ def test_unexportable_layer_is_named_in_the_error(tmp_path):
     model = _model(body)
     with pytest.raises(export.ExportError, match="host_round_trip \\(HostRoundTrip\\)"):
         export.to_onnx(model, tmp_path / "model.onnx")
+
+
+def test_export_paths_must_name_the_format(tmp_path):
+    model = _model(lambda x: keras.layers.Conv2D(2, 3)(x))
+    with pytest.raises(ValueError, match="'.onnx'"):
+        export.to_onnx(model, tmp_path / "model.tflite")
+    with pytest.raises(ValueError, match="'.tflite'"):
+        export.to_litert(model, tmp_path / "model.litert")
+    with pytest.raises(TypeError, match="keras.Model"):
+        export.to_onnx(keras.layers.Dense(2), tmp_path / "model.onnx")
