@@ -9,6 +9,7 @@ import pytest
 from keras_convx import export
 from keras_convx import layers
 from tests import harness
+from tests import portability
 
 
 def _rand(*shape, seed=0):
@@ -17,15 +18,7 @@ def _rand(*shape, seed=0):
 
 def _randomise(model, seed=0):
     """Random weights everywhere (BN variances positive) so nothing folds by accident."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        shape = tuple(variable.shape)
-        if "variance" in variable.path:
-            variable.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
-        elif "mask" in variable.path:
-            variable.assign((rng.uniform(size=shape) > 0.4).astype("float32"))
-        elif variable.dtype == "float32" and "seed" not in variable.path:
-            variable.assign(rng.standard_normal(shape).astype("float32") * 0.5)
+    portability.randomise(model, seed)
 
 
 def _model(body, shape=(12, 12, 3)):
