@@ -180,6 +180,12 @@ def region_offsets(pooling_matrix_):
 output_length = conv_output_length
 
 
+def same_pads(kernel_size):
+    """Centre-anchored "same" pads ((top, bottom), (left, right)): (k−1)//2 before."""
+    kh, kw = kernel_size
+    return (((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2))
+
+
 def pad_same(x, kernel_size, data_format="channels_last"):
     """Zero padding anchored at the window centre: (k−1)//2 before, k−1−(k−1)//2 after.
 
@@ -187,8 +193,7 @@ def pad_same(x, kernel_size, data_format="channels_last"):
     paper's formula and the official code (this differs from TensorFlow's "same" alignment
     only for stride > 1).
     """
-    kh, kw = kernel_size
-    pads = [((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2)]
+    pads = list(same_pads(kernel_size))
     if data_format == "channels_last":
         pads = [(0, 0), *pads, (0, 0)]
     else:
