@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from keras_convx import pruning
+from keras_convx.ops import log_polar as log_polar_ops
 from keras_convx.layers.group_conv import GroupBatchNormalization
 from keras_convx.layers.group_conv import _GroupConvBase
 from keras_convx.layers.log_polar import LogPolarConv2D
@@ -32,20 +33,9 @@ def _np(x):
 
 def _conv(layer, filters, kernel, bias, padding=None, groups=1, name=None):
     """A core Conv2D carrying `kernel` / `bias` with the layer's geometry and activation."""
-    conv = keras.layers.Conv2D(
-        filters,
-        tuple(kernel.shape[:2]),
-        strides=tuple(layer.strides),
-        padding=padding or layer.padding,
-        data_format=layer.data_format,
-        groups=groups,
-        activation=keras.activations.serialize(layer.activation)
-        if layer.activation is not None else None,
-        use_bias=bias is not None,
-        dtype=layer.dtype_policy,
-        trainable=layer.trainable,
-        name=name or layer.name,
-    )
+    conv = keras.layers.Conv2D(**pruning._plain_conv_config(
+        layer, filters=filters, use_bias=bias is not None, kernel_size=kernel.shape[:2],
+        padding=padding, groups=groups, name=name))
     weights = [kernel] + ([bias] if bias is not None else [])
     return conv, lambda new: new.set_weights(weights)
 
@@ -59,8 +49,7 @@ def _fold_log_polar(layer):
         return _conv(layer, layer.filters, kernel, bias, groups=layer.groups)
     # "same" at stride > 1 pads around the window centre ((k−1)//2 before), which Keras'
     # "same" does not: an explicit ZeroPadding2D, then a "valid" convolution.
-    kh, kw = layer.kernel_size
-    pads = (((kh - 1) // 2, kh - 1 - (kh - 1) // 2), ((kw - 1) // 2, kw - 1 - (kw - 1) // 2))
+    pads = log_polar_ops.same_pads(layer.kernel_size)
     conv, set_conv = _conv(layer, layer.filters, kernel, bias, padding="valid",
                            groups=layer.groups, name=f"{layer.name}_conv")
     block = keras.Sequential(

@@ -380,23 +380,26 @@ def make_synaptic(model, layers=None, **overrides):
     return _rewrite(model, replace)
 
 
-def _plain_conv_config(layer, filters=None, use_bias=None):
-    """The `keras.layers.Conv2D` config equivalent to a SynapticConv2D or Conv2D `layer`."""
-    config = {
-        "name": layer.name,
+def _plain_conv_config(layer, filters=None, use_bias=None, kernel_size=None, padding=None,
+                       groups=None, name=None):
+    """The `keras.layers.Conv2D` config with `layer`'s geometry, activation, dtype policy and
+    trainability (a SynapticConv2D, a Conv2D, or any keras_convx convolution); the keywords
+    override what differs. Also used by `export.fold`."""
+    activation = getattr(layer, "activation", None)
+    return {
+        "name": name or layer.name,
         "filters": layer.filters if filters is None else filters,
-        "kernel_size": tuple(layer.kernel_size),
+        "kernel_size": tuple(layer.kernel_size if kernel_size is None else kernel_size),
         "strides": tuple(layer.strides),
-        "padding": layer.padding,
+        "padding": padding or layer.padding,
         "data_format": layer.data_format,
-        "dilation_rate": tuple(layer.dilation_rate),
-        "groups": layer.groups,
-        "activation": keras.activations.serialize(layer.activation),
+        "dilation_rate": tuple(getattr(layer, "dilation_rate", (1, 1))),
+        "groups": getattr(layer, "groups", 1) if groups is None else groups,
+        "activation": None if activation is None else keras.activations.serialize(activation),
         "use_bias": layer.use_bias if use_bias is None else use_bias,
         "dtype": layer.dtype_policy,
         "trainable": layer.trainable,
     }
-    return config
 
 
 def _strip_replace(layer):
