@@ -304,6 +304,7 @@ class _FocusPlan:
         from keras_convx import pruning  # noqa: PLC0415
 
         method = _common.choice("method", method, FOCUS_METHODS)
+        model = getattr(model, "focus_model", model)  # a PairwiseConsistency wrapper
         graph = pruning._graph_of(model)
         if len(graph.inputs) != 1 or _rank(graph.inputs[0]) != 4:
             raise ValueError(
@@ -450,11 +451,11 @@ class _FocusPlan:
         gradients = autodiff.input_gradient(
             lambda a: self.scores(self.head(a), classes), features
         )
-        return focus.grad_cam_maps(keras.ops.stop_gradient(features), gradients,
-                                   self.data_format)
+        return focus.grad_cam_maps(features, gradients, self.data_format)
 
     def maps(self, features, classes, size):
-        """Focus maps (B, H, W) in [0, 1] at the image size, without gradient."""
+        """Focus maps (B, H, W) in [0, 1] at the image size, without gradient (the feature
+        map is cut first, so no second-order work is traced either)."""
         from keras_convx.ops import focus  # noqa: PLC0415
 
         raw = self.raw_maps(keras.ops.stop_gradient(features), classes)
@@ -512,7 +513,6 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
     """
     threshold = check_threshold("threshold", threshold)
     batch_size = _common.integer("batch_size", batch_size)
-    model = getattr(model, "focus_model", model)
     plan = _FocusPlan(model, feature_layer=feature_layer, method=method, data_format=data_format)
     images = np.asarray(images)
     if images.ndim != 4:

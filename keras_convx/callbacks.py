@@ -10,6 +10,7 @@ import numpy as np
 from keras_convx import analysis
 from keras_convx import pruning
 from keras_convx.layers import _common
+from keras_convx.ops import focus
 
 __all__ = ["FocusArea", "GradientFlow", "SynapticPruning"]
 
@@ -274,9 +275,8 @@ class FocusArea(keras.callbacks.Callback):
         if self.target == "label":
             if labels is None:
                 raise ValueError("target='label' needs data=(images, labels).")
-            labels = labels.reshape(len(labels), -1)
-            labels = labels.argmax(-1) if labels.shape[1] > 1 else labels[:, 0]
-        self.labels = labels
+        self._labels = labels
+        self.labels = None  # int classes, once the model's class count is known
         self.feature_layer = feature_layer
         self.method = _common.choice("method", method, analysis.FOCUS_METHODS)
         self.data_format = data_format
@@ -288,9 +288,11 @@ class FocusArea(keras.callbacks.Callback):
         self._plan = None
 
     def on_train_begin(self, logs=None):
-        model = getattr(self.model, "focus_model", self.model)
-        self._plan = analysis._FocusPlan(model, self.feature_layer, self.method,
+        self._plan = analysis._FocusPlan(self.model, self.feature_layer, self.method,
                                          self.data_format)
+        if self.target == "label":
+            self.labels = keras.ops.convert_to_numpy(
+                focus.labels_to_classes(self._labels, self._plan.num_classes))
 
     def measure(self):
         """Computes the maps now; returns {τ: mean focus area}."""

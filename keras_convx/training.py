@@ -120,8 +120,8 @@ class PairwiseConsistency(keras.Model):
         if from_logits is not None:
             from_logits = _common.boolean("from_logits", from_logits)
         self.feature_layer = feature_layer
-        self.method = _common.choice("method", method, analysis.FOCUS_METHODS)
-        plan = analysis._FocusPlan(model, feature_layer, self.method, data_format)
+        plan = analysis._FocusPlan(model, feature_layer, method, data_format)  # validates
+        self.method = method
         self.data_format = _common.data_format(data_format)
         self._from_logits_arg = from_logits
         self.from_logits = (not plan.probabilities) if from_logits is None else from_logits
