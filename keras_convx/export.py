@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from keras_convx import pruning
+from keras_convx.ops import dispatcher
 from keras_convx.ops import log_polar as log_polar_ops
 from keras_convx.layers.group_conv import GroupBatchNormalization
 from keras_convx.layers.group_conv import _GroupConvBase
@@ -191,7 +192,8 @@ def _export_file(model, path, fmt):
     """Writes `path` (Keras' own exporter; LiteRT from JAX/PyTorch through TensorFlow)."""
     backend = keras.backend.backend()
     if fmt == "onnx" or backend == "tensorflow":
-        model.export(path, format="onnx" if fmt == "onnx" else "litert", verbose=False)
+        with dispatcher.portable_mode():  # no XLA functions, no gathers in the trace
+            model.export(path, format="onnx" if fmt == "onnx" else "litert", verbose=False)
         return
     # Keras exports LiteRT from TensorFlow only: the weights are portable, so the model is
     # saved and re-exported by a TensorFlow-backend subprocess.
@@ -332,7 +334,8 @@ def _main(argv):
         raise SystemExit("usage: python -m keras_convx.export litert SRC.keras DST.tflite")
     import keras_convx  # noqa: F401,PLC0415  (registers the classes the file names)
 
-    keras.models.load_model(argv[1]).export(argv[2], format="litert", verbose=False)
+    with dispatcher.portable_mode():
+        keras.models.load_model(argv[1]).export(argv[2], format="litert", verbose=False)
 
 
 if __name__ == "__main__":

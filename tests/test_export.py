@@ -163,6 +163,67 @@ def test_every_foldable_family_exports_and_verifies(fmt, tmp_path):
                                atol=1e-4)
 
 
+def _kept_families_model():
+    """Every layer family that stays a keras_convx layer after folding, in one classifier:
+    max-pooling log-polar conv, both grid PDE layers (3×3 K), E4 (p4m, stride 2) and group
+    pooling."""
+    def body(x):
+        x = layers.LogPolarConv2D(4, 5, rings=2, sectors=4, growth_rate=2.0, pooling="max")(x)
+        x = layers.DiffusionConv2D(kernel_size=3, stable=True)(x)
+        x = layers.HyperbolicConv2D(3, kernel_size=3)(x)
+        x = layers.GroupLiftConv2D(2, 3, group="p4m", padding="same")(x)
+        x = layers.E4Conv2D(2, 3, group="p4m", reduction_ratio=1, slices=2, strides=2)(x)
+        x = layers.GroupPooling(group="p4m")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.layers.Dense(3)(x)
+
+    return _model(body)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+def test_every_kept_family_exports_and_verifies(fmt, tmp_path):
+    """The layers fold cannot turn into core ones export as they are on every backend: no
+    XLA function (TF fast paths), gather (torch ONNX), custom gradient or batch split in the
+    traced graph (`ops.portable_mode`)."""
+    pytest.importorskip("onnxruntime" if fmt == "onnx" else "ai_edge_litert")  # extra "export"
+    model = _kept_families_model()
+    _check_fold(model, _rand(2, 12, 12, 3), kept=["DiffusionConv2D", "E4Conv2D", "GroupPooling",
+                                                  "HyperbolicConv2D", "LogPolarConv2D"])
+    path = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'tflite'}"
+    convert = export.to_onnx if fmt == "onnx" else export.to_litert
+    report = convert(model, path)
+    assert report["max_abs_difference"] < 1e-4 and report["batch_sizes"] == [2, 3]
+
+
+def test_portable_take_equals_take():
+    from keras_convx.ops import core
+    from keras_convx.ops import dispatcher
+
+    x = _rand(3, 4, 5)
+    for axis, indices in ((0, np.array([2, 0, 0, 1])), (1, np.array([[3, 1], [0, 2]])),
+                          (2, np.array([4, 3, 2, 1, 0]))):
+        expected = np.take(x, indices, axis=axis)
+        with dispatcher.portable_mode():
+            got = harness.to_numpy(core.static_take(keras.ops.convert_to_tensor(x), indices, axis))
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(
+            harness.to_numpy(core.static_take(keras.ops.convert_to_tensor(x), indices, axis)),
+            expected)
+
+
+def test_portable_mode_turns_fast_paths_off():
+    from keras_convx.ops import dispatcher
+
+    for name in dispatcher.available_fast_paths():
+        with dispatcher.portable_mode():
+            assert dispatcher.fast_path(name) is None
+            assert dispatcher.dispatch(name, len) is len
+    assert not dispatcher.portable()
+    with pytest.raises(TypeError, match="flag"):
+        with dispatcher.portable_mode("yes"):
+            pass
+
+
 @keras.saving.register_keras_serializable(package="keras_convx_tests")
 class HostRoundTrip(keras.layers.Layer):
     """Leaves the graph for NumPy: no exporter can trace it."""

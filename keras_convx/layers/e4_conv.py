@@ -191,9 +191,9 @@ class E4Conv2D(keras.layers.Layer):
         cols = gops.steered_generator_columns(self.group, self.kernel_size, slices, self._steering)
         kernel = keras.ops.cast(self.generator_kernel, dtype)
         bias = keras.ops.cast(self.generator_bias, dtype)
-        w = keras.ops.take(kernel, cols.T.reshape(-1), axis=1)  # (C_r, G·k2s)
+        w = gops.static_take(kernel, cols.T.reshape(-1), axis=1)  # (C_r, G·k2s)
         w = keras.ops.reshape(w, (self.reduced, n, k2 * slices))
-        b = keras.ops.reshape(keras.ops.take(bias, cols.reshape(-1), axis=0), (k2 * slices, n))
+        b = keras.ops.reshape(gops.static_take(bias, cols.reshape(-1), axis=0), (k2 * slices, n))
         return w, b
 
     def generate_kernels(self, x):
@@ -229,7 +229,7 @@ class E4Conv2D(keras.layers.Layer):
             self.group,
         )
         columns = gops.encoder_columns(self.order, self.slices, self.filters // self.slices)
-        encoder = keras.ops.take(keras.ops.reshape(encoder, encoder.shape[2:]), columns, axis=1)
+        encoder = gops.static_take(keras.ops.reshape(encoder, encoder.shape[2:]), columns, axis=1)
         v = keras.ops.matmul(x, encoder)
         n, slices, m = self.order, self.slices, self.filters // self.slices
         shape = keras.ops.shape(v)

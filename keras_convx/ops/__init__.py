@@ -7,6 +7,7 @@ per-backend fast paths sit behind the single dispatch point in `keras_convx.ops.
 from keras_convx.ops.dispatcher import available_fast_paths
 from keras_convx.ops.dispatcher import dispatch
 from keras_convx.ops.dispatcher import opt_in_fast_paths
+from keras_convx.ops.dispatcher import portable_mode
 from keras_convx.ops.dispatcher import reference_mode
 from keras_convx.ops.dispatcher import reference_only
 from keras_convx.ops.dispatcher import set_opt_in_fast_paths
@@ -18,6 +19,7 @@ __all__ = [
     "dispatch",
     "log_polar_regions",
     "opt_in_fast_paths",
+    "portable_mode",
     "reference_mode",
     "reference_only",
     "set_opt_in_fast_paths",

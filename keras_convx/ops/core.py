@@ -56,3 +56,26 @@ def conv2d(x, kernel, strides=1, padding="valid", data_format="channels_last", d
         y = keras.ops.conv(x, kernel, strides, padding, "channels_last", dilation_rate)
         return keras.ops.transpose(y, (0, 3, 1, 2))
     return keras.ops.conv(x, kernel, strides, padding, data_format, dilation_rate)
+
+
+def static_take(x, indices, axis=0):
+    """`keras.ops.take(x, indices, axis)` for a static NumPy index array.
+
+    Inside `keras_convx.ops.portable_mode()` (exports) the gather is written as a product
+    with a constant one-hot matrix instead — exact, and traced by every exporter (a gather
+    breaks PyTorch's ONNX export).
+    """
+    from keras_convx.ops import dispatcher  # noqa: PLC0415
+
+    indices = np.asarray(indices)
+    if not dispatcher.portable():
+        return keras.ops.take(x, indices, axis=axis)
+    axis = axis % len(x.shape)
+    one_hot = np.eye(x.shape[axis], dtype="float32")[indices.reshape(-1)].T  # (n, m)
+    one_hot = keras.ops.cast(one_hot, x.dtype)
+    last = len(x.shape) - 1  # explicit axes: a negative permutation breaks torch's ONNX
+    y = keras.ops.tensordot(keras.ops.moveaxis(x, axis, last), one_hot, axes=1)
+    y = keras.ops.moveaxis(y, last, axis)
+    if indices.ndim != 1:
+        y = keras.ops.reshape(y, (*x.shape[:axis], *indices.shape, *x.shape[axis + 1:]))
+    return y

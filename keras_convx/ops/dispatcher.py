@@ -21,6 +21,18 @@ with keras_convx.ops.reference_mode():
 The choice is made when the op is called (for compiled functions: when they are traced), so
 switch before tracing a `jit`-compiled function, not inside it.
 
+Portable mode (used by `keras_convx.export`): backend fast paths (XLA functions on
+TensorFlow, compiled functions on PyTorch) and gathers are what exporters cannot trace, so
+
+```python
+with keras_convx.ops.portable_mode():
+    model.export("model.onnx", format="onnx")   # traced with plain keras.ops forms only
+```
+
+takes the generic `keras.ops` form of every op (the fast `keras.ops` forms, not the slow
+references) and writes static gathers as one-hot products. `export.to_onnx` / `to_litert`
+do this for you.
+
 Opt-in fast paths: a fast path whose compilation costs tens of seconds per input shape
 (torch.compile on CPU) pays off only in long runs, so it is used only after
 `keras_convx.ops.set_opt_in_fast_paths(True)` or with `KERAS_CONVX_OPT_IN=1`.
@@ -45,7 +57,8 @@ def _env_true(name):
     return os.environ.get(name, "0").lower() in ("1", "true", "yes")
 
 
-_state = {"reference_only": _env_true(_ENV_FLAG), "opt_in": _env_true(_ENV_OPT_IN)}
+_state = {"reference_only": _env_true(_ENV_FLAG), "opt_in": _env_true(_ENV_OPT_IN),
+          "portable": False}
 _loaded = {}
 
 
@@ -80,6 +93,25 @@ def reference_mode(flag=True):
         _state["reference_only"] = previous
 
 
+def portable():
+    """Returns True inside `portable_mode()` (export-friendly forms of every op)."""
+    return _state["portable"]
+
+
+@contextlib.contextmanager
+def portable_mode(flag=True):
+    """Context manager: no backend fast paths, static gathers as one-hot products — the forms
+    ONNX and LiteRT exporters trace on every backend. Switch it on before tracing."""
+    if not isinstance(flag, bool):
+        raise TypeError(f"Expected flag to be a bool. Received: flag={flag!r}")
+    previous = _state["portable"]
+    _state["portable"] = flag
+    try:
+        yield
+    finally:
+        _state["portable"] = previous
+
+
 def opt_in_fast_paths():
     """Returns True when opt-in (slow-to-compile) fast paths may be used."""
     return _state["opt_in"]
@@ -110,6 +142,8 @@ def fast_path(name, backend=None):
         name: str, the op's name (as registered by the backend module).
         backend: str or None; defaults to `keras.backend.backend()`.
     """
+    if _state["portable"]:
+        return None
     entry = _fast_paths(backend or keras.backend.backend()).get(name)
     if entry is None or (entry.opt_in and not _state["opt_in"]):
         return None

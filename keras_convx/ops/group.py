@@ -20,6 +20,7 @@ import functools
 import keras
 import numpy as np
 
+from keras_convx.ops.core import static_take
 from keras_convx.ops.dispatcher import dispatch
 
 GROUPS = ("p4", "p4m")
@@ -115,7 +116,7 @@ def lift_kernel(kernel, group):
     n = group_order(group)
     flat = keras.ops.reshape(kernel, (k * k, cin, f))
     idx = lift_gather_table(group, k).reshape(-1)
-    dense = keras.ops.take(flat, idx, axis=0)  # (k²·G, cin, f)
+    dense = static_take(flat, idx, axis=0)  # (k²·G, cin, f)
     dense = keras.ops.reshape(dense, (k, k, n, cin, f))
     dense = keras.ops.transpose(dense, (0, 1, 3, 4, 2))
     return keras.ops.reshape(dense, (k, k, cin, f * n))
@@ -137,7 +138,7 @@ def group_kernel(kernel, group):
     flat = keras.ops.reshape(kernel, (k * k, cin, n, f))
     flat = keras.ops.reshape(keras.ops.transpose(flat, (0, 2, 1, 3)), (k * k * n, cin, f))
     idx = group_gather_table(group, k).reshape(-1)
-    dense = keras.ops.take(flat, idx, axis=0)  # (k²·G·G, cin, f)
+    dense = static_take(flat, idx, axis=0)  # (k²·G·G, cin, f)
     dense = keras.ops.reshape(dense, (k, k, n, n, cin, f))  # s, h, g, c, f
     dense = keras.ops.transpose(dense, (0, 1, 4, 2, 5, 3))  # s, c, h, f, g
     return keras.ops.reshape(dense, (k, k, cin * n, f * n))
@@ -270,8 +271,10 @@ def aggregate_shifts(v, kernels, k, strides):
     torch.compile) fuse the forward loop into one pass over the output. At stride 1 the
     gradient is written out (`_backward_shifts`, through `keras.ops.custom_gradient`).
     """
+    from keras_convx.ops import dispatcher  # noqa: PLC0415
+
     strides = tuple(strides)
-    if strides != (1, 1):
+    if strides != (1, 1) or dispatcher.portable():  # exporters cannot trace custom gradients
         return _forward_shifts(v, kernels, k, strides)
 
     @keras.ops.custom_gradient

@@ -139,9 +139,16 @@ def grid_flux(f, kernel, activation, data_format="channels_last"):
             e = activation(_slice(u, axis, 1, n) - _slice(u, axis, 0, n - 1))
             div = div + _edge_divergence(e, axis)
         return apply_kernel_transpose(div, kernel, data_format)
-    mask = edge_mask(f, data_format)
-    z = grid_operator(f, kernel, data_format, masked=False)
-    return grid_operator_transpose(activation(z), kernel, data_format, mask=mask)
+    # Each edge field through K, σ and Kᵀ on its own (not stacked on the batch axis as in
+    # `grid_operator`: a batch split does not survive export with a dynamic batch size). K's
+    # outputs at the non-edges (last column / last row) are dropped before Kᵀ.
+    ay, ax = _spatial_axes(data_format)
+    back = []
+    for g, axis in zip(grid_gradient(f, data_format), (ax, ay)):
+        z = activation(apply_kernel(g, kernel, data_format))
+        z = _pad(_slice(z, axis, 0, z.shape[axis] - 1), axis, 0, 1)
+        back.append(apply_kernel_transpose(z, kernel, data_format))
+    return grid_divergence(*back, data_format)
 
 
 # ------------------------------------------------------------------------------------ graphs
