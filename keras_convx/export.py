@@ -25,7 +25,7 @@ from keras_convx.layers.log_polar import LogPolarConv2D
 from keras_convx.layers.shared_basis import SharedBasisConv2D
 from keras_convx.layers.synaptic import SynapticConv2D
 
-__all__ = ["ExportError", "fold", "foldable", "to_litert", "to_onnx"]
+__all__ = ["ExportError", "fold", "foldable", "runtime", "to_litert", "to_onnx"]
 
 
 def _np(x):
@@ -168,24 +168,45 @@ def _reference(model, x):
     return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), dtype="float32")
 
 
-def _run_onnx(path, x):
-    import onnxruntime  # noqa: PLC0415
+def runtime(path):
+    """A NumPy-in, NumPy-out predict function running an exported file outside Keras.
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    `.onnx` runs in ONNX Runtime (CPU), `.tflite` in the LiteRT interpreter (its input is
+    resized when the batch size changes). The session / interpreter is created once, so the
+    function is what to time against `model.predict`.
 
+    Example:
 
-def _run_litert(path, x):
+    >>> predict = keras_convx.export.runtime("model.onnx")
+    >>> predict(x_test[:32]).shape          # (32, num_classes)
+    """
+    path = os.fspath(path)
+    if path.endswith(".onnx"):
+        import onnxruntime  # noqa: PLC0415
+
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: session.run(None, {name: np.asarray(x, dtype="float32")})[0]
+    if not path.endswith(".tflite"):
+        raise ValueError(f"Expected a '.onnx' or '.tflite' path. Received: path={path!r}")
     from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
 
     interpreter = Interpreter(model_path=path)
     detail = interpreter.get_input_details()[0]
-    if tuple(detail["shape"]) != x.shape:
-        interpreter.resize_tensor_input(detail["index"], x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(detail["index"], x)
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    output = interpreter.get_output_details()[0]["index"]
+    shape = [None]
+
+    def predict(x):
+        x = np.asarray(x, dtype="float32")
+        if shape[0] != x.shape:
+            interpreter.resize_tensor_input(detail["index"], x.shape)
+            interpreter.allocate_tensors()
+            shape[0] = x.shape
+        interpreter.set_tensor(detail["index"], x)
+        interpreter.invoke()
+        return interpreter.get_tensor(output)
+
+    return predict
 
 
 def _export_file(model, path, fmt):
@@ -212,12 +233,12 @@ def _export_file(model, path, fmt):
 
 def _export_and_verify(model, path, fmt, inputs, atol, rtol):
     """Exports and compares; returns the largest |difference|. Raises on any failure."""
-    run = _run_onnx if fmt == "onnx" else _run_litert
     references = [_reference(model, x) for x in inputs]  # also "calls" a fresh clone
     _export_file(model, path, fmt)
+    run = runtime(path)
     worst = 0.0
     for x, expected in zip(inputs, references):
-        got = np.asarray(run(os.fspath(path), x), dtype="float32")
+        got = np.asarray(run(x), dtype="float32")
         if got.shape != expected.shape:
             raise RuntimeError(f"the file's output shape {got.shape} != Keras' {expected.shape}")
         difference = float(np.max(np.abs(got - expected))) if got.size else 0.0

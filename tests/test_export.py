@@ -155,10 +155,7 @@ def test_every_foldable_family_exports_and_verifies(fmt, tmp_path):
     assert report["max_abs_difference"] < 1e-4 and report["bytes"] == path.stat().st_size
     assert report["batch_sizes"] == [2, 3]  # the batch dimension is dynamic
     x = _rand(4, 12, 12, 3, seed=5)
-    if fmt == "onnx":
-        got = export._run_onnx(str(path), x)
-    else:
-        got = export._run_litert(str(path), x)
+    got = export.runtime(path)(x)
     np.testing.assert_allclose(got, harness.to_numpy(model(x, training=False)), rtol=1e-4,
                                atol=1e-4)
 
@@ -255,3 +252,5 @@ def test_export_paths_must_name_the_format(tmp_path):
         export.to_litert(model, tmp_path / "model.litert")
     with pytest.raises(TypeError, match="keras.Model"):
         export.to_onnx(keras.layers.Dense(2), tmp_path / "model.onnx")
+    with pytest.raises(ValueError, match="'.onnx' or '.tflite'"):
+        export.runtime(tmp_path / "model.keras")
