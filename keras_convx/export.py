@@ -149,6 +149,53 @@ class ExportError(RuntimeError):
     """An export route failed; the message names the backend, the format and the layer(s)."""
 
 
+class _SlicedMaxPooling2D(keras.layers.Layer):
+    """`MaxPooling2D` as the maximum of pool_h·pool_w strided slices (−inf padding for
+    "same", TensorFlow's alignment): identical outputs. jax2onnx writes Keras' own
+    max pooling (a 4-D `reduce_window`) as an ONNX MaxPool that ONNX Runtime rejects
+    ("Unsupported pooling size"), and PyTorch's exporter fails on a "same" one; this form
+    exports. Used only inside `to_onnx`, on those backends."""
+
+    def __init__(self, pool_size, strides, padding, data_format, **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size, self.strides = tuple(pool_size), tuple(strides)
+        self.padding, self.data_format = padding, data_format
+
+    def call(self, x):
+        if self.data_format == "channels_first":
+            x = keras.ops.transpose(x, (0, 2, 3, 1))
+        (kh, kw), (sh, sw) = self.pool_size, self.strides
+        h, w = int(x.shape[1]), int(x.shape[2])  # static sizes (PyTorch traces them)
+        if self.padding == "same":
+            oh, ow = (h + sh - 1) // sh, (w + sw - 1) // sw
+            ph, pw = max((oh - 1) * sh + kh - h, 0), max((ow - 1) * sw + kw - w, 0)
+            x = keras.ops.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2),
+                                  (0, 0)), constant_values=float(np.finfo("float32").min))
+        else:
+            oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+        y = None
+        for i in range(kh):
+            for j in range(kw):
+                part = x[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+                y = part if y is None else keras.ops.maximum(y, part)
+        return y if self.data_format == "channels_last" else keras.ops.transpose(y, (0, 3, 1, 2))
+
+
+def _needs_sliced_pooling(layer, backend):
+    """Keras' MaxPooling2D that fails ONNX export here: every one on JAX (see above); on
+    PyTorch a "same" one (its padding is computed from traced sizes)."""
+    return type(layer) is keras.layers.MaxPooling2D and (
+        backend == "jax" or (backend == "torch" and layer.padding == "same"))
+
+
+def _portable_pooling(layer):
+    if not _needs_sliced_pooling(layer, keras.backend.backend()):
+        return None
+    new = _SlicedMaxPooling2D(layer.pool_size, layer.strides, layer.padding, layer.data_format,
+                              dtype=layer.dtype_policy, name=layer.name)
+    return new, lambda _: None
+
+
 def _sample_inputs(model, sample_inputs, batch_sizes=(2, 3)):
     if sample_inputs is not None:
         return [np.asarray(sample_inputs, dtype="float32")]
@@ -212,6 +259,9 @@ def runtime(path):
 def _export_file(model, path, fmt):
     """Writes `path` (Keras' own exporter; LiteRT from JAX/PyTorch through TensorFlow)."""
     backend = keras.backend.backend()
+    if fmt == "onnx" and any(_needs_sliced_pooling(layer, backend) for layer in model.layers):
+        model = pruning._rewrite(model, _portable_pooling)
+        model(np.zeros((1, *model.inputs[0].shape[1:]), "float32"))  # the exporter needs a call
     if fmt == "onnx" or backend == "tensorflow":
         with dispatcher.portable_mode():  # no XLA functions, no gathers in the trace
             model.export(path, format="onnx" if fmt == "onnx" else "litert", verbose=False)
@@ -252,22 +302,26 @@ def _export_and_verify(model, path, fmt, inputs, atol, rtol):
 
 
 def _culprits(model, fmt, atol, rtol):
-    """The non-core layers that fail the same route on their own (diagnosis)."""
+    """The layers that fail the same route on their own (diagnosis): the keras_convx layers
+    first; only when none of them fails, the core Keras layers."""
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    core = [layer for layer in layers if type(layer).__module__.startswith("keras.")]
+    ours = [layer for layer in layers if layer not in core]
     failing = []
     with tempfile.TemporaryDirectory() as folder:
-        for layer in model.layers:
-            module = type(layer).__module__
-            if module.startswith("keras.") or isinstance(layer, keras.layers.InputLayer):
-                continue
-            try:
-                shape = tuple(layer.input.shape[1:])
-                inputs = keras.Input(shape)
-                single = keras.Model(inputs, layer(inputs))
-                _export_and_verify(single, os.path.join(folder, layer.name + _SUFFIX[fmt]), fmt,
-                                   _sample_inputs(single, None), atol, rtol)
-            except Exception as error:  # noqa: BLE001 - any failure is the diagnosis
-                failing.append(f"{layer.name} ({type(layer).__name__}): "
-                               f"{str(error).strip().splitlines()[0][:200] if str(error) else type(error).__name__}")
+        for group in (ours, core):
+            for layer in group:
+                try:
+                    inputs = keras.Input(tuple(layer.input.shape[1:]))
+                    single = keras.Model(inputs, layer(inputs))
+                    _export_and_verify(single, os.path.join(folder, layer.name + _SUFFIX[fmt]),
+                                       fmt, _sample_inputs(single, None), atol, rtol)
+                except Exception as error:  # noqa: BLE001 - any failure is the diagnosis
+                    message = str(error).strip()
+                    failing.append(f"{layer.name} ({type(layer).__name__}): "
+                                   f"{message.splitlines()[0][:200] if message else type(error).__name__}")
+            if failing:
+                break
     return failing
 
 
@@ -289,7 +343,7 @@ def _export(model, path, fmt, sample_inputs, atol, rtol, fold_first):
     except Exception as error:  # noqa: BLE001 - re-raised with the diagnosis
         culprits = _culprits(exported, fmt, atol, rtol)
         where = ("; the layer(s) failing on their own: " + " | ".join(culprits)) if culprits \
-            else "; no single keras_convx layer fails on its own (the combination does)"
+            else "; no single layer fails on its own (the combination does)"
         first = str(error).strip().splitlines()[0][:300] if str(error) else type(error).__name__
         raise ExportError(
             f"{label} export of model {model.name!r} on the {keras.backend.backend()} backend "

@@ -192,6 +192,20 @@ def test_every_kept_family_exports_and_verifies(fmt, tmp_path):
     assert report["max_abs_difference"] < 1e-4 and report["batch_sizes"] == [2, 3]
 
 
+@pytest.mark.parametrize("kwargs", [dict(), dict(pool_size=3, strides=2, padding="same"),
+                                    dict(pool_size=(3, 2), strides=(2, 1))],
+                         ids=["2x2", "3x3-s2-same", "3x2-s2x1"])
+def test_max_pooling_exports_to_onnx(kwargs, tmp_path):
+    """Keras' own MaxPooling2D reaches ONNX Runtime on JAX too (a strided-slice form there)."""
+    pytest.importorskip("onnxruntime")  # the "export" extra
+    inputs = keras.Input((11, 11, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    model = keras.Model(inputs, keras.layers.MaxPooling2D(**kwargs)(x))
+    _randomise(model)
+    report = export.to_onnx(model, tmp_path / "model.onnx")
+    assert report["max_abs_difference"] < 1e-5
+
+
 def test_portable_take_equals_take():
     from keras_convx.ops import core
     from keras_convx.ops import dispatcher
