@@ -71,7 +71,7 @@ def _section(results):
             for batch in ("1", "32"):
                 ms = {name: row["ms"][name][batch] for name in RUNNERS}
                 base = ms["Keras predict"]
-                cells = [f"{ms[name]:.2f} ({ms[name] / base:.2f}×)" for name in RUNNERS[1:]]
+                cells = [f"{ms[name]:.2f} ({ms[name] / base:.3f}×)" for name in RUNNERS[1:]]
                 lines.append(f"| {backend} | {row['model']} | {batch} | {base:.2f} | "
                              + " | ".join(cells) + " |")
     lines.append(END)
