@@ -280,6 +280,11 @@ class GroupBatchNormalization(keras.layers.Layer):
         scale: bool, learn `gamma`.
         data_format: `"channels_last"` or `"channels_first"`; default
             `keras.config.image_data_format()`.
+        synchronized: bool. Under `tf.distribute` (TensorFlow), compute the batch statistics
+            over all replicas' batches (one all-reduce per step) instead of each replica's
+            own, as `keras.layers.BatchNormalization(synchronized=True)` does. JAX's
+            `keras.distribution.DataParallel` always uses the global batch; elsewhere no
+            effect.
         beta_initializer, gamma_initializer, moving_mean_initializer,
         moving_variance_initializer, beta_regularizer, gamma_regularizer, beta_constraint,
         gamma_constraint: as in `keras.layers.BatchNormalization`.
@@ -308,6 +313,7 @@ class GroupBatchNormalization(keras.layers.Layer):
         center=True,
         scale=True,
         data_format=None,
+        synchronized=False,
         beta_initializer="zeros",
         gamma_initializer="ones",
         moving_mean_initializer="zeros",
@@ -330,6 +336,7 @@ class GroupBatchNormalization(keras.layers.Layer):
         self.center = _common.boolean("center", center)
         self.scale = _common.boolean("scale", scale)
         self.data_format = _common.data_format(data_format)
+        self.synchronized = _common.boolean("synchronized", synchronized)
         _common.set_objects(
             self,
             beta_initializer=beta_initializer,
@@ -401,7 +408,10 @@ class GroupBatchNormalization(keras.layers.Layer):
         fields = gops.split_fields(keras.ops.cast(inputs, "float32"), self.order, self.data_format)
         axes = (0, 1, 2, 4) if self.data_format == "channels_last" else (0, 2, 3, 4)
         if training and self.trainable:
-            mean, variance = keras.ops.moments(fields, axes=axes)
+            # only TensorFlow's moments all-reduce (and the others reject the flag); JAX's
+            # DataParallel computes global statistics anyway
+            synchronized = self.synchronized and keras.backend.backend() == "tensorflow"
+            mean, variance = keras.ops.moments(fields, axes=axes, synchronized=synchronized)
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(
                 self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
@@ -430,6 +440,7 @@ class GroupBatchNormalization(keras.layers.Layer):
                 "center": self.center,
                 "scale": self.scale,
                 "data_format": self.data_format,
+                "synchronized": self.synchronized,
             }
         )
         config.update(_common.serialize_objects(self, *_BN_OBJECTS))

@@ -69,7 +69,10 @@ def static_take(x, indices, axis=0):
 
     indices = np.asarray(indices)
     if not dispatcher.portable():
-        return keras.ops.take(x, indices, axis=axis)
+        # The reshape makes TensorFlow's gradient dense: a gather's gradient is IndexedSlices,
+        # which tf.distribute all-gathers per replica, and reaching a variable that way
+        # breaks MirroredStrategy's collectives; a reshape's gradient densifies it.
+        return keras.ops.take(keras.ops.reshape(x, tuple(x.shape)), indices, axis=axis)
     axis = axis % len(x.shape)
     one_hot = np.eye(x.shape[axis], dtype="float32")[indices.reshape(-1)].T  # (n, m)
     one_hot = keras.ops.cast(one_hot, x.dtype)

@@ -1,0 +1,165 @@
+"""Data-parallel training of every layer family on 4 virtual CPU devices, against the same
+training on one device with the same global batch.
+
+Run in a process of its own (the device count is fixed when the backend starts):
+`KERAS_BACKEND=jax python -m tests.distributed` (JAX: `keras.distribution.DataParallel` on
+`--xla_force_host_platform_device_count=4`) or `KERAS_BACKEND=tensorflow ...`
+(`tf.distribute.MirroredStrategy` over 4 logical CPUs). Prints one JSON line:
+{check name: largest |distributed − single| or a bool}. `tests/test_distribution.py` runs it
+and asserts on the result.
+"""
+
+import json
+import os
+import sys
+
+DEVICES = 4
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+if BACKEND == "jax":
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={DEVICES}")
+
+import numpy as np  # noqa: E402
+
+if BACKEND == "tensorflow":
+    import tensorflow as tf  # noqa: E402
+
+    _cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        _cpu, [tf.config.LogicalDeviceConfiguration()] * DEVICES)
+
+import keras  # noqa: E402
+
+from keras_convx import callbacks  # noqa: E402
+from keras_convx import layers  # noqa: E402
+from keras_convx import pruning  # noqa: E402
+from keras_convx import regularizers  # noqa: E402
+from keras_convx import training  # noqa: E402
+
+BATCH = 16  # global batch: 4 per device
+SYNC = os.environ.get("SYNC", "1") == "1"
+
+
+def every_family_model():
+    """Every layer family, with the pieces issue 10 names: one shared FilterBasis (with the
+    globally normalised orthonormality penalty), synaptic masks, group batch norm."""
+    basis = layers.FilterBasis(4, 3, name="basis")
+    regularizers.apply_global_orthonormal([basis], 1.0)
+    inputs = keras.Input((12, 12, 1))
+    x = layers.LogPolarConv2D(6, 5, rings=2, sectors=4, growth_rate=2.0)(inputs)
+    x = layers.SharedBasisConv2D(6, basis, unique_bases=1, activation="relu")(x)
+    x = layers.SharedBasisConv2D(6, basis, unique_bases=1, activation="relu")(x)
+    x = layers.DiffusionConv2D(kernel_size=3, stable=True)(x)
+    x = layers.SynapticConv2D(8, 3, strides=2, padding="same", activation="relu",
+                              name="synaptic")(x)
+    x = layers.GroupLiftConv2D(2, 3, group="p4", padding="same")(x)
+    x = layers.GroupBatchNormalization(group="p4", synchronized=SYNC, name="group_bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = layers.E4Conv2D(2, 3, group="p4", reduction_ratio=1, slices=2)(x)
+    x = layers.GroupConv2D(2, 3, group="p4", padding="same", activation="relu")(x)
+    x = layers.GroupPooling(group="p4")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(5)(x)
+    return keras.Model(inputs, outputs)
+
+
+def data(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2 * BATCH, 12, 12, 1)).astype("float32")
+    y = rng.integers(0, 5, 2 * BATCH).astype("int32")
+    return x, y
+
+
+_STRATEGY = {}
+
+
+def scope():
+    """The distribution scope of this backend (build and compile inside it)."""
+    if BACKEND == "jax":
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=keras.distribution.list_devices()))
+        return _Null()
+    if BACKEND == "tensorflow":
+        if "strategy" not in _STRATEGY:  # one strategy per process
+            _STRATEGY["strategy"] = tf.distribute.MirroredStrategy(
+                [f"/cpu:{i}" for i in range(DEVICES)])
+        return _STRATEGY["strategy"].scope()
+    raise SystemExit(f"no distribution set-up for {BACKEND}")
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+
+def train(build, weights, distributed, wrap=None, prune=False):
+    """Two SGD steps (global batch 16) from `weights`; returns the trained model."""
+    context = scope() if distributed else _Null()
+    with context:
+        model = build()
+        model.set_weights(weights)
+        trained = wrap(model) if wrap else model
+        trained.compile(optimizer=keras.optimizers.SGD(0.1),
+                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        x, y = data()
+        extra = []
+        if prune:
+            extra = [callbacks.SynapticPruning(
+                pruning.ConstantSparsity(0.5, begin_step=0, frequency=1))]
+        history = trained.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
+                              callbacks=extra)
+    if BACKEND == "jax":
+        keras.distribution.set_distribution(None)
+    return model, history.history
+
+
+def largest_difference(a, b):
+    return max(float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
+               for u, v in zip(a.get_weights(), b.get_weights()))
+
+
+def main():
+    keras.utils.set_random_seed(0)
+    weights = every_family_model().get_weights()
+    report = {"devices": len(keras.distribution.list_devices()) if BACKEND == "jax"
+              else len(tf.config.list_logical_devices("CPU"))}
+
+    single, h1 = train(every_family_model, weights, distributed=False, prune=True)
+    parallel, h2 = train(every_family_model, weights, distributed=True, prune=True)
+    report["weights"] = largest_difference(single, parallel)
+    report["loss"] = abs(h1["loss"][-1] - h2["loss"][-1])
+    bases = [v for v in parallel.weights if v.path.endswith("basis/kernel")]
+    report["basis_variables"] = len(bases)
+    mask = keras.ops.convert_to_numpy(parallel.get_layer("synaptic").mask)
+    report["mask_sparsity"] = float(np.mean(mask == 0))
+    report["masks"] = float(np.max(np.abs(
+        mask - keras.ops.convert_to_numpy(single.get_layer("synaptic").mask))))
+    if BACKEND == "jax":
+        value = parallel.get_layer("synaptic").mask.value
+        report["mask_replicated"] = bool(value.sharding.is_fully_replicated)
+    bn_single, bn_parallel = single.get_layer("group_bn"), parallel.get_layer("group_bn")
+    report["group_bn_statistics"] = max(
+        float(np.max(np.abs(keras.ops.convert_to_numpy(getattr(bn_single, name))
+                            - keras.ops.convert_to_numpy(getattr(bn_parallel, name)))))
+        for name in ("moving_mean", "moving_variance"))
+    report["regularization"] = abs(float(sum(keras.ops.convert_to_numpy(v)
+                                             for v in single.losses))
+                                   - float(sum(keras.ops.convert_to_numpy(v)
+                                               for v in parallel.losses)))
+
+    def wrap(model):
+        return training.PairwiseConsistency(model, erase_threshold=0.5)
+
+    single, h1 = train(every_family_model, weights, distributed=False, wrap=wrap)
+    parallel, h2 = train(every_family_model, weights, distributed=True, wrap=wrap)
+    report["pairwise_weights"] = largest_difference(single, parallel)
+    report["pairwise_terms"] = max(abs(h1[k][-1] - h2[k][-1])
+                                   for k in ("loss", "erased_loss", "consistency", "erased_area"))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
