@@ -176,7 +176,7 @@ class _SlicedMaxPooling2D(keras.layers.Layer):
         y = None
         for i in range(kh):
             for j in range(kw):
-                part = x[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+                part = log_polar_ops._strided_slice(x, i, j, oh, ow, (sh, sw))
                 y = part if y is None else keras.ops.maximum(y, part)
         return y if self.data_format == "channels_last" else keras.ops.transpose(y, (0, 3, 1, 2))
 
