@@ -145,21 +145,6 @@ def _foldable_families_model():
     return _model(body)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "litert"])
-def test_every_foldable_family_exports_and_verifies(fmt, tmp_path):
-    pytest.importorskip("onnxruntime" if fmt == "onnx" else "ai_edge_litert")  # extra "export"
-    model = _foldable_families_model()
-    path = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'tflite'}"
-    convert = export.to_onnx if fmt == "onnx" else export.to_litert
-    report = convert(model, path)
-    assert report["max_abs_difference"] < 1e-4 and report["bytes"] == path.stat().st_size
-    assert report["batch_sizes"] == [2, 3]  # the batch dimension is dynamic
-    x = _rand(4, 12, 12, 3, seed=5)
-    got = export.runtime(path)(x)
-    np.testing.assert_allclose(got, harness.to_numpy(model(x, training=False)), rtol=1e-4,
-                               atol=1e-4)
-
-
 def _kept_families_model():
     """Every layer family that stays a keras_convx layer after folding, in one classifier:
     max-pooling log-polar conv, both grid PDE layers (3×3 K), E4 (p4m, stride 2) and group
@@ -177,19 +162,32 @@ def _kept_families_model():
     return _model(body)
 
 
+_FAMILY_MODELS = {
+    "foldable": (_foldable_families_model, []),
+    "kept": (_kept_families_model, ["DiffusionConv2D", "E4Conv2D", "GroupPooling",
+                                    "HyperbolicConv2D", "LogPolarConv2D"]),
+}
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "litert"])
-def test_every_kept_family_exports_and_verifies(fmt, tmp_path):
-    """The layers fold cannot turn into core ones export as they are on every backend: no
-    XLA function (TF fast paths), gather (torch ONNX), custom gradient or batch split in the
-    traced graph (`ops.portable_mode`)."""
+@pytest.mark.parametrize("families", list(_FAMILY_MODELS))
+def test_every_family_exports_and_verifies(families, fmt, tmp_path):
+    """Every foldable family (as core layers) and every family fold keeps (exported as they
+    are: no XLA function, gather, custom gradient or batch split in the traced graph, see
+    `ops.portable_mode`) reach ONNX Runtime and LiteRT on every backend."""
     pytest.importorskip("onnxruntime" if fmt == "onnx" else "ai_edge_litert")  # extra "export"
-    model = _kept_families_model()
-    _check_fold(model, _rand(2, 12, 12, 3), kept=["DiffusionConv2D", "E4Conv2D", "GroupPooling",
-                                                  "HyperbolicConv2D", "LogPolarConv2D"])
+    build, kept = _FAMILY_MODELS[families]
+    model = build()
+    _check_fold(model, _rand(2, 12, 12, 3), kept=kept)
     path = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'tflite'}"
     convert = export.to_onnx if fmt == "onnx" else export.to_litert
     report = convert(model, path)
-    assert report["max_abs_difference"] < 1e-4 and report["batch_sizes"] == [2, 3]
+    assert report["max_abs_difference"] < 1e-4 and report["bytes"] == path.stat().st_size
+    assert report["batch_sizes"] == [2, 3]  # the batch dimension is dynamic
+    x = _rand(4, 12, 12, 3, seed=5)
+    got = export.runtime(path)(x)
+    np.testing.assert_allclose(got, harness.to_numpy(model(x, training=False)), rtol=1e-4,
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(pool_size=3, strides=2, padding="same"),
