@@ -8,6 +8,7 @@ import numpy as np
 from keras_convx import analysis
 from keras_convx._registry import register
 from keras_convx.layers import _common
+from keras_convx.ops import core as ops_core
 from keras_convx.ops import focus
 
 __all__ = ["PairwiseConsistency"]
@@ -184,11 +185,15 @@ class PairwiseConsistency(keras.Model):
         erased = keras.ops.stop_gradient(focus.erase(x, masks, self._fill_for(x),
                                                      self.data_format))
         erased_outputs = self._erased_forward(erased, training)
+        # Under tf.distribute each replica's loss is divided by the replica count (the
+        # gradients are summed): the compiled loss does it itself, the consistency term is
+        # divided here; the trackers get the per-replica values, as Keras' loss tracker.
+        replicas = ops_core.replicas_in_sync()
         terms = []
         if self.erased_weight:
             erased_loss = self.erased_weight * self._compile_loss(y, erased_outputs,
                                                                   sample_weight)
-            self.erased_loss_tracker.update_state(erased_loss)
+            self.erased_loss_tracker.update_state(erased_loss * replicas)
             terms.append(erased_loss)
         if self.consistency_weight:
             relevant = focus.relevance_mask(probabilities, labels, self.relevance, self.top_k)
@@ -199,7 +204,7 @@ class PairwiseConsistency(keras.Model):
                     keras.ops.cast(sample_weight, "float32"), (-1,))
             consistency = self.consistency_weight * keras.ops.mean(divergence)
             self.consistency_tracker.update_state(consistency)
-            terms.append(consistency)
+            terms.append(consistency / replicas)
         self.erased_area_tracker.update_state(keras.ops.mean(masks))
         for term in terms:
             loss = loss + keras.ops.cast(term, loss.dtype)

@@ -47,8 +47,10 @@ def every_family_model():
     regularizers.apply_global_orthonormal([basis], 1.0)
     inputs = keras.Input((12, 12, 1))
     x = layers.LogPolarConv2D(6, 5, rings=2, sectors=4, growth_rate=2.0)(inputs)
-    x = layers.SharedBasisConv2D(6, basis, unique_bases=1, activation="relu")(x)
-    x = layers.SharedBasisConv2D(6, basis, unique_bases=1, activation="relu")(x)
+    x = layers.SharedBasisConv2D(6, basis, unique_bases=1, activation="relu",
+                                 basis_bn_synchronized=True)(x)
+    x = layers.SharedBasisConv2D(6, basis, unique_bases=1, activation="relu",
+                                 basis_bn_synchronized=True)(x)
     x = layers.DiffusionConv2D(kernel_size=3, stable=True)(x)
     x = layers.SynapticConv2D(8, 3, strides=2, padding="same", activation="relu",
                               name="synaptic")(x)

@@ -2,11 +2,9 @@
 global batch (tests/distributed.py, run in a process of its own because the device count is
 fixed when the backend starts).
 
-JAX (`keras.distribution.DataParallel`): everything, exactly. TensorFlow
-(`tf.distribute.MirroredStrategy`): runs, with one shared basis variable and identical masks;
-equal weights need the shared-basis batch norm synchronised across replicas and the
-pairwise-consistency terms scaled per replica (issue 10, open) — asserted as a strict xfail so
-the day it holds the test says so. PyTorch: Keras has no distribution API for it.
+JAX (`keras.distribution.DataParallel`) and TensorFlow (`tf.distribute.MirroredStrategy`):
+the same weights, losses, batch-norm statistics, penalty, masks and pairwise-consistency terms;
+one shared basis variable. PyTorch: Keras has no distribution API for it.
 """
 
 import json
@@ -16,6 +14,8 @@ import sys
 
 import keras
 import pytest
+
+from keras_convx.ops import core as ops_core
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = keras.backend.backend()
@@ -60,8 +60,11 @@ def test_data_parallel_training_equals_single_device(report):
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow MirroredStrategy")
-@pytest.mark.xfail(strict=True, reason="issue 10: SharedBasisConv2D's basis batch norm is not "
-                   "synchronised across replicas and PairwiseConsistency's extra terms are not "
-                   "scaled per replica under tf.distribute")
 def test_mirrored_training_equals_single_device(report):
+    # Needs the synchronised batch norms (basis_bn_synchronized, GroupBatchNormalization's
+    # synchronized) and PairwiseConsistency's terms divided by the replica count.
     _check_equal_training(report)
+
+
+def test_replicas_in_sync_is_one_outside_a_strategy():
+    assert ops_core.replicas_in_sync() == 1

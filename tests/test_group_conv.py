@@ -229,6 +229,7 @@ def test_equivariance_error_bad_arguments():
         (GroupConv2D, dict(filters=3, kernel_size=3, group="p4m"), (2, 6, 6, 2 * 8), 9 * 16 * 3 + 3),
         (GroupConv2D, dict(filters=3, kernel_size=1, group="p4", strides=2, use_bias=False), (2, 6, 6, 8), 8 * 3),
         (GroupBatchNormalization, dict(group="p4"), (2, 5, 5, 12), 2 * 3),
+        (GroupBatchNormalization, dict(group="p4", synchronized=True), (2, 5, 5, 12), 2 * 3),
         (GroupPooling, dict(group="p4m", pooling="mean"), (2, 5, 5, 16), 0),
     ],
 )
@@ -254,6 +255,11 @@ def test_layer_contract(cls, kwargs, shape, params):
 def test_bad_arguments_raise_value_error(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_synchronized_must_be_a_bool():
+    with pytest.raises(TypeError, match="synchronized"):
+        GroupBatchNormalization("p4", synchronized="yes")
 
 
 def test_group_input_with_wrong_channel_count_is_rejected():

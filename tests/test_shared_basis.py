@@ -166,7 +166,9 @@ def test_layer_contract(fit):
     # basis 3·3·4·3 + unique 3·3·4·2 + coefficients 5·6 + BN 4·5 (2 trainable + 2 moving)
     harness.run_layer_test(
         SharedBasisConv2D,
-        {"filters": 6, "basis": basis, "unique_bases": 2, "strides": 2},
+        # synchronized: TensorFlow-only in Keras' BN, but ours builds and round-trips anywhere
+        {"filters": 6, "basis": basis, "unique_bases": 2, "strides": 2,
+         "basis_bn_synchronized": True},
         (2, 8, 8, 4),
         expected_output_shape=(2, 4, 4, 6),
         expected_num_trainable_weights=5,
@@ -383,6 +385,8 @@ def test_constraint_keeps_the_basis_orthonormal_through_training():
         (lambda: SharedBasisConv2D(4, FilterBasis(2, 3), padding="full"), ValueError, "padding"),
         (lambda: SharedBasisConv2D(4, FilterBasis(2, 3), implementation="fft"), ValueError,
          "implementation"),
+        (lambda: SharedBasisConv2D(4, FilterBasis(2, 3), basis_bn_synchronized="yes"), TypeError,
+         "basis_bn_synchronized"),
         (lambda: regularizers.Orthonormal(-1.0), ValueError, "factor"),
         (lambda: regularizers.Orthonormal(1.0, normalizer=0), ValueError, "normalizer"),
         (lambda: regularizers.apply_global_orthonormal([], 1.0), TypeError, "bases"),

@@ -247,6 +247,11 @@ class SharedBasisConv2D(keras.layers.Layer):
         implementation: `"auto"`, `"basis_first"` or `"kernel_first"`.
         basis_bn_momentum, basis_bn_epsilon: of the basis batch norm (defaults 0.9 and 1e-5,
             PyTorch's 0.1 / 1e-5 as in the official code).
+        basis_bn_synchronized: bool (default False). Under `tf.distribute` (TensorFlow),
+            the basis batch norm's statistics come from all replicas' batches (one all-reduce
+            per step), as `keras.layers.BatchNormalization(synchronized=True)`; JAX's
+            `keras.distribution.DataParallel` always uses the global batch; elsewhere no
+            effect, so a config saved with it loads on every backend.
         kernel_initializer: for the unique basis and the coefficients (default He normal
             with fan_out, as the official code).
         bias_initializer, kernel_regularizer, bias_regularizer, activity_regularizer,
@@ -286,6 +291,7 @@ class SharedBasisConv2D(keras.layers.Layer):
         implementation="auto",
         basis_bn_momentum=0.9,
         basis_bn_epsilon=1e-5,
+        basis_bn_synchronized=False,
         kernel_initializer=None,
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -319,6 +325,8 @@ class SharedBasisConv2D(keras.layers.Layer):
         self.implementation = _common.choice("implementation", implementation, sb.ORDERS)
         self.basis_bn_momentum = float(basis_bn_momentum)
         self.basis_bn_epsilon = float(basis_bn_epsilon)
+        self.basis_bn_synchronized = _common.boolean("basis_bn_synchronized",
+                                                     basis_bn_synchronized)
         if kernel_initializer is None:
             kernel_initializer = keras.initializers.VarianceScaling(
                 2.0, "fan_out", "untruncated_normal"
@@ -339,6 +347,10 @@ class SharedBasisConv2D(keras.layers.Layer):
                 axis=_channel_axis(self.data_format),
                 momentum=self.basis_bn_momentum,
                 epsilon=self.basis_bn_epsilon,
+                # Keras refuses synchronized=True off TensorFlow; the setting is kept in
+                # this layer's config either way.
+                synchronized=(self.basis_bn_synchronized
+                              and keras.backend.backend() == "tensorflow"),
                 dtype=self.dtype_policy,
                 name="basis_bn",
             )
@@ -447,6 +459,7 @@ class SharedBasisConv2D(keras.layers.Layer):
                 "implementation": self.implementation,
                 "basis_bn_momentum": self.basis_bn_momentum,
                 "basis_bn_epsilon": self.basis_bn_epsilon,
+                "basis_bn_synchronized": self.basis_bn_synchronized,
             }
         )
         config.update(_common.serialize_objects(self, *CONV_OBJECTS))

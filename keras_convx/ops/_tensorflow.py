@@ -16,6 +16,14 @@ FAST_PATHS = {}
 fast = register_fast_path(FAST_PATHS)
 
 
+def _replicas_in_sync():
+    """Replicas of the current `tf.distribute` strategy (1 outside any strategy)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+QUERIES = {"replicas_in_sync": _replicas_in_sync}
+
+
 @functools.lru_cache(maxsize=128)
 def _xla_slice_pool(offsets, kernel_size, strides, mode):
     pool = functools.partial(lp.pool_by_slices, pmatrix=None, kernel_size=kernel_size, strides=strides,

@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 
+from keras_convx.ops import dispatcher
+
 
 def normalize_pair(name, value):
     """An int or a pair of ints ≥ 1 → a tuple of 2 ints; TypeError/ValueError naming `name`."""
@@ -65,8 +67,6 @@ def static_take(x, indices, axis=0):
     with a constant one-hot matrix instead — exact, and traced by every exporter (a gather
     breaks PyTorch's ONNX export).
     """
-    from keras_convx.ops import dispatcher  # noqa: PLC0415
-
     indices = np.asarray(indices)
     if not dispatcher.portable():
         # The reshape makes TensorFlow's gradient dense: a gather's gradient is IndexedSlices,
@@ -82,3 +82,14 @@ def static_take(x, indices, axis=0):
     if indices.ndim != 1:
         y = keras.ops.reshape(y, (*x.shape[:axis], *indices.shape, *x.shape[axis + 1:]))
     return y
+
+
+def replicas_in_sync():
+    """How many replicas each compute their own share of a training step's loss.
+
+    Under `tf.distribute` (TensorFlow) every replica computes the loss of its local batch and
+    the gradients are summed, so Keras divides its compiled loss by this number; an extra loss
+    term added in `compute_loss` must be divided the same way (and multiplied back for what
+    is reported). JAX's `keras.distribution` computes one global loss: 1 there, as on torch.
+    """
+    return dispatcher.backend_query("replicas_in_sync", 1)

@@ -126,13 +126,33 @@ def set_opt_in_fast_paths(flag):
     _set("opt_in", flag)
 
 
-def _fast_paths(backend):
+def _backend_module(backend):
     if backend not in _loaded:
         module_name = _BACKEND_MODULES.get(backend)
-        _loaded[backend] = (
-            importlib.import_module(module_name).FAST_PATHS if module_name else {}
-        )
+        _loaded[backend] = importlib.import_module(module_name) if module_name else None
     return _loaded[backend]
+
+
+def _fast_paths(backend):
+    module = _backend_module(backend)
+    return module.FAST_PATHS if module is not None else {}
+
+
+def backend_query(name, default, backend=None):
+    """The backend's answer to a question about its runtime state, or `default`.
+
+    Not an op and not a fast path: the backend module's `QUERIES[name]()` (e.g.
+    `"replicas_in_sync"`, the replica count under `tf.distribute`), asked whatever the
+    reference or portable mode, because it reports state rather than computing.
+
+    Args:
+        name: str, the query's name.
+        default: returned when the backend has no such query.
+        backend: str or None; defaults to `keras.backend.backend()`.
+    """
+    module = _backend_module(backend or keras.backend.backend())
+    query = getattr(module, "QUERIES", {}).get(name) if module is not None else None
+    return default if query is None else query()
 
 
 def fast_path(name, backend=None):

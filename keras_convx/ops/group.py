@@ -20,6 +20,7 @@ import functools
 import keras
 import numpy as np
 
+from keras_convx.ops import dispatcher
 from keras_convx.ops.core import static_take
 from keras_convx.ops.dispatcher import dispatch
 
@@ -271,7 +272,6 @@ def aggregate_shifts(v, kernels, k, strides):
     torch.compile) fuse the forward loop into one pass over the output. At stride 1 the
     gradient is written out (`_backward_shifts`, through `keras.ops.custom_gradient`).
     """
-    from keras_convx.ops import dispatcher  # noqa: PLC0415
 
     strides = tuple(strides)
     if strides != (1, 1) or dispatcher.portable():  # exporters cannot trace custom gradients
@@ -300,7 +300,6 @@ def aggregate(v, kernels, k, strides, implementation="auto"):
     `keras_convx.ops.reference_mode()` forces `aggregate_patches`. `"shifts"` and
     `"patches"` force those `keras.ops` forms.
     """
-    from keras_convx.ops import dispatcher
 
     strides = tuple(strides)
     if implementation == "patches" or dispatcher.reference_only():
