@@ -76,3 +76,14 @@ def test_environment_switch_and_lazy_backend_import():
     )
     env = dict(os.environ, KERAS_CONVX_REFERENCE="1")
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
+
+
+def test_backend_queries():
+    from keras_convx.ops import dispatcher
+
+    assert dispatcher.backend_query("no_such_query", "fallback") == "fallback"
+    assert dispatcher.backend_query("platform", None) in ("cpu", "gpu", "tpu")
+    assert dispatcher.backend_query("no_such_query", 7, backend="numpy") == 7  # no module
+    # Queries report state: reference and portable modes do not hide them.
+    with dispatcher.reference_mode(), dispatcher.portable_mode():
+        assert dispatcher.backend_query("platform", None) in ("cpu", "gpu", "tpu")

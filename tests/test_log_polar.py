@@ -216,9 +216,20 @@ def test_auto_follows_cost_model():
     small.build((None, 8, 8, 64))
     assert small.resolved_implementation() == "dense"
     for backend in ("jax", "tensorflow", "torch"):
-        assert lp.choose_implementation((11, 11), 64, 1, 25, backend, has_fast_pool=True) == "pool"
+        assert lp.choose_implementation((11, 11), 64, 1, 25, backend, True, "cpu") == "pool"
         # Without a fast pooling path the dense kernel always wins.
-        assert lp.choose_implementation((11, 11), 64, 1, 25, backend, has_fast_pool=False) == "dense"
+        assert lp.choose_implementation((11, 11), 64, 1, 25, backend, False, "cpu") == "dense"
+    # GPU (measured on jax): pooling for 9×9 (2,6,3) at every width, dense for 11×11 (3,8,2).
+    for filters in (16, 64, 256):
+        assert lp.choose_implementation((9, 9), filters, 1, 13, "jax", True, "gpu") == "pool"
+        assert lp.choose_implementation((11, 11), filters, 1, 25, "jax", True, "gpu") == "dense"
+        for backend, platform in (("torch", "gpu"), ("tensorflow", "gpu"), ("jax", "tpu")):
+            assert lp.choose_implementation((9, 9), filters, 1, 13, backend, True,
+                                            platform) == "dense"
+    # The default platform is where the backend computes (this machine: the CPU model).
+    here = ops.dispatcher.backend_query("platform", "cpu")
+    assert lp.choose_implementation((11, 11), 64, 1, 25, None, True) == lp.choose_implementation(
+        (11, 11), 64, 1, 25, None, True, here)
     with ops.reference_mode():
         big = LogPolarConv2D(64, 11, rings=3, sectors=8, growth_rate=2.0)
         big.build((None, 16, 16, 64))

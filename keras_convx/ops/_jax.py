@@ -16,6 +16,15 @@ FAST_PATHS = {}
 fast = register_fast_path(FAST_PATHS)
 
 
+def _platform():
+    """"cpu", "gpu" or "tpu": the platform jax computes on by default."""
+    platform = jax.default_backend()
+    return "gpu" if platform in ("gpu", "cuda", "rocm") else platform
+
+
+QUERIES = {"platform": _platform}
+
+
 @functools.lru_cache(maxsize=128)
 def _jitted_slice_pool(offsets, kernel_size, strides, mode):
     return jax.jit(functools.partial(lp.pool_by_slices, pmatrix=None, kernel_size=kernel_size,

@@ -21,7 +21,12 @@ def _replicas_in_sync():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
-QUERIES = {"replicas_in_sync": _replicas_in_sync}
+def _platform():
+    """"gpu" when TensorFlow places ops on a GPU by default, else "cpu"."""
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
+QUERIES = {"replicas_in_sync": _replicas_in_sync, "platform": _platform}
 
 
 @functools.lru_cache(maxsize=128)

@@ -6,13 +6,14 @@ under that op's name. This is the only module allowed to import torch.
 The region-pooling path is torch.compile'd: 1.7× faster than the dense path per training
 step on a 2-core CPU (benchmarks/RESULTS.md), but compiling costs seconds to tens of seconds per input
 shape, so it is opt-in (`keras_convx.ops.set_opt_in_fast_paths(True)` or
-`KERAS_CONVX_OPT_IN=1`).
+`KERAS_CONVX_OPT_IN=1`). The E4 aggregation's device choice is not opt-in.
 """
 
 import functools
 
 import torch
 
+from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
 from keras_convx.ops.dispatcher import register_fast_path
 
@@ -37,5 +38,26 @@ def log_polar_region_max(x, pmatrix, kernel_size, strides, mode):
     return log_polar_region_pool(x, pmatrix, kernel_size, strides, mode)
 
 
-# No E4 aggregation fast path: torch.compile of the shift loop (with its custom gradient)
-# measured 6× SLOWER than eager on a 2-core CPU (benchmarks/RESULTS.md), so eager it stays.
+
+
+def _platform():
+    """"gpu" when Keras' torch backend computes on CUDA (it does whenever CUDA is there)."""
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+QUERIES = {"platform": _platform}
+
+
+@register_fast_path(FAST_PATHS)  # not opt-in: nothing to compile
+def e4_aggregate(v, kernels, k, strides):
+    """E4 aggregation: the patch form on CUDA, the k² shifted multiply-adds elsewhere.
+
+    Eager torch launches one kernel per shift (forward and backward): on an H100 the patch
+    form's few large kernels are 1.3–1.6× faster per training step of the op
+    (benchmarks/RESULTS_GPU.md), at the price of the k²-times larger patch tensor; on CPU
+    the shifts are 3× faster. (torch.compile of the shift loop measured 6× slower than
+    eager on a 2-core CPU, so no compiled form.)
+    """
+    if v.is_cuda:
+        return gops.aggregate_patches(v, kernels, k, strides)
+    return gops.aggregate_shifts(v, kernels, k, strides)

@@ -30,6 +30,7 @@ import numpy as np
 
 from keras_convx.ops.core import conv_output_length
 from keras_convx.ops.core import normalize_pair
+from keras_convx.ops.dispatcher import backend_query
 from keras_convx.ops.dispatcher import dispatch
 from keras_convx.ops.dispatcher import fast_path
 from keras_convx.ops.dispatcher import reference_only
@@ -345,24 +346,50 @@ def mix_regions(pooled, kernel, center_kernel, groups=1):
 # path always takes the dense path.
 POOL_COST = {"jax": 8.0, "tensorflow": 40.0, "torch": 30.0}
 
+# On a GPU the count model does not hold: at these sizes both paths are memory- and
+# launch-bound and their times grow alike with the channel count. Measured on an H100 (jax,
+# benchmarks/RESULTS_GPU.md; 3→16 to 256→256 channels, batch 16, 32×32): region pooling is
+# 0.45–0.78× the dense path for 9×9 (2,6,3) (R' = 13 of 81 taps) and 0.96–1.54× for 11×11
+# (3,8,2) (25 of 121). The pooled tensor is R' times the input, so on a GPU "pool" is chosen
+# when R' ≤ GPU_MAX_REGION_FRACTION · taps, the threshold lying between the two measured
+# configurations (0.160 and 0.207). Backends whose GPU pooling was not measured
+# (tensorflow, torch) and other accelerators (TPU) take the dense path.
+GPU_MAX_REGION_FRACTION = 0.18
+GPU_POOL_BACKENDS = ("jax",)
 
-def choose_implementation(kernel_size, filters, groups, n_pooled, backend=None, has_fast_pool=None):
+
+def choose_implementation(kernel_size, filters, groups, n_pooled, backend=None, has_fast_pool=None,
+                          platform=None):
     """The cheaper exact path for `pooling` "mean"/"sum": "dense" or "pool".
 
-    Per output pixel and input channel, "dense" costs k_h·k_w·filters/groups multiply-adds;
-    "pool" costs R'·filters/groups for the 1×1 mixing plus k_h·k_w shifted adds at
-    `POOL_COST[backend]` multiply-adds each. Without a usable fast pooling path (reference
-    mode, or torch without opt-in) the answer is always "dense": the reference pooling is a
-    depthwise convolution, which measured slower than the dense path on every backend.
-    Both costs scale with the number of input channels, so it does not enter the comparison.
+    On a CPU, per output pixel and input channel, "dense" costs k_h·k_w·filters/groups
+    multiply-adds; "pool" costs R'·filters/groups for the 1×1 mixing plus k_h·k_w shifted
+    adds at `POOL_COST[backend]` multiply-adds each. Both costs scale with the number of input
+    channels, so it does not enter the comparison. On a GPU (jax) "pool" when
+    R' ≤ `GPU_MAX_REGION_FRACTION`·k_h·k_w; on other accelerators, and on GPU backends not
+    measured, "dense". Without a usable fast pooling path (reference mode, or torch without
+    opt-in) the answer is always "dense": the reference pooling is a depthwise convolution,
+    which measured slower than the dense path on every backend and device.
+
+    Args:
+        kernel_size: pair of ints; filters, groups: of the layer; n_pooled: R', the pooled
+            regions (with the centre).
+        backend: default `keras.backend.backend()`.
+        has_fast_pool: default: whether the backend's fast pooling path is usable now.
+        platform: "cpu", "gpu" or "tpu"; default: where the backend computes.
     """
     backend = backend or keras.backend.backend()
     if has_fast_pool is None:
         has_fast_pool = not reference_only() and fast_path("log_polar_region_pool", backend) is not None
     if not has_fast_pool:
         return "dense"
+    if platform is None:
+        platform = backend_query("platform", "cpu", backend)
     kh, kw = kernel_size
     taps = kh * kw
+    if platform != "cpu":
+        fits = platform == "gpu" and backend in GPU_POOL_BACKENDS
+        return "pool" if fits and n_pooled <= GPU_MAX_REGION_FRACTION * taps else "dense"
     per_group_out = filters / groups
     dense = taps * per_group_out
     pool = n_pooled * per_group_out + taps * POOL_COST.get(backend, max(POOL_COST.values()))
