@@ -75,10 +75,32 @@ def data(seed=0):
 _STRATEGY = {}
 
 
-def scope():
+# ModelParallel (JAX): the output-channel axis of the larger kernels, the shared basis and
+# the synaptic masks split over a "model" mesh axis; the batch over the other.
+# (LayoutMap keys are full-match regexes on variable paths.)
+MODEL_PARALLEL_LAYOUT = {
+    "log_polar_conv2d[_0-9]*/kernel": (None, None, None, "model"),
+    ".*/basis/kernel": (None, None, None, "model"),
+    "diffusion_conv2d[_0-9]*/kernel": (None, None, None, "model"),
+    "synaptic/direction": (None, None, None, "model"),
+    "synaptic/(strength|mask)": (None, "model"),
+}
+
+
+def model_parallel():
+    mesh = keras.distribution.DeviceMesh((2, DEVICES // 2), ["batch", "model"],
+                                         devices=keras.distribution.list_devices())
+    layout_map = keras.distribution.LayoutMap(mesh)
+    for path, axes in MODEL_PARALLEL_LAYOUT.items():
+        layout_map[path] = axes
+    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
+
+
+def scope(mode="data"):
     """The distribution scope of this backend (build and compile inside it)."""
     if BACKEND == "jax":
         keras.distribution.set_distribution(
+            model_parallel() if mode == "model" else
             keras.distribution.DataParallel(devices=keras.distribution.list_devices()))
         return contextlib.nullcontext()
     if BACKEND == "tensorflow":
@@ -90,8 +112,11 @@ def scope():
 
 
 def train(build, weights, distributed, wrap=None, prune=False):
-    """Two SGD steps (global batch 16) from `weights`; returns the trained model."""
-    context = scope() if distributed else contextlib.nullcontext()
+    """Two SGD steps (global batch 16) from `weights`; returns the trained model.
+
+    `distributed`: False, True (data parallel) or "model" (JAX ModelParallel)."""
+    mode = "model" if distributed == "model" else "data"
+    context = scope(mode) if distributed else contextlib.nullcontext()
     with context:
         model = build()
         model.set_weights(weights)
@@ -134,6 +159,10 @@ def main():
     if BACKEND == "jax":
         value = parallel.get_layer("synaptic").mask.value
         report["mask_replicated"] = bool(value.sharding.is_fully_replicated)
+        sharded, _ = train(every_family_model, weights, distributed="model", prune=True)
+        report["model_parallel_weights"] = largest_difference(single, sharded)
+        report["model_parallel_sharded"] = sorted(
+            v.path for v in sharded.weights if not v.value.sharding.is_fully_replicated)
     bn_single, bn_parallel = single.get_layer("group_bn"), parallel.get_layer("group_bn")
     report["group_bn_statistics"] = max(
         float(np.max(np.abs(keras.ops.convert_to_numpy(getattr(bn_single, name))

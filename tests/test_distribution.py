@@ -2,8 +2,8 @@
 global batch (tests/distributed.py, run in a process of its own because the device count is
 fixed when the backend starts).
 
-JAX (`keras.distribution.DataParallel`) and TensorFlow (`tf.distribute.MirroredStrategy`):
-the same weights, losses, batch-norm statistics, penalty, masks and pairwise-consistency terms;
+JAX (`keras.distribution.DataParallel`, and `ModelParallel` with a LayoutMap sharding the
+larger kernels) and TensorFlow (`tf.distribute.MirroredStrategy`): the same weights, losses, batch-norm statistics, penalty, masks and pairwise-consistency terms;
 one shared basis variable. PyTorch: Keras has no distribution API for it.
 """
 
@@ -57,6 +57,17 @@ def _check_equal_training(report):
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX DataParallel")
 def test_data_parallel_training_equals_single_device(report):
     _check_equal_training(report)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX ModelParallel")
+def test_model_parallel_training_equals_single_device(report):
+    # The LayoutMap split these kernels' output channels (and the synaptic masks) over the
+    # "model" axis of a 2×2 mesh; two pruned SGD steps still give the single-device weights.
+    sharded = report["model_parallel_sharded"]
+    for pattern in ("log_polar_conv2d", "/basis/kernel", "diffusion_conv2d", "synaptic/direction",
+                    "synaptic/strength", "synaptic/mask"):
+        assert any(pattern in path for path in sharded), (pattern, sharded)
+    assert report["model_parallel_weights"] < 1e-5, report
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow MirroredStrategy")
