@@ -21,8 +21,10 @@ def _replicas_in_sync():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+@functools.lru_cache(maxsize=None)
 def _platform():
-    """"gpu" when TensorFlow places ops on a GPU by default, else "cpu"."""
+    """"gpu" when TensorFlow places ops on a GPU by default, else "cpu" (asked once: listing
+    the devices initialises the runtime, after which they cannot change)."""
     return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
 
 

@@ -38,8 +38,6 @@ def log_polar_region_max(x, pmatrix, kernel_size, strides, mode):
     return log_polar_region_pool(x, pmatrix, kernel_size, strides, mode)
 
 
-
-
 def _platform():
     """"gpu" when Keras' torch backend computes on CUDA (it does whenever CUDA is there)."""
     return "gpu" if torch.cuda.is_available() else "cpu"

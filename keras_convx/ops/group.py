@@ -272,7 +272,6 @@ def aggregate_shifts(v, kernels, k, strides):
     torch.compile) fuse the forward loop into one pass over the output. At stride 1 the
     gradient is written out (`_backward_shifts`, through `keras.ops.custom_gradient`).
     """
-
     strides = tuple(strides)
     if strides != (1, 1) or dispatcher.portable():  # exporters cannot trace custom gradients
         return _forward_shifts(v, kernels, k, strides)
@@ -300,7 +299,6 @@ def aggregate(v, kernels, k, strides, implementation="auto"):
     `keras_convx.ops.reference_mode()` forces `aggregate_patches`. `"shifts"` and
     `"patches"` force those `keras.ops` forms.
     """
-
     strides = tuple(strides)
     if implementation == "patches" or dispatcher.reference_only():
         return aggregate_patches(v, kernels, k, strides)
