@@ -3,8 +3,9 @@ global batch (tests/distributed.py, run in a process of its own because the devi
 fixed when the backend starts).
 
 JAX (`keras.distribution.DataParallel`, and `ModelParallel` with a LayoutMap sharding the
-larger kernels) and TensorFlow (`tf.distribute.MirroredStrategy`): the same weights, losses, batch-norm statistics, penalty, masks and pairwise-consistency terms;
-one shared basis variable. PyTorch: Keras has no distribution API for it.
+larger kernels) and TensorFlow (`tf.distribute.MirroredStrategy`): the same weights, losses,
+batch-norm statistics, penalty, masks and pairwise-consistency terms; one shared basis
+variable. PyTorch: Keras has no distribution API for it.
 """
 
 import json
