@@ -63,10 +63,12 @@ $KERAS_CONVX_OUT, default ./guide_out). Each training runs in a subprocess, beca
 number of devices is fixed when the backend starts.
 """
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 
 DEVICES = 4
 WORKER = "--worker" in sys.argv
@@ -134,9 +136,6 @@ def distribution_scope():
 
 def run(weights, data, distributed):
     """Train from `weights` on one device or data-parallel; returns the record."""
-    import contextlib
-    import time
-
     x_train, y_train, x_test, y_test = data
     scope = distribution_scope() if distributed else None
     with scope or contextlib.nullcontext():
