@@ -10,6 +10,8 @@ from keras_convx import ops
 from keras_convx.layers import LogPolarConv2D
 from keras_convx.layers.log_polar import from_official_weights
 from keras_convx.ops import log_polar as lp
+from keras_convx.ops.autodiff import input_gradient
+from keras_convx.ops.core import matmul_last
 from tests import harness
 from tests.oracles import log_polar as oracle
 
@@ -148,6 +150,50 @@ def test_fast_path_equals_reference_forward_and_gradients(pooling, opt_in_fast_p
         np.testing.assert_allclose(fast_dw[name], ref_dw[name], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "sum"])
+@pytest.mark.parametrize("kernel_size, rings, sectors, g", [((5, 7), 3, 8, 2.0), (9, 2, 6, 3.0)])
+def test_written_pool_gradient_is_the_oracle_poolings_adjoint(pooling, kernel_size, rings, sectors, g):
+    """The written-out stride-1 gradient of region pooling (TensorFlow's fast path) equals the
+    adjoint of the oracle's pooling, built column by column from unit inputs, on every backend."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    pmatrix = lp.pooling_matrix((kh, kw), rings, sectors, g, 0.0, pooling, True)
+    shape = (1, kh + 3, kw + 2, 2)
+    cot = np.random.default_rng(5).standard_normal((1, 4, 3, pmatrix.shape[1], 2))
+
+    def oracle_pool(x):  # → (B, Ho, Wo, R', C) in keras_convx's region-major order
+        regions, centre = oracle.pooled_regions(x, (kh, kw), rings, sectors, g, padding="valid",
+                                                pooling=pooling)
+        regions = np.moveaxis(regions.reshape(*regions.shape[:4], -1), -1, 3)
+        return np.concatenate([regions, centre[:, :, :, None]], axis=3)
+
+    expected = np.zeros(shape)
+    for i in np.ndindex(*shape):
+        unit = np.zeros(shape)
+        unit[i] = 1.0
+        expected[i] = np.sum(oracle_pool(unit) * cot)
+    x = np.random.default_rng(6).standard_normal(shape).astype("float32")
+    cot_t = keras.ops.convert_to_tensor(cot.astype("float32"))
+
+    def pooled(a, written):
+        return lp.pool_by_slices(a, pmatrix, (kh, kw), (1, 1), pooling, written_gradient=written)
+
+    np.testing.assert_allclose(harness.to_numpy(pooled(keras.ops.convert_to_tensor(x), True)),
+                               oracle_pool(x.astype("float64")), rtol=1e-5, atol=1e-5)
+    for written in (True, False):
+        grad = input_gradient(lambda a: pooled(a, written) * cot_t,
+                                           keras.ops.convert_to_tensor(x))
+        np.testing.assert_allclose(harness.to_numpy(grad), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_last_is_a_matmul_over_the_last_axis():
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((2, 3, 4, 5)).astype("float32"), rng.standard_normal((5, 6)).astype("float32")
+    for portable in (False, True):
+        with ops.portable_mode(portable):
+            y = harness.to_numpy(matmul_last(keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(w)))
+        np.testing.assert_allclose(y, x @ w, rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- properties
 
 
@@ -216,7 +262,13 @@ def test_auto_follows_cost_model():
     small.build((None, 8, 8, 64))
     assert small.resolved_implementation() == "dense"
     for backend in ("jax", "tensorflow", "torch"):
-        assert lp.choose_implementation((11, 11), 64, 1, 25, backend, True, "cpu") == "pool"
+        # Measured (POOL_COST's note): pooling wins at 64 channels on jax and tensorflow, on
+        # torch (opt-in compiled pooling) only from 128 channels on.
+        expected = "dense" if backend == "torch" else "pool"
+        assert lp.choose_implementation((11, 11), 64, 1, 25, backend, True, "cpu") == expected
+        assert lp.choose_implementation((9, 9), 64, 1, 13, backend, True, "cpu") == expected
+        assert lp.choose_implementation((9, 9), 128, 1, 13, backend, True, "cpu") == "pool"
+        assert lp.choose_implementation((11, 11), 128, 1, 25, backend, True, "cpu") == "pool"
         # Without a fast pooling path the dense kernel always wins.
         assert lp.choose_implementation((11, 11), 64, 1, 25, backend, False, "cpu") == "dense"
     # GPU (measured on jax): pooling for 9×9 (2,6,3) at every width, dense for 11×11 (3,8,2).

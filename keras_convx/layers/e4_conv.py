@@ -6,6 +6,7 @@ import numpy as np
 from keras_convx._registry import register
 from keras_convx.layers import _common
 from keras_convx.ops import group as gops
+from keras_convx.ops.core import matmul_last
 
 
 @register
@@ -182,7 +183,7 @@ class E4Conv2D(keras.layers.Layer):
     def _group_1x1(self, x, kernel):
         """1×1 group convolution of channels_last `x` with a `(C·|G|, F)` kernel."""
         dense = gops.group_kernel(keras.ops.reshape(kernel, (1, 1, *kernel.shape)), self.group)
-        return keras.ops.matmul(x, keras.ops.reshape(dense, dense.shape[2:]))
+        return matmul_last(x, keras.ops.reshape(dense, dense.shape[2:]))
 
     def _steered_generator(self, dtype):
         """Generator weights `(C_r, |G|, k²·slices)` and bias `(k²·slices, |G|)` with the steering
@@ -214,7 +215,18 @@ class E4Conv2D(keras.layers.Layer):
         t = keras.ops.relu(t * gamma + beta)
         t = keras.ops.cast(t, x.dtype)
         w, b = self._steered_generator(x.dtype)
-        kappa = keras.ops.einsum("bhwog,ogn->bhwng", t, w) + b
+        # The per-element products t[..., :, g] @ w[:, g, :] as ONE matrix product with a
+        # block-diagonal (C_r·|G|, k²·slices·|G|) weight: |G| times the multiply-adds of the
+        # batched form, but a single large GEMM whose output is already in (slot, g) order
+        # (with the batched einsum the generator's training step was 1.4× slower, jax CPU).
+        # The bias rides along as one more input row against a column of ones (no separate
+        # pass over the large kernel tensor).
+        eye = keras.ops.convert_to_tensor(np.eye(n)[None, :, None, :], dtype=w.dtype)
+        block = keras.ops.reshape(w[:, :, :, None] * eye, (self.reduced * n, -1))
+        block = keras.ops.concatenate([block, keras.ops.reshape(b, (1, -1))], axis=0)
+        flat = keras.ops.reshape(t, (shape[0], shape[1], shape[2], self.reduced * n))
+        flat = keras.ops.concatenate([flat, keras.ops.ones_like(flat[..., :1])], axis=-1)
+        kappa = matmul_last(flat, block)
         return keras.ops.reshape(
             kappa, (shape[0], shape[1], shape[2], self.kernel_size**2, self.slices * n)
         )
@@ -230,7 +242,7 @@ class E4Conv2D(keras.layers.Layer):
         )
         columns = gops.encoder_columns(self.order, self.slices, self.filters // self.slices)
         encoder = gops.static_take(keras.ops.reshape(encoder, encoder.shape[2:]), columns, axis=1)
-        v = keras.ops.matmul(x, encoder)
+        v = matmul_last(x, encoder)
         n, slices, m = self.order, self.slices, self.filters // self.slices
         shape = keras.ops.shape(v)
         v = keras.ops.reshape(v, (shape[0], shape[1], shape[2], m, slices * n))

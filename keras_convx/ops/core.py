@@ -60,6 +60,27 @@ def conv2d(x, kernel, strides=1, padding="valid", data_format="channels_last", d
     return keras.ops.conv(x, kernel, strides, padding, data_format, dilation_rate)
 
 
+def matmul_last(x, w):
+    """`x @ w` over the last axis of `x` (any rank ≥ 2) as ONE 2-D matrix product.
+
+    The rows are flattened first: TensorFlow runs a 4-D × 2-D `matmul` as a batched product,
+    measured 1.4× slower (forward + backward, 16·32·32 rows × 832 → 64, 2-core CPU). Inside
+    `portable_mode()` it is the plain `matmul` (jax2onnx cannot map a reshape to (−1, K) with a
+    symbolic batch back to the input's axes).
+
+    Args:
+        x: (..., K) tensor; w: (K, N) tensor.
+
+    Returns:
+        (..., N) tensor.
+    """
+    if dispatcher.portable():
+        return keras.ops.matmul(x, w)
+    lead = keras.ops.shape(x)[:-1]
+    y = keras.ops.matmul(keras.ops.reshape(x, (-1, x.shape[-1])), w)
+    return keras.ops.reshape(y, (*lead, w.shape[-1]))
+
+
 def static_take(x, indices, axis=0):
     """`keras.ops.take(x, indices, axis)` for a static NumPy index array.
 

@@ -29,10 +29,12 @@ import keras
 import numpy as np
 
 from keras_convx.ops.core import conv_output_length
+from keras_convx.ops.core import matmul_last
 from keras_convx.ops.core import normalize_pair
 from keras_convx.ops.dispatcher import backend_query
 from keras_convx.ops.dispatcher import dispatch
 from keras_convx.ops.dispatcher import fast_path
+from keras_convx.ops.dispatcher import portable
 from keras_convx.ops.dispatcher import reference_only
 
 POOLINGS = ("mean", "sum", "max")
@@ -224,21 +226,78 @@ def _strided_slice(x, dy, dx, out_h, out_w, strides):
     return x[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :]
 
 
-def pool_by_slices(x, pmatrix, kernel_size, strides, mode, offsets=None):
+def pool_by_slices(x, pmatrix, kernel_size, strides, mode, offsets=None, written_gradient=False):
     """Region pooling as shifted strided slices: sum (mean/sum) or maximum (max) per region.
 
     Every window pixel belongs to exactly one region, so this is k_h·k_w slice-adds in all;
     compiled (XLA, torch.compile) it becomes one fused pass over the input. The backends'
     fast paths compile this function; called as it is, it is the eager reference for "max".
 
+    With `written_gradient=True`, for "mean"/"sum" at stride 1, the gradient is written out
+    (`unpool_by_slices`, the adjoint: again k_h·k_w slice-adds, over the once-padded
+    cotangent) instead of autodiff's, which pads every slice's cotangent back to the input's
+    size and adds k_h·k_w full-size tensors. TensorFlow's XLA-compiled pooling uses it (1.6×
+    faster per training step of a 9×9 64→64 layer, 2-core CPU); jax's XLA and torch.compile
+    measured as fast or faster with autodiff's form, so they keep it.
+
     Returns (B, H_out, W_out, R', C).
     """
+    offsets = offsets or region_offsets(pmatrix)
+    if not written_gradient or mode == "max" or tuple(strides) != (1, 1) or portable():
+        return _pool_forward(x, offsets, kernel_size, strides, mode)
+
+    @keras.ops.custom_gradient
+    def fn(x_):
+        def grad(*args, upstream=None):
+            # jax/tensorflow call grad(upstream); torch calls grad(*inputs, upstream=upstream)
+            dy = args[0] if upstream is None else upstream
+            return unpool_by_slices(dy, offsets, kernel_size)
+
+        return _pool_forward(x_, offsets, kernel_size, strides, mode), grad
+
+    return fn(x)
+
+
+def unpool_by_slices(dy, offsets, kernel_size):
+    """The adjoint of stride-1 region pooling ("mean"/"sum"): the input gradient.
+
+    `dx[i] = Σ_r w_r Σ_{q ∈ Ω_r} dy_r[i − q]`: the cotangent is zero-padded by k − 1 on each
+    side once, and every window offset q reads one slice of its region's map.
+
+    Args:
+        dy: (B, H_out, W_out, R', C) cotangent of the pooled maps.
+        offsets: `region_offsets(pmatrix)`.
+        kernel_size: pair of ints.
+
+    Returns:
+        (B, H_out + k_h − 1, W_out + k_w − 1, C): the gradient w.r.t. the padded input.
+    """
+    kh, kw = kernel_size
+    h_in, w_in = dy.shape[1] + kh - 1, dy.shape[2] + kw - 1
+    weights = np.array([w[0] if w else 0.0 for _, w in offsets], np.float64)
+    if np.any(weights != 1.0):
+        scale = keras.ops.convert_to_tensor(weights.reshape(-1, 1), dtype=dy.dtype)
+        dy = dy * scale
+    dyp = keras.ops.pad(dy, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0), (0, 0)))
+    dx = None
+    for r, (region, _) in enumerate(offsets):
+        for q in region:
+            dy_, dx_ = divmod(q, kw)
+            a, b = kh - 1 - dy_, kw - 1 - dx_
+            part = dyp[:, a : a + h_in, b : b + w_in, r, :]
+            dx = part if dx is None else dx + part
+    if dx is None:  # every region empty: no pixel reaches the output
+        dx = keras.ops.zeros_like(dyp[:, : h_in, : w_in, 0, :])
+    return dx
+
+
+def _pool_forward(x, offsets, kernel_size, strides, mode):
     kh, kw = kernel_size
     sh, sw = strides
     out_h = (x.shape[1] - kh) // sh + 1
     out_w = (x.shape[2] - kw) // sw + 1
     pooled = []
-    for region, weights in offsets or region_offsets(pmatrix):
+    for region, weights in offsets:
         acc = None
         for q in region:
             dy, dx = divmod(q, kw)
@@ -325,7 +384,7 @@ def mix_regions(pooled, kernel, center_kernel, groups=1):
     batch_hw = keras.ops.shape(pooled)[:3]
     if groups == 1:
         flat = keras.ops.reshape(pooled, (*batch_hw, n_pooled * cin_g))
-        return keras.ops.matmul(flat, keras.ops.reshape(w, (n_pooled * cin_g, cout)))
+        return matmul_last(flat, keras.ops.reshape(w, (n_pooled * cin_g, cout)))
     # Group-major channels for a grouped 1×1 convolution: index g·(R'·C/G) + r·C/G + c.
     grouped = keras.ops.reshape(pooled, (*batch_hw, n_pooled, groups, cin_g))
     grouped = keras.ops.transpose(grouped, (0, 1, 2, 4, 3, 5))
@@ -339,12 +398,16 @@ def mix_regions(pooled, kernel, center_kernel, groups=1):
 # ---------------------------------------------------------------------------------------------
 
 # Cost of one shifted add of the fast pooling path, in multiply-adds of the backend's
-# convolution: pooling is memory-bound, a convolution compute-bound. Fitted on a 2-core CPU
-# (batch 16, 32×32; 3→16, 16→16, 64→64 channels; 9×9 (2,6,3) and 11×11 (3,8,2)) as the
-# largest value seen, so that "auto" never picks a pooling path slower than the dense one:
-# jax 3–8, tensorflow 5–43, torch (compiled, opt-in) 19–27. A backend without a fast pooling
-# path always takes the dense path.
-POOL_COST = {"jax": 8.0, "tensorflow": 40.0, "torch": 30.0}
+# convolution: pooling is memory-bound, a convolution compute-bound, so the value depends on
+# the machine's balance of the two. Fitted on two 2-core CPUs (batch 16, 32×32; 3→16 to
+# 128→128 channels; 9×9 (2,6,3) and 11×11 (3,8,2)) so that "auto" picks no pooling path
+# measured slower than the dense one:
+# - AVX2 EPYC: jax 3–8, tensorflow 5–43, torch (compiled, opt-in) 19–27;
+# - AVX-512 EPYC (Zen 5; convolutions ~4× faster, pooling ~2×): tensorflow (with its written
+#   pooling gradient) 13–50, torch (opt-in) 54–100 (dense measured faster at 16 and 64
+#   channels, pooling at 128); jax pools faster than dense at 16 and 64 channels on both.
+# A backend without a fast pooling path always takes the dense path.
+POOL_COST = {"jax": 8.0, "tensorflow": 40.0, "torch": 60.0}
 
 # On a GPU the count model does not hold: at these sizes both paths are memory- and
 # launch-bound and their times grow alike with the channel count. Measured on an H100 (jax,
