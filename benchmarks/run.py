@@ -60,8 +60,13 @@ def _machine():
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-        cpu = names[0] if names else cpu
+            info = dict(l.split(":", 1) for l in f.read().split("\n\n")[0].splitlines() if ":" in l)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        # Virtual machines often report only "AMD EPYC": the family and the widest vector
+        # ISA tell apart machines whose compute/memory balance (hence the ratios) differ.
+        isa = "AVX-512" if "avx512f" in info.get("flags", "").split() else (
+            "AVX2" if "avx2" in info.get("flags", "").split() else "no AVX2")
+        cpu = f"{info.get('model name', cpu)} (family {info.get('cpu family', '?')}, {isa})"
     except OSError:
         pass
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
