@@ -43,8 +43,58 @@ class _RssSampler(threading.Thread):
             time.sleep(0.0005)
 
 
+def grad_step(loss, inputs, tf_xla=False):
+    """A zero-argument function: one forward+backward pass of the scalar `loss(*inputs)`,
+    with gradients w.r.t. every input; blocks until done.
+
+    - jax: `jax.jit` of `jax.grad` over all the inputs.
+    - tensorflow: `tf.function` (`jit_compile=tf_xla`) with a GradientTape.
+    - torch: eager autograd (synchronised with the GPU when there is one).
+    """
+    if BACKEND == "jax":
+        import jax
+
+        grad = jax.jit(jax.grad(loss, argnums=tuple(range(len(inputs)))))
+        values = [jax.numpy.asarray(a) for a in inputs]
+
+        def step():
+            jax.block_until_ready(grad(*values))
+
+        return step
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        values = [tf.convert_to_tensor(a) for a in inputs]
+
+        @tf.function(jit_compile=tf_xla)
+        def grad(*vals):
+            with tf.GradientTape() as tape:
+                tape.watch(vals)
+                value = loss(*vals)
+            return tape.gradient(value, list(vals))
+
+        def step():
+            _ = [o.numpy() for o in grad(*values)[:1]]
+
+        return step
+    if BACKEND == "torch":
+        import torch
+
+        # keras' conversion places the tensors where the backend computes (the GPU if any).
+        values = [keras.ops.convert_to_tensor(a).detach().clone().requires_grad_(True) for a in inputs]
+
+        def step():
+            torch.autograd.grad(loss(*values), values)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+
+        return step
+    raise RuntimeError(f"unsupported backend {BACKEND}")
+
+
 def make_step(layer, x, tf_xla=False):
-    """A zero-argument function running one forward+backward pass; blocks until done."""
+    """A zero-argument function running one forward+backward pass of `layer` (gradients
+    w.r.t. the input and every trainable weight); blocks until done."""
     layer.build(x.shape) if not layer.built else None
     trainable = [v.value for v in layer.trainable_variables]
     non_trainable = [v.value for v in layer.non_trainable_variables]
@@ -52,52 +102,11 @@ def make_step(layer, x, tf_xla=False):
     # A training step: layers that take `training` (batch norm inside) get training=True.
     kwargs = {"training": True} if "training" in inspect.signature(layer.call).parameters else {}
 
-    def loss(x_, tv):
-        y, _ = layer.stateless_call(tv, non_trainable, x_, **kwargs)
+    def loss(x_, *tv):
+        y, _ = layer.stateless_call(list(tv), non_trainable, x_, **kwargs)
         return keras.ops.mean(keras.ops.square(keras.ops.cast(y, "float32")))
 
-    if BACKEND == "jax":
-        import jax
-
-        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-        xj = jax.numpy.asarray(x)
-
-        def step():
-            jax.block_until_ready(grad(xj, trainable))
-
-        return step
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        xt = tf.constant(x)
-
-        @tf.function(jit_compile=tf_xla)
-        def grad(x_, tv):
-            with tf.GradientTape() as tape:
-                tape.watch(x_)
-                tape.watch(tv)
-                value = loss(x_, tv)
-            return tape.gradient(value, [x_, *tv])
-
-        def step():
-            out = grad(xt, trainable)
-            _ = [o.numpy() for o in out[:1]]
-
-        return step
-    if BACKEND == "torch":
-        import torch
-
-        xt = torch.tensor(x, requires_grad=True)
-        tv = [t.detach().clone().requires_grad_(True) for t in trainable]
-
-        def step():
-            value = loss(xt, tv)
-            torch.autograd.grad(value, [xt, *tv])
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-
-        return step
-    raise RuntimeError(f"unsupported backend {BACKEND}")
+    return grad_step(loss, [x, *trainable], tf_xla=tf_xla)
 
 
 def time_step(step, warmup=3, repeats=15, min_seconds=None):

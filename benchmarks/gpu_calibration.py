@@ -78,49 +78,20 @@ def _worker(args):
             rng.standard_normal((batch, size, size, k * k, a)), "float32")
         times = {}
         for impl in ("auto", "shifts", "patches"):
-            times[impl] = _time_op(backend, lambda v_, k_, impl=impl: gops.aggregate(
+            times[impl] = _time_op(lambda v_, k_, impl=impl: gops.aggregate(
                 v_, k_, k, (1, 1), implementation=impl), v, kern, args.repeats)
         rows.append({"op": "e4_aggregate", "case": name, "ms": times})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(json.dumps({"backend": backend, "device": _device(backend), "rows": rows}))
 
 
-def _time_op(backend, fn, v, kern, repeats):
+def _time_op(fn, v, kern, repeats):
     """Median ms of forward + gradient w.r.t. both inputs of `fn(v, kern)`."""
     import keras
 
     import bench_lib
 
-    if backend == "jax":
-        import jax
-
-        grad = jax.jit(jax.grad(lambda a, b: keras.ops.sum(keras.ops.square(fn(a, b))),
-                                argnums=(0, 1)))
-
-        def step():
-            jax.block_until_ready(grad(v, kern))
-    elif backend == "torch":
-        import torch
-
-        a = v.detach().clone().requires_grad_(True)
-        b = kern.detach().clone().requires_grad_(True)
-
-        def step():
-            torch.autograd.grad(torch.sum(fn(a, b) ** 2), [a, b])
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-    else:
-        import tensorflow as tf
-
-        @tf.function
-        def grad(a, b):
-            with tf.GradientTape() as tape:
-                tape.watch([a, b])
-                value = keras.ops.sum(keras.ops.square(fn(a, b)))
-            return tape.gradient(value, [a, b])
-
-        def step():
-            _ = [t.numpy() for t in grad(v, kern)]
+    step = bench_lib.grad_step(lambda a, b: keras.ops.sum(keras.ops.square(fn(a, b))), [v, kern])
     return bench_lib.time_step(step, repeats=repeats)
 
 

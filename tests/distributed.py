@@ -111,12 +111,13 @@ def scope(mode="data"):
     raise SystemExit(f"no distribution set-up for {BACKEND}")
 
 
-def train(build, weights, distributed, wrap=None, prune=False):
+def train(build, weights, mode=None, wrap=None, prune=False):
     """Two SGD steps (global batch 16) from `weights`; returns the trained model.
 
-    `distributed`: False, True (data parallel) or "model" (JAX ModelParallel)."""
-    mode = "model" if distributed == "model" else "data"
-    context = scope(mode) if distributed else contextlib.nullcontext()
+    `mode`: None (one device), "data" (data parallel) or "model" (JAX ModelParallel)."""
+    if mode not in (None, "data", "model"):
+        raise ValueError(f"Expected mode to be None, 'data' or 'model'. Received: mode={mode!r}")
+    context = scope(mode) if mode else contextlib.nullcontext()
     with context:
         model = build()
         model.set_weights(weights)
@@ -146,8 +147,8 @@ def main():
     report = {"devices": len(keras.distribution.list_devices()) if BACKEND == "jax"
               else len(tf.config.list_logical_devices("CPU"))}
 
-    single, h1 = train(every_family_model, weights, distributed=False, prune=True)
-    parallel, h2 = train(every_family_model, weights, distributed=True, prune=True)
+    single, h1 = train(every_family_model, weights, prune=True)
+    parallel, h2 = train(every_family_model, weights, mode="data", prune=True)
     report["weights"] = largest_difference(single, parallel)
     report["loss"] = abs(h1["loss"][-1] - h2["loss"][-1])
     bases = [v for v in parallel.weights if v.path.endswith("basis/kernel")]
@@ -159,7 +160,7 @@ def main():
     if BACKEND == "jax":
         value = parallel.get_layer("synaptic").mask.value
         report["mask_replicated"] = bool(value.sharding.is_fully_replicated)
-        sharded, _ = train(every_family_model, weights, distributed="model", prune=True)
+        sharded, _ = train(every_family_model, weights, mode="model", prune=True)
         report["model_parallel_weights"] = largest_difference(single, sharded)
         report["model_parallel_sharded"] = sorted(
             v.path for v in sharded.weights if not v.value.sharding.is_fully_replicated)
@@ -176,8 +177,8 @@ def main():
     def wrap(model):
         return training.PairwiseConsistency(model, erase_threshold=0.5)
 
-    single, h1 = train(every_family_model, weights, distributed=False, wrap=wrap)
-    parallel, h2 = train(every_family_model, weights, distributed=True, wrap=wrap)
+    single, h1 = train(every_family_model, weights, wrap=wrap)
+    parallel, h2 = train(every_family_model, weights, mode="data", wrap=wrap)
     report["pairwise_weights"] = largest_difference(single, parallel)
     report["pairwise_terms"] = max(abs(h1[k][-1] - h2[k][-1])
                                    for k in ("loss", "erased_loss", "consistency", "erased_area"))

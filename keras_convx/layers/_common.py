@@ -18,6 +18,11 @@ def data_format(value):
     return choice("data_format", value or keras.config.image_data_format(), DATA_FORMATS)
 
 
+def channel_axis(data_format):
+    """The channel axis of a 4-D tensor: 3 for "channels_last", 1 for "channels_first"."""
+    return 3 if data_format == "channels_last" else 1
+
+
 def is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 

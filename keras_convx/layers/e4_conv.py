@@ -139,9 +139,6 @@ class E4Conv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
         self._steering = True  # tests switch it off as a negative control
 
-    @property
-    def _channel_axis(self):
-        return 3 if self.data_format == "channels_last" else 1
 
     def _kernel(self, name, shape, initializer=None):
         return self.add_weight(
@@ -153,7 +150,7 @@ class E4Conv2D(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        channels = input_shape[self._channel_axis]
+        channels = input_shape[_common.channel_axis(self.data_format)]
         if channels is None or channels % self.order:
             raise ValueError(
                 f"E4Conv2D with group={self.group!r} expects a known channel count that is a "
@@ -176,7 +173,7 @@ class E4Conv2D(keras.layers.Layer):
             name="generator_bias", shape=(k2s,), initializer=self.bias_initializer
         )
         self.encoder_kernel = self._kernel("encoder_kernel", (channels, self.filters))
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis: channels})
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={_common.channel_axis(self.data_format): channels})
 
     # -- pieces -------------------------------------------------------------------------------
 

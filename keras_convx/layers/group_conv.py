@@ -66,16 +66,13 @@ class _GroupConvBase(keras.layers.Layer):
         )
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
-    @property
-    def _channel_axis(self):
-        return 3 if self.data_format == "channels_last" else 1
 
     def _kernel_in_channels(self, channels):
         """Input channels of the stored kernel; group inputs override it to validate |G|."""
         return channels
 
     def build(self, input_shape):
-        channels = input_shape[self._channel_axis]
+        channels = input_shape[_common.channel_axis(self.data_format)]
         if channels is None:
             raise ValueError(
                 f"The channel dimension of the inputs to {type(self).__name__} must be known. "
@@ -86,7 +83,7 @@ class _GroupConvBase(keras.layers.Layer):
             self, "kernel", (k, k, self._kernel_in_channels(channels), self.filters)
         )
         self.bias = _common.add_bias(self, self.filters)
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis: channels})
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={_common.channel_axis(self.data_format): channels})
 
     def dense_kernel(self):
         """The equivalent ordinary `(k, k, C_in, filters·|G|)` Conv2D kernel."""
@@ -351,12 +348,9 @@ class GroupBatchNormalization(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
         self.supports_masking = True
 
-    @property
-    def _channel_axis(self):
-        return 3 if self.data_format == "channels_last" else 1
 
     def build(self, input_shape):
-        channels = input_shape[self._channel_axis]
+        channels = input_shape[_common.channel_axis(self.data_format)]
         if channels is None or channels % self.order:
             raise ValueError(
                 f"GroupBatchNormalization with group={self.group!r} expects a known channel count "
@@ -396,7 +390,7 @@ class GroupBatchNormalization(keras.layers.Layer):
             trainable=False,
             autocast=False,
         )
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis: channels})
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={_common.channel_axis(self.data_format): channels})
 
     def _broadcast(self, v):
         # per-field vector → shape broadcasting against split_fields' 5-D layout

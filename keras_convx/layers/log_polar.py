@@ -187,13 +187,11 @@ class LogPolarConv2D(keras.layers.Layer):
         """The static (k_h·k_w, rings·sectors [+1]) pooling matrix (NumPy, read-only)."""
         return self._pmatrix
 
-    def _channel_axis(self):
-        return -1 if self.data_format == "channels_last" else 1
 
     # -- weights ------------------------------------------------------------------------------
 
     def build(self, input_shape):
-        channels = input_shape[self._channel_axis()]
+        channels = input_shape[_common.channel_axis(self.data_format)]
         if channels is None:
             raise ValueError(
                 "The channel dimension of the inputs to LogPolarConv2D must be known. "
@@ -210,7 +208,7 @@ class LogPolarConv2D(keras.layers.Layer):
         if self.center:
             self.center_kernel = _common.add_conv_weight(self, "center_kernel", (cin, self.filters))
         self.bias = _common.add_bias(self, self.filters)
-        axis = self._channel_axis() % 4
+        axis = _common.channel_axis(self.data_format) % 4
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={axis: channels})
 
     # -- forward ------------------------------------------------------------------------------

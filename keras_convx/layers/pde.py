@@ -230,15 +230,12 @@ class _GridPDE(_PDEBase):
         self.kernel_size = _common.odd_kernel_size(kernel_size)
         self.data_format = _common.data_format(data_format)
 
-    @property
-    def _channel_axis(self):
-        return -1 if self.data_format == "channels_last" else 1
 
     def _build_grid(self, shape):
         if len(shape) != 4:
             raise ValueError(f"{type(self).__name__} expects 4-D inputs. Received: {shape}")
         k = self.kernel_size
-        self._build_kernel(shape[self._channel_axis], (k, k))
+        self._build_kernel(shape[_common.channel_axis(self.data_format)], (k, k))
 
     def _flux(self, f):
         kernel = keras.ops.cast(self.kernel, self.compute_dtype)

@@ -18,10 +18,6 @@ from keras_convx.ops.core import normalize_pair
 _BASIS_OBJECTS = ("kernel_initializer", "kernel_regularizer", "kernel_constraint")
 
 
-def _channel_axis(data_format):
-    return -1 if data_format == "channels_last" else 1
-
-
 @register
 class FilterBasis(keras.layers.Layer):
     """A basis of k×k×c_in filters that many `SharedBasisConv2D` layers share.
@@ -119,7 +115,7 @@ class FilterBasis(keras.layers.Layer):
             )
 
     def build(self, input_shape):
-        channels = input_shape[_channel_axis(self.data_format)]
+        channels = input_shape[_common.channel_axis(self.data_format)]
         if channels is None:
             raise ValueError("The channel dimension of a FilterBasis input must be defined.")
         self._check_constraint(channels)
@@ -344,7 +340,7 @@ class SharedBasisConv2D(keras.layers.Layer):
         self.basis_bn = None
         if self.basis_batch_norm:
             self.basis_bn = keras.layers.BatchNormalization(
-                axis=_channel_axis(self.data_format),
+                axis=_common.channel_axis(self.data_format),
                 momentum=self.basis_bn_momentum,
                 epsilon=self.basis_bn_epsilon,
                 # Keras refuses synchronized=True off TensorFlow; the setting is kept in
@@ -361,7 +357,7 @@ class SharedBasisConv2D(keras.layers.Layer):
         return self.unique_bases + self.basis.size
 
     def build(self, input_shape):
-        channels = input_shape[_channel_axis(self.data_format)]
+        channels = input_shape[_common.channel_axis(self.data_format)]
         if channels is None:
             raise ValueError("The channel dimension of a SharedBasisConv2D input must be defined.")
         self.basis.build_for_channels(channels, user=f"{self.name!r} (input_shape="
@@ -377,7 +373,7 @@ class SharedBasisConv2D(keras.layers.Layer):
         self.bias = _common.add_bias(self, self.filters)
         if self.basis_bn is not None:
             bn_shape = [None] * 4
-            bn_shape[_channel_axis(self.data_format)] = self.rank
+            bn_shape[_common.channel_axis(self.data_format)] = self.rank
             self.basis_bn.build(tuple(bn_shape))
 
     def basis_kernel(self):

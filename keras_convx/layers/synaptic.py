@@ -177,12 +177,9 @@ class SynapticConv2D(keras.layers.Layer):
         )
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
-    @property
-    def _channel_axis(self):
-        return -1 if self.data_format == "channels_last" else 1
 
     def build(self, input_shape):
-        channels = input_shape[self._channel_axis]
+        channels = input_shape[_common.channel_axis(self.data_format)]
         if channels is None:
             raise ValueError("The channel dimension of a SynapticConv2D input must be defined.")
         if channels % self.groups:
@@ -209,7 +206,7 @@ class SynapticConv2D(keras.layers.Layer):
             self.bias = _common.add_conv_weight(self, "bias", (self.filters,), prefix="bias")
         # s_ij = ‖V_ij‖: the layer starts as the plain conv with kernel V.
         self.strength.assign(syn.direction_norm(self.direction, self.epsilon))
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis: channels})
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={_common.channel_axis(self.data_format): channels})
 
     @property
     def kernel(self):
@@ -307,7 +304,7 @@ class SynapticConv2D(keras.layers.Layer):
         kernel = np.asarray(ops.convert_to_numpy(conv.kernel), dtype=np.float32)
         channels = kernel.shape[2] * layer.groups
         shape = [None] * 4
-        shape[layer._channel_axis] = channels
+        shape[_common.channel_axis(layer.data_format)] = channels
         layer.build(tuple(shape))
         layer.direction.assign(kernel)
         layer.strength.assign(syn.connection_norms(kernel).astype(np.float32))
