@@ -194,6 +194,20 @@ def test_matmul_last_is_a_matmul_over_the_last_axis():
         np.testing.assert_allclose(y, x @ w, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="only TensorFlow traces with unknown static dimensions")
+def test_matmul_last_with_an_unknown_last_axis_in_a_traced_function():
+    """Inside TensorFlow's fit, a layer's input can have an unknown channel axis (it broke the
+    E4 layer in the guides once): K is taken from the weight."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((2, 3, 4, 5)).astype("float32"), rng.standard_normal((5, 6)).astype("float32")
+    traced = tf.function(lambda a: matmul_last(a, tf.constant(w)),
+                         input_signature=[tf.TensorSpec((None, 3, 4, None), tf.float32)])
+    np.testing.assert_allclose(traced(x).numpy(), x @ w, rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- properties
 
 

@@ -77,7 +77,8 @@ def matmul_last(x, w):
     if dispatcher.portable():
         return keras.ops.matmul(x, w)
     lead = keras.ops.shape(x)[:-1]
-    y = keras.ops.matmul(keras.ops.reshape(x, (-1, x.shape[-1])), w)
+    # K from the weight: inside a traced function (TensorFlow's fit) x's last axis can be None.
+    y = keras.ops.matmul(keras.ops.reshape(x, (-1, w.shape[0])), w)
     return keras.ops.reshape(y, (*lead, w.shape[-1]))
 
 
