@@ -267,3 +267,29 @@ def test_group_input_with_wrong_channel_count_is_rejected():
         GroupConv2D(2, 3, group="p4m")(np.zeros((1, 5, 5, 12), "float32"))
     with pytest.raises(TypeError, match="filters"):
         GroupLiftConv2D(2.5, 3)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="only TensorFlow traces with unknown static dimensions")
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_traced_shapes_keep_the_static_channel_count(data_format):
+    """Inside a tf.function with an unknown batch (as in TensorFlow's fit) every group layer's
+    output keeps its static channel count (a reshape to −1 lost it once)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    layers = [GroupLiftConv2D(3, 3, group="p4m", data_format=data_format),
+              GroupBatchNormalization(group="p4m", data_format=data_format),
+              GroupConv2D(2, 3, group="p4m", data_format=data_format),
+              GroupPooling(group="p4m", data_format=data_format)]
+    shape = (8, 8, 2) if data_format == "channels_last" else (2, 8, 8)
+    seen = []
+
+    def forward(x):
+        for layer in layers:
+            x = layer(x)
+            seen.append(tuple(x.shape))
+        return x
+
+    tf.function(forward, input_signature=[tf.TensorSpec((None, *shape), tf.float32)]).get_concrete_function()
+    axis = 3 if data_format == "channels_last" else 1
+    assert [s[axis] for s in seen[-4:]] == [24, 24, 16, 2]  # (the function may be traced twice)

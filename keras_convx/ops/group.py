@@ -145,20 +145,30 @@ def group_kernel(kernel, group):
     return keras.ops.reshape(dense, (k, k, cin * n, f * n))
 
 
+def _static(*dims):
+    """The product of static dimensions, or -1 if one is unknown."""
+    return -1 if any(d is None for d in dims) else int(np.prod(dims))
+
+
 def split_fields(x, order, data_format):
-    """(B, H, W, F·|G|) → (B, H, W, F, |G|) (channels_first: (B, F, |G|, H, W))."""
+    """(B, H, W, F·|G|) → (B, H, W, F, |G|) (channels_first: (B, F, |G|, H, W)).
+
+    The field count is written as a static number when the channel count is known, so traced
+    shapes keep it (TensorFlow's reshape to a shape tensor with −1 loses it)."""
     shape = keras.ops.shape(x)
     if data_format == "channels_last":
-        return keras.ops.reshape(x, (shape[0], shape[1], shape[2], -1, order))
-    return keras.ops.reshape(x, (shape[0], -1, order, shape[2], shape[3]))
+        fields = -1 if x.shape[3] is None else x.shape[3] // order
+        return keras.ops.reshape(x, (shape[0], shape[1], shape[2], fields, order))
+    fields = -1 if x.shape[1] is None else x.shape[1] // order
+    return keras.ops.reshape(x, (shape[0], fields, order, shape[2], shape[3]))
 
 
 def merge_fields(x, data_format):
-    """Inverse of `split_fields`."""
+    """Inverse of `split_fields` (with the static channel count where known)."""
     shape = keras.ops.shape(x)
     if data_format == "channels_last":
-        return keras.ops.reshape(x, (shape[0], shape[1], shape[2], -1))
-    return keras.ops.reshape(x, (shape[0], -1, shape[3], shape[4]))
+        return keras.ops.reshape(x, (shape[0], shape[1], shape[2], _static(x.shape[3], x.shape[4])))
+    return keras.ops.reshape(x, (shape[0], _static(x.shape[1], x.shape[2]), shape[3], shape[4]))
 
 
 # ------------------------------------------------------------------------------ E4 layer
