@@ -246,8 +246,8 @@ class LogPolarConv2D(keras.layers.Layer):
                 x = lp.pad_same(x, self.kernel_size, self.data_format)
             if self.data_format == "channels_first":
                 x = keras.ops.transpose(x, (0, 2, 3, 1))
-            pooled = lp.region_pool(x, self._pmatrix, self.kernel_size, self.strides, self.pooling)
-            y = lp.mix_regions(pooled, kernel, center, self.groups)
+            y = lp.pool_and_mix(x, self._pmatrix, kernel, center, self.kernel_size, self.strides,
+                                self.pooling, self.groups)
             if self.data_format == "channels_first":
                 y = keras.ops.transpose(y, (0, 3, 1, 2))
         if self.bias is not None:

@@ -34,7 +34,8 @@ references) and writes static gathers as one-hot products. `export.to_onnx` / `t
 do this for you.
 
 Opt-in fast paths: a fast path whose compilation costs tens of seconds per input shape
-(torch.compile on CPU) pays off only in long runs, so it is used only after
+(torch.compile on CPU) pays off only in long runs, and one that was measured no faster than
+the default where it runs (the Pallas kernels on a jax GPU), so they are used only after
 `keras_convx.ops.set_opt_in_fast_paths(True)` or with `KERAS_CONVX_OPT_IN=1`.
 """
 

@@ -365,6 +365,43 @@ def synthesize_kernel(kernel, center_kernel, pmatrix, kernel_size):
     return keras.ops.reshape(dense, (kh, kw, cin, cout))
 
 
+def mixing_weights(kernel, center_kernel):
+    """(R', C/groups, filters): the region weights, region-major, the centre's last."""
+    rings, sectors, cin_g, cout = kernel.shape
+    w = keras.ops.reshape(kernel, (rings * sectors, cin_g, cout))
+    if center_kernel is not None:
+        w = keras.ops.concatenate([w, keras.ops.expand_dims(center_kernel, 0)], 0)
+    return w
+
+
+def _pool_then_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, groups):
+    pooled = region_pool(x, pmatrix, kernel_size, strides, mode)
+    return mix_regions(pooled, kernel, center_kernel, groups)
+
+
+def pool_and_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, groups=1):
+    """Paths B/C: region pooling then the 1×1 mixing, through the dispatch point.
+
+    By default `region_pool` then `mix_regions` (the pooled (B, H, W, R', C) tensor is
+    materialised between them). A backend may fuse the two (`log_polar_pool_mix`): on a jax
+    GPU, with opt-in fast paths, a Pallas kernel pools each region's tile in registers and
+    multiplies it straight into the output (stride 1, `groups=1`, "mean"/"sum"; see
+    `keras_convx.ops._pallas`; measured no faster than XLA's fusions on an H100 at the
+    benchmark sizes, hence opt-in).
+
+    Args:
+        x: padded channels_last input (B, H_pad, W_pad, C).
+        pmatrix: static pooling matrix; kernel, center_kernel: the layer's weights;
+        kernel_size, strides: pairs of ints; mode: "mean", "sum" or "max"; groups: int.
+
+    Returns:
+        (B, H_out, W_out, filters), channels_last.
+    """
+    return dispatch("log_polar_pool_mix", _pool_then_mix)(
+        x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, groups
+    )
+
+
 def mix_regions(pooled, kernel, center_kernel, groups=1):
     """Paths B/C's 1×1 mixing: y[..., o] = Σ_{r,c} pooled[..., r, c]·W'[r, c, o].
 
@@ -377,11 +414,8 @@ def mix_regions(pooled, kernel, center_kernel, groups=1):
     Returns:
         (B, H, W, filters), channels_last.
     """
-    rings, sectors, cin_g, cout = kernel.shape
-    w = keras.ops.reshape(kernel, (rings * sectors, cin_g, cout))
-    if center_kernel is not None:
-        w = keras.ops.concatenate([w, keras.ops.expand_dims(center_kernel, 0)], 0)
-    n_pooled = w.shape[0]
+    w = mixing_weights(kernel, center_kernel)
+    n_pooled, cin_g, cout = w.shape
     batch_hw = keras.ops.shape(pooled)[:3]
     if groups == 1:
         flat = keras.ops.reshape(pooled, (*batch_hw, n_pooled * cin_g))
