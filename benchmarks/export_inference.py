@@ -34,6 +34,7 @@ def worker(repeats):
     import numpy as np
 
     from keras_convx import demo
+    from keras_convx import export
 
     keras.utils.set_random_seed(0)
     models = {
@@ -45,7 +46,8 @@ def worker(repeats):
         for label, model in models.items():
             model(np.zeros((1, guide.SIZE, guide.SIZE, 1), "float32"))
             files, _ = guide.export_both(model, folder)
-            times = guide.inference_times(model, files, repeats=repeats)
+            runtimes = {label: export.runtime(path) for label, path in files.items()}
+            times = guide.inference_times(model, runtimes, repeats=repeats)
             rows.append({"model": label, "ms": times})
             print(f"# {keras.backend.backend()} {label}: {times}", file=sys.stderr, flush=True)
     print(json.dumps(rows))

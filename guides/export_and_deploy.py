@@ -97,17 +97,15 @@ def median_ms(fn, x, repeats=REPEATS, warmup=3):
     return 1e3 * float(np.median(times))
 
 
-def inference_times(model, files, batch_sizes=(1, 32), repeats=REPEATS, runtimes=None):
-    """{runner: {batch: ms}} for Keras predict / predict_on_batch and each exported file.
+def inference_times(model, runtimes, batch_sizes=(1, 32), repeats=REPEATS):
+    """{runner: {batch: ms}} for Keras predict / predict_on_batch and each exported runtime.
 
-    `runtimes`: {label: predict function} already made with `export.runtime` (default: one
-    made here per file)."""
+    `runtimes`: {label: predict function}, each made with `export.runtime(path)`."""
     runners = {
         "Keras predict": lambda x: model.predict(x, batch_size=len(x), verbose=0),
         "Keras predict_on_batch": model.predict_on_batch,
+        **runtimes,
     }
-    runtimes = runtimes or {label: export.runtime(path) for label, path in files.items()}
-    runners.update(runtimes)
     rng = np.random.default_rng(0)
     shape = tuple(model.inputs[0].shape[1:])
     result = {name: {} for name in runners}
@@ -182,7 +180,7 @@ def main():
                   f"| {reports[label]['max_abs_difference']:.2e} | "
                   f"{np.max(np.abs(got - expected)):.2e} | "
                   f"{np.mean(got.argmax(-1) == y_test):.3f} |")
-        times = inference_times(model, files, runtimes=runtimes)
+        times = inference_times(model, runtimes)
 
     print("\n| runner | batch 1 (ms) | batch 32 (ms) | batch 32 vs Keras predict |")
     print("|---|---:|---:|---:|")

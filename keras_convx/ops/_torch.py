@@ -49,50 +49,26 @@ def _platform():
 QUERIES = {"platform": _platform}
 
 
-def _pad_hw(t, p):
-    """Zero-pads the two spatial axes of a (B, H, W, M, A) tensor by p on each side."""
-    return torch.nn.functional.pad(t, (0, 0, 0, 0, p, p, p, p))
+def _addcmul(acc, a, b):
+    """acc += a·b in place (a·b when acc is None): one fused pass, no temporary product."""
+    return a * b if acc is None else acc.addcmul_(a, b)
 
 
 class _ShiftAggregate(torch.autograd.Function):
     """Stride-1 E4 aggregation with in-place fused multiply-adds (`addcmul_`), forward and
     backward: one pass over the output per window position instead of a product, then a
-    sum. Same maths as `keras_convx.ops.group.aggregate_shifts` and its written gradient."""
+    sum. The loops are `keras_convx.ops.group.forward_shifts` / `backward_shifts`."""
 
     @staticmethod
     def forward(ctx, v, kernels, k):
         ctx.save_for_backward(v, kernels)
         ctx.k = k
-        h, w = kernels.shape[1:3]
-        vp = _pad_hw(v, (k - 1) // 2)
-        out = None
-        for i in range(k):
-            for j in range(k):
-                window, weight = vp[:, i : i + h, j : j + w], kernels[:, :, :, i * k + j : i * k + j + 1]
-                out = window * weight if out is None else out.addcmul_(window, weight)
-        return out
+        return gops.forward_shifts(v, kernels, k, (1, 1), multiply_add=_addcmul)
 
     @staticmethod
     def backward(ctx, dy):
         v, kernels = ctx.saved_tensors
-        k, p = ctx.k, (ctx.k - 1) // 2
-        h, w = dy.shape[1:3]
-        dv = dk = None
-        if ctx.needs_input_grad[0]:
-            # dv[z] = Σ_s kernels[z − δ_s, s] · dy[z − δ_s]
-            dyp, kp = _pad_hw(dy, p), _pad_hw(kernels, p)
-            for i in range(k):
-                for j in range(k):
-                    a, b, s = 2 * p - i, 2 * p - j, i * k + j
-                    g, weight = dyp[:, a : a + h, b : b + w], kp[:, a : a + h, b : b + w, s : s + 1]
-                    dv = g * weight if dv is None else dv.addcmul_(g, weight)
-        if ctx.needs_input_grad[1]:
-            # dkernels[x, s] = Σ_m dy[x, m] · v[x + δ_s, m]
-            vp = _pad_hw(v, p)
-            dk = torch.empty_like(kernels)
-            for i in range(k):
-                for j in range(k):
-                    dk[:, :, :, i * k + j] = (dy * vp[:, i : i + h, j : j + w]).sum(dim=3)
+        dv, dk = gops.backward_shifts(v, kernels, dy, ctx.k, multiply_add=_addcmul)
         return dv, dk, None
 
 

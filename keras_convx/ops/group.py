@@ -145,9 +145,9 @@ def group_kernel(kernel, group):
     return keras.ops.reshape(dense, (k, k, cin * n, f * n))
 
 
-def _static(*dims):
-    """The product of static dimensions, or -1 if one is unknown."""
-    return -1 if any(d is None for d in dims) else int(np.prod(dims))
+def _static(size, multiplier=1, divisor=1):
+    """size·multiplier/divisor for a static `size`, or -1 (reshape infers it) if unknown."""
+    return -1 if size is None else size * multiplier // divisor
 
 
 def split_fields(x, order, data_format):
@@ -157,10 +157,8 @@ def split_fields(x, order, data_format):
     shapes keep it (TensorFlow's reshape to a shape tensor with −1 loses it)."""
     shape = keras.ops.shape(x)
     if data_format == "channels_last":
-        fields = -1 if x.shape[3] is None else x.shape[3] // order
-        return keras.ops.reshape(x, (shape[0], shape[1], shape[2], fields, order))
-    fields = -1 if x.shape[1] is None else x.shape[1] // order
-    return keras.ops.reshape(x, (shape[0], fields, order, shape[2], shape[3]))
+        return keras.ops.reshape(x, (shape[0], shape[1], shape[2], _static(x.shape[3], divisor=order), order))
+    return keras.ops.reshape(x, (shape[0], _static(x.shape[1], divisor=order), order, shape[2], shape[3]))
 
 
 def merge_fields(x, data_format):
@@ -244,22 +242,28 @@ def aggregate_patches(v, kernels, k, strides):
     return keras.ops.sum(patches * kernels[:, :, :, :, None, :], axis=3)
 
 
-def _forward_shifts(v, kernels, k, strides):
+def add_product(acc, a, b):
+    """acc + a·b (a·b when acc is None): the shift loops' default multiply-add."""
+    return a * b if acc is None else acc + a * b
+
+
+def forward_shifts(v, kernels, k, strides, multiply_add=add_product):
+    """The aggregation as k² shifted products, accumulated by `multiply_add(acc, a, b)`."""
     v = _pad_spatial(v, (k - 1) // 2)
     out_hw = (kernels.shape[1], kernels.shape[2])
     out = None
     for s, window in _shift_windows(v, k, strides, out_hw):
-        term = window * kernels[:, :, :, s : s + 1, :]
-        out = term if out is None else out + term
+        out = multiply_add(out, window, kernels[:, :, :, s : s + 1, :])
     return out
 
 
-def _backward_shifts(v, kernels, dy, k):
+def backward_shifts(v, kernels, dy, k, multiply_add=add_product):
     """Stride-1 gradients of the aggregation, again as k² shifted multiply-adds.
 
     `dv[z] = Σ_s kernels[z − δ_s, s] · dy[z − δ_s]` and `dkernels[x, s] = Σ_m dy[x, m] · v[x + δ_s, m]`
     (δ_s the window offset of position s). Autodiff of the forward loop instead sums k²
-    zero-padded copies of full-size tensors, several times slower on CPU.
+    zero-padded copies of full-size tensors, several times slower on CPU. `multiply_add`
+    accumulates dv (torch passes an in-place `addcmul_`).
     """
     p = (k - 1) // 2
     h, w = dy.shape[1], dy.shape[2]
@@ -268,8 +272,7 @@ def _backward_shifts(v, kernels, dy, k):
     for i in range(k):
         for j in range(k):
             s, a, b = i * k + j, 2 * p - i, 2 * p - j
-            term = dyp[:, a : a + h, b : b + w] * kp[:, a : a + h, b : b + w, s : s + 1, :]
-            dv = term if dv is None else dv + term
+            dv = multiply_add(dv, dyp[:, a : a + h, b : b + w], kp[:, a : a + h, b : b + w, s : s + 1, :])
             dk.append(keras.ops.sum(dy * vp[:, i : i + h, j : j + w], axis=3))
     return dv, keras.ops.stack(dk, axis=3)
 
@@ -280,20 +283,20 @@ def aggregate_shifts(v, kernels, k, strides):
     Same signature and result as `aggregate_patches`. In this layout each shifted window
     and each kernel slice are contiguous in their last axis, and compilers (XLA,
     torch.compile) fuse the forward loop into one pass over the output. At stride 1 the
-    gradient is written out (`_backward_shifts`, through `keras.ops.custom_gradient`).
+    gradient is written out (`backward_shifts`, through `keras.ops.custom_gradient`).
     """
     strides = tuple(strides)
     if strides != (1, 1) or dispatcher.portable():  # exporters cannot trace custom gradients
-        return _forward_shifts(v, kernels, k, strides)
+        return forward_shifts(v, kernels, k, strides)
 
     @keras.ops.custom_gradient
     def fn(v_, kernels_):
         def grad(*args, upstream=None):
             # jax/tensorflow call grad(upstream); torch calls grad(*inputs, upstream=upstream)
             dy = args[0] if upstream is None else upstream
-            return _backward_shifts(v_, kernels_, dy, k)
+            return backward_shifts(v_, kernels_, dy, k)
 
-        return _forward_shifts(v_, kernels_, k, strides), grad
+        return forward_shifts(v_, kernels_, k, strides), grad
 
     return fn(v, kernels)
 

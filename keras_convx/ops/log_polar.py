@@ -283,8 +283,8 @@ def unpool_by_slices(dy, offsets, kernel_size):
     dx = None
     for r, (region, _) in enumerate(offsets):
         for q in region:
-            dy_, dx_ = divmod(q, kw)
-            a, b = kh - 1 - dy_, kw - 1 - dx_
+            qy, qx = divmod(q, kw)
+            a, b = kh - 1 - qy, kw - 1 - qx
             part = dyp[:, a : a + h_in, b : b + w_in, r, :]
             dx = part if dx is None else dx + part
     if dx is None:  # every region empty: no pixel reaches the output
