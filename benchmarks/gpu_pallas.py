@@ -63,6 +63,24 @@ def train_step(f):
     return jax.jit(jax.value_and_grad(lambda a, b: jnp.sum(jnp.square(f(a, b))), argnums=(0, 1)))
 
 
+def time_each(row, fns, args, repeats):
+    """row["ms"][name] = training-step ms of each fn (None, with the traceback kept, if it fails)."""
+    ms = row.setdefault("ms", {})
+    for name, f in fns:
+        try:
+            ms[name] = median_ms(train_step(f), args, repeats)
+        except Exception:  # noqa: BLE001 - report and go on
+            ms[name] = None
+            row.setdefault("errors", {})[name] = traceback.format_exc()[-2000:]
+
+
+def report(row):
+    print(json.dumps({k: v for k, v in row.items() if k not in ("error", "errors")}), flush=True)
+    for err in [row.get("error")] + list(row.get("errors", {}).values()):
+        if err:
+            print(err, file=sys.stderr, flush=True)
+
+
 def rel(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
@@ -101,25 +119,16 @@ def lpsc_rows(repeats):
                 row["default_dense_fwd_rel_err"] = rel(jax.jit(dense)(xp, w), exact(xp, w))
             except Exception:  # noqa: BLE001 - report and go on
                 row["error"] = traceback.format_exc()
-            ms = {}
-            for name, f in (("pallas", fused), ("xla_pool_mix", pool_then_mix), ("dense", dense)):
-                try:
-                    ms[name] = median_ms(train_step(f), (xp, w), repeats)
-                except Exception:  # noqa: BLE001
-                    ms[name] = None
-                    row.setdefault("errors", {})[name] = traceback.format_exc()[-2000:]
+            time_each(row, (("pallas", fused), ("xla_pool_mix", pool_then_mix), ("dense", dense)),
+                      (xp, w), repeats)
             for kk in (k, 5):
                 kern = jnp.asarray(rng.standard_normal((kk, kk, cin, cout)) * 0.01, jnp.float32)
                 x = xp[:, : n + kk - 1, : n + kk - 1]
                 conv = lambda a, b: jax.lax.conv_general_dilated(  # noqa: E731
                     a, b, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-                ms[f"conv{kk}"] = median_ms(train_step(conv), (x, kern), repeats)
-            row["ms"] = ms
+                time_each(row, ((f"conv{kk}", conv),), (x, kern), repeats)
             rows.append(row)
-            print(json.dumps({kk: v for kk, v in row.items() if kk not in ("error", "errors")}), flush=True)
-            for err in [row.get("error")] + list(row.get("errors", {}).values()):
-                if err:
-                    print(err, file=sys.stderr, flush=True)
+            report(row)
     return rows
 
 
@@ -140,24 +149,10 @@ def e4_rows(repeats):
             row["grad_v_rel_err"], row["grad_k_rel_err"] = rel(gp[0], gr[0]), rel(gp[1], gr[1])
         except Exception:  # noqa: BLE001
             row["error"] = traceback.format_exc()
-        ms = {}
-        for impl, f in (("pallas", pallas), ("shifts", shifts), ("patches", patches)):
-            try:
-                ms[impl] = median_ms(train_step(f), (v, kern), repeats)
-            except Exception:  # noqa: BLE001
-                ms[impl] = None
-                row.setdefault("errors", {})[impl] = traceback.format_exc()[-2000:]
-        row["ms"] = ms
+        time_each(row, (("pallas", pallas), ("shifts", shifts), ("patches", patches)), (v, kern), repeats)
         rows.append(row)
-        print(json.dumps({kk: v for kk, v in row.items() if kk not in ("error", "errors")}), flush=True)
-        for err in [row.get("error")] + list(row.get("errors", {}).values()):
-            if err:
-                print(err, file=sys.stderr, flush=True)
+        report(row)
     return rows
-
-
-def _fwd(f):
-    return jax.jit(f)
 
 
 def breakdown_rows(repeats):
@@ -179,26 +174,26 @@ def breakdown_rows(repeats):
         for warps, tile in settings:
             _pallas.TUNING.update(num_warps=warps, max_col_tile=tile)
             try:
-                fwd = _fwd(lambda a, c: _pallas._padded_call(a, _pallas._slot_weights(c, regions), regions,
+                fwd = jax.jit(lambda a, c: _pallas._padded_call(a, _pallas._slot_weights(c, regions), regions,
                                                             (k, k), n, n, INTERPRET[0]))
                 ms[f"pallas_fwd_w{warps}_t{tile}"] = median_ms(fwd, (xp, w), repeats)
                 dyp = jnp.pad(dy, ((0, 0), (k - 1, k - 1), (k - 1, k - 1), (0, 0)))
-                dx = _fwd(lambda a, c: _pallas._padded_call(
+                dx = jax.jit(lambda a, c: _pallas._padded_call(
                     a, _pallas._slot_weights(c, flipped, transpose=True), flipped, (k, k),
                     n + k - 1, n + k - 1, INTERPRET[0]))
                 ms[f"pallas_dx_w{warps}_t{tile}"] = median_ms(dx, (dyp, w), repeats)
             except Exception:  # noqa: BLE001
                 print(traceback.format_exc()[-1500:], file=sys.stderr, flush=True)
         _pallas.TUNING.update(num_warps=4, max_col_tile=64)
-        ms["xla_dw"] = median_ms(_fwd(lambda a, g: jnp.einsum(
+        ms["xla_dw"] = median_ms(jax.jit(lambda a, g: jnp.einsum(
             "bhwrc,bhwn->rcn", lp.pool_by_slices(a, None, (k, k), (1, 1), "sum", offsets=offsets), g)),
             (xp, dy), repeats)
-        ms["xla_pool_mix_fwd"] = median_ms(_fwd(lambda a, c: jnp.einsum(
+        ms["xla_pool_mix_fwd"] = median_ms(jax.jit(lambda a, c: jnp.einsum(
             "bhwrc,rcn->bhwn", lp.pool_by_slices(a, None, (k, k), (1, 1), "mean", offsets=offsets), c)),
             (xp, w), repeats)
         for kk in (k, 5):
             kern = jnp.asarray(rng.standard_normal((kk, kk, cin, cout)) * 0.01, jnp.float32)
-            ms[f"conv{kk}_fwd"] = median_ms(_fwd(lambda a, c: jax.lax.conv_general_dilated(
+            ms[f"conv{kk}_fwd"] = median_ms(jax.jit(lambda a, c: jax.lax.conv_general_dilated(
                 a, c, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))),
                 (xp[:, : n + kk - 1, : n + kk - 1], kern), repeats)
         rows.append({"op": "lpsc_breakdown", "k": k, "cin": cin, "cout": cout, "ms": ms})
@@ -213,15 +208,15 @@ def breakdown_rows(repeats):
             _pallas.aggregate_fn.cache_clear()
             f = _pallas.aggregate_fn(k, (s, s), INTERPRET[0])
             try:
-                ms[f"pallas_fwd_w{warps}_t{tile}"] = median_ms(_fwd(f), (v, kern), repeats)
+                ms[f"pallas_fwd_w{warps}_t{tile}"] = median_ms(jax.jit(f), (v, kern), repeats)
                 ms[f"pallas_step_w{warps}_t{tile}"] = median_ms(train_step(f), (v, kern), repeats)
             except Exception:  # noqa: BLE001
                 print(traceback.format_exc()[-1500:], file=sys.stderr, flush=True)
         _pallas.TUNING.update(num_warps=4, max_col_tile=64)
         _pallas.aggregate_fn.cache_clear()
-        ms["patches_fwd"] = median_ms(_fwd(lambda a_, b_: gops.aggregate_patches(a_, b_, k, (s, s))),
+        ms["patches_fwd"] = median_ms(jax.jit(lambda a_, b_: gops.aggregate_patches(a_, b_, k, (s, s))),
                                       (v, kern), repeats)
-        ms["shifts_fwd"] = median_ms(_fwd(lambda a_, b_: gops.aggregate_shifts(a_, b_, k, (s, s))),
+        ms["shifts_fwd"] = median_ms(jax.jit(lambda a_, b_: gops.aggregate_shifts(a_, b_, k, (s, s))),
                                      (v, kern), repeats)
         rows.append({"op": "e4_breakdown", "case": name, "ms": ms})
         print(json.dumps(rows[-1]), flush=True)
