@@ -41,8 +41,8 @@ LPSC_SHAPE = {"batch": 16, "size": 32}
 INTERPRET = [False]
 # (name, batch, size, M, A, k, stride)
 E4 = [
-    ("MNIST-rot block p4 16 fields k5 s2", 16, 28, 8, 8, 5, 2),
-    ("MNIST-rot aggregation k5 s1", 16, 28, 8, 8, 5, 1),
+    ("MNIST-rot sizes p4 16 fields k5 slices 2, stride 2", 16, 28, 8, 8, 5, 2),
+    ("MNIST-rot block p4 16 fields k5 slices 2 (stride 1)", 16, 28, 8, 8, 5, 1),
     ("CIFAR block p4 32 fields k3 16 slices", 16, 32, 2, 64, 3, 1),
 ]
 
