@@ -1,6 +1,10 @@
 """Pallas kernels for the jax backend's GPU fast paths (imported by `keras_convx.ops._jax` only).
 
-`pool_mix`: log-polar region pooling fused with the 1×1 mixing of path B. A region-structured
+Opt-in on a GPU (`keras_convx.ops.set_opt_in_fast_paths(True)`): on an H100 at the benchmark
+sizes both kernels were correct but no faster than XLA's own fusions, which stay the default
+(benchmarks/RESULTS_GPU.md, `benchmarks/gpu_pallas.py`).
+
+`pool_mix_fn`: log-polar region pooling fused with the 1×1 mixing of path B. A region-structured
 convolution is `y[p] = Σ_r (Σ_{q ∈ Ω_r} w_r x[p + q]) · W_r`; the kernel computes, per output
 row and column tile, each region's pooled tile in registers and multiplies it straight into
 the output tile, so the R'-times larger pooled tensor is never written (path B writes it in
@@ -16,8 +20,8 @@ slice pooling and contracted with the cotangent in one GEMM).
 Layout: channels_last, stride 1, valid windows over an input already padded by the caller.
 Triton (Pallas' GPU lowering) needs power-of-two tile shapes and at least 16 along every dot
 dimension, so channels and the column tile are padded here (zeros) and the result sliced.
-On a machine without a GPU the kernel runs in Pallas' interpreter (`interpret=True`, for
-tests only: it is slow).
+`aggregate_fn`: the E4 aggregation (below). Without a GPU, `_jax.PALLAS_ON_CPU = True` runs
+both in Pallas' interpreter (`interpret=True`; slow, for tests of this code path).
 """
 
 import functools
