@@ -81,6 +81,21 @@ def report(row):
             print(err, file=sys.stderr, flush=True)
 
 
+def conv_valid(x, kernel, precision=None):
+    """Stride-1 "valid" NHWC/HWIO convolution (the dense path and the Conv2D baselines)."""
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", precision=precision,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def xla_pool_then_mix(offsets, k):
+    """Path B as XLA runs it by default: jitted slice pooling, then one contraction."""
+    def f(xp, w):
+        pooled = lp.pool_by_slices(xp, None, (k, k), (1, 1), "mean", offsets=offsets)
+        return jnp.einsum("bhwrc,rcn->bhwn", pooled, w)
+
+    return f
+
+
 def rel(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
@@ -97,12 +112,9 @@ def lpsc_rows(repeats):
 
         def dense(xp, w, precision=None):
             kern = jnp.einsum("qr,rcn->qcn", pm32, w, precision=precision).reshape(k, k, *w.shape[1:])
-            return jax.lax.conv_general_dilated(xp, kern, (1, 1), "VALID", precision=precision,
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return conv_valid(xp, kern, precision)
 
-        def pool_then_mix(xp, w):
-            pooled = lp.pool_by_slices(xp, None, (k, k), (1, 1), "mean", offsets=offsets)
-            return jnp.einsum("bhwrc,rcn->bhwn", pooled, w)
+        pool_then_mix = xla_pool_then_mix(offsets, k)
 
         for cin, cout in LPSC_CHANNELS:
             row = {"op": "lpsc", "k": k, "regions": [rings, sectors, growth], "cin": cin, "cout": cout}
@@ -123,10 +135,7 @@ def lpsc_rows(repeats):
                       (xp, w), repeats)
             for kk in (k, 5):
                 kern = jnp.asarray(rng.standard_normal((kk, kk, cin, cout)) * 0.01, jnp.float32)
-                x = xp[:, : n + kk - 1, : n + kk - 1]
-                conv = lambda a, b: jax.lax.conv_general_dilated(  # noqa: E731
-                    a, b, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-                time_each(row, ((f"conv{kk}", conv),), (x, kern), repeats)
+                time_each(row, ((f"conv{kk}", conv_valid),), (xp[:, : n + kk - 1, : n + kk - 1], kern), repeats)
             rows.append(row)
             report(row)
     return rows
@@ -188,14 +197,10 @@ def breakdown_rows(repeats):
         ms["xla_dw"] = median_ms(jax.jit(lambda a, g: jnp.einsum(
             "bhwrc,bhwn->rcn", lp.pool_by_slices(a, None, (k, k), (1, 1), "sum", offsets=offsets), g)),
             (xp, dy), repeats)
-        ms["xla_pool_mix_fwd"] = median_ms(jax.jit(lambda a, c: jnp.einsum(
-            "bhwrc,rcn->bhwn", lp.pool_by_slices(a, None, (k, k), (1, 1), "mean", offsets=offsets), c)),
-            (xp, w), repeats)
+        ms["xla_pool_mix_fwd"] = median_ms(jax.jit(xla_pool_then_mix(offsets, k)), (xp, w), repeats)
         for kk in (k, 5):
             kern = jnp.asarray(rng.standard_normal((kk, kk, cin, cout)) * 0.01, jnp.float32)
-            ms[f"conv{kk}_fwd"] = median_ms(jax.jit(lambda a, c: jax.lax.conv_general_dilated(
-                a, c, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))),
-                (xp[:, : n + kk - 1, : n + kk - 1], kern), repeats)
+            ms[f"conv{kk}_fwd"] = median_ms(jax.jit(conv_valid), (xp[:, : n + kk - 1, : n + kk - 1], kern), repeats)
         rows.append({"op": "lpsc_breakdown", "k": k, "cin": cin, "cout": cout, "ms": ms})
         print(json.dumps(rows[-1]), flush=True)
     for name, batch, size, m, a, k, s in E4:
