@@ -19,6 +19,7 @@ import numpy as np
 from keras_convx import pruning
 from keras_convx.ops import dispatcher
 from keras_convx.ops import log_polar as log_polar_ops
+from keras_convx.ops.core import window_slice
 from keras_convx.layers.group_conv import GroupBatchNormalization
 from keras_convx.layers.group_conv import _GroupConvBase
 from keras_convx.layers.log_polar import LogPolarConv2D
@@ -176,7 +177,7 @@ class _SlicedMaxPooling2D(keras.layers.Layer):
         y = None
         for i in range(kh):
             for j in range(kw):
-                part = log_polar_ops._strided_slice(x, i, j, oh, ow, (sh, sw))
+                part = window_slice(x, (i, j), (kh, kw), (sh, sw))
                 y = part if y is None else keras.ops.maximum(y, part)
         return y if self.data_format == "channels_last" else keras.ops.transpose(y, (0, 3, 1, 2))
 

@@ -90,7 +90,8 @@ def test_negative_control_without_steering_breaks_equivariance(group):
     x = np.random.default_rng(4).standard_normal((2, 9, 9, 4 * n)).astype("float32")
     layer.build(x.shape)
     _randomize(layer)
-    layer._steering = False
+    # The generator's columns without the steering (the layer reads its table as a constant).
+    layer._generator_columns = gops.steered_generator_columns(group, 3, 2, steering=False)
     assert analysis.equivariance_error(layer, x, group) > 0.05
 
 

@@ -453,3 +453,70 @@ def test_bad_graph_inputs_raise():
         GraphDiffusion()([x, GRAPH_EDGES, np.ones((3,), "float32")])
     with pytest.raises(ValueError, match="not a state pair"):
         GraphDiffusion()([[x, x], GRAPH_EDGES])
+
+
+# ------------------------------------------------------------------ graphs never mix samples
+
+
+def _two_graphs():
+    x = _rand(2, 6, 3)
+    edges = np.stack([GRAPH_EDGES, GRAPH_EDGES[::-1]]).astype("int32")
+    return x, edges
+
+
+@pytest.mark.parametrize("cls", [GraphDiffusion, GraphHyperbolic])
+@pytest.mark.parametrize("bad_index", [-1, 6, 9])
+def test_graph_layers_refuse_out_of_range_indices_eagerly(cls, bad_index):
+    x, edges = _two_graphs()
+    edges[0, 1, 2] = bad_index
+    with pytest.raises(ValueError, match=r"edge_index must hold node numbers in \[0, 6\).*\(0, 2\)"):
+        cls()([x, edges])
+
+
+@pytest.mark.parametrize("cls", [GraphDiffusion, GraphHyperbolic])
+def test_graph_layers_refuse_float_indices(cls):
+    x, edges = _two_graphs()
+    with pytest.raises(TypeError, match="integer edge_index"):
+        cls()([x, edges.astype("float32") + 0.5])
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("cls", [GraphDiffusion, GraphHyperbolic])
+def test_traced_out_of_range_edges_never_read_another_graph(cls, jit_compile):
+    """Inside a traced/compiled step the values are unknown: the op masks the bad edges.
+    Changing only graph 1's features must leave graph 0's output unchanged, and graph 0 must
+    equal its output without the bad edge (negative and too-large indices)."""
+    x, edges = _two_graphs()
+    bad = edges.copy()
+    bad[0, 1, 2], bad[0, 0, 5] = 8, -3  # would be graph 1's node 2 / graph -1's node 3
+    xi, ei = keras.Input((6, 3)), keras.Input((2, edges.shape[-1]), dtype="int32")
+    model = keras.Model([xi, ei], cls()([xi, ei]))
+    model.compile(loss="mse", jit_compile=jit_compile)
+    if not jit_compile and keras.backend.backend() != "tensorflow":
+        # jax and torch run an uncompiled step eagerly: the values are known, so refused
+        with pytest.raises(ValueError, match="edge_index must hold node numbers"):
+            model.predict([x, bad], verbose=0)
+        return
+    y = model.predict([x, bad], verbose=0)
+    x_moved = x.copy()
+    x_moved[1] += 5.0
+    np.testing.assert_array_equal(model.predict([x_moved, bad], verbose=0)[0], y[0])
+    # graph 0 with the two bad edges dropped (weight 0) gives the same output
+    weights = np.ones(edges.shape[::2], "float32")
+    weights[0, [2, 5]] = 0.0
+    clean = edges.copy()
+    clean[0, 1, 2], clean[0, 0, 5] = 0, 0
+    layer = model.layers[-1]
+    expected = harness.to_numpy(layer([x, clean, weights]))
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+    # the masked edges also get no gradient to any node of another graph
+    model.train_on_batch([x, bad], np.zeros_like(y))
+
+
+@pytest.mark.parametrize("cls", [GraphDiffusion, GraphHyperbolic])
+def test_graph_layers_refuse_other_channel_counts(cls):
+    x, edges = _two_graphs()
+    layer = cls()
+    layer([x, edges])
+    with pytest.raises(ValueError, match=r"built for node features x with 3 channels"):
+        layer([_rand(2, 6, 5), edges])

@@ -54,6 +54,28 @@ def odd_kernel_size(value):
     return k
 
 
+def check_input(layer, shape, ranks, axis, channels, what="inputs"):
+    """ValueError naming `layer` unless `shape` has one of `ranks` axes and `channels` on
+    `axis` (a known size only: None passes). For layers whose inputs a Keras `InputSpec`
+    cannot describe (state pairs, graph triples); raised before any work."""
+    shape = tuple(shape)
+    ranks = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if len(shape) not in ranks:
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) expects {what} of rank "
+            f"{' or '.join(map(str, ranks))}. Received: shape={shape}")
+    if shape[axis] is not None and shape[axis] != channels:
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) was built for {what} with "
+            f"{channels} channels (axis {axis % len(shape)}). Received: shape={shape}")
+
+
+def lock_channels(layer, channels, data_format):
+    """After build: a Keras `InputSpec` that refuses 4-D inputs with another channel count
+    (Keras' own message names the layer, the axis and the expected value)."""
+    layer.input_spec = keras.layers.InputSpec(ndim=4, axes={channel_axis(data_format): channels})
+
+
 def boolean(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"Expected {name} to be a bool. Received: {name}={value!r}")

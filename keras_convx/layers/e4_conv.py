@@ -137,7 +137,11 @@ class E4Conv2D(keras.layers.Layer):
             kernel_constraint=kernel_constraint,
         )
         self.input_spec = keras.layers.InputSpec(ndim=4)
-        self._steering = True  # tests switch it off as a negative control
+        # Static NumPy tables, built here (eagerly) and read as constants by `call`:
+        # torch.compile ignores `functools.lru_cache` and would trace their construction.
+        self._one_by_one_table = gops.group_gather_table(self.group, 1)
+        self._generator_columns = gops.steered_generator_columns(self.group, self.kernel_size, self.slices)
+        self._encoder_columns = gops.encoder_columns(self.order, self.slices, self.filters // self.slices)
 
 
     def _kernel(self, name, shape, initializer=None):
@@ -179,14 +183,15 @@ class E4Conv2D(keras.layers.Layer):
 
     def _group_1x1(self, x, kernel):
         """1×1 group convolution of channels_last `x` with a `(C·|G|, F)` kernel."""
-        dense = gops.group_kernel(keras.ops.reshape(kernel, (1, 1, *kernel.shape)), self.group)
+        dense = gops.group_kernel(keras.ops.reshape(kernel, (1, 1, *kernel.shape)), self.group,
+                                  self._one_by_one_table)
         return matmul_last(x, keras.ops.reshape(dense, dense.shape[2:]))
 
     def _steered_generator(self, dtype):
         """Generator weights `(C_r, |G|, k²·slices)` and bias `(k²·slices, |G|)` with the steering
         folded in; output slot `s·slices + σ` (window position s of slice σ)."""
         n, k2, slices = self.order, self.kernel_size**2, self.slices
-        cols = gops.steered_generator_columns(self.group, self.kernel_size, slices, self._steering)
+        cols = self._generator_columns
         kernel = keras.ops.cast(self.generator_kernel, dtype)
         bias = keras.ops.cast(self.generator_bias, dtype)
         w = gops.static_take(kernel, cols.T.reshape(-1), axis=1)  # (C_r, G·k2s)
@@ -233,12 +238,9 @@ class E4Conv2D(keras.layers.Layer):
         if self.data_format == "channels_first":
             x = keras.ops.transpose(x, (0, 2, 3, 1))
         kernels = self.generate_kernels(x)
-        encoder = gops.group_kernel(
-            keras.ops.reshape(keras.ops.cast(self.encoder_kernel, x.dtype), (1, 1, *self.encoder_kernel.shape)),
-            self.group,
-        )
-        columns = gops.encoder_columns(self.order, self.slices, self.filters // self.slices)
-        encoder = gops.static_take(keras.ops.reshape(encoder, encoder.shape[2:]), columns, axis=1)
+        encoder = keras.ops.reshape(keras.ops.cast(self.encoder_kernel, x.dtype), (1, 1, *self.encoder_kernel.shape))
+        encoder = gops.group_kernel(encoder, self.group, self._one_by_one_table)
+        encoder = gops.static_take(keras.ops.reshape(encoder, encoder.shape[2:]), self._encoder_columns, axis=1)
         v = matmul_last(x, encoder)
         n, slices, m = self.order, self.slices, self.filters // self.slices
         shape = keras.ops.shape(v)

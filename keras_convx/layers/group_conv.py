@@ -65,7 +65,8 @@ class _GroupConvBase(keras.layers.Layer):
             bias_constraint=bias_constraint,
         )
         self.input_spec = keras.layers.InputSpec(ndim=4)
-
+        # Static NumPy gather table, built here (eagerly) and read as a constant by `call`.
+        self._table = self._gather_table()
 
     def _kernel_in_channels(self, channels):
         """Input channels of the stored kernel; group inputs override it to validate |G|."""
@@ -198,8 +199,11 @@ class GroupLiftConv2D(_GroupConvBase):
 
     _group_input = False
 
+    def _gather_table(self):
+        return gops.lift_gather_table(self.group, self.kernel_size)
+
     def _expand(self, kernel):
-        return gops.lift_kernel(kernel, self.group)
+        return gops.lift_kernel(kernel, self.group, self._table)
 
 
 @register
@@ -241,8 +245,11 @@ class GroupConv2D(_GroupConvBase):
             )
         return channels
 
+    def _gather_table(self):
+        return gops.group_gather_table(self.group, self.kernel_size)
+
     def _expand(self, kernel):
-        return gops.group_kernel(kernel, self.group)
+        return gops.group_kernel(kernel, self.group, self._table)
 
 
 _BN_OBJECTS = (

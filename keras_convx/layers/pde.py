@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_convx._registry import register
 from keras_convx.layers import _common
+from keras_convx.ops import dispatcher
 from keras_convx.ops import pde as pops
 
 
@@ -237,6 +238,11 @@ class _GridPDE(_PDEBase):
         k = self.kernel_size
         self._build_kernel(shape[_common.channel_axis(self.data_format)], (k, k))
 
+    def _check(self, *fields):
+        for f in fields:
+            _common.check_input(self, f.shape, 4, _common.channel_axis(self.data_format),
+                                self.channels)
+
     def _flux(self, f):
         kernel = keras.ops.cast(self.kernel, self.compute_dtype)
         return pops.grid_flux(f, kernel, self.activation, self.data_format)
@@ -301,6 +307,7 @@ class DiffusionConv2D(_GridPDE):
         self._build_grid(tuple(input_shape))
 
     def call(self, inputs):
+        self._check(inputs)
         f = keras.ops.cast(inputs, self.compute_dtype)
         h = keras.ops.cast(self.effective_step_size(), self.compute_dtype)
         return f - h * self._flux(f)
@@ -359,6 +366,7 @@ class HyperbolicConv2D(_WaveState, _GridPDE):
 
     def call(self, inputs):
         f, f_prev = _split_state(inputs, type(self).__name__)
+        self._check(f, *([] if f_prev is None else [f_prev]))
         f = keras.ops.cast(f, self.compute_dtype)
         f_prev = f if f_prev is None else keras.ops.cast(f_prev, self.compute_dtype)
         h = keras.ops.cast(self.effective_step_size(), self.compute_dtype)
@@ -429,6 +437,27 @@ class _GraphPDE(_PDEBase):
             h = self.effective_step_size()
         return flux, keras.ops.cast(h, self.compute_dtype)
 
+    def _check(self, x, edge_index):
+        """Channels, the index dtype and, where the values are known now, the index range:
+        refused with a clear error before any work (inside traced steps the op masks
+        out-of-range edges instead, see `keras_convx.ops.pde.graph_gradient`)."""
+        _common.check_input(self, x.shape, (2, 3), -1, self.channels, what="node features x")
+        dtype = keras.backend.standardize_dtype(edge_index.dtype)
+        if "int" not in dtype:
+            raise TypeError(
+                f"Layer {self.name!r} ({type(self).__name__}) expects an integer edge_index "
+                f"(node numbers). Received: edge_index.dtype={dtype}. In a functional model use "
+                "keras.Input(..., dtype='int32').")
+        value = dispatcher.concrete_value(edge_index)
+        if value is not None:
+            nodes = x.shape[-2]
+            bad = pops.invalid_edges(value if value.ndim == 3 else value[None], nodes)
+            if bad:
+                raise ValueError(
+                    f"Layer {self.name!r} ({type(self).__name__}): edge_index must hold node "
+                    f"numbers in [0, {nodes}) for x with {nodes} nodes; {len(bad)} edge(s) do "
+                    f"not, first (graph, edge) positions {bad[:5]}.")
+
     @staticmethod
     def _batch(x, edge_index, edge_weight, dtype):
         batched = len(x.shape) == 3
@@ -457,6 +486,11 @@ _GRAPH_ARGS = """
     edge_index `(B, 2, E)` integer (i, j) node indices per edge, edge_weight `(B, E)` (default
     ones; zero-weight edges are padding, so graphs with different edge counts can be batched).
     Unbatched `(N, C)`, `(2, E)`, `(E,)` are accepted too. (G x)_e = w_e (x_i − x_j).
+
+    Graphs never mix: the indices of each sample refer to its own N nodes. A float
+    edge_index is refused (TypeError); indices outside [0, N) are refused with a ValueError
+    where their values are known (eager calls), and inside traced or compiled steps such an
+    edge is masked out in the op (it contributes nothing, to any graph).
 """
 
 
@@ -491,6 +525,7 @@ class GraphDiffusion(_GraphPDE):
 
     def call(self, inputs):
         x, edge_index, edge_weight = _graph_inputs(inputs, type(self).__name__)
+        self._check(x, edge_index)
         x = keras.ops.cast(x, self.compute_dtype)
         x, edge_index, edge_weight, batched = self._batch(x, edge_index, edge_weight,
                                                           self.compute_dtype)
@@ -541,6 +576,7 @@ class GraphHyperbolic(_WaveState, _GraphPDE):
     def call(self, inputs):
         x_or_pair, edge_index, edge_weight = _graph_inputs(inputs, type(self).__name__)
         x, x_prev = _split_state(x_or_pair, type(self).__name__)
+        self._check(x, edge_index)
         x = keras.ops.cast(x, self.compute_dtype)
         x_prev = x if x_prev is None else keras.ops.cast(x_prev, self.compute_dtype)
         batched = len(x.shape) == 3

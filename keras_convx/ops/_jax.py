@@ -31,7 +31,12 @@ def _platform():
     return "gpu" if platform in ("gpu", "cuda", "rocm") else platform
 
 
-QUERIES = {"platform": _platform}
+def _traced(x):
+    """True for a value being traced by jax.jit / grad (no concrete value exists)."""
+    return isinstance(x, jax.core.Tracer)
+
+
+QUERIES = {"platform": _platform, "traced": _traced}
 
 PALLAS_ON_CPU = False
 

@@ -28,7 +28,12 @@ def _platform():
     return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
 
 
-QUERIES = {"replicas_in_sync": _replicas_in_sync, "platform": _platform}
+def _traced(x):
+    """True inside a `tf.function` trace (a graph tensor has no value yet)."""
+    return not tf.executing_eagerly() or not hasattr(x, "numpy")
+
+
+QUERIES = {"replicas_in_sync": _replicas_in_sync, "platform": _platform, "traced": _traced}
 
 
 @functools.lru_cache(maxsize=128)

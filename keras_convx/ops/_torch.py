@@ -46,7 +46,13 @@ def _platform():
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-QUERIES = {"platform": _platform}
+def _traced(x):
+    """True while torch.compile traces (fake tensors) or for a tensor on the meta device
+    (Keras' symbolic shape inference): no concrete value exists."""
+    return torch.compiler.is_compiling() or (isinstance(x, torch.Tensor) and x.device.type == "meta")
+
+
+QUERIES = {"platform": _platform, "traced": _traced}
 
 
 def _addcmul(acc, a, b):

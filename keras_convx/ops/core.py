@@ -41,6 +41,31 @@ def conv_output_shape(input_shape, filters, kernel_size, strides, padding, data_
     return (input_shape[0], filters, *out)
 
 
+def window_slice(x, offset, window, strides=(1, 1), axes=(1, 2)):
+    """The input entries that tap `offset` of every valid window reads: a strided slice.
+
+    For a `window`-sized valid (unpadded) correlation with `strides`, tap `offset = (i, j)`
+    of output position p reads input position `stride·p + offset`. The slice runs from
+    `offset` and stops `window − 1 − offset` entries before the end, so it needs no static
+    size: it works on inputs whose height and width are unknown until run time (TensorFlow's
+    retraced functions, dynamic-shape exports), with `(n − window) // stride + 1` entries.
+
+    Args:
+        x: tensor; `axes` are the two spatial axes (default (1, 2): channels_last).
+        offset, window, strides: pairs of ints.
+
+    Example:
+
+    >>> x = keras.ops.reshape(keras.ops.arange(25.0), (1, 5, 5, 1))
+    >>> window_slice(x, (1, 2), (3, 3), (2, 2))[0, :, :, 0]   # rows 1, 3; columns 2, 4
+    """
+    index = [slice(None)] * len(x.shape)
+    for axis, start, size, step in zip(axes, offset, window, strides):
+        stop = start - (size - 1)
+        index[axis] = slice(start, stop if stop < 0 else None, step)
+    return x[tuple(index)]
+
+
 def conv2d(x, kernel, strides=1, padding="valid", data_format="channels_last", dilation_rate=1):
     """`keras.ops.conv` for 4-D inputs that runs `channels_first` on every backend.
 

@@ -44,6 +44,7 @@ import importlib
 import os
 
 import keras
+import numpy as np
 
 _BACKEND_MODULES = {
     "jax": "keras_convx.ops._jax",
@@ -139,7 +140,7 @@ def _fast_paths(backend):
     return module.FAST_PATHS if module is not None else {}
 
 
-def backend_query(name, default, backend=None):
+def backend_query(name, default, backend=None, args=()):
     """The backend's answer to a question about its runtime state, or `default`.
 
     Not an op and not a fast path: the backend module's `QUERIES[name]()` (e.g.
@@ -150,10 +151,26 @@ def backend_query(name, default, backend=None):
         name: str, the query's name.
         default: returned when the backend has no such query.
         backend: str or None; defaults to `keras.backend.backend()`.
+        args: tuple, passed to the query (e.g. the tensor `"traced"` asks about).
     """
     module = _backend_module(backend or keras.backend.backend())
     query = getattr(module, "QUERIES", {}).get(name) if module is not None else None
-    return default if query is None else query()
+    return default if query is None else query(*args)
+
+
+def concrete_value(x):
+    """The NumPy value of `x` when it is known now, else None.
+
+    Known: a NumPy array or an eager tensor. Unknown: a symbolic `keras.KerasTensor`, or a
+    tensor being traced (by `jax.jit`, `tf.function` or `torch.compile`; the backend's
+    `"traced"` query says). Lets a layer check data-dependent input (e.g. index ranges)
+    where it can, and skip the check, never the work, where it cannot.
+    """
+    if isinstance(x, (np.ndarray, np.generic, list, tuple)):
+        return np.asarray(x)
+    if isinstance(x, keras.KerasTensor) or backend_query("traced", False, args=(x,)):
+        return None
+    return np.asarray(keras.ops.convert_to_numpy(x))
 
 
 def fast_path(name, backend=None):

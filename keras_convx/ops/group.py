@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_convx.ops import dispatcher
 from keras_convx.ops.core import static_take
+from keras_convx.ops.core import window_slice
 from keras_convx.ops.dispatcher import dispatch
 
 GROUPS = ("p4", "p4m")
@@ -103,12 +104,15 @@ def group_gather_table(group, k):
     return _readonly(table)
 
 
-def lift_kernel(kernel, group):
+def lift_kernel(kernel, group, table=None):
     """Dense kernel of a lifting convolution.
 
     Args:
         kernel: (k, k, C_in, F) tensor.
         group: "p4" or "p4m".
+        table: `lift_gather_table(group, k)`, precomputed. Layers pass the table they built
+            in `__init__`: torch.compile (dynamo) ignores `functools.lru_cache` and would
+            trace the NumPy table construction into every compiled step.
 
     Returns:
         (k, k, C_in, F·|G|) tensor, output channel `f·|G| + g` holding `T_g(kernel[..., f])`.
@@ -116,19 +120,20 @@ def lift_kernel(kernel, group):
     k, _, cin, f = kernel.shape
     n = group_order(group)
     flat = keras.ops.reshape(kernel, (k * k, cin, f))
-    idx = lift_gather_table(group, k).reshape(-1)
+    idx = (lift_gather_table(group, k) if table is None else table).reshape(-1)
     dense = static_take(flat, idx, axis=0)  # (k²·G, cin, f)
     dense = keras.ops.reshape(dense, (k, k, n, cin, f))
     dense = keras.ops.transpose(dense, (0, 1, 3, 4, 2))
     return keras.ops.reshape(dense, (k, k, cin, f * n))
 
 
-def group_kernel(kernel, group):
+def group_kernel(kernel, group, table=None):
     """Dense kernel of a group convolution.
 
     Args:
         kernel: (k, k, C_in·|G|, F) tensor, input channel index `c·|G| + h`.
         group: "p4" or "p4m".
+        table: `group_gather_table(group, k)`, precomputed (see `lift_kernel`).
 
     Returns:
         (k, k, C_in·|G|, F·|G|) tensor: `W[s, c·|G|+h, f·|G|+g] = kernel[src_g(s), c·|G|+P[g,h], f]`.
@@ -138,7 +143,7 @@ def group_kernel(kernel, group):
     cin = cin_g // n
     flat = keras.ops.reshape(kernel, (k * k, cin, n, f))
     flat = keras.ops.reshape(keras.ops.transpose(flat, (0, 2, 1, 3)), (k * k * n, cin, f))
-    idx = group_gather_table(group, k).reshape(-1)
+    idx = (group_gather_table(group, k) if table is None else table).reshape(-1)
     dense = static_take(flat, idx, axis=0)  # (k²·G·G, cin, f)
     dense = keras.ops.reshape(dense, (k, k, n, n, cin, f))  # s, h, g, c, f
     dense = keras.ops.transpose(dense, (0, 1, 4, 2, 5, 3))  # s, c, h, f, g
@@ -208,13 +213,12 @@ def encoder_columns(order, slices, fields_per_slice):
     return _readonly(((ss * fields_per_slice + mm) * order + gg).reshape(-1))
 
 
-def _shift_windows(v, k, strides, out_hw):
-    """Yields (i·k + j, window) for the k×k shifts of the zero-padded (B, H+2p, W+2p, ...) `v`."""
-    sh, sw = strides
-    oh, ow = out_hw
+def _shift_windows(v, k, strides):
+    """Yields (i·k + j, window) for the k×k shifts of the zero-padded (B, H+2p, W+2p, ...) `v`
+    (no static size needed: see `window_slice`)."""
     for i in range(k):
         for j in range(k):
-            yield i * k + j, v[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+            yield i * k + j, window_slice(v, (i, j), (k, k), strides)
 
 
 def _pad_spatial(v, p):
@@ -236,8 +240,7 @@ def aggregate_patches(v, kernels, k, strides):
         (B, H', W', M, A): `y[x, m, a] = Σ_{i,j} kernels[x, i·k+j, a] · v[x·s + (i−p, j−p), m, a]`.
     """
     v = _pad_spatial(v, (k - 1) // 2)
-    out_hw = (kernels.shape[1], kernels.shape[2])
-    patches = keras.ops.stack([w for _, w in _shift_windows(v, k, strides, out_hw)], axis=3)
+    patches = keras.ops.stack([w for _, w in _shift_windows(v, k, strides)], axis=3)
     # patches: (B, H', W', k², M, A)
     return keras.ops.sum(patches * kernels[:, :, :, :, None, :], axis=3)
 
@@ -250,9 +253,8 @@ def add_product(acc, a, b):
 def forward_shifts(v, kernels, k, strides, multiply_add=add_product):
     """The aggregation as k² shifted products, accumulated by `multiply_add(acc, a, b)`."""
     v = _pad_spatial(v, (k - 1) // 2)
-    out_hw = (kernels.shape[1], kernels.shape[2])
     out = None
-    for s, window in _shift_windows(v, k, strides, out_hw):
+    for s, window in _shift_windows(v, k, strides):
         out = multiply_add(out, window, kernels[:, :, :, s : s + 1, :])
     return out
 
@@ -266,14 +268,14 @@ def backward_shifts(v, kernels, dy, k, multiply_add=add_product):
     accumulates dv (torch passes an in-place `addcmul_`).
     """
     p = (k - 1) // 2
-    h, w = dy.shape[1], dy.shape[2]
     vp, dyp, kp = _pad_spatial(v, p), _pad_spatial(dy, p), _pad_spatial(kernels, p)
     dv, dk = None, []
     for i in range(k):
         for j in range(k):
-            s, a, b = i * k + j, 2 * p - i, 2 * p - j
-            dv = multiply_add(dv, dyp[:, a : a + h, b : b + w], kp[:, a : a + h, b : b + w, s : s + 1, :])
-            dk.append(keras.ops.sum(dy * vp[:, i : i + h, j : j + w], axis=3))
+            s, back = i * k + j, (2 * p - i, 2 * p - j)
+            dv = multiply_add(dv, window_slice(dyp, back, (k, k)),
+                              window_slice(kp, back, (k, k))[:, :, :, s : s + 1, :])
+            dk.append(keras.ops.sum(dy * window_slice(vp, (i, j), (k, k)), axis=3))
     return dv, keras.ops.stack(dk, axis=3)
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from keras_convx.ops.core import conv_output_length
 from keras_convx.ops.core import matmul_last
 from keras_convx.ops.core import normalize_pair
+from keras_convx.ops.core import window_slice
 from keras_convx.ops.dispatcher import backend_query
 from keras_convx.ops.dispatcher import dispatch
 from keras_convx.ops.dispatcher import fast_path
@@ -221,11 +222,6 @@ def _pool_depthwise(x, pmatrix, kernel_size, strides, mode):
     return keras.ops.transpose(y, (0, 1, 2, 4, 3))
 
 
-def _strided_slice(x, dy, dx, out_h, out_w, strides):
-    sh, sw = strides
-    return x[:, dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw, :]
-
-
 def pool_by_slices(x, pmatrix, kernel_size, strides, mode, offsets=None, written_gradient=False):
     """Region pooling as shifted strided slices: sum (mean/sum) or maximum (max) per region.
 
@@ -274,7 +270,6 @@ def unpool_by_slices(dy, offsets, kernel_size):
         (B, H_out + k_h − 1, W_out + k_w − 1, C): the gradient w.r.t. the padded input.
     """
     kh, kw = kernel_size
-    h_in, w_in = dy.shape[1] + kh - 1, dy.shape[2] + kw - 1
     weights = np.array([w[0] if w else 0.0 for _, w in offsets], np.float64)
     if np.any(weights != 1.0):
         scale = keras.ops.convert_to_tensor(weights.reshape(-1, 1), dtype=dy.dtype)
@@ -284,25 +279,22 @@ def unpool_by_slices(dy, offsets, kernel_size):
     for r, (region, _) in enumerate(offsets):
         for q in region:
             qy, qx = divmod(q, kw)
-            a, b = kh - 1 - qy, kw - 1 - qx
-            part = dyp[:, a : a + h_in, b : b + w_in, r, :]
+            # rows a .. a + H_out + k_h − 2 of the (H_out + 2(k_h − 1))-row padded cotangent
+            part = window_slice(dyp[:, :, :, r, :], (kh - 1 - qy, kw - 1 - qx), (kh, kw))
             dx = part if dx is None else dx + part
     if dx is None:  # every region empty: no pixel reaches the output
-        dx = keras.ops.zeros_like(dyp[:, : h_in, : w_in, 0, :])
+        dx = keras.ops.zeros_like(window_slice(dyp[:, :, :, 0, :], (0, 0), (kh, kw)))
     return dx
 
 
 def _pool_forward(x, offsets, kernel_size, strides, mode):
     kh, kw = kernel_size
-    sh, sw = strides
-    out_h = (x.shape[1] - kh) // sh + 1
-    out_w = (x.shape[2] - kw) // sw + 1
     pooled = []
     for region, weights in offsets:
         acc = None
         for q in region:
             dy, dx = divmod(q, kw)
-            part = _strided_slice(x, dy, dx, out_h, out_w, strides)
+            part = window_slice(x, (dy, dx), kernel_size, strides)
             if acc is None:
                 acc = part
             elif mode == "max":
@@ -310,7 +302,7 @@ def _pool_forward(x, offsets, kernel_size, strides, mode):
             else:
                 acc = acc + part
         if acc is None:  # an empty region pools to 0
-            acc = keras.ops.zeros_like(_strided_slice(x, 0, 0, out_h, out_w, strides))
+            acc = keras.ops.zeros_like(window_slice(x, (0, 0), kernel_size, strides))
         elif mode != "max" and weights[0] != 1.0:
             acc = acc * weights[0]  # the weights of a "mean" region are all 1/|Ω|
         pooled.append(acc)

@@ -37,6 +37,8 @@ def _spatial_axes(data_format):
 
 
 def _slice(x, axis, start, stop):
+    """x[start:stop] along `axis`; `stop` may be negative (counted from the end) or None, so
+    no static size is read (H and W may be unknown until run time)."""
     index = [slice(None)] * 4
     index[axis] = slice(start, stop)
     return x[tuple(index)]
@@ -58,8 +60,7 @@ def grid_gradient(f, data_format="channels_last"):
     ay, ax = _spatial_axes(data_format)
     edges = []
     for axis in (ax, ay):
-        n = f.shape[axis]
-        d = _slice(f, axis, 1, n) - _slice(f, axis, 0, n - 1)
+        d = _slice(f, axis, 1, None) - _slice(f, axis, 0, -1)
         edges.append(_pad(d, axis, 0, 1))
     return tuple(edges)
 
@@ -77,7 +78,7 @@ def grid_divergence(gx, gy, data_format="channels_last"):
     ay, ax = _spatial_axes(data_format)
     out = 0
     for g, axis in ((gx, ax), (gy, ay)):
-        out = out + _edge_divergence(_slice(g, axis, 0, g.shape[axis] - 1), axis)
+        out = out + _edge_divergence(_slice(g, axis, 0, -1), axis)
     return out
 
 
@@ -100,7 +101,7 @@ def edge_mask(f, data_format="channels_last"):
     stacked (x-edges, y-edges) embedding: zero on the last column / last row."""
     ay, ax = _spatial_axes(data_format)
     ones = keras.ops.ones_like(f[..., :1] if data_format == "channels_last" else f[:, :1])
-    masks = [_pad(_slice(ones, axis, 1, ones.shape[axis]), axis, 0, 1) for axis in (ax, ay)]
+    masks = [_pad(_slice(ones, axis, 1, None), axis, 0, 1) for axis in (ax, ay)]
     return keras.ops.concatenate(masks, axis=0)
 
 
@@ -135,8 +136,7 @@ def grid_flux(f, kernel, activation, data_format="channels_last"):
         ay, ax = _spatial_axes(data_format)
         div = 0
         for axis in (ax, ay):
-            n = u.shape[axis]
-            e = activation(_slice(u, axis, 1, n) - _slice(u, axis, 0, n - 1))
+            e = activation(_slice(u, axis, 1, None) - _slice(u, axis, 0, -1))
             div = div + _edge_divergence(e, axis)
         return apply_kernel_transpose(div, kernel, data_format)
     # Each edge field through K, σ and Kᵀ on its own (not stacked on the batch axis as in
@@ -146,7 +146,7 @@ def grid_flux(f, kernel, activation, data_format="channels_last"):
     back = []
     for g, axis in zip(grid_gradient(f, data_format), (ax, ay)):
         z = activation(apply_kernel(g, kernel, data_format))
-        z = _pad(_slice(z, axis, 0, z.shape[axis] - 1), axis, 0, 1)
+        z = _pad(_slice(z, axis, 0, -1), axis, 0, 1)
         back.append(apply_kernel_transpose(z, kernel, data_format))
     return grid_divergence(*back, data_format)
 
@@ -155,32 +155,49 @@ def grid_flux(f, kernel, activation, data_format="channels_last"):
 
 
 def _flat_indices(edge_index, num_nodes):
-    """(B, 2, E) per-graph node indices → two (B·E,) indices into the (B·N) flattened nodes."""
+    """(B, 2, E) per-graph node indices → two (B·E,) indices into the (B·N) flattened nodes
+    and the (B, E) 0/1 validity of each edge.
+
+    An edge whose end is outside [0, N) is invalid: both its ends are redirected to node 0
+    of its OWN graph and its validity is 0, so callers zero its weight. Without this, an
+    out-of-range index of graph b would read (and write) the nodes of graph b ± 1.
+    """
     batch = keras.ops.shape(edge_index)[0]
     offsets = keras.ops.reshape(keras.ops.arange(batch, dtype="int32") * num_nodes, (-1, 1))
     edge_index = keras.ops.cast(edge_index, "int32")
+    inside = keras.ops.logical_and(edge_index >= 0, edge_index < num_nodes)
+    valid = keras.ops.logical_and(inside[:, 0, :], inside[:, 1, :])
+    edge_index = keras.ops.where(keras.ops.expand_dims(valid, 1), edge_index, 0)
     src = keras.ops.reshape(edge_index[:, 0, :] + offsets, (-1,))
     dst = keras.ops.reshape(edge_index[:, 1, :] + offsets, (-1,))
-    return src, dst
+    return src, dst, valid
+
+
+def _valid_weight(edge_weight, valid):
+    """The edge weights with the invalid edges' set to 0 (what makes them contribute nothing)."""
+    return edge_weight * keras.ops.cast(valid, edge_weight.dtype)
 
 
 def graph_gradient(x, edge_index, edge_weight):
-    """(G x)_e = w_e (x_i − x_j) for x (B, N, C), edge_index (B, 2, E), w (B, E) → (B, E, C)."""
+    """(G x)_e = w_e (x_i − x_j) for x (B, N, C), edge_index (B, 2, E), w (B, E) → (B, E, C).
+
+    Edges with an end outside [0, N) give 0 (see `_flat_indices`): nothing crosses graphs."""
     x = keras.ops.convert_to_tensor(x)
     n, c = x.shape[1], x.shape[2]
-    src, dst = _flat_indices(edge_index, n)
+    src, dst, valid = _flat_indices(edge_index, n)
     flat = keras.ops.reshape(x, (-1, c))
     diff = keras.ops.take(flat, src, axis=0) - keras.ops.take(flat, dst, axis=0)
     diff = keras.ops.reshape(diff, (-1, keras.ops.shape(edge_index)[2], c))
-    return diff * keras.ops.expand_dims(edge_weight, -1)
+    return diff * keras.ops.expand_dims(_valid_weight(edge_weight, valid), -1)
 
 
 def graph_divergence(g, edge_index, edge_weight, num_nodes):
-    """Gᵀ g: the exact adjoint of `graph_gradient` (segment sums over each edge's end nodes)."""
+    """Gᵀ g: the exact adjoint of `graph_gradient` (segment sums over each edge's end nodes;
+    invalid edges scatter nothing)."""
     g = keras.ops.convert_to_tensor(g)
     batch, c = keras.ops.shape(g)[0], g.shape[2]
-    src, dst = _flat_indices(edge_index, num_nodes)
-    g = keras.ops.reshape(g * keras.ops.expand_dims(edge_weight, -1), (-1, c))
+    src, dst, valid = _flat_indices(edge_index, num_nodes)
+    g = keras.ops.reshape(g * keras.ops.expand_dims(_valid_weight(edge_weight, valid), -1), (-1, c))
     segments = batch * num_nodes
     out = keras.ops.segment_sum(g, src, segments) - keras.ops.segment_sum(g, dst, segments)
     return keras.ops.reshape(out, (-1, num_nodes, c))
@@ -194,12 +211,21 @@ def graph_flux(x, edge_index, edge_weight, kernel, activation):
 
 
 def graph_gradient_norm_bound(edge_index, edge_weight, num_nodes):
-    """Per graph, an upper bound of λ_max(GᵀG): 2·max_i Σ_{e∋i} w_e² → shape (B,)."""
-    src, dst = _flat_indices(edge_index, num_nodes)
-    w2 = keras.ops.reshape(keras.ops.square(edge_weight), (-1,))
+    """Per graph, an upper bound of λ_max(GᵀG): 2·max_i Σ_{e∋i} w_e² → shape (B,) (invalid
+    edges, which the operator ignores, do not count)."""
+    src, dst, valid = _flat_indices(edge_index, num_nodes)
+    w2 = keras.ops.reshape(keras.ops.square(_valid_weight(edge_weight, valid)), (-1,))
     segments = keras.ops.shape(edge_weight)[0] * num_nodes
     degree = keras.ops.segment_sum(w2, src, segments) + keras.ops.segment_sum(w2, dst, segments)
     return 2.0 * keras.ops.max(keras.ops.reshape(degree, (-1, num_nodes)), axis=1)
+
+
+def invalid_edges(edge_index, num_nodes):
+    """Positions `(graph, edge)` of the edges with an end outside [0, num_nodes), for a
+    NumPy (B, 2, E) `edge_index` (the eager check the graph layers run before any work)."""
+    edge_index = np.asarray(edge_index)
+    bad = np.any((edge_index < 0) | (edge_index >= num_nodes), axis=-2)
+    return [tuple(int(i) for i in p) for p in np.argwhere(bad)]
 
 
 # ------------------------------------------------------------------------------------ bounds

@@ -1,0 +1,54 @@
+"""One small configuration of every public image layer, for the sweeps that run across all of
+them (tests/test_robustness.py): variable image sizes, traced and compiled steps, wrong
+channel counts, wrong ranks.
+
+Each case is `make(data_format) -> layer` and the input channel count it is built for. The
+shapes are tiny on purpose: these tests sweep every layer × backend × step kind, and the
+numerics of each family are checked against its oracle elsewhere. `stride` says how much the
+layer shrinks the image (so a test can pick sizes that exercise odd remainders).
+"""
+
+import dataclasses
+
+from keras_convx import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    make: object  # data_format -> layer
+    channels: int
+
+
+def _lpsc(**kw):
+    return lambda df: layers.LogPolarConv2D(4, 5, rings=2, sectors=4, growth_rate=2.0,
+                                            data_format=df, **kw)
+
+
+CASES = {
+    "LogPolarConv2D-dense": Case(_lpsc(implementation="dense"), 3),
+    "LogPolarConv2D-pool": Case(_lpsc(implementation="pool"), 3),
+    "LogPolarConv2D-pool-s2": Case(_lpsc(implementation="pool", strides=2), 3),
+    "LogPolarConv2D-max": Case(_lpsc(pooling="max"), 3),
+    "LogPolarConv2D-valid-s2": Case(_lpsc(padding="valid", strides=2), 3),
+    "GroupLiftConv2D": Case(lambda df: layers.GroupLiftConv2D(2, 3, group="p4", data_format=df), 3),
+    "GroupConv2D-p4m-s2": Case(
+        lambda df: layers.GroupConv2D(2, 3, group="p4m", strides=2, data_format=df), 16),
+    "GroupBatchNormalization": Case(
+        lambda df: layers.GroupBatchNormalization("p4", data_format=df), 8),
+    "GroupPooling": Case(lambda df: layers.GroupPooling("p4", data_format=df), 8),
+    "E4Conv2D": Case(lambda df: layers.E4Conv2D(2, 3, group="p4", reduction_ratio=1, slices=2,
+                                                data_format=df), 8),
+    "E4Conv2D-s2": Case(lambda df: layers.E4Conv2D(2, 3, group="p4", reduction_ratio=1, slices=2,
+                                                   strides=2, data_format=df), 8),
+    "FilterBasis": Case(lambda df: layers.FilterBasis(4, 3, data_format=df), 3),
+    "SharedBasisConv2D": Case(
+        lambda df: layers.SharedBasisConv2D(4, layers.FilterBasis(4, 3), unique_bases=1,
+                                            data_format=df), 3),
+    "DiffusionConv2D": Case(lambda df: layers.DiffusionConv2D(kernel_size=3, data_format=df), 3),
+    "DiffusionConv2D-1x1": Case(lambda df: layers.DiffusionConv2D(data_format=df), 3),
+    "HyperbolicConv2D": Case(lambda df: layers.HyperbolicConv2D(kernel_size=3, data_format=df), 3),
+    "SynapticConv2D": Case(lambda df: layers.SynapticConv2D(4, 3, data_format=df), 3),
+}
+
+# Every public image layer class must appear in some case (checked by a test).
+COVERED = sorted({name.split("-")[0] for name in CASES})
