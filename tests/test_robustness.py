@@ -75,3 +75,28 @@ def test_unknown_image_size_channels_first_compiled(name):
         np.testing.assert_allclose(model.predict(x, verbose=0), harness.to_numpy(layer(x)),
                                    rtol=1e-4, atol=1e-4, err_msg=f"{name}, size {hw}")
         assert np.isfinite(model.train_on_batch(x, np.zeros_like(harness.to_numpy(layer(x)))))
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_built_layer_refuses_another_channel_count(name, data_format):
+    case = CASES[name]
+    layer = case.make(data_format)
+    layer(_image((8, 8), case.channels, data_format))
+    wrong = _image((8, 8), 2 * case.channels, data_format)
+    # Keras' InputSpec message ("expected axis 3 of input shape to have value 8") or the
+    # layer's own ("was built for inputs with 8 channels"): the layer's name and the count.
+    pattern = rf"{layer.name}.*(value {case.channels}\b|built for .*{case.channels} channels)"
+    with pytest.raises(ValueError, match=pattern):
+        layer(wrong)
+    symbolic = keras.Input(wrong.shape[1:])
+    with pytest.raises(ValueError, match=pattern):
+        layer(symbolic)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rank_3_input_is_refused_naming_the_layer(name):
+    case = CASES[name]
+    layer = case.make("channels_last")
+    with pytest.raises(ValueError, match=r"(ndim=4|rank 4|4-D)"):
+        layer(_inputs((8, 8, case.channels), 0))

@@ -177,7 +177,7 @@ class E4Conv2D(keras.layers.Layer):
             name="generator_bias", shape=(k2s,), initializer=self.bias_initializer
         )
         self.encoder_kernel = self._kernel("encoder_kernel", (channels, self.filters))
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={_common.channel_axis(self.data_format): channels})
+        _common.lock_channels(self, channels, self.data_format)
 
     # -- pieces -------------------------------------------------------------------------------
 

@@ -84,7 +84,7 @@ class _GroupConvBase(keras.layers.Layer):
             self, "kernel", (k, k, self._kernel_in_channels(channels), self.filters)
         )
         self.bias = _common.add_bias(self, self.filters)
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={_common.channel_axis(self.data_format): channels})
+        _common.lock_channels(self, channels, self.data_format)
 
     def dense_kernel(self):
         """The equivalent ordinary `(k, k, C_in, filters·|G|)` Conv2D kernel."""
@@ -220,7 +220,10 @@ class GroupConv2D(_GroupConvBase):
         + _CONV_ARGS_DOC
         + """
     Input shape:
-        a group feature map, `(batch, rows, cols, fields·|G|)` (channels_last).
+        a group feature map, `(batch, rows, cols, fields·|G|)` (channels_last). The tensor
+        does not carry its group: a p4 map (4 channels per field) fed to a p4m layer is
+        accepted whenever its channel count is a multiple of 8, and silently read as half as
+        many p4m fields. Keep one `group` per network (only the channel count is checked).
 
     Output shape:
         `(batch, new_rows, new_cols, filters·|G|)` (channels_last).
@@ -397,7 +400,7 @@ class GroupBatchNormalization(keras.layers.Layer):
             trainable=False,
             autocast=False,
         )
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={_common.channel_axis(self.data_format): channels})
+        _common.lock_channels(self, channels, self.data_format)
 
     def _broadcast(self, v):
         # per-field vector → shape broadcasting against split_fields' 5-D layout
@@ -494,6 +497,7 @@ class GroupPooling(keras.layers.Layer):
                 f"GroupPooling with group={self.group!r} expects a known channel count that is a "
                 f"multiple of |G| = {self.order}. Received: input_shape={input_shape}"
             )
+        _common.lock_channels(self, channels, self.data_format)
 
     def call(self, inputs):
         fields = gops.split_fields(inputs, self.order, self.data_format)

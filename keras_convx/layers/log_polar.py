@@ -162,7 +162,7 @@ class LogPolarConv2D(keras.layers.Layer):
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
         )
-        self.input_spec = keras.layers.InputSpec(min_ndim=4, max_ndim=4)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
         self._pmatrix = lp.pooling_matrix(
             self.kernel_size,
             self.rings,
@@ -208,8 +208,7 @@ class LogPolarConv2D(keras.layers.Layer):
         if self.center:
             self.center_kernel = _common.add_conv_weight(self, "center_kernel", (cin, self.filters))
         self.bias = _common.add_bias(self, self.filters)
-        axis = _common.channel_axis(self.data_format) % 4
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={axis: channels})
+        _common.lock_channels(self, channels, self.data_format)
 
     # -- forward ------------------------------------------------------------------------------
 

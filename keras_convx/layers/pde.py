@@ -239,8 +239,11 @@ class _GridPDE(_PDEBase):
         self._build_kernel(shape[_common.channel_axis(self.data_format)], (k, k))
 
     def _check(self, *fields):
+        """Rank and channels of f (and f_prev) against what the layer was built for (in
+        `call` and, for symbolic inputs, in `compute_output_shape`)."""
         for f in fields:
-            _common.check_input(self, f.shape, 4, _common.channel_axis(self.data_format),
+            shape = getattr(f, "shape", f)
+            _common.check_input(self, shape, 4, _common.channel_axis(self.data_format),
                                 self.channels)
 
     def _flux(self, f):
@@ -313,6 +316,8 @@ class DiffusionConv2D(_GridPDE):
         return f - h * self._flux(f)
 
     def compute_output_shape(self, input_shape):
+        if self.built:
+            self._check(tuple(input_shape))
         return tuple(input_shape)
 
 
@@ -373,7 +378,10 @@ class HyperbolicConv2D(_WaveState, _GridPDE):
         return self._outputs(self._leapfrog(f, f_prev, self._flux(f), h), f)
 
     def compute_output_shape(self, input_shape):
-        return self._output_shape(_state_shape(input_shape, type(self).__name__))
+        shape = _state_shape(input_shape, type(self).__name__)
+        if self.built:
+            self._check(shape)
+        return self._output_shape(shape)
 
 
 # ------------------------------------------------------------------------------------ graphs

@@ -85,6 +85,7 @@ class FilterBasis(keras.layers.Layer):
         self.kernel_size = normalize_pair("kernel_size", kernel_size)
         self.parts = _common.integer("parts", parts)
         self.data_format = _common.data_format(data_format)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
         if share_key is not None and not isinstance(share_key, str):
             raise TypeError(f"Expected share_key to be a str or None. Received: {share_key!r}")
         self.share_key = share_key or uuid.uuid4().hex
@@ -122,6 +123,7 @@ class FilterBasis(keras.layers.Layer):
         self.kernel = _common.add_conv_weight(
             self, "kernel", (*self.kernel_size, channels, self.total_size)
         )
+        _common.lock_channels(self, channels, self.data_format)
 
     def build_for_channels(self, channels, user="a layer"):
         """Builds the basis for `channels` input channels, or checks that it was (`user`
@@ -317,6 +319,7 @@ class SharedBasisConv2D(keras.layers.Layer):
         self.strides = normalize_pair("strides", strides)
         self.padding = _common.choice("padding", padding, ("same", "valid"))
         self.data_format = _common.data_format(data_format)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
         self.use_bias = _common.boolean("use_bias", use_bias)
         self.implementation = _common.choice("implementation", implementation, sb.ORDERS)
         self.basis_bn_momentum = float(basis_bn_momentum)
@@ -362,6 +365,7 @@ class SharedBasisConv2D(keras.layers.Layer):
             raise ValueError("The channel dimension of a SharedBasisConv2D input must be defined.")
         self.basis.build_for_channels(channels, user=f"{self.name!r} (input_shape="
                                       f"{tuple(input_shape)})")
+        _common.lock_channels(self, channels, self.data_format)
         self.unique_kernel = None
         if self.unique_bases:
             self.unique_kernel = _common.add_conv_weight(

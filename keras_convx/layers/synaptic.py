@@ -206,7 +206,7 @@ class SynapticConv2D(keras.layers.Layer):
             self.bias = _common.add_conv_weight(self, "bias", (self.filters,), prefix="bias")
         # s_ij = ‖V_ij‖: the layer starts as the plain conv with kernel V.
         self.strength.assign(syn.direction_norm(self.direction, self.epsilon))
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={_common.channel_axis(self.data_format): channels})
+        _common.lock_channels(self, channels, self.data_format)
 
     @property
     def kernel(self):
