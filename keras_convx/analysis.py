@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from keras_convx.layers import _common
+from keras_convx import arguments
 from keras_convx.ops import group as gops
 
 __all__ = ["equivariance_error", "focus_area", "gradient_flow", "group_elements", "transform"]
@@ -41,7 +41,7 @@ def transform(x, element, group, kind="group", data_format=None):
         data_format: default `keras.config.image_data_format()`.
     """
     n = gops.group_order(group)
-    data_format = _common.data_format(data_format)
+    data_format = arguments.data_format(data_format)
     if kind == "invariant":
         return x
     x = np.asarray(x)
@@ -131,11 +131,11 @@ def equivariance_error(
     True
     """
     group = gops.check_group(group)
-    input_type = _common.choice("input_type", input_type, _INPUT_TYPES)
-    output_type = _common.choice("output_type", output_type, _OUTPUT_TYPES)
+    input_type = arguments.choice("input_type", input_type, _INPUT_TYPES)
+    output_type = arguments.choice("output_type", output_type, _OUTPUT_TYPES)
     if not callable(layer_or_model):
         raise TypeError(f"Expected layer_or_model to be a Keras layer or model. Received: {layer_or_model!r}")
-    data_format = _common.data_format(data_format or getattr(layer_or_model, "data_format", None))
+    data_format = arguments.data_format(data_format or getattr(layer_or_model, "data_format", None))
     x = np.asarray(inputs)
     if x.ndim != 4:
         raise ValueError(f"Expected inputs to be a 4-D batch. Received: inputs.shape={x.shape}")
@@ -303,7 +303,7 @@ class _FocusPlan:
     def __init__(self, model, feature_layer=None, method="auto", data_format=None):
         from keras_convx import pruning  # noqa: PLC0415
 
-        method = _common.choice("method", method, FOCUS_METHODS)
+        method = arguments.choice("method", method, FOCUS_METHODS)
         model = getattr(model, "focus_model", model)  # a PairwiseConsistency wrapper
         graph = pruning._graph_of(model)
         if len(graph.inputs) != 1 or _rank(graph.inputs[0]) != 4:
@@ -316,7 +316,7 @@ class _FocusPlan:
                 "Expected a model with one (batch, classes) output for focus maps. Received "
                 f"outputs {[tuple(t.shape) for t in graph.outputs]}"
             )
-        self.data_format = _common.data_format(data_format)
+        self.data_format = arguments.data_format(data_format)
         output = graph.outputs[0]
         self.num_classes = int(output.shape[-1])
         self.probabilities = False
@@ -470,11 +470,7 @@ def image_size(images, data_format):
 
 def check_threshold(name, value):
     """A float in (0, 1); ValueError naming `name` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"Expected {name} to be a float in (0, 1). Received: {name}={value!r}")
-    if not 0.0 < float(value) < 1.0:
-        raise ValueError(f"Expected {name} to be in (0, 1). Received: {name}={value!r}")
-    return float(value)
+    return arguments.number(name, value, 0, 1, exclusive_minimum=True, exclusive_maximum=True)
 
 
 def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, method="auto",
@@ -512,7 +508,7 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
     >>> result["focus_area"].mean()        # e.g. 0.31: the decisions rest on 31% of the image
     """
     threshold = check_threshold("threshold", threshold)
-    batch_size = _common.integer("batch_size", batch_size)
+    batch_size = arguments.integer("batch_size", batch_size)
     plan = _FocusPlan(model, feature_layer=feature_layer, method=method, data_format=data_format)
     images = np.asarray(images)
     if images.ndim != 4:

@@ -7,9 +7,9 @@ import os
 import keras
 import numpy as np
 
+from keras_convx import arguments
 from keras_convx import analysis
 from keras_convx import pruning
-from keras_convx.layers import _common
 from keras_convx.ops import focus
 
 __all__ = ["FocusArea", "GradientFlow", "SynapticPruning"]
@@ -51,7 +51,7 @@ class GradientFlow(keras.callbacks.Callback):
     def __init__(self, data, every_n_steps=100, loss=None, csv_path=None):
         super().__init__()
         self.data = tuple(analysis.check_batch(data))
-        self.every_n_steps = _common.integer("every_n_steps", every_n_steps)
+        self.every_n_steps = arguments.integer("every_n_steps", every_n_steps)
         self.loss = loss
         self.csv_path = None if csv_path is None else os.fspath(csv_path)
         self.records = []
@@ -173,10 +173,10 @@ class SynapticPruning(keras.callbacks.Callback):
                  verbose=0):
         super().__init__()
         self.schedule = pruning.get_schedule(schedule)
-        self.scope = _common.choice("scope", scope, pruning.SCOPES)
+        self.scope = arguments.choice("scope", scope, pruning.SCOPES)
         self.criterion = pruning._check_criterion(criterion)
         self.normalization = pruning._check_normalization(normalization)
-        self.verbose = _common.integer("verbose", verbose, minimum=0)
+        self.verbose = arguments.integer("verbose", verbose, minimum=0)
         self.updates = []
         self._layers = []
         self._step = None
@@ -271,16 +271,16 @@ class FocusArea(keras.callbacks.Callback):
                 f"thresholds={thresholds!r}"
             )
         self.thresholds = tuple(analysis.check_threshold("thresholds", t) for t in thresholds)
-        self.target = _common.choice("target", target, ("prediction", "label"))
+        self.target = arguments.choice("target", target, ("prediction", "label"))
         if self.target == "label":
             if labels is None:
                 raise ValueError("target='label' needs data=(images, labels).")
         self._labels = labels
         self.labels = None  # int classes, once the model's class count is known
         self.feature_layer = feature_layer
-        self.method = _common.choice("method", method, analysis.FOCUS_METHODS)
+        self.method = arguments.choice("method", method, analysis.FOCUS_METHODS)
         self.data_format = data_format
-        self.batch_size = _common.integer("batch_size", batch_size)
+        self.batch_size = arguments.integer("batch_size", batch_size)
         self.plot_path = None if plot_path is None else os.fspath(plot_path)
         self.records = []
         self.maps = None
@@ -324,7 +324,7 @@ class FocusArea(keras.callbacks.Callback):
             self.measure()
         n = min(num_images, len(self.images))
         fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
-        channels_first = _common.data_format(self._plan.data_format) == "channels_first"
+        channels_first = arguments.data_format(self._plan.data_format) == "channels_first"
         for i in range(n):
             image = self.images[i]
             image = np.moveaxis(image, 0, -1) if channels_first else image

@@ -1,4 +1,4 @@
-"""Constraints of keras_convx: `Orthonormal` (deeply shared filter bases, issue 5)."""
+"""Constraints of keras_convx: `Orthonormal` (deeply shared filter bases)."""
 
 import keras
 
@@ -14,8 +14,10 @@ class Orthonormal(keras.constraints.Constraint):
 
     The kernel, as the (filters, fan_in) matrix M of its filters (last axis = filters), is
     replaced by the polar factor U Vᵀ of its SVD M = U S Vᵀ: the nearest matrix with
-    orthonormal rows in the Frobenius norm. Needs filters ≤ fan_in (a `FilterBasis` checks
-    this when it is built; other layers get a ValueError at the first update).
+    orthonormal rows in the Frobenius norm. Needs a weight of rank ≥ 2 (a bias or scalar is
+    refused with a ValueError) and filters ≤ fan_in (a `FilterBasis` checks this when it is
+    built; other layers get a ValueError at the first update). A weight holding NaN or inf is
+    left as it is (the same on every backend).
 
     Example:
 
@@ -24,6 +26,7 @@ class Orthonormal(keras.constraints.Constraint):
     """
 
     def __call__(self, w):
+        sb.check_kernel_rank(w, "constraints.Orthonormal")
         rows = w.shape[-1]
         fan_in = 1
         for d in w.shape[:-1]:

@@ -16,6 +16,7 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_convx import arguments
 from keras_convx import pruning
 from keras_convx.ops import dispatcher
 from keras_convx.ops import log_polar as log_polar_ops
@@ -329,6 +330,37 @@ def _culprits(model, fmt, atol, rtol):
 _SUFFIX = {"onnx": ".onnx", "litert": ".tflite"}
 
 
+def _check_export_args(model, path, sample_inputs, atol, rtol, fold_first):
+    """The arguments of `to_onnx`/`to_litert`, checked before any export work (so a bad
+    tolerance, batch or folder is reported as such, not blamed on a layer)."""
+    arguments.number("atol", atol, 0)
+    arguments.number("rtol", rtol, 0)
+    arguments.boolean("fold_first", fold_first)
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise ValueError(f"The folder of path does not exist: {folder!r}. Received: path={path!r}")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"The folder of path is not writable: {folder!r}. Received: path={path!r}")
+    if sample_inputs is None:
+        return
+    if len(model.inputs) != 1:
+        raise ValueError("sample_inputs must be one NumPy batch: export verifies models with "
+                         f"one input. Received a model with {len(model.inputs)} inputs.")
+    try:
+        batch = np.asarray(sample_inputs, dtype="float32")
+    except (TypeError, ValueError) as error:
+        raise TypeError("Expected sample_inputs to be a NumPy batch of numbers. Received: "
+                        f"sample_inputs of type {type(sample_inputs).__name__} ({error})") from None
+    expected = tuple(model.inputs[0].shape)
+    if batch.ndim != len(expected) or any(
+            e is not None and e != g for e, g in zip(expected[1:], batch.shape[1:])):
+        raise ValueError(f"Expected sample_inputs of shape (batch, *{expected[1:]}) to match the "
+                         f"model's input {expected}. Received: sample_inputs.shape={batch.shape}")
+    if batch.shape[0] < 1 or not np.all(np.isfinite(batch)):
+        raise ValueError("Expected sample_inputs to be a non-empty batch of finite numbers. "
+                         f"Received: shape {batch.shape}, finite: {bool(np.all(np.isfinite(batch)))}")
+
+
 def _export(model, path, fmt, sample_inputs, atol, rtol, fold_first):
     label = {"onnx": "ONNX", "litert": "LiteRT"}[fmt]
     if not os.fspath(path).endswith(_SUFFIX[fmt]):
@@ -337,6 +369,7 @@ def _export(model, path, fmt, sample_inputs, atol, rtol, fold_first):
         )
     if not isinstance(model, keras.Model):
         raise TypeError(f"Expected model to be a keras.Model. Received: model={model!r}")
+    _check_export_args(model, path, sample_inputs, atol, rtol, fold_first)
     exported = fold(model) if fold_first else model
     inputs = _sample_inputs(exported, sample_inputs)
     try:

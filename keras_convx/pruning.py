@@ -20,8 +20,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_convx import arguments
 from keras_convx._registry import register
-from keras_convx.layers import _common
 from keras_convx.layers.synaptic import SynapticConv2D
 from keras_convx.ops import synaptic as syn
 
@@ -44,12 +44,7 @@ SCOPES = ("global", "layer")
 
 
 def _sparsity_value(name, value, allow_zero=True):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"Expected {name} to be a float in [0, 1). Received: {name}={value!r}")
-    value = float(value)
-    if not (0.0 <= value < 1.0) or (not allow_zero and value == 0.0):
-        raise ValueError(f"Expected {name} to be in [0, 1). Received: {name}={value}")
-    return value
+    return arguments.fraction(name, value, allow_zero)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,14 +61,14 @@ class PruningSchedule(abc.ABC):
     """
 
     def __init__(self, begin_step=0, end_step=-1, frequency=100):
-        self.begin_step = _common.integer("begin_step", begin_step, minimum=0)
-        self.end_step = _common.integer("end_step", end_step, minimum=-1)
+        self.begin_step = arguments.integer("begin_step", begin_step, minimum=0)
+        self.end_step = arguments.integer("end_step", end_step, minimum=-1)
         if self.end_step != -1 and self.end_step < self.begin_step:
             raise ValueError(
                 f"Expected end_step >= begin_step (or -1). Received: begin_step={begin_step}, "
                 f"end_step={end_step}"
             )
-        self.frequency = _common.integer("frequency", frequency)
+        self.frequency = arguments.integer("frequency", frequency)
 
     def should_prune(self, step):
         step = int(step)
@@ -152,10 +147,12 @@ class PolynomialDecay(PruningSchedule):
             )
         self.initial_sparsity = _sparsity_value("initial_sparsity", initial_sparsity)
         self.final_sparsity = _sparsity_value("final_sparsity", final_sparsity)
-        power = float(power)
-        if not power > 0:
-            raise ValueError(f"Expected power > 0. Received: power={power}")
-        self.power = power
+        self.power = arguments.number("power", power, 0, exclusive_minimum=True)
+        if self.final_sparsity < self.initial_sparsity:
+            raise ValueError(
+                "Expected final_sparsity >= initial_sparsity (masks never regrow, so sparsity "
+                f"cannot decrease). Received: initial_sparsity={self.initial_sparsity}, "
+                f"final_sparsity={self.final_sparsity}")
 
     def sparsity_at(self, step):
         p = (int(step) - self.begin_step) / (self.end_step - self.begin_step)
@@ -228,13 +225,13 @@ def importance(layer, criterion="strength"):
                 f"{tuple(layer.mask.shape)} (c_in/groups, filters)."
             )
         return scores * _np(layer.mask)
-    _common.choice("criterion", criterion, syn.CRITERIA)
+    arguments.choice("criterion", criterion, syn.CRITERIA)
     return syn.importance_scores(_np(layer.masked_strength()), _np(layer.kernel), criterion)
 
 
 def _check_criterion(criterion):
     if not callable(criterion):
-        _common.choice("criterion", criterion, syn.CRITERIA)
+        arguments.choice("criterion", criterion, syn.CRITERIA)
     return criterion
 
 
@@ -268,7 +265,7 @@ def prune(model, sparsity, scope="global", criterion="strength", layers=None,
     `SynapticConv2D`.
     """
     sparsity_value = _sparsity_value("sparsity", sparsity)
-    _common.choice("scope", scope, SCOPES)
+    arguments.choice("scope", scope, SCOPES)
     _check_criterion(criterion)
     _check_normalization(normalization)
     layers = list(layers) if layers is not None else prunable_layers(model)

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_convx import arguments
 from keras_convx._registry import register
 from keras_convx.layers.shared_basis import FilterBasis
 from keras_convx.ops import shared_basis as sb
@@ -37,21 +38,12 @@ class Orthonormal(keras.regularizers.Regularizer):
     """
 
     def __init__(self, factor=1.0, normalizer=None):
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 0:
-            raise ValueError(f"Expected factor to be a float >= 0. Received: factor={factor!r}")
-        if normalizer is not None and (
-            isinstance(normalizer, bool)
-            or not isinstance(normalizer, (int, float))
-            or normalizer <= 0
-        ):
-            raise ValueError(
-                "Expected normalizer to be None or a number > 0. "
-                f"Received: normalizer={normalizer!r}"
-            )
-        self.factor = float(factor)
-        self.normalizer = None if normalizer is None else float(normalizer)
+        self.factor = arguments.number("factor", factor, 0)
+        self.normalizer = arguments.number("normalizer", normalizer, 0, exclusive_minimum=True,
+                                           allow_none=True)
 
     def __call__(self, x):
+        sb.check_kernel_rank(x, "regularizers.Orthonormal")
         x = keras.ops.cast(x, "float32")
         rows = x.shape[-1]
         normalizer = self.normalizer if self.normalizer is not None else float(rows * rows)

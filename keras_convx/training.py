@@ -5,9 +5,9 @@ import copy
 import keras
 import numpy as np
 
+from keras_convx import arguments
 from keras_convx import analysis
 from keras_convx._registry import register
-from keras_convx.layers import _common
 from keras_convx.ops import core as ops_core
 from keras_convx.ops import focus
 
@@ -18,7 +18,7 @@ FILLS = ("zero", "mean")
 
 def _fill_value(fill):
     if isinstance(fill, str):
-        return _common.choice("fill", fill, FILLS)
+        return arguments.choice("fill", fill, FILLS)
     values = np.asarray(fill, dtype="float32") if not isinstance(fill, bool) else None
     if values is None or values.ndim > 1 or not np.all(np.isfinite(values)):
         raise ValueError(
@@ -29,11 +29,7 @@ def _fill_value(fill):
 
 
 def _non_negative(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"Expected {name} to be a number >= 0. Received: {name}={value!r}")
-    if not float(value) >= 0.0:
-        raise ValueError(f"Expected {name} >= 0. Received: {name}={value!r}")
-    return float(value)
+    return arguments.number(name, value, 0)
 
 
 @register
@@ -113,17 +109,17 @@ class PairwiseConsistency(keras.Model):
         self.erase_threshold = analysis.check_threshold("erase_threshold", erase_threshold)
         self.erased_weight = _non_negative("erased_weight", erased_weight)
         self.consistency_weight = _non_negative("consistency_weight", consistency_weight)
-        self.relevance = _common.choice("relevance", relevance, focus.RELEVANCE)
-        self.top_k = _common.integer("top_k", top_k)
+        self.relevance = arguments.choice("relevance", relevance, focus.RELEVANCE)
+        self.top_k = arguments.integer("top_k", top_k)
         self.fill = _fill_value(fill)
-        self.region = _common.choice("region", region, focus.REGIONS)
-        self.target = _common.choice("target", target, focus.TARGETS)
+        self.region = arguments.choice("region", region, focus.REGIONS)
+        self.target = arguments.choice("target", target, focus.TARGETS)
         if from_logits is not None:
-            from_logits = _common.boolean("from_logits", from_logits)
+            from_logits = arguments.boolean("from_logits", from_logits)
         self.feature_layer = feature_layer
         plan = analysis._FocusPlan(model, feature_layer, method, data_format)  # validates
         self.method = method
-        self.data_format = _common.data_format(data_format)
+        self.data_format = arguments.data_format(data_format)
         self._from_logits_arg = from_logits
         self.from_logits = (not plan.probabilities) if from_logits is None else from_logits
         super().__init__(**kwargs)

@@ -20,10 +20,12 @@ from tests.layer_cases import COVERED
 
 BACKEND = keras.backend.backend()
 SIZES = ((8, 8), (11, 7))  # the second odd, non-square: exercises stride remainders
-# On TensorFlow an uncompiled step is a traced tf.function ("auto" = XLA where it can); on
-# jax and torch it runs op by op, as the eager layer calls of every test here already do.
-JIT_MODES = [False, True, "auto"] if BACKEND == "tensorflow" else [True]
-
+# Compiled steps (XLA, torch.compile) are swept with ONE model holding every layer on its own
+# branch (one compilation per backend and size instead of one per layer: torch.compile takes
+# about a minute per graph on a 2-core CPU); an uncompiled TensorFlow step is a traced
+# tf.function, swept per layer. On jax and torch an uncompiled step runs op by op, as the
+# eager layer calls below already do.
+COMPILED_MODES = [True, "auto"] if BACKEND == "tensorflow" else [True]
 
 def _inputs(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
@@ -42,39 +44,73 @@ def test_every_public_image_layer_is_swept():
     assert public == set(COVERED), f"not swept: {sorted(public - set(COVERED))}"
 
 
-@pytest.mark.parametrize("jit_compile", JIT_MODES, ids=lambda j: f"jit={j}")
+def _fit_and_compare(model, eager, channels, data_format, label):
+    """Two image sizes: predict equals the eager layers, a train step is finite, and the
+    compiled predict step still runs after it."""
+    for i, hw in enumerate(SIZES):
+        x = _image(hw, channels, data_format, seed=i)
+        expected = [harness.to_numpy(y) for y in eager(x)]
+        got = model.predict(x, verbose=0)
+        got = got if isinstance(got, list) else [got]
+        for name, g, e in zip(model.output_names, got, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4,
+                                       err_msg=f"{name}, size {hw}, {label}")
+        loss = model.train_on_batch(x, [np.zeros_like(g) for g in got])
+        assert np.all(np.isfinite(loss)), f"non-finite loss on size {hw}, {label}"
+        assert [y.shape for y in _as_list(model.predict_on_batch(x))] == [g.shape for g in got]
+
+
+def _as_list(y):
+    return y if isinstance(y, list) else [y]
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="an uncompiled jax/torch step is eager "
+                    "(the eager calls of the compiled sweep cover it)")
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_unknown_image_size_predict_and_fit(name, jit_compile):
+def test_unknown_image_size_traced_step(name):
     case = CASES[name]
-    data_format = "channels_last"
-    layer = case.make(data_format)
+    layer = case.make("channels_last")
     inputs = keras.Input((None, None, case.channels))
     model = keras.Model(inputs, layer(inputs))
-    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse", jit_compile=jit_compile)
-    for i, hw in enumerate(SIZES):
-        x = _image(hw, case.channels, data_format, seed=i)
-        expected = harness.to_numpy(layer(x, training=False))
-        got = model.predict(x, verbose=0)
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4,
-                                   err_msg=f"{name}, size {hw}, jit_compile={jit_compile}")
-        loss = model.train_on_batch(x, np.zeros_like(got))
-        assert np.isfinite(loss), f"{name}: non-finite loss on size {hw}"
-        # After a step on this size, the compiled predict step still runs on it.
-        assert model.predict_on_batch(x).shape == got.shape
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse", jit_compile=False)
+    _fit_and_compare(model, lambda x: [layer(x, training=False)], case.channels,
+                     "channels_last", f"{name}, jit_compile=False")
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_unknown_image_size_channels_first_compiled(name):
-    case = CASES[name]
-    layer = case.make("channels_first")
-    inputs = keras.Input((case.channels, None, None))
-    model = keras.Model(inputs, layer(inputs))
-    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="mse", jit_compile=True)
-    for i, hw in enumerate(SIZES):
-        x = _image(hw, case.channels, "channels_first", seed=i)
-        np.testing.assert_allclose(model.predict(x, verbose=0), harness.to_numpy(layer(x)),
-                                   rtol=1e-4, atol=1e-4, err_msg=f"{name}, size {hw}")
-        assert np.isfinite(model.train_on_batch(x, np.zeros_like(harness.to_numpy(layer(x)))))
+ALL_CHANNELS = 8
+
+
+def _all_layers_model(data_format):
+    """Every case on its own branch of one model: a 1×1 Conv2D adapts the shared 8-channel
+    input to the case's channel count. Returns (model, eager function of x)."""
+    shape = (None, None, ALL_CHANNELS) if data_format == "channels_last" else (ALL_CHANNELS, None, None)
+    inputs = keras.Input(shape)
+    branches, outputs = [], []
+    for name in sorted(CASES):
+        case = CASES[name]
+        adapter = keras.layers.Conv2D(case.channels, 1, data_format=data_format,
+                                      name=f"adapt_{name}".replace("-", "_"))
+        layer = case.make(data_format)
+        branches.append((adapter, layer))
+        outputs.append(keras.layers.Identity(name=name.replace("-", "_"))(layer(adapter(inputs))))
+    model = keras.Model(inputs, outputs)
+
+    def eager(x):
+        return [layer(adapter(x), training=False) for adapter, layer in branches]
+
+    return model, eager
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("jit_compile", COMPILED_MODES, ids=lambda j: f"jit={j}")
+def test_unknown_image_size_compiled_step_every_layer(jit_compile, data_format):
+    if data_format == "channels_first" and jit_compile == "auto":
+        pytest.skip("'auto' is swept channels_last; channels_first runs with jit_compile=True")
+    model, eager = _all_layers_model(data_format)
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=["mse"] * len(model.outputs),
+                  jit_compile=jit_compile)
+    _fit_and_compare(model, eager, ALL_CHANNELS, data_format,
+                     f"{data_format}, jit_compile={jit_compile}")
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])

@@ -7,12 +7,12 @@ trainable parameter counts equal the official models' (tests/applications/test_e
 
 import keras
 
+from keras_convx import arguments
 from keras_convx.layers import E4Conv2D
 from keras_convx.layers import GroupBatchNormalization
 from keras_convx.layers import GroupConv2D
 from keras_convx.layers import GroupLiftConv2D
 from keras_convx.layers import GroupPooling
-from keras_convx.layers import _common
 from keras_convx.ops import group as gops
 
 _MNIST_SIZES = {
@@ -64,7 +64,7 @@ def e4net_mnist_rot(
     >>> model.output_shape
     (None, 10)
     """
-    size = _common.choice("size", size, tuple(_MNIST_SIZES))
+    size = arguments.choice("size", size, tuple(_MNIST_SIZES))
     group = gops.check_group(group)
     fields, k, r, per_slice = _MNIST_SIZES[size]
 

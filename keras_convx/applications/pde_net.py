@@ -3,7 +3,7 @@ on an image grid)."""
 
 import keras
 
-from keras_convx.layers import _common
+from keras_convx import arguments
 from keras_convx.layers.pde import DiffusionConv2D
 from keras_convx.layers.pde import HyperbolicConv2D
 
@@ -61,15 +61,15 @@ def pde_net(
     >>> model = pde_net((8, 8, 1), 10, depth=32, kind="hyperbolic")
     >>> model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     """
-    depth = _common.integer("depth", depth)
-    width = _common.integer("width", width)
-    kind = _common.choice("kind", kind, KINDS)
-    _common.boolean("include_top", include_top)
-    pooling = _common.choice("pooling", pooling, ("flatten", "avg"))
+    depth = arguments.integer("depth", depth)
+    width = arguments.integer("width", width)
+    kind = arguments.choice("kind", kind, KINDS)
+    arguments.boolean("include_top", include_top)
+    pooling = arguments.choice("pooling", pooling, ("flatten", "avg"))
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"Expected dropout in [0, 1). Received: dropout={dropout!r}")
     if include_top:
-        num_classes = _common.integer("num_classes", num_classes)
+        num_classes = arguments.integer("num_classes", num_classes)
     pde_kwargs = dict(kernel_size=kernel_size, step_size=step_size, activation=activation,
                       stable=stable, data_format="channels_last")
 

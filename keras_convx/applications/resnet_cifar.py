@@ -2,11 +2,11 @@
 
 import keras
 
+from keras_convx import arguments
 from keras_convx._registry import register
 from keras_convx.applications._common import bn as _bn
 from keras_convx.applications._common import conv3x3 as _conv3x3
 from keras_convx.applications._common import he_fan_out as _he_fan_out
-from keras_convx.layers import _common
 from keras_convx.layers.shared_basis import FilterBasis
 from keras_convx.layers.shared_basis import SharedBasisConv2D
 from keras_convx.regularizers import apply_global_orthonormal
@@ -29,7 +29,7 @@ class ZeroPadShortcut(keras.layers.Layer):
 
     def __init__(self, pad, **kwargs):
         super().__init__(**kwargs)
-        self.pad = _common.integer("pad", pad, minimum=0)
+        self.pad = arguments.integer("pad", pad, minimum=0)
 
     def call(self, inputs):
         x = inputs[:, ::2, ::2, :]
@@ -119,15 +119,15 @@ def resnet_cifar(
     >>> sum(int(w.size) for w in model.trainable_weights)   # doctest: +SKIP
     150666
     """
-    if not _common.is_int(depth) or depth < 8 or (depth - 2) % 6:
+    if not arguments.is_int(depth) or depth < 8 or (depth - 2) % 6:
         raise ValueError(
             f"Expected depth = 6n + 2 with n >= 1 (20, 32, 44, 56, 110). Received: depth={depth!r}"
         )
-    num_classes = _common.integer("num_classes", num_classes)
+    num_classes = arguments.integer("num_classes", num_classes)
     if shared_bases is not None:
-        shared_bases = _common.integer("shared_bases", shared_bases)
-    unique_bases = _common.integer("unique_bases", unique_bases, minimum=0)
-    double_shared = _common.boolean("double_shared", double_shared)
+        shared_bases = arguments.integer("shared_bases", shared_bases)
+    unique_bases = arguments.integer("unique_bases", unique_bases, minimum=0)
+    double_shared = arguments.boolean("double_shared", double_shared)
     if shortcut not in SHORTCUTS:
         raise ValueError(f"Expected shortcut to be one of {list(SHORTCUTS)}. Received: shortcut={shortcut!r}")
     if isinstance(orthonormal_factor, bool) or not isinstance(orthonormal_factor, (int, float)) \

@@ -1,57 +1,23 @@
-"""Argument validation shared by the layer families (clear errors before any work)."""
+"""Building blocks shared by the layer families: input checks, weights, config objects.
+
+Argument validation lives in `keras_convx.arguments` (one module for every public class); its
+helpers are re-exported here under the names the layer files use.
+"""
 
 import keras
-import numpy as np
 
-DATA_FORMATS = ("channels_last", "channels_first")
-
-
-def choice(name, value, accepted):
-    """Returns `value.lower()` if it is one of `accepted`; ValueError naming `name` otherwise."""
-    if not isinstance(value, str) or value.lower() not in accepted:
-        raise ValueError(f"Expected {name} to be one of {list(accepted)}. Received: {name}={value!r}")
-    return value.lower()
-
-
-def data_format(value):
-    """`None` → `keras.config.image_data_format()`; validated otherwise."""
-    return choice("data_format", value or keras.config.image_data_format(), DATA_FORMATS)
-
+from keras_convx.arguments import DATA_FORMATS  # noqa: F401  (re-exported)
+from keras_convx.arguments import boolean  # noqa: F401
+from keras_convx.arguments import choice  # noqa: F401
+from keras_convx.arguments import data_format  # noqa: F401
+from keras_convx.arguments import integer  # noqa: F401
+from keras_convx.arguments import is_int  # noqa: F401
+from keras_convx.arguments import number  # noqa: F401
+from keras_convx.arguments import odd_kernel_size  # noqa: F401
 
 def channel_axis(data_format):
     """The channel axis of a 4-D tensor: 3 for "channels_last", 1 for "channels_first"."""
     return 3 if data_format == "channels_last" else 1
-
-
-def is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def integer(name, value, minimum=1):
-    """An int ≥ `minimum`: TypeError if not an int, ValueError if too small, naming `name`."""
-    if not is_int(value):
-        raise TypeError(f"Expected {name} to be an int. Received: {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"Expected {name} >= {minimum}. Received: {name}={value}")
-    return int(value)
-
-
-def odd_kernel_size(value):
-    """An odd int ≥ 1 (or a pair of equal odd ints) → int; ValueError naming kernel_size."""
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        if value[0] != value[1]:
-            raise ValueError(
-                "Expected kernel_size to be square (rotations map a k×k window onto itself). "
-                f"Received: kernel_size={value!r}"
-            )
-        value = value[0]
-    k = integer("kernel_size", value)
-    if k % 2 == 0:
-        raise ValueError(
-            f"Expected kernel_size to be an odd int (the group acts about the window's centre "
-            f"pixel). Received: kernel_size={value!r}"
-        )
-    return k
 
 
 def check_input(layer, shape, ranks, axis, channels, what="inputs"):
@@ -74,12 +40,6 @@ def lock_channels(layer, channels, data_format):
     """After build: a Keras `InputSpec` that refuses 4-D inputs with another channel count
     (Keras' own message names the layer, the axis and the expected value)."""
     layer.input_spec = keras.layers.InputSpec(ndim=4, axes={channel_axis(data_format): channels})
-
-
-def boolean(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"Expected {name} to be a bool. Received: {name}={value!r}")
-    return bool(value)
 
 
 CONV_OBJECTS = (

@@ -105,13 +105,9 @@ class E4Conv2D(keras.layers.Layer):
         self.kernel_size = _common.odd_kernel_size(kernel_size)
         self.group = gops.check_group(group)
         self.order = gops.group_order(self.group)
-        if isinstance(reduction_ratio, bool) or not isinstance(reduction_ratio, (int, float, np.number)):
-            raise TypeError(
-                f"Expected reduction_ratio to be a number >= 1. Received: reduction_ratio={reduction_ratio!r}"
-            )
-        if reduction_ratio < 1:
-            raise ValueError(f"Expected reduction_ratio >= 1. Received: reduction_ratio={reduction_ratio}")
-        self.reduction_ratio = reduction_ratio
+        ratio = _common.number("reduction_ratio", reduction_ratio, 1)
+        # an int stays an int in the config (the official code's r is an int)
+        self.reduction_ratio = int(ratio) if _common.is_int(reduction_ratio) else ratio
         self.slices = _common.integer("slices", slices)
         if self.filters % self.slices:
             raise ValueError(
@@ -125,9 +121,7 @@ class E4Conv2D(keras.layers.Layer):
         self.strides = strides
         self.data_format = _common.data_format(data_format)
         self.official_compat = _common.boolean("official_compat", official_compat)
-        if not isinstance(epsilon, (int, float)) or epsilon <= 0:
-            raise ValueError(f"Expected epsilon to be a float > 0. Received: epsilon={epsilon!r}")
-        self.epsilon = float(epsilon)
+        self.epsilon = _common.number("epsilon", epsilon, 0, exclusive_minimum=True)
         self.implementation = _common.choice("implementation", implementation, gops.AGGREGATIONS)
         _common.set_objects(
             self,

@@ -334,12 +334,8 @@ class GroupBatchNormalization(keras.layers.Layer):
         super().__init__(**kwargs)
         self.group = gops.check_group(group)
         self.order = gops.group_order(self.group)
-        if not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
-            raise ValueError(f"Expected momentum to be a float in [0, 1). Received: momentum={momentum!r}")
-        if not isinstance(epsilon, (int, float)) or epsilon <= 0:
-            raise ValueError(f"Expected epsilon to be a float > 0. Received: epsilon={epsilon!r}")
-        self.momentum = float(momentum)
-        self.epsilon = float(epsilon)
+        self.momentum = _common.number("momentum", momentum, 0, 1, exclusive_maximum=True)
+        self.epsilon = _common.number("epsilon", epsilon, 0, exclusive_minimum=True)
         self.center = _common.boolean("center", center)
         self.scale = _common.boolean("scale", scale)
         self.data_format = _common.data_format(data_format)

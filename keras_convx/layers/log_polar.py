@@ -1,5 +1,7 @@
 """Log-polar space convolution: `LogPolarConv2D`."""
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -152,7 +154,7 @@ class LogPolarConv2D(keras.layers.Layer):
                 f"Received: implementation={implementation!r}, pooling={pooling!r}"
             )
         self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
+        self.use_bias = _common.boolean("use_bias", use_bias)
         _common.set_objects(
             self,
             kernel_initializer=kernel_initializer,
@@ -172,6 +174,16 @@ class LogPolarConv2D(keras.layers.Layer):
             self.pooling,
             self.center,
         )
+        empty = lp.empty_regions(self.kernel_size, self.rings, self.sectors, self.growth_rate,
+                                 self.initial_angle)
+        if empty:
+            # Python's default warning filter shows each distinct message once.
+            warnings.warn(
+                f"LogPolarConv2D(kernel_size={self.kernel_size}, rings={self.rings}, "
+                f"sectors={self.sectors}, growth_rate={self.growth_rate}): {len(empty)} of "
+                f"{self.rings * self.sectors} regions hold no pixel of the window, so their "
+                "weights are dead parameters (keras_convx.ops.log_polar_empty_regions lists "
+                "them). Use fewer rings/sectors or a larger kernel_size.", stacklevel=2)
 
     # -- static maths -------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ class CentredIdentity(keras.initializers.Initializer):
     """
 
     def __init__(self, gain=1.0):
-        self.gain = float(gain)
+        self.gain = _common.number("gain", gain)
 
     def __call__(self, shape, dtype=None):
         shape = tuple(shape)
@@ -63,11 +63,7 @@ class CentredIdentity(keras.initializers.Initializer):
 
 
 def _step_size(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"Expected step_size to be a positive float. Received: step_size={value!r}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"Expected step_size > 0. Received: step_size={value}")
-    return float(value)
+    return _common.number("step_size", value, 0, exclusive_minimum=True)
 
 
 class _PDEBase(keras.layers.Layer):

@@ -322,8 +322,10 @@ class SharedBasisConv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
         self.use_bias = _common.boolean("use_bias", use_bias)
         self.implementation = _common.choice("implementation", implementation, sb.ORDERS)
-        self.basis_bn_momentum = float(basis_bn_momentum)
-        self.basis_bn_epsilon = float(basis_bn_epsilon)
+        self.basis_bn_momentum = _common.number("basis_bn_momentum", basis_bn_momentum, 0, 1,
+                                                exclusive_maximum=True)
+        self.basis_bn_epsilon = _common.number("basis_bn_epsilon", basis_bn_epsilon, 0,
+                                               exclusive_minimum=True)
         self.basis_bn_synchronized = _common.boolean("basis_bn_synchronized",
                                                      basis_bn_synchronized)
         if kernel_initializer is None:

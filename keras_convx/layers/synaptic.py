@@ -160,10 +160,7 @@ class SynapticConv2D(keras.layers.Layer):
         self.use_bias = _common.boolean("use_bias", use_bias)
         if isinstance(strength_regularizer, str) and strength_regularizer == "default":
             strength_regularizer = _default_strength_regularizer()
-        epsilon = float(epsilon)
-        if not epsilon > 0:
-            raise ValueError(f"Expected epsilon > 0. Received: epsilon={epsilon}")
-        self.epsilon = epsilon
+        self.epsilon = _common.number("epsilon", epsilon, 0, exclusive_minimum=True)
         _common.set_objects(
             self,
             activation=activation,

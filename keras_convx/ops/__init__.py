@@ -12,11 +12,13 @@ from keras_convx.ops.dispatcher import reference_mode
 from keras_convx.ops.dispatcher import reference_only
 from keras_convx.ops.dispatcher import set_opt_in_fast_paths
 from keras_convx.ops.dispatcher import set_reference_only
+from keras_convx.ops.log_polar import empty_regions as log_polar_empty_regions
 from keras_convx.ops.log_polar import log_polar_regions
 
 __all__ = [
     "available_fast_paths",
     "dispatch",
+    "log_polar_empty_regions",
     "log_polar_regions",
     "opt_in_fast_paths",
     "portable_mode",

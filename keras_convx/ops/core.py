@@ -3,19 +3,8 @@
 import keras
 import numpy as np
 
+from keras_convx.arguments import pair as normalize_pair  # noqa: F401  (re-exported)
 from keras_convx.ops import dispatcher
-
-
-def normalize_pair(name, value):
-    """An int or a pair of ints ≥ 1 → a tuple of 2 ints; TypeError/ValueError naming `name`."""
-    is_int = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
-    if is_int(value):
-        value = (value, value)
-    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(map(is_int, value)):
-        raise TypeError(f"Expected {name} to be an int or a tuple of 2 ints. Received: {name}={value!r}")
-    if min(value) < 1:
-        raise ValueError(f"Expected {name} >= 1. Received: {name}={value}")
-    return (int(value[0]), int(value[1]))
 
 
 def conv_output_length(length, k, stride, padding):

@@ -28,6 +28,8 @@ import math
 import keras
 import numpy as np
 
+from keras_convx import arguments
+
 from keras_convx.ops.core import conv_output_length
 from keras_convx.ops.core import matmul_last
 from keras_convx.ops.core import normalize_pair
@@ -41,14 +43,6 @@ from keras_convx.ops.dispatcher import reference_only
 POOLINGS = ("mean", "sum", "max")
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"Expected {name} to be an int. Received: {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"Expected {name} >= {minimum}. Received: {name}={value}")
-    return int(value)
-
-
 def normalize_kernel_size(kernel_size):
     """An int or a pair of ints ≥ 1 → (k_h, k_w)."""
     return normalize_pair("kernel_size", kernel_size)
@@ -56,19 +50,11 @@ def normalize_kernel_size(kernel_size):
 
 def validate_region_args(kernel_size, rings, sectors, growth_rate, initial_angle):
     kernel_size = normalize_kernel_size(kernel_size)
-    rings = _check_int("rings", rings, 1)
-    sectors = _check_int("sectors", sectors, 1)
-    if isinstance(growth_rate, bool) or not isinstance(growth_rate, (int, float, np.number)):
-        raise TypeError(f"Expected growth_rate to be a number. Received: growth_rate={growth_rate!r}")
-    if not growth_rate > 1:
-        raise ValueError(f"Expected growth_rate > 1. Received: growth_rate={growth_rate}")
-    if isinstance(initial_angle, bool) or not isinstance(initial_angle, (int, float, np.number)):
-        raise TypeError(
-            f"Expected initial_angle to be a number (radians). Received: initial_angle={initial_angle!r}"
-        )
-    if not math.isfinite(initial_angle):
-        raise ValueError(f"Expected a finite initial_angle. Received: initial_angle={initial_angle}")
-    return kernel_size, rings, sectors, float(growth_rate), float(initial_angle)
+    rings = arguments.integer("rings", rings, 1)
+    sectors = arguments.integer("sectors", sectors, 1)
+    growth_rate = arguments.number("growth_rate", growth_rate, 1, exclusive_minimum=True)
+    initial_angle = arguments.number("initial_angle", initial_angle)  # radians
+    return kernel_size, rings, sectors, growth_rate, initial_angle
 
 
 def ring_thresholds(kernel_size, rings, growth_rate):
@@ -136,6 +122,29 @@ def log_polar_regions(kernel_size, rings, sectors, growth_rate, initial_angle=0.
     """
     args = validate_region_args(kernel_size, rings, sectors, growth_rate, initial_angle)
     return _regions_cached(*args)
+
+
+def empty_regions(kernel_size, rings, sectors, growth_rate, initial_angle=0.0):
+    """The (ring, sector) regions of the window that no pixel falls in.
+
+    Their weights never reach the output (dead parameters): small windows with many regions
+    leave some empty, e.g. a 3×3 window with 2 rings × 6 sectors (growth rate 2) has 6 of its
+    12 regions empty: all nine pixels fall in ring 0, none in ring 1.
+
+    Args: as `log_polar_regions`.
+
+    Returns:
+        list of `(ring, sector)` int pairs, sorted; empty when every region has a pixel.
+
+    Example:
+
+    >>> len(empty_regions(3, rings=2, sectors=6, growth_rate=2.0))
+    6
+    """
+    args = validate_region_args(kernel_size, rings, sectors, growth_rate, initial_angle)
+    ring, sector = _regions_cached(*args)
+    sizes = region_sizes(ring, sector, args[1], args[2])
+    return [(int(r), int(a)) for r, a in np.argwhere(sizes == 0)]
 
 
 def region_sizes(ring, sector, rings, sectors):

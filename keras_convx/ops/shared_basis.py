@@ -26,6 +26,17 @@ def kernel_rows(kernel):
     return ops.transpose(ops.reshape(kernel, (-1, filters)))
 
 
+def check_kernel_rank(weight, who):
+    """ValueError unless `weight` has rank >= 2 (filters on the last axis, fan-in before it):
+    orthonormality of a bias or a scalar means nothing."""
+    shape = tuple(weight.shape)
+    if len(shape) < 2:
+        raise ValueError(
+            f"{who} applies to kernels of rank >= 2 (filters on the last axis). Received a "
+            f"weight of shape {shape}: use it as kernel_regularizer/kernel_constraint, not on "
+            "a bias.")
+
+
 def orthonormality_residual(kernel):
     """‖M Mᵀ − I‖_F² for M = `kernel_rows(kernel)` (diagonal included: unit norm AND
     orthogonality), a scalar tensor."""
@@ -37,12 +48,17 @@ def orthonormality_residual(kernel):
 
 def orthonormal_projection(kernel):
     """The nearest kernel (Frobenius norm) whose filters are orthonormal rows: the polar factor
-    U Vᵀ of M = U S Vᵀ. Needs filters <= fan_in (checked by the callers)."""
+    U Vᵀ of M = U S Vᵀ. Needs filters <= fan_in (checked by the callers).
+
+    A kernel with a NaN or ±inf entry is returned unchanged, on every backend (their SVDs
+    otherwise disagree: some raise, some return NaN, some return finite garbage), so a diverged
+    step shows up as the non-finite weight it made."""
     shape = kernel.shape
-    m = kernel_rows(kernel)
+    finite = ops.all(ops.isfinite(kernel))
+    m = kernel_rows(ops.where(finite, kernel, ops.zeros_like(kernel)))
     u, _, vh = ops.svd(m, full_matrices=False)
-    projected = ops.matmul(u, vh)
-    return ops.reshape(ops.transpose(projected), shape)
+    projected = ops.reshape(ops.transpose(ops.matmul(u, vh)), shape)
+    return ops.where(finite, projected, kernel)
 
 
 def synthesize_kernel(basis, coefficients, scale=None):
