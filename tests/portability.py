@@ -93,12 +93,20 @@ def inputs(seed=0):
     return np.random.default_rng(seed).standard_normal((3, *SHAPE)).astype("float32")
 
 
+def compile_for_files(model, name):
+    """Compiled with `jit_compile=True` before saving: the `.keras` file then carries that
+    compile config, and the reader must load it compiled (XLA, or torch.compile on PyTorch)."""
+    loss = ("sparse_categorical_crossentropy" if name == "pairwise" else "mse")
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=loss, jit_compile=True)
+
+
 def write(out_dir):
     os.makedirs(out_dir, exist_ok=True)
     x = inputs()
     for index, name in enumerate(FAMILIES):
         model = build(name)
         randomise(model, seed=index)
+        compile_for_files(model, name)
         outputs = keras.ops.convert_to_numpy(model(x, training=False))
         model.save(os.path.join(out_dir, f"{name}.keras"))
         model.save_weights(os.path.join(out_dir, f"{name}.weights.h5"))

@@ -106,6 +106,9 @@ def _all_layers_model(data_format):
 def test_unknown_image_size_compiled_step_every_layer(jit_compile, data_format):
     if data_format == "channels_first" and jit_compile == "auto":
         pytest.skip("'auto' is swept channels_last; channels_first runs with jit_compile=True")
+    if data_format == "channels_first" and BACKEND == "torch":
+        pytest.skip("CI time: torch.compile of this model takes ~4 min on 2 cores; the "
+                    "channels_first layers run compiled on TensorFlow and JAX, and eagerly here")
     model, eager = _all_layers_model(data_format)
     model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=["mse"] * len(model.outputs),
                   jit_compile=jit_compile)
