@@ -7,7 +7,7 @@ plot test accuracy per rotation. Augmentation buys rotation robustness with data
 group-equivariant layers of keras_convx build it into the architecture instead.
 
 Run: `python examples/rotated_digits.py` (writes rotated_digits.png to $KERAS_CONVX_OUT,
-default ./guide_out). `KERAS_CONVX_FAST=1` shrinks it to a smoke run.
+default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`). `KERAS_CONVX_FAST=1` shrinks it to a smoke run.
 """
 
 import os
@@ -19,10 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_convx.demo import ROTATIONS, fast_mode, load_digits_data, plain_cnn, rotate  # noqa: E402
+from keras_convx.demo import ROTATIONS, fast_mode, script_options, load_digits_data, plain_cnn, rotate  # noqa: E402
 
-OUT = os.environ.get("KERAS_CONVX_OUT", "guide_out")
-os.makedirs(OUT, exist_ok=True)
+OUT, _ = script_options(__doc__, "rotated_digits")
 EPOCHS = 1 if fast_mode() else 10
 x_train, y_train, x_test, y_test = load_digits_data(limit=300 if fast_mode() else None)
 

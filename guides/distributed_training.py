@@ -59,7 +59,7 @@ trained with a torch loop, but keras_convx does not test that route and `model.f
 use it. Run on torch, this guide demonstrates with JAX.
 
 Run: `KERAS_BACKEND=jax python guides/distributed_training.py` (or tensorflow; plot in
-$KERAS_CONVX_OUT, default ./guide_out). Each training runs in a subprocess, because the
+$KERAS_CONVX_OUT, default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`). Each training runs in a subprocess, because the
 number of devices is fixed when the backend starts.
 """
 
@@ -85,8 +85,10 @@ from keras_convx import layers  # noqa: E402
 from keras_convx import pruning  # noqa: E402
 from keras_convx import regularizers  # noqa: E402
 
-OUT = os.environ.get("KERAS_CONVX_OUT", "guide_out")
-FAST = demo.fast_mode()
+OUT, FAST = demo.script_options(
+    __doc__, "distributed_training",
+    extra=[("--worker", dict(action="store_true", help="internal: one training run (the guide "
+                                                       "starts these itself)"))])
 EPOCHS = 1 if FAST else 10
 BATCH = 32  # global batch: 8 per device
 SIZE = 16

@@ -16,7 +16,7 @@ This guide:
    digits, the p4 G-CNN and the E4 net keep their accuracy at every angle.
 
 Run: `KERAS_BACKEND=jax python guides/equivariant_convolution.py` (plots go to
-$KERAS_CONVX_OUT, default ./guide_out).
+$KERAS_CONVX_OUT, default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`).
 
 A full run (jax, 2-core CPU, 2026-11-25; digits upsampled to 32×32, 1,347 train / 450 test,
 8 epochs, seed 0) gave, accuracy at 0°/90°/180°/270°:
@@ -42,9 +42,7 @@ from keras_convx.layers import E4Conv2D  # noqa: E402
 from keras_convx.layers import GroupConv2D  # noqa: E402
 from keras_convx.layers import GroupLiftConv2D  # noqa: E402
 
-OUT = os.environ.get("KERAS_CONVX_OUT", "guide_out")
-os.makedirs(OUT, exist_ok=True)
-FAST = demo.fast_mode()
+OUT, FAST = demo.script_options(__doc__, "equivariant_convolution")
 rng = np.random.default_rng(0)
 
 

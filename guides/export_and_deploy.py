@@ -20,7 +20,7 @@ Keras, and times ONNX Runtime and LiteRT against `model.predict` at batch 1 and 
 `training.PairwiseConsistency` wrapper deploys through `wrapper.model` like any classifier.
 
 Run: `KERAS_BACKEND=torch python guides/export_and_deploy.py` (any backend; plots go to
-$KERAS_CONVX_OUT, default ./guide_out). The benchmark `benchmarks/export_inference.py` times
+$KERAS_CONVX_OUT, default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`). The benchmark `benchmarks/export_inference.py` times
 the same model on every backend (benchmarks/RESULTS.md).
 """
 
@@ -41,8 +41,7 @@ from keras_convx import export  # noqa: E402
 from keras_convx import layers  # noqa: E402
 from keras_convx import pruning  # noqa: E402
 
-OUT = os.environ.get("KERAS_CONVX_OUT", "guide_out")
-FAST = demo.fast_mode()
+OUT, FAST = demo.script_options(__doc__, "export_and_deploy")
 SIZE = 16
 EPOCHS = 1 if FAST else 8
 REPEATS = 5 if FAST else 50

@@ -24,10 +24,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_convx  # noqa: E402
-from keras_convx.demo import fast_mode, load_digits_data, plain_cnn  # noqa: E402
+from keras_convx.demo import fast_mode, script_options, load_digits_data, plain_cnn  # noqa: E402
 
-OUT = os.environ.get("KERAS_CONVX_OUT", "guide_out")
-os.makedirs(OUT, exist_ok=True)
+OUT, _ = script_options(__doc__, "getting_started")
 
 # ## 1. The backend
 print("keras_convx", keras_convx.__version__, "on", keras.backend.backend())

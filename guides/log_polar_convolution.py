@@ -17,7 +17,7 @@ This guide:
    succeeds and a 3×3 conv (9 weights per pair) cannot, because it never sees both dots.
 
 Run: `KERAS_BACKEND=jax python guides/log_polar_convolution.py` (plots go to
-$KERAS_CONVX_OUT, default ./guide_out).
+$KERAS_CONVX_OUT, default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`).
 
 A full run (jax, 2-core CPU, 2026-11-25; 3,000 training / 1,000 test images, 20 epochs) gave
 test accuracy 0.502 for the 3×3 conv (160 parameters: chance), 0.893 for the 9×9 LPSC
@@ -34,12 +34,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_convx  # noqa: E402
-from keras_convx.demo import fast_mode  # noqa: E402
+from keras_convx.demo import fast_mode, script_options  # noqa: E402
 from keras_convx.layers import LogPolarConv2D  # noqa: E402
 
-OUT = os.environ.get("KERAS_CONVX_OUT", "guide_out")
-os.makedirs(OUT, exist_ok=True)
-FAST = fast_mode()
+OUT, FAST = script_options(__doc__, "log_polar_convolution")
 
 # ## 1. Region maps
 # Each pixel of the window gets a ring index and a sector index; region = ring·sectors + sector.

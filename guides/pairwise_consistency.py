@@ -22,7 +22,7 @@ is trained plainly, with the erased view only (β = 1, λ = 0), and with the ful
 (β = 1, λ = 1); we compare test accuracy and the focus area (τ = 0.2, 0.5) over seeds.
 
 Run: `KERAS_BACKEND=jax python guides/pairwise_consistency.py` (plots go to
-$KERAS_CONVX_OUT, default ./guide_out). Results of a full run are in the README's
+$KERAS_CONVX_OUT, default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`). Results of a full run are in the README's
 pairwise-consistency section (numbers printed by this script; nothing below is asserted).
 """
 
@@ -41,9 +41,7 @@ from keras_convx import callbacks  # noqa: E402
 from keras_convx import demo  # noqa: E402
 from keras_convx import training  # noqa: E402
 
-OUT = os.environ.get("KERAS_CONVX_OUT", "guide_out")
-os.makedirs(OUT, exist_ok=True)
-FAST = demo.fast_mode()
+OUT, FAST = demo.script_options(__doc__, "pairwise_consistency")
 CLASSES, TEXTURES, PATCH, GRID = 6, 12, 8, 4
 SIZE = PATCH * GRID
 EPOCHS = 1 if FAST else 12

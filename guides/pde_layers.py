@@ -16,7 +16,7 @@ This guide shows both theorems numerically against plain residual stacks that bl
 trains PDE networks 1 to 64 layers deep on the digits.
 
 Run: `KERAS_BACKEND=jax python guides/pde_layers.py` (plots go to $KERAS_CONVX_OUT, default
-./guide_out).
+a folder under the system temp dir; `--out DIR`, `--fast`, `--help`).
 
 A full run (jax, 2-core CPU, 2026-11-26) gave — see the table printed at the end; the numbers
 are copied into the README:
@@ -50,9 +50,7 @@ from keras_convx.layers import HyperbolicConv2D  # noqa: E402
 from keras_convx.ops import pde as pops  # noqa: E402
 from keras_convx.ops.core import conv2d  # noqa: E402
 
-OUT = os.environ.get("KERAS_CONVX_OUT", "guide_out")
-os.makedirs(OUT, exist_ok=True)
-FAST = demo.fast_mode()
+OUT, FAST = demo.script_options(__doc__, "pde_layers")
 rng = np.random.default_rng(0)
 to_np = keras.ops.convert_to_numpy
 

@@ -16,7 +16,7 @@ This guide
 3. trains the SxUy ResNet on the digits next to the unshared one.
 
 Run: `KERAS_BACKEND=jax python guides/shared_filter_bases.py` (plots go to $KERAS_CONVX_OUT,
-default ./guide_out).
+default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`).
 
 A full run (jax, 2-core CPU, 2026-11-26; one seed) printed:
 
@@ -52,9 +52,7 @@ from keras_convx import demo  # noqa: E402
 from keras_convx.applications import resnet_cifar  # noqa: E402
 from keras_convx.layers import SharedBasisConv2D  # noqa: E402
 
-OUT = os.environ.get("KERAS_CONVX_OUT", "guide_out")
-os.makedirs(OUT, exist_ok=True)
-FAST = demo.fast_mode()
+OUT, FAST = demo.script_options(__doc__, "shared_filter_bases")
 
 
 def trainable_count(model):

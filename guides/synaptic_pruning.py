@@ -19,7 +19,7 @@ This guide, on scikit-learn's bundled digits (16×16):
 3. compacts the 90% models and times them against the unpruned one.
 
 Run: `KERAS_BACKEND=jax python guides/synaptic_pruning.py` (plots go to $KERAS_CONVX_OUT,
-default ./guide_out).
+default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`).
 
 Results of a full run are in the README's synaptic-strength section (numbers printed by this
 script; nothing below is asserted by it).
@@ -39,9 +39,7 @@ from keras_convx import callbacks  # noqa: E402
 from keras_convx import demo  # noqa: E402
 from keras_convx import pruning  # noqa: E402
 
-OUT = os.environ.get("KERAS_CONVX_OUT", "guide_out")
-os.makedirs(OUT, exist_ok=True)
-FAST = demo.fast_mode()
+OUT, FAST = demo.script_options(__doc__, "synaptic_pruning")
 SIZE = 16
 EPOCHS = 1 if FAST else 20
 FINE_TUNE_EPOCHS = 1 if FAST else 4

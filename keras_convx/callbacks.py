@@ -1,5 +1,4 @@
-"""Callbacks of keras_convx: `GradientFlow` (issue 5), `SynapticPruning` (issue 7),
-`FocusArea` (issue 8)."""
+"""Callbacks of keras_convx: `GradientFlow`, `SynapticPruning`, `FocusArea`."""
 
 import csv
 import os
@@ -27,9 +26,12 @@ class GradientFlow(keras.callbacks.Callback):
 
     Where the numbers go:
     - `self.records`: a list of dicts `{"step", "epoch", "kind", "name", "value"}`;
-    - the epoch logs (hence `History`): `grad_norm/<layer>`, `basis_grad_norm/<basis>` and
-      `orthonormality/<basis>` from the end-of-epoch measurement;
-    - `csv_path` (optional): the records appended as CSV rows;
+    - the epoch logs (hence `History` and the progress bar): a few summaries of the
+      end-of-epoch measurement, `grad_norm/min`, `grad_norm/median`, `grad_norm/max` over the
+      layers and, when the model shares bases, `basis_grad_norm/max` and
+      `orthonormality/max` (one key per layer would put ~70 keys on every epoch line of a
+      ResNet-32);
+    - `csv_path` (optional): every per-layer record appended as CSV rows;
     - `plot(path)`: gradient norm per layer (x: layer in model order), one line per record.
 
     Args:
@@ -93,9 +95,13 @@ class GradientFlow(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         rows = self._measure()
-        if logs is not None:
-            for row in rows:
-                logs[f"{row['kind']}/{row['name']}"] = row["value"]
+        if logs is None:
+            return
+        for kind, stats in (("grad_norm", ("min", "median", "max")),
+                            ("basis_grad_norm", ("max",)), ("orthonormality", ("max",))):
+            values = [row["value"] for row in rows if row["kind"] == kind]
+            for stat in stats if values else ():
+                logs[f"{kind}/{stat}"] = float(getattr(np, stat)(values))
 
     def series(self, kind="grad_norm"):
         """{step: {name: value}} of the records of one kind."""
@@ -208,8 +214,9 @@ class SynapticPruning(keras.callbacks.Callback):
                                self.normalization)
         self.updates.append((due[-1], target, report["total"]))
         if self.verbose:
-            print(f"SynapticPruning: step {due[-1]}: target {target:.3f}, "
-                  f"sparsity {report['total']:.3f}")
+            # On its own line, as Keras' callbacks print (not into the progress bar's line).
+            print(f"\nSynapticPruning: step {due[-1]}: target {target:.3f}, "
+                  f"sparsity {report['total']:.3f}", flush=True)
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += self._steps_per_batch()

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 DEFAULT_SIZE = 32
@@ -22,6 +23,47 @@ ROTATIONS = (0, 90, 180, 270)
 def fast_mode():
     """True when `KERAS_CONVX_FAST=1`: demo, guides and examples shrink data and epochs."""
     return os.environ.get("KERAS_CONVX_FAST", "0").lower() in ("1", "true", "yes")
+
+
+def default_out(name):
+    """Where a guide, example or the demo writes when not told: a folder under the system's
+    temporary directory (never the current folder unasked)."""
+    return os.path.join(tempfile.gettempdir(), "keras_convx", name)
+
+
+def script_options(doc, name, argv=None, extra=()):
+    """`--help`, `--fast` and `--out DIR` for a guide or example → `(out, fast)`.
+
+    Defaults come from the environment (`KERAS_CONVX_FAST=1`, `KERAS_CONVX_OUT`), else not
+    fast and `default_out(name)`. The choice is written back to the environment, so
+    `fast_mode()` and subprocesses the script starts agree with it. The folder is created.
+
+    Args:
+        doc: the script's docstring (its first line is the `--help` description).
+        name: the script's name (the default folder's).
+        argv: arguments (default `sys.argv[1:]`).
+        extra: `(flag, add_argument kwargs)` pairs for script-specific flags.
+
+    Example (at the top of a guide):
+
+    ```python
+    OUT, FAST = demo.script_options(__doc__, "pde_layers")
+    ```
+    """
+    lines = (doc or "").strip().splitlines()
+    parser = argparse.ArgumentParser(description=lines[0].lstrip("# ") if lines else name)
+    parser.add_argument("--fast", action="store_true", default=fast_mode(),
+                        help="a smoke run: little data, one epoch (also KERAS_CONVX_FAST=1)")
+    parser.add_argument("--out", default=os.environ.get("KERAS_CONVX_OUT") or default_out(name),
+                        help="folder for the plots and results (also KERAS_CONVX_OUT; default "
+                             f"{default_out(name)})")
+    for flag, kwargs in extra:
+        parser.add_argument(flag, **kwargs)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ["KERAS_CONVX_FAST"] = "1" if args.fast else "0"
+    os.environ["KERAS_CONVX_OUT"] = args.out
+    os.makedirs(args.out, exist_ok=True)
+    return args.out, args.fast
 
 
 def load_digits_data(size=DEFAULT_SIZE, test_fraction=0.25, seed=0, limit=None):
@@ -335,7 +377,10 @@ def main(argv=None):
     parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None,
                         help="Keras backend (default: KERAS_BACKEND or Keras' default)")
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--out", default="demo_out", help="folder for plots and results.json")
+    parser.add_argument("--out", default=default_out("demo"),
+                        help=f"folder for plots and results.json (default {default_out('demo')})")
+    parser.add_argument("--fast", action="store_true", default=fast_mode(),
+                        help="a smoke run: 300 images, one epoch (also KERAS_CONVX_FAST=1)")
     parser.add_argument("--models", nargs="*", default=None,
                         help="substrings selecting rows of the table (default: all)")
     args = parser.parse_args(argv)
@@ -350,7 +395,7 @@ def main(argv=None):
 
     import keras
 
-    fast = fast_mode()
+    fast = args.fast
     epochs = 1 if fast else args.epochs
     data = load_digits_data(limit=300 if fast else None)
     os.makedirs(args.out, exist_ok=True)

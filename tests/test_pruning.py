@@ -207,6 +207,19 @@ def test_callback_prunes_on_schedule_and_logs():
         assert np.all(_np(layer.kernel)[:, :, mask == 0] == 0)
 
 
+def test_verbose_callback_prints_on_its_own_line(capsys):
+    model = _small_cnn()
+    x, y = _data()
+    schedule = pruning.PolynomialDecay(0.0, 0.8, begin_step=2, end_step=10, frequency=4)
+    cb = callbacks.SynapticPruning(schedule, verbose=1)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=1, callbacks=[cb], shuffle=False)
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "SynapticPruning" in line]
+    assert len(lines) == len(cb.updates) >= 2
+    # each message starts its own line: never appended to the progress bar's text
+    assert all(line.startswith("SynapticPruning: step") for line in lines), lines
+
+
 def test_callback_needs_a_prunable_layer():
     model = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2D(2, 3),
                               keras.layers.Flatten(), keras.layers.Dense(2)])

@@ -15,15 +15,16 @@ SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "guides", "*.py"))) + sorted(
 
 
 def _run(cmd, tmp_path):
-    env = dict(
-        os.environ,
-        KERAS_BACKEND=keras.backend.backend(),
-        KERAS_CONVX_FAST="1",
-        KERAS_CONVX_OUT=str(tmp_path),
-        MPLBACKEND="Agg",
-    )
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    """Runs `cmd` with `--fast --out <tmp_path>/out` from an empty working folder, which must
+    stay empty (nothing is written into the current folder unasked)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERAS_CONVX_")}
+    env.update(KERAS_BACKEND=keras.backend.backend(), MPLBACKEND="Agg")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = subprocess.run([*cmd, "--fast", "--out", str(tmp_path / "out")], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert not any(cwd.iterdir()), f"{cmd} wrote into the working folder: {list(cwd.iterdir())}"
     return proc.stdout
 
 
@@ -36,11 +37,23 @@ def test_there_are_guides_and_examples():
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_script_runs_and_writes_a_plot(script, tmp_path):
     _run([sys.executable, script], tmp_path)
-    assert glob.glob(os.path.join(tmp_path, "**", "*.png"), recursive=True), "no plot written"
+    assert glob.glob(os.path.join(tmp_path, "out", "**", "*.png"), recursive=True), "no plot written"
 
 
 def test_demo_prints_table_and_writes_plots(tmp_path):
-    out = _run([sys.executable, "-m", "keras_convx.demo", "--out", str(tmp_path)], tmp_path)
+    out = _run([sys.executable, "-m", "keras_convx.demo"], tmp_path)
     assert "| model" in out and "acc 90°" in out
     for name in ("accuracy.png", "samples.png", "results.json"):
-        assert (tmp_path / name).exists(), name
+        assert (tmp_path / "out" / name).exists(), name
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="--help is the same on every "
+                    "backend: checked once (under jax)")
+@pytest.mark.parametrize("script", [*SCRIPTS, "-m keras_convx.demo"],
+                         ids=lambda p: os.path.relpath(p, ROOT) if os.path.isabs(p) else p)
+def test_help_names_fast_and_out(script):
+    cmd = [sys.executable, *(script.split() if script.startswith("-m") else [script]), "--help"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, KERAS_BACKEND="jax"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--fast" in proc.stdout and "--out" in proc.stdout
