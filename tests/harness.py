@@ -90,7 +90,7 @@ def _check_output_shape(check, layer, output, input_shape):
         _fail(check, f"output shape {got} != compute_output_shape {expected}")
 
 
-def _fit_one_step(model, x, check="fit"):
+def _fit_one_step(model, x, check="fit", promised_zeros=None):
     y = model.predict(x, verbose=0)
     target = np.random.default_rng(1).standard_normal(y.shape).astype("float32")
     before = [to_numpy(w).copy() for w in model.trainable_weights]
@@ -102,6 +102,44 @@ def _fit_one_step(model, x, check="fit"):
     after = [to_numpy(w) for w in model.trainable_weights]
     if before and all(np.array_equal(b, a) for b, a in zip(before, after)):
         _fail(check, "one fit step changed no trainable weight (no gradient reaches them?)")
+    check_every_weight_gets_a_gradient(model, x, target, check, promised_zeros)
+
+
+def model_gradients(model, x, target):
+    """{variable path: dL/dw} for L = mean((model(x) − target)²) in training mode, through
+    the backend's own autodiff (NumPy out)."""
+    trainable = list(model.trainable_variables)
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    target = keras.ops.convert_to_tensor(np.asarray(target, "float32"))
+
+    def loss(*tv):
+        y, _ = model.stateless_call(list(tv), non_trainable, x, training=True)
+        return keras.ops.mean(keras.ops.square(keras.ops.cast(y, "float32") - target))
+
+    grads = backend_gradients(loss, [to_numpy(v) for v in trainable])
+    return {v.path: g for v, g in zip(trainable, grads)}
+
+
+def check_every_weight_gets_a_gradient(model, x, target, check="fit", promised_zeros=None):
+    """Every trainable weight must get a finite gradient that is not identically zero (one
+    changed weight is not enough: a layer can silently cut the gradient of another).
+
+    `promised_zeros(variable)` → a 0/1 array or None: where the layer promises an exactly
+    zero gradient (0 entries, e.g. pruned connections), checked too."""
+    if not model.trainable_variables:
+        return
+    grads = model_gradients(model, x, target)
+    variables = {v.path: v for v in model.trainable_variables}
+    for path, g in grads.items():
+        if not np.all(np.isfinite(g)):
+            _fail(check, f"the gradient of {path} is not finite")
+        if not np.any(g):
+            _fail(check, f"the gradient of {path} is identically zero (it never trains)")
+        mask = promised_zeros(variables[path]) if promised_zeros else None
+        if mask is not None:
+            leaks = np.broadcast_to(np.asarray(mask), g.shape) == 0
+            if np.any(g[leaks] != 0):
+                _fail(check, f"{path}: non-zero gradient where the layer promises an exact zero")
 
 
 def check_save_load(model, x, check="saving"):
@@ -179,12 +217,18 @@ def run_layer_test(
     run_data_formats=True,
     run_mixed_precision=True,
     data_format_atol=1e-5,
+    prepare=None,
+    promised_zeros=None,
 ):
     """Check that `layer_cls(**init_kwargs)` meets keras_convx's layer contract.
 
     `input_shape` includes the batch and is channels_last when the layer has a `data_format`
     (the harness derives the channels_first case itself). Raises `HarnessError` (an
     AssertionError) naming the failed check.
+
+    `prepare(layer)` is applied to the built layer of the fit/saving model (e.g. to prune
+    some connections); `promised_zeros(variable)` gives where its gradient must be exactly 0
+    (see `check_every_weight_gets_a_gradient`).
     """
     input_shape = _normalise_shape(input_shape)
     with _check("config"):
@@ -222,10 +266,12 @@ def run_layer_test(
         outputs = sym_layer(inputs)
         _check_output_shape("symbolic", sym_layer, outputs, (None, *input_shape[1:]))
         model = keras.Model(inputs, outputs)
+        if prepare is not None:
+            prepare(sym_layer)
 
     if run_fit:
         with _check("fit"):
-            _fit_one_step(model, x)
+            _fit_one_step(model, x, promised_zeros=promised_zeros)
     if run_saving:
         with _check("saving"):
             check_save_load(model, x)

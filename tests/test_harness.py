@@ -133,6 +133,7 @@ def test_correct_layer_matches_oracle_forward_and_gradients():
         (IgnoresDataFormat, "data_format"),
         (Float16Overflow, "mixed_precision"),
         (FrozenByMistake, "fit"),
+        (WrongGradient, "fit"),
     ],
 )
 def test_broken_layer_fails_the_named_check(cls, check):

@@ -154,7 +154,19 @@ def test_masked_connections_stay_zero_through_training(optimizer):
         assert np.any(kernel[:, :, mask == 1] != 0.0)
 
 
+PRUNED = (np.arange(12).reshape(3, 4) % 3 != 0).astype("float32")  # 4 of 12 connections
+
+
 def test_layer_contract():
+    """With some connections pruned: every weight still trains, and the pruned connections'
+    direction and strength get exactly zero gradient."""
+    def promised_zeros(variable):
+        if variable.name == "strength":
+            return PRUNED
+        if variable.name == "direction":
+            return PRUNED[None, None]
+        return None
+
     harness.run_layer_test(
         SynapticConv2D,
         {"filters": 4, "kernel_size": 3, "padding": "same"},
@@ -163,6 +175,8 @@ def test_layer_contract():
         expected_num_trainable_weights=3,
         expected_num_non_trainable_weights=1,
         expected_num_params=3 * 3 * 3 * 4 + 3 * 4 + 4 + 3 * 4,
+        prepare=lambda layer: layer.set_mask(PRUNED),
+        promised_zeros=promised_zeros,
     )
 
 
