@@ -186,7 +186,14 @@ def mixed_precision_skip_reason(policy):
     return None
 
 
-def _check_mixed_precision(cls, init_kwargs, x):
+MIXED_TOLERANCE = {"mixed_float16": 3e-3, "mixed_bfloat16": 3e-2}  # ‖y − y32‖ / ‖y32‖
+
+
+def _check_mixed_precision(cls, init_kwargs, x, reference_layer, reference_y):
+    """Per policy: compute dtype out, float32 variables, finite outputs, the same weights'
+    float32 output within the policy's relative tolerance (fp16 ~1e-3, bf16 ~1e-2: a
+    wrong cast or a float16 overflow in the middle shows), and one finite fit step."""
+    expected = to_numpy(keras.ops.cast(reference_y, "float32")).astype(np.float64)
     for policy in MIXED_POLICIES:
         reason = mixed_precision_skip_reason(policy)
         if reason:
@@ -199,8 +206,22 @@ def _check_mixed_precision(cls, init_kwargs, x):
         for w in layer.trainable_weights:
             if keras.backend.standardize_dtype(w.dtype) != "float32":
                 _fail("mixed_precision", f"{policy}: variable {w.path} is {w.dtype}, not float32")
-        if not np.all(np.isfinite(to_numpy(keras.ops.cast(y, "float32")))):
+        got = to_numpy(keras.ops.cast(y, "float32")).astype(np.float64)
+        if not np.all(np.isfinite(got)):
             _fail("mixed_precision", f"{policy}: non-finite outputs")
+        layer.set_weights(reference_layer.get_weights())
+        got = to_numpy(keras.ops.cast(layer(x), "float32")).astype(np.float64)
+        error = np.linalg.norm(got - expected) / max(np.linalg.norm(expected), 1e-12)
+        if error > MIXED_TOLERANCE[policy]:
+            _fail("mixed_precision", f"{policy}: relative error {error:.2g} against float32 "
+                                     f"(allowed {MIXED_TOLERANCE[policy]:g})")
+        inputs = keras.Input(shape=x.shape[1:])
+        model = keras.Model(inputs, cls(**dict(init_kwargs, dtype=policy))(inputs))
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        loss = model.train_on_batch(x, np.zeros(model.output.shape[1:], "float32")[None]
+                                    .repeat(len(x), 0))
+        if not np.isfinite(loss):
+            _fail("mixed_precision", f"{policy}: one fit step gave a non-finite loss {loss}")
 
 
 def run_layer_test(
@@ -280,7 +301,7 @@ def run_layer_test(
             _check_data_formats(layer_cls, init_kwargs, input_shape, x, layer, y, data_format_atol)
     if run_mixed_precision:
         with _check("mixed_precision"):
-            _check_mixed_precision(layer_cls, init_kwargs, x)
+            _check_mixed_precision(layer_cls, init_kwargs, x, layer, y)
     return layer
 
 

@@ -95,6 +95,16 @@ class Float16Overflow(ScaleConv):
 
 
 @register
+class LossyHalfPrecision(ScaleConv):
+    """Finite and of the right dtype under mixed precision, but 5% off its float32 output
+    (what a wrong cast or a low-precision constant in the middle does)."""
+
+    def call(self, x):
+        y = super().call(x)
+        return y if keras.backend.standardize_dtype(y.dtype) == "float32" else y * 1.05
+
+
+@register
 class FrozenByMistake(ScaleConv):
     def call(self, x):
         return keras.ops.stop_gradient(super().call(x))
@@ -132,6 +142,7 @@ def test_correct_layer_matches_oracle_forward_and_gradients():
         (UnsavedState, "saving"),
         (IgnoresDataFormat, "data_format"),
         (Float16Overflow, "mixed_precision"),
+        (LossyHalfPrecision, "mixed_precision"),
         (FrozenByMistake, "fit"),
         (WrongGradient, "fit"),
     ],
