@@ -21,7 +21,7 @@ from keras_convx.ops import core as ops_core
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKEND = keras.backend.backend()
 
-pytestmark = pytest.mark.skipif(
+needs_distribution_api = pytest.mark.skipif(
     BACKEND == "torch",
     reason="Keras' distribution API has no PyTorch backend (see the README: DDP around the model)",
 )
@@ -37,6 +37,7 @@ def report():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@needs_distribution_api
 def test_runs_on_four_devices_with_one_basis_and_identical_masks(report):
     assert report["devices"] == 4
     assert report["basis_variables"] == 1  # the shared FilterBasis stays ONE variable
@@ -56,11 +57,13 @@ def _check_equal_training(report):
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX DataParallel")
+@needs_distribution_api
 def test_data_parallel_training_equals_single_device(report):
     _check_equal_training(report)
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX ModelParallel")
+@needs_distribution_api
 def test_model_parallel_training_equals_single_device(report):
     # The LayoutMap split these kernels' output channels (and the synaptic masks) over the
     # "model" axis of a 2×2 mesh; two pruned SGD steps still give the single-device weights.
@@ -72,6 +75,7 @@ def test_model_parallel_training_equals_single_device(report):
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow MirroredStrategy")
+@needs_distribution_api
 def test_mirrored_training_equals_single_device(report):
     # Needs the synchronised batch norms (basis_bn_synchronized, GroupBatchNormalization's
     # synchronized) and PairwiseConsistency's terms divided by the replica count.
@@ -79,4 +83,5 @@ def test_mirrored_training_equals_single_device(report):
 
 
 def test_replicas_in_sync_is_one_outside_a_strategy():
+    # Runs on torch too: PairwiseConsistency divides its extra loss terms by it on every step.
     assert ops_core.replicas_in_sync() == 1
