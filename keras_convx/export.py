@@ -198,19 +198,36 @@ def _portable_pooling(layer):
     return new, lambda _: None
 
 
+# Spatial sizes verified when the model's image size is unknown: two, one odd and
+# non-square, so a file whose height and width were fixed at export fails verification.
+DYNAMIC_SIZES = ((12, 12), (15, 11))
+
+
 def _sample_inputs(model, sample_inputs, batch_sizes=(2, 3)):
+    """The batches an exported file is verified on: `sample_inputs` if given, else random
+    batches of 2 and 3 (the dynamic batch) of the model's input shape, where unknown height
+    and width (`keras.Input((None, None, C))`) take the two `DYNAMIC_SIZES`."""
     if sample_inputs is not None:
         return [np.asarray(sample_inputs, dtype="float32")]
     if len(model.inputs) != 1:
         raise ValueError("Pass sample_inputs= for models with several inputs.")
     shape = tuple(model.inputs[0].shape[1:])
-    if any(d is None for d in shape):
+    unknown = [i for i, d in enumerate(shape) if d is None]
+    channels_first = len(shape) == 3 and shape[0] is not None and shape[1] is None
+    spatial = [1, 2] if channels_first else [0, 1]
+    if unknown and (len(shape) != 3 or sorted(unknown) != spatial):
         raise ValueError(
-            f"The model's input shape {model.inputs[0].shape} has unknown non-batch dimensions: "
-            "pass sample_inputs= (a NumPy batch)."
-        )
+            f"The model's input shape {model.inputs[0].shape} has unknown dimensions other than "
+            "height and width: pass sample_inputs= (a NumPy batch).")
     rng = np.random.default_rng(0)
-    return [rng.standard_normal((b, *shape)).astype("float32") for b in batch_sizes]
+    batches = []
+    for b, hw in zip(batch_sizes, DYNAMIC_SIZES):
+        full = list(shape)
+        for axis, size in zip(spatial, hw):
+            if full[axis] is None:
+                full[axis] = size
+        batches.append(rng.standard_normal((b, *full)).astype("float32"))
+    return batches
 
 
 def _reference(model, x):

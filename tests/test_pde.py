@@ -408,8 +408,8 @@ def test_centred_identity_starts_as_the_identity():
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(step_size=0.0), ValueError, "step_size > 0"),
-    (dict(step_size=-1.0), ValueError, "step_size > 0"),
+    (dict(step_size=0.0), ValueError, r"step_size to be a finite number > 0"),
+    (dict(step_size=-1.0), ValueError, r"step_size to be a finite number > 0"),
     (dict(step_size="0.1"), TypeError, "step_size"),
     (dict(step_size=float("nan")), ValueError, "step_size"),
     (dict(kernel_size=2), ValueError, "kernel_size"),

@@ -221,7 +221,8 @@ class E4Conv2D(keras.layers.Layer):
         block = keras.ops.reshape(w[:, :, :, None] * eye, (self.reduced * n, -1))
         block = keras.ops.concatenate([block, keras.ops.reshape(b, (1, -1))], axis=0)
         flat = keras.ops.reshape(t, (shape[0], shape[1], shape[2], self.reduced * n))
-        flat = keras.ops.concatenate([flat, keras.ops.ones_like(flat[..., :1])], axis=-1)
+        ones = keras.ops.ones((shape[0], shape[1], shape[2], 1), dtype=flat.dtype)
+        flat = keras.ops.concatenate([flat, ones], axis=-1)
         kappa = matmul_last(flat, block)
         return keras.ops.reshape(
             kappa, (shape[0], shape[1], shape[2], self.kernel_size**2, self.slices * n)

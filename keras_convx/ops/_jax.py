@@ -38,6 +38,16 @@ def _traced(x):
 
 QUERIES = {"platform": _platform, "traced": _traced}
 
+@register_fast_path(FAST_PATHS, portable=True)
+def strided_slice(x, bounds):
+    """`lax.slice`: a slice also for a symbolic (exported dynamic) size, where `jnp`
+    indexing becomes a gather (which jax2onnx could not lower for E4's taps)."""
+    shape = x.shape
+    starts = [b[0] for b in bounds]
+    limits = [shape[i] if b[1] is None else b[1] for i, b in enumerate(bounds)]
+    return jax.lax.slice(x, starts, limits, [b[2] for b in bounds])
+
+
 PALLAS_ON_CPU = False
 
 

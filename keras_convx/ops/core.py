@@ -35,9 +35,11 @@ def window_slice(x, offset, window, strides=(1, 1), axes=(1, 2)):
 
     For a `window`-sized valid (unpadded) correlation with `strides`, tap `offset = (i, j)`
     of output position p reads input position `stride·p + offset`. The slice runs from
-    `offset` and stops `window − 1 − offset` entries before the end, so it needs no static
-    size: it works on inputs whose height and width are unknown until run time (TensorFlow's
-    retraced functions, dynamic-shape exports), with `(n − window) // stride + 1` entries.
+    `offset` and holds `(n − window) // stride + 1` entries. When the size n is unknown until
+    run time (TensorFlow's retraced functions), the stop is counted from the end (`window − 1
+    − offset` entries before it), so no static size is read. Goes through the dispatch point
+    (`strided_slice`): on jax a `lax.slice`, which stays a slice for a symbolic image size
+    (jax's export with a dynamic height/width) where `jnp` indexing becomes a gather.
 
     Args:
         x: tensor; `axes` are the two spatial axes (default (1, 2): channels_last).
@@ -48,11 +50,25 @@ def window_slice(x, offset, window, strides=(1, 1), axes=(1, 2)):
     >>> x = keras.ops.reshape(keras.ops.arange(25.0), (1, 5, 5, 1))
     >>> window_slice(x, (1, 2), (3, 3), (2, 2))[0, :, :, 0]   # rows 1, 3; columns 2, 4
     """
-    index = [slice(None)] * len(x.shape)
+    bounds = [(0, None, 1)] * len(x.shape)
     for axis, start, size, step in zip(axes, offset, window, strides):
-        stop = start - (size - 1)
-        index[axis] = slice(start, stop if stop < 0 else None, step)
-    return x[tuple(index)]
+        n = x.shape[axis]
+        if n is None:  # unknown until run time: count from the end
+            stop = start - (size - 1)
+            bounds[axis] = (start, stop if stop < 0 else None, step)
+        else:  # an int, or a symbolic dimension (jax export)
+            bounds[axis] = (start, start + (n - size) // step * step + 1, step)
+    return strided_slice(x, bounds)
+
+
+def _strided_slice(x, bounds):
+    return x[tuple(slice(*b) for b in bounds)]
+
+
+def strided_slice(x, bounds):
+    """`x[start:stop:step, ...]` for one `(start, stop or None, step)` per axis, through the
+    dispatch point (`strided_slice`; see `window_slice`)."""
+    return dispatcher.dispatch("strided_slice", _strided_slice)(x, bounds)
 
 
 def conv2d(x, kernel, strides=1, padding="valid", data_format="channels_last", dilation_rate=1):

@@ -180,10 +180,10 @@ def fast_path(name, backend=None):
         name: str, the op's name (as registered by the backend module).
         backend: str or None; defaults to `keras.backend.backend()`.
     """
-    if _state["portable"]:
-        return None
     entry = _fast_paths(backend or keras.backend.backend()).get(name)
     if entry is None or (entry.opt_in and not _state["opt_in"]):
+        return None
+    if _state["portable"] and not entry.portable:
         return None
     return entry
 
@@ -206,15 +206,19 @@ def dispatch(name, reference):
     return reference if fast is None else fast
 
 
-def register_fast_path(table, opt_in=False):
+def register_fast_path(table, opt_in=False, portable=False):
     """Decorator factory used by the backend modules: `@register_fast_path(FAST_PATHS)`.
 
     The function is stored under its `__name__` (the op's name). With `opt_in=True` it is
-    used only while `opt_in_fast_paths()` is True.
+    used only while `opt_in_fast_paths()` is True. With `portable=True` it is also used in
+    `portable_mode()`: a form the exporters trace better than the reference (e.g. jax's
+    `lax.slice`, which stays a slice where `jnp` indexing of a symbolic shape becomes a
+    gather).
     """
 
     def decorator(fn):
         fn.opt_in = opt_in
+        fn.portable = portable
         table[fn.__name__] = fn
         return fn
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_convx.ops import dispatcher
 from keras_convx.ops.core import static_take
+from keras_convx.ops.core import strided_slice
 from keras_convx.ops.core import window_slice
 from keras_convx.ops.dispatcher import dispatch
 
@@ -221,6 +222,11 @@ def _shift_windows(v, k, strides):
             yield i * k + j, window_slice(v, (i, j), (k, k), strides)
 
 
+def _tap(kernels, s):
+    """kernels[:, :, :, s : s + 1, :] (a slice on every backend and in jax exports)."""
+    return strided_slice(kernels, [(0, None, 1)] * 3 + [(s, s + 1, 1), (0, None, 1)])
+
+
 def _pad_spatial(v, p):
     return keras.ops.pad(v, ((0, 0), (p, p), (p, p), (0, 0), (0, 0)))
 
@@ -255,7 +261,7 @@ def forward_shifts(v, kernels, k, strides, multiply_add=add_product):
     v = _pad_spatial(v, (k - 1) // 2)
     out = None
     for s, window in _shift_windows(v, k, strides):
-        out = multiply_add(out, window, kernels[:, :, :, s : s + 1, :])
+        out = multiply_add(out, window, _tap(kernels, s))
     return out
 
 
@@ -273,8 +279,7 @@ def backward_shifts(v, kernels, dy, k, multiply_add=add_product):
     for i in range(k):
         for j in range(k):
             s, back = i * k + j, (2 * p - i, 2 * p - j)
-            dv = multiply_add(dv, window_slice(dyp, back, (k, k)),
-                              window_slice(kp, back, (k, k))[:, :, :, s : s + 1, :])
+            dv = multiply_add(dv, window_slice(dyp, back, (k, k)), _tap(window_slice(kp, back, (k, k)), s))
             dk.append(keras.ops.sum(dy * window_slice(vp, (i, j), (k, k)), axis=3))
     return dv, keras.ops.stack(dk, axis=3)
 
