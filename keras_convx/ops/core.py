@@ -30,7 +30,7 @@ def conv_output_shape(input_shape, filters, kernel_size, strides, padding, data_
     return (input_shape[0], filters, *out)
 
 
-def window_slice(x, offset, window, strides=(1, 1), axes=(1, 2)):
+def window_slice(x, offset, window, strides=(1, 1), axes=(1, 2), counts=(None, None)):
     """The input entries that tap `offset` of every valid window reads: a strided slice.
 
     For a `window`-sized valid (unpadded) correlation with `strides`, tap `offset = (i, j)`
@@ -44,6 +44,9 @@ def window_slice(x, offset, window, strides=(1, 1), axes=(1, 2)):
     Args:
         x: tensor; `axes` are the two spatial axes (default (1, 2): channels_last).
         offset, window, strides: pairs of ints.
+        counts: the output size per axis when the caller has it as a shape (static or
+            symbolic): used as the slice's length, so that it is the same symbolic
+            expression as the caller's (jax cannot prove `(n − 1)//2 + 1 == ⌈n/2⌉`).
 
     Example:
 
@@ -51,9 +54,11 @@ def window_slice(x, offset, window, strides=(1, 1), axes=(1, 2)):
     >>> window_slice(x, (1, 2), (3, 3), (2, 2))[0, :, :, 0]   # rows 1, 3; columns 2, 4
     """
     bounds = [(0, None, 1)] * len(x.shape)
-    for axis, start, size, step in zip(axes, offset, window, strides):
+    for axis, start, size, step, count in zip(axes, offset, window, strides, counts):
         n = x.shape[axis]
-        if n is None:  # unknown until run time: count from the end
+        if count is not None:
+            bounds[axis] = (start, start + step * (count - 1) + 1, step)
+        elif n is None:  # unknown until run time: count from the end
             stop = start - (size - 1)
             bounds[axis] = (start, stop if stop < 0 else None, step)
         else:  # an int, or a symbolic dimension (jax export)

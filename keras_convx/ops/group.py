@@ -214,12 +214,12 @@ def encoder_columns(order, slices, fields_per_slice):
     return _readonly(((ss * fields_per_slice + mm) * order + gg).reshape(-1))
 
 
-def _shift_windows(v, k, strides):
+def _shift_windows(v, k, strides, counts=(None, None)):
     """Yields (i·k + j, window) for the k×k shifts of the zero-padded (B, H+2p, W+2p, ...) `v`
-    (no static size needed: see `window_slice`)."""
+    (no static size needed: see `window_slice`; `counts` are the output sizes when known)."""
     for i in range(k):
         for j in range(k):
-            yield i * k + j, window_slice(v, (i, j), (k, k), strides)
+            yield i * k + j, window_slice(v, (i, j), (k, k), strides, counts=counts)
 
 
 def _tap(kernels, s):
@@ -246,7 +246,8 @@ def aggregate_patches(v, kernels, k, strides):
         (B, H', W', M, A): `y[x, m, a] = Σ_{i,j} kernels[x, i·k+j, a] · v[x·s + (i−p, j−p), m, a]`.
     """
     v = _pad_spatial(v, (k - 1) // 2)
-    patches = keras.ops.stack([w for _, w in _shift_windows(v, k, strides)], axis=3)
+    windows = _shift_windows(v, k, strides, tuple(kernels.shape[1:3]))
+    patches = keras.ops.stack([w for _, w in windows], axis=3)
     # patches: (B, H', W', k², M, A)
     return keras.ops.sum(patches * kernels[:, :, :, :, None, :], axis=3)
 
@@ -260,7 +261,8 @@ def forward_shifts(v, kernels, k, strides, multiply_add=add_product):
     """The aggregation as k² shifted products, accumulated by `multiply_add(acc, a, b)`."""
     v = _pad_spatial(v, (k - 1) // 2)
     out = None
-    for s, window in _shift_windows(v, k, strides):
+    # the kernels' own (possibly symbolic) output size: the windows must match it exactly
+    for s, window in _shift_windows(v, k, strides, tuple(kernels.shape[1:3])):
         out = multiply_add(out, window, _tap(kernels, s))
     return out
 
