@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_convx import arguments
+from keras_convx import graph
 from keras_convx.ops import group as gops
 
 __all__ = ["equivariance_error", "focus_area", "gradient_flow", "group_elements", "transform"]
@@ -277,11 +278,6 @@ FOCUS_METHODS = ("auto", "cam", "grad_cam")
 _TRANSPARENT_HEAD = ("Dropout", "GaussianDropout", "AlphaDropout", "GaussianNoise")
 
 
-def _producer(tensor):
-    operation, node_index, _ = tensor._keras_history
-    return operation, operation._inbound_nodes[node_index]
-
-
 def _is_softmax(activation):
     return getattr(activation, "__name__", None) == "softmax"
 
@@ -290,7 +286,7 @@ def _rank(tensor):
     return len(tensor.shape)
 
 
-class _FocusPlan:
+class FocusPlan:
     """Where a model's focus map comes from: the feature tensor, CAM or Grad-CAM, and
     whether the model outputs probabilities. Built once per model; used by `focus_area`,
     `callbacks.FocusArea` and `training.PairwiseConsistency` (inside its training step).
@@ -301,29 +297,28 @@ class _FocusPlan:
     """
 
     def __init__(self, model, feature_layer=None, method="auto", data_format=None):
-        from keras_convx import pruning  # noqa: PLC0415
 
         method = arguments.choice("method", method, FOCUS_METHODS)
         model = getattr(model, "focus_model", model)  # a PairwiseConsistency wrapper
-        graph = pruning._graph_of(model)
-        if len(graph.inputs) != 1 or _rank(graph.inputs[0]) != 4:
+        functional = graph.graph_of(model)
+        if len(functional.inputs) != 1 or _rank(functional.inputs[0]) != 4:
             raise ValueError(
                 "Expected a model with one 4-D image input for focus maps. Received inputs "
-                f"{[tuple(t.shape) for t in graph.inputs]}"
+                f"{[tuple(t.shape) for t in functional.inputs]}"
             )
-        if len(graph.outputs) != 1 or _rank(graph.outputs[0]) != 2:
+        if len(functional.outputs) != 1 or _rank(functional.outputs[0]) != 2:
             raise ValueError(
                 "Expected a model with one (batch, classes) output for focus maps. Received "
-                f"outputs {[tuple(t.shape) for t in graph.outputs]}"
+                f"outputs {[tuple(t.shape) for t in functional.outputs]}"
             )
         self.data_format = arguments.data_format(data_format)
-        output = graph.outputs[0]
+        output = functional.outputs[0]
         self.num_classes = int(output.shape[-1])
         self.probabilities = False
         self.dense = None
         cam_features = self._find_cam_head(output)
         if feature_layer is not None:
-            features = self._named_features(graph, feature_layer)
+            features = self._named_features(functional, feature_layer)
         elif cam_features is not None and method != "grad_cam":
             features = cam_features
         else:
@@ -334,11 +329,11 @@ class _FocusPlan:
                 f"model {model.name!r} has none there. Use method='grad_cam' or 'auto'."
             )
         self.method = "cam" if method != "grad_cam" and features is cam_features else "grad_cam"
-        self.features_model = keras.Model(graph.inputs[0], [features, output])
+        self.features_model = keras.Model(functional.inputs[0], [features, output])
         self._features, self._output = features, output
         self._head_nodes = None
         if self.method == "grad_cam":
-            self._head_nodes = self._nodes_between(graph, features, output)
+            self._head_nodes = self._nodes_between(functional, features, output)
             if self._head_nodes is None:
                 raise ValueError(
                     f"The output of model {model.name!r} does not depend on the feature map "
@@ -348,14 +343,13 @@ class _FocusPlan:
                 )
 
     @staticmethod
-    def _nodes_between(graph, source, target):
-        """The graph's nodes computable from `source` alone, in topological order (None if
+    def _nodes_between(functional, source, target):
+        """The functional's nodes computable from `source` alone, in topological order (None if
         `target` is not among them). Walking the existing nodes leaves the model untouched
         (a `keras.Model(source, target)` would add nodes to the user's layers)."""
-        from keras_convx import pruning  # noqa: PLC0415
 
         known, nodes = {id(source)}, []
-        for node in pruning._graph_nodes(graph):
+        for node in graph.layer_nodes(functional):
             inputs = keras.tree.flatten(node.input_tensors)
             if inputs and all(id(t) in known for t in inputs):
                 nodes.append(node)
@@ -364,19 +358,18 @@ class _FocusPlan:
 
     def head(self, features):
         """The model's output computed from the feature map (inference mode)."""
-        from keras_convx import pruning  # noqa: PLC0415
 
         values = {id(self._features): features}
         for node in self._head_nodes:
             args, kwargs = node.arguments.fill_in(values)
-            if pruning._accepts_training(node.operation):
+            if graph.accepts_training(node.operation):
                 kwargs["training"] = False
             outputs = keras.tree.flatten(node.operation(*args, **kwargs))
             values.update((id(t), v) for t, v in zip(node.output_tensors, outputs))
         return values[id(self._output)]
 
     def _find_cam_head(self, output):
-        layer, node = _producer(output)
+        layer, node = graph.producer(output)
         while isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)) or (
             type(layer).__name__ in _TRANSPARENT_HEAD
         ):
@@ -384,13 +377,13 @@ class _FocusPlan:
                 getattr(layer, "activation", None)
             ):
                 self.probabilities = True
-            layer, node = _producer(node.input_tensors[0])
+            layer, node = graph.producer(node.input_tensors[0])
         if not isinstance(layer, keras.layers.Dense) or _rank(node.input_tensors[0]) != 2:
             return None
         self.probabilities = self.probabilities or _is_softmax(layer.activation)
-        pool, pool_node = _producer(node.input_tensors[0])
+        pool, pool_node = graph.producer(node.input_tensors[0])
         while type(pool).__name__ in _TRANSPARENT_HEAD:
-            pool, pool_node = _producer(pool_node.input_tensors[0])
+            pool, pool_node = graph.producer(pool_node.input_tensors[0])
         if not isinstance(pool, keras.layers.GlobalAveragePooling2D) or pool.keepdims:
             return None
         self.dense = layer
@@ -398,17 +391,16 @@ class _FocusPlan:
         return pool_node.input_tensors[0]
 
     @staticmethod
-    def _named_features(graph, name):
-        from keras_convx import pruning  # noqa: PLC0415
+    def _named_features(functional, name):
 
         try:
-            layer = graph.get_layer(name)
+            layer = functional.get_layer(name)
         except ValueError:
             raise ValueError(
                 f"Expected feature_layer to name a layer of the model. Received: "
-                f"feature_layer={name!r}; layers: {[layer.name for layer in graph.layers]}"
+                f"feature_layer={name!r}; layers: {[layer.name for layer in functional.layers]}"
             ) from None
-        nodes = [node for node in pruning._graph_nodes(graph) if node.operation is layer]
+        nodes = [node for node in graph.layer_nodes(functional) if node.operation is layer]
         if len(nodes) != 1 or len(nodes[0].output_tensors) != 1 or _rank(
             nodes[0].output_tensors[0]
         ) != 4:
@@ -422,7 +414,7 @@ class _FocusPlan:
     def _last_spatial(output):
         tensor = output
         while True:
-            layer, node = _producer(tensor)
+            layer, node = graph.producer(tensor)
             if isinstance(layer, keras.layers.InputLayer) or not node.input_tensors:
                 raise ValueError(
                     "Expected a model with a spatial (4-D) feature map before its head: focus "
@@ -509,7 +501,7 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
     """
     threshold = check_threshold("threshold", threshold)
     batch_size = arguments.integer("batch_size", batch_size)
-    plan = _FocusPlan(model, feature_layer=feature_layer, method=method, data_format=data_format)
+    plan = FocusPlan(model, feature_layer=feature_layer, method=method, data_format=data_format)
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"Expected images to be a 4-D batch. Received: images.shape={images.shape}")
@@ -531,7 +523,7 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
 
 def compute_focus_maps(plan, images, classes=None, batch_size=64):
     """NumPy focus maps (N, H, W) and explained classes (N,) of `images` under a
-    `_FocusPlan` (classes default to the predictions)."""
+    `FocusPlan` (classes default to the predictions)."""
     size = image_size(images, plan.data_format)
     maps, explained = [], []
     for start in range(0, len(images), batch_size):

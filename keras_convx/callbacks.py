@@ -180,8 +180,8 @@ class SynapticPruning(keras.callbacks.Callback):
         super().__init__()
         self.schedule = pruning.get_schedule(schedule)
         self.scope = arguments.choice("scope", scope, pruning.SCOPES)
-        self.criterion = pruning._check_criterion(criterion)
-        self.normalization = pruning._check_normalization(normalization)
+        self.criterion = pruning.check_criterion(criterion)
+        self.normalization = pruning.check_normalization(normalization)
         self.verbose = arguments.integer("verbose", verbose, minimum=0)
         self.updates = []
         self._layers = []
@@ -295,7 +295,7 @@ class FocusArea(keras.callbacks.Callback):
         self._plan = None
 
     def on_train_begin(self, logs=None):
-        self._plan = analysis._FocusPlan(self.model, self.feature_layer, self.method,
+        self._plan = analysis.FocusPlan(self.model, self.feature_layer, self.method,
                                          self.data_format)
         if self.target == "label":
             self.labels = keras.ops.convert_to_numpy(

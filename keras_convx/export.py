@@ -17,12 +17,13 @@ import keras
 import numpy as np
 
 from keras_convx import arguments
-from keras_convx import pruning
+from keras_convx import graph
 from keras_convx.ops import dispatcher
 from keras_convx.ops import log_polar as log_polar_ops
 from keras_convx.ops.core import window_slice
 from keras_convx.layers.group_conv import GroupBatchNormalization
-from keras_convx.layers.group_conv import _GroupConvBase
+from keras_convx.layers.group_conv import GroupConv2D
+from keras_convx.layers.group_conv import GroupLiftConv2D
 from keras_convx.layers.log_polar import LogPolarConv2D
 from keras_convx.layers.shared_basis import SharedBasisConv2D
 from keras_convx.layers.synaptic import SynapticConv2D
@@ -36,11 +37,17 @@ def _np(x):
 
 def _conv(layer, filters, kernel, bias, padding=None, groups=1, name=None):
     """A core Conv2D carrying `kernel` / `bias` with the layer's geometry and activation."""
-    conv = keras.layers.Conv2D(**pruning._plain_conv_config(
+    conv = keras.layers.Conv2D(**graph.plain_conv_config(
         layer, filters=filters, use_bias=bias is not None, kernel_size=kernel.shape[:2],
         padding=padding, groups=groups, name=name))
     weights = [kernel] + ([bias] if bias is not None else [])
     return conv, lambda new: new.set_weights(weights)
+
+
+def _fold_synaptic(layer):
+    """The effective kernel m·s·V/‖V‖ (pruned slices exactly zero) in a plain Conv2D."""
+    bias = None if layer.bias is None else _np(layer.bias)
+    return _conv(layer, layer.filters, _np(layer.kernel), bias, groups=layer.groups)
 
 
 def _fold_log_polar(layer):
@@ -88,9 +95,9 @@ def _fold_group_batch_norm(layer):
 
 
 _FOLDERS = (
-    (SynapticConv2D, pruning._strip_replace),
+    (SynapticConv2D, _fold_synaptic),
     (LogPolarConv2D, _fold_log_polar),
-    (_GroupConvBase, _fold_group_conv),
+    ((GroupLiftConv2D, GroupConv2D), _fold_group_conv),
     (SharedBasisConv2D, _fold_shared_basis),
     (GroupBatchNormalization, _fold_group_batch_norm),
 )
@@ -139,7 +146,7 @@ def fold(model):
     >>> np.allclose(folded.predict(x), model.predict(x), atol=1e-5)
     True
     """
-    return pruning._rewrite(model, _fold_layer)
+    return graph.rewrite(model, _fold_layer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +286,7 @@ def _export_file(model, path, fmt):
     """Writes `path` (Keras' own exporter; LiteRT from JAX/PyTorch through TensorFlow)."""
     backend = keras.backend.backend()
     if fmt == "onnx" and any(_needs_sliced_pooling(layer, backend) for layer in model.layers):
-        model = pruning._rewrite(model, _portable_pooling)
+        model = graph.rewrite(model, _portable_pooling)
         model(np.zeros((1, *model.inputs[0].shape[1:]), "float32"))  # the exporter needs a call
     if fmt == "onnx" or backend == "tensorflow":
         with dispatcher.portable_mode():  # no XLA functions, no gathers in the trace

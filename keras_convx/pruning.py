@@ -21,6 +21,7 @@ import numpy as np
 from keras import ops
 
 from keras_convx import arguments
+from keras_convx import graph
 from keras_convx._registry import register
 from keras_convx.layers.synaptic import SynapticConv2D
 from keras_convx.ops import synaptic as syn
@@ -203,8 +204,7 @@ def prunable_layers(model):
     """Every `SynapticConv2D` in `model` (nested models included), in model order."""
     if isinstance(model, SynapticConv2D):
         return [model]
-    return [layer for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, SynapticConv2D)]
+    return [layer for layer in graph.all_layers(model) if isinstance(layer, SynapticConv2D)]
 
 
 def _np(x):
@@ -229,13 +229,13 @@ def importance(layer, criterion="strength"):
     return syn.importance_scores(_np(layer.masked_strength()), _np(layer.kernel), criterion)
 
 
-def _check_criterion(criterion):
+def check_criterion(criterion):
     if not callable(criterion):
         arguments.choice("criterion", criterion, syn.CRITERIA)
     return criterion
 
 
-def _check_normalization(normalization):
+def check_normalization(normalization):
     if normalization not in syn.NORMALIZATIONS:
         raise ValueError(f"Expected normalization to be one of {list(syn.NORMALIZATIONS)}. "
                          f"Received: normalization={normalization!r}")
@@ -266,8 +266,8 @@ def prune(model, sparsity, scope="global", criterion="strength", layers=None,
     """
     sparsity_value = _sparsity_value("sparsity", sparsity)
     arguments.choice("scope", scope, SCOPES)
-    _check_criterion(criterion)
-    _check_normalization(normalization)
+    check_criterion(criterion)
+    check_normalization(normalization)
     layers = list(layers) if layers is not None else prunable_layers(model)
     if not layers:
         raise ValueError(
@@ -309,48 +309,6 @@ _sparsity_report = sparsity
 # ---------------------------------------------------------------------------------------------
 
 
-def _graph_of(model):
-    """The Functional graph behind a Functional or built Sequential model; ValueError for
-    anything else (subclassed models have no graph to rewrite)."""
-    if isinstance(model, keras.Sequential):
-        functional = getattr(model, "_functional", None)
-        if functional is None:
-            raise ValueError(
-                "Expected a built Sequential model (with a keras.Input); this one has no graph "
-                "yet."
-            )
-        return functional
-    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
-        raise ValueError(
-            "Expected a Functional or Sequential keras.Model; received "
-            f"{type(model).__name__}. Subclassed models have no graph to rewrite."
-        )
-    return model
-
-
-def _rewrite(model, replace):
-    """`keras.models.clone_model` where `replace(layer)` returns either None (a copy of the
-    layer with its weights) or `(new_layer, set_weights(new_layer))`."""
-    _graph_of(model)
-    cache, post = {}, []
-
-    def clone(layer):
-        key = id(layer)
-        if key not in cache:
-            new, setter = replace(layer) or (
-                layer.__class__.from_config(layer.get_config()),
-                lambda n, old=layer: n.set_weights(old.get_weights()),
-            )
-            post.append((new, setter))
-            cache[key] = new
-        return cache[key]
-
-    new_model = keras.models.clone_model(model, clone_function=clone)
-    for new, setter in post:
-        setter(new)
-    return new_model
-
-
 def make_synaptic(model, layers=None, **overrides):
     """An equivalent model whose `keras.layers.Conv2D`s are `SynapticConv2D`s (identical
     outputs, all connections live), so an existing model can be pruned without rebuilding it.
@@ -374,37 +332,15 @@ def make_synaptic(model, layers=None, **overrides):
         new = SynapticConv2D.from_conv2d(layer, **overrides)
         return new, lambda n: None
 
-    return _rewrite(model, replace)
-
-
-def _plain_conv_config(layer, filters=None, use_bias=None, kernel_size=None, padding=None,
-                       groups=None, name=None):
-    """The `keras.layers.Conv2D` config with `layer`'s geometry, activation, dtype policy and
-    trainability (a SynapticConv2D, a Conv2D, or any keras_convx convolution); the keywords
-    override what differs. Also used by `export.fold`."""
-    activation = getattr(layer, "activation", None)
-    return {
-        "name": name or layer.name,
-        "filters": layer.filters if filters is None else filters,
-        "kernel_size": tuple(layer.kernel_size if kernel_size is None else kernel_size),
-        "strides": tuple(layer.strides),
-        "padding": padding or layer.padding,
-        "data_format": layer.data_format,
-        "dilation_rate": tuple(getattr(layer, "dilation_rate", (1, 1))),
-        "groups": getattr(layer, "groups", 1) if groups is None else groups,
-        "activation": None if activation is None else keras.activations.serialize(activation),
-        "use_bias": layer.use_bias if use_bias is None else use_bias,
-        "dtype": layer.dtype_policy,
-        "trainable": layer.trainable,
-    }
+    return graph.rewrite(model, replace)
 
 
 def _strip_replace(layer):
-    """`_rewrite`'s replacement of a SynapticConv2D by the equivalent plain Conv2D (None for
+    """`graph.rewrite`'s replacement of a SynapticConv2D by the equivalent plain Conv2D (None for
     any other layer)."""
     if not isinstance(layer, SynapticConv2D):
         return None
-    new = keras.layers.Conv2D(**_plain_conv_config(layer))
+    new = keras.layers.Conv2D(**graph.plain_conv_config(layer))
     weights = [_np(layer.kernel)] + ([_np(layer.bias)] if layer.bias is not None else [])
     return new, lambda n: n.set_weights(weights)
 
@@ -419,7 +355,7 @@ def strip(model):
     >>> deployable = keras_convx.pruning.strip(pruned_model)
     >>> deployable.save("model.keras")      # plain Keras layers only
     """
-    return _rewrite(model, _strip_replace)
+    return graph.rewrite(model, _strip_replace)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,22 +388,12 @@ def _kernel_bias(layer):
     return kernel, bias
 
 
-def _graph_nodes(graph):
-    """The layer-call nodes of a Functional graph in topological order (inputs excluded)."""
-    return [
-        node
-        for depth in sorted(graph._nodes_by_depth, reverse=True)
-        for node in graph._nodes_by_depth[depth]
-        if node.operation is not None and not node.is_input
-    ]
-
-
 class _Analysis:
     """Channel liveness over a Functional graph (see `compact`)."""
 
     def __init__(self, model):
-        graph = _graph_of(model)
-        self.nodes = _graph_nodes(graph)
+        functional = graph.graph_of(model)
+        self.nodes = graph.layer_nodes(functional)
         counts = {}
         for node in self.nodes:
             counts[id(node.operation)] = counts.get(id(node.operation), 0) + 1
@@ -477,10 +403,10 @@ class _Analysis:
         for node in self.nodes:
             for t in list(node.input_tensors) + list(node.outputs):
                 self.tensors[id(t)] = t
-        for t in graph.inputs:
+        for t in functional.inputs:
             self.tensors[id(t)] = t
-        self.outputs = [id(t) for t in graph.outputs]
-        self.inputs = [id(t) for t in graph.inputs]
+        self.outputs = [id(t) for t in functional.outputs]
+        self.inputs = [id(t) for t in functional.inputs]
         self.kind = {id(n): self._kind(n) for n in self.nodes}
         self.kernels = {
             id(node.operation): _kernel_bias(node.operation)
@@ -582,7 +508,7 @@ class _Analysis:
         else:
             x = fill[None]
         y = _np(layer(ops.convert_to_tensor(x), training=False)
-                if _accepts_training(layer) else layer(ops.convert_to_tensor(x)))
+                if graph.accepts_training(layer) else layer(ops.convert_to_tensor(x)))
         y = y.astype(np.float64)
         if y.ndim == 4:
             axes = (0, 1, 2) if self.channel_axis == -1 else (0, 2, 3)
@@ -657,12 +583,6 @@ class _Analysis:
         return zero | (finite if full_windows else zero)
 
 
-def _accepts_training(layer):
-    import inspect  # noqa: PLC0415
-
-    return "training" in inspect.signature(layer.call).parameters
-
-
 def _macs_of(layer, node):
     """Multiply-accumulates per example of one conv / Dense call (None: unknown shape)."""
     out = node.outputs[0].shape
@@ -684,7 +604,7 @@ def count_params_and_macs(model):
     """{"params": trainable + non-trainable parameters, "macs": multiply-accumulates per
     example of the Conv2D / SynapticConv2D / Dense layers (None if a spatial size is not
     static)} of a Functional or built Sequential model."""
-    per_node = [_macs_of(node.operation, node) for node in _graph_nodes(_graph_of(model))]
+    per_node = [_macs_of(node.operation, node) for node in graph.layer_nodes(graph.graph_of(model))]
     macs = None if None in per_node else int(sum(per_node))
     return {"params": int(model.count_params()), "macs": macs}
 
@@ -745,7 +665,7 @@ def compact(model, return_report=False):
             bias = (np.zeros(kernel.shape[-1]) if bias is None else bias) + shift
             use_bias = layer.bias is not None or bool(np.any(shift != 0))
             new = keras.layers.Conv2D(
-                **_plain_conv_config(layer, filters=len(keep_out), use_bias=use_bias))
+                **graph.plain_conv_config(layer, filters=len(keep_out), use_bias=use_bias))
             weights = [kernel[:, :, keep_in][..., keep_out].astype(np.float32)]
             if use_bias:
                 weights.append(bias[keep_out].astype(np.float32))
@@ -767,7 +687,7 @@ def compact(model, return_report=False):
             return new, lambda n: n.set_weights(weights)
         return None
 
-    small = _rewrite(model, replace)
+    small = graph.rewrite(model, replace)
     if not return_report:
         return small
     before, after = count_params_and_macs(model), count_params_and_macs(small)

@@ -117,7 +117,7 @@ class PairwiseConsistency(keras.Model):
         if from_logits is not None:
             from_logits = arguments.boolean("from_logits", from_logits)
         self.feature_layer = feature_layer
-        plan = analysis._FocusPlan(model, feature_layer, method, data_format)  # validates
+        plan = analysis.FocusPlan(model, feature_layer, method, data_format)  # validates
         self.method = method
         self.data_format = arguments.data_format(data_format)
         self._from_logits_arg = from_logits

@@ -87,7 +87,7 @@ def log_polar_pool_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, 
     "mean"/"sum", one kernel that pools each tile in registers and mixes it."""
     interpret = _pallas_mode()
     if interpret is None or mode == "max" or groups != 1 or tuple(strides) != (1, 1):
-        return lp._pool_then_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, groups)
+        return lp.pool_then_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, groups)
     fn = _pallas().pool_mix_fn(lp.region_offsets(pmatrix), tuple(kernel_size), interpret)
     return fn(x, lp.mixing_weights(kernel, center_kernel))
 

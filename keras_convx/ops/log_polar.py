@@ -375,7 +375,7 @@ def mixing_weights(kernel, center_kernel):
     return w
 
 
-def _pool_then_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, groups):
+def pool_then_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, groups):
     pooled = region_pool(x, pmatrix, kernel_size, strides, mode)
     return mix_regions(pooled, kernel, center_kernel, groups)
 
@@ -398,7 +398,7 @@ def pool_and_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, 
     Returns:
         (B, H_out, W_out, filters), channels_last.
     """
-    return dispatch("log_polar_pool_mix", _pool_then_mix)(
+    return dispatch("log_polar_pool_mix", pool_then_mix)(
         x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, groups
     )
 

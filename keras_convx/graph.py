@@ -1,0 +1,130 @@
+"""The model graph: walk a Functional/Sequential model's layer calls, rewrite or replace
+layers keeping their weights.
+
+The shared middle floor of keras_convx (see ARCHITECTURE.md): `pruning` (strip, compact,
+make_synaptic), `export` (fold) and `analysis` (Grad-CAM's path to the features) use it;
+it imports no module above the layers.
+
+It is also the one place that reads Keras' private graph attributes. Keras 3.15 has no public
+API for them; each use is marked `# Keras private:` with what it reads, so a Keras upgrade
+that moves one breaks here, in one file:
+
+- `Sequential._functional`: the Functional graph a built Sequential model runs;
+- `Functional._nodes_by_depth`: the layer-call nodes by depth (topological order);
+- `KerasTensor._keras_history` and `Operation._inbound_nodes`: the node that made a tensor;
+- `Layer._flatten_layers`: every layer of a model, nested models included.
+
+Example:
+
+>>> from keras_convx import graph
+>>> for node in graph.layer_nodes(graph.graph_of(model)):
+...     print(node.operation.name)
+>>> plain = graph.rewrite(model, lambda layer: None)   # a copy with the same weights
+"""
+
+import inspect
+
+import keras
+
+__all__ = ["accepts_training", "all_layers", "graph_of", "layer_nodes", "plain_conv_config",
+           "producer", "rewrite"]
+
+
+def graph_of(model):
+    """The Functional graph behind a Functional or built Sequential model; ValueError for
+    anything else (subclassed models have no graph to rewrite)."""
+    if isinstance(model, keras.Sequential):
+        functional = getattr(model, "_functional", None)  # Keras private: Sequential's graph
+        if functional is None:
+            raise ValueError(
+                "Expected a built Sequential model (with a keras.Input); this one has no graph "
+                "yet."
+            )
+        return functional
+    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+        raise ValueError(
+            "Expected a Functional or Sequential keras.Model; received "
+            f"{type(model).__name__}. Subclassed models have no graph to rewrite."
+        )
+    return model
+
+
+def layer_nodes(functional):
+    """The layer-call nodes of a Functional graph in topological order (inputs excluded)."""
+    by_depth = functional._nodes_by_depth  # Keras private: the graph's nodes by depth
+    return [
+        node
+        for depth in sorted(by_depth, reverse=True)
+        for node in by_depth[depth]
+        if node.operation is not None and not node.is_input
+    ]
+
+
+def producer(tensor):
+    """`(operation, node)` that made a symbolic tensor of a Functional graph."""
+    operation, node_index, _ = tensor._keras_history  # Keras private: the tensor's maker
+    return operation, operation._inbound_nodes[node_index]  # Keras private: its call nodes
+
+
+def all_layers(model):
+    """Every layer of `model`, nested models' layers included, in model order (not the model)."""
+    return list(model._flatten_layers(include_self=False))  # Keras private: the layer tree
+
+
+def accepts_training(layer):
+    """True when `layer.call` takes a `training` argument."""
+    return "training" in inspect.signature(layer.call).parameters
+
+
+def rewrite(model, replace):
+    """`keras.models.clone_model` where `replace(layer)` returns either None (a copy of the
+    layer with its weights) or `(new_layer, set_weights(new_layer))`.
+
+    Args:
+        model: a Functional or built Sequential model.
+        replace: `layer -> None | (new_layer, setter)`; `setter(new_layer)` runs once the new
+            model is built (to set its weights).
+
+    Returns:
+        The new model (same inputs and outputs structure).
+    """
+    graph_of(model)
+    cache, post = {}, []
+
+    def clone(layer):
+        key = id(layer)
+        if key not in cache:
+            new, setter = replace(layer) or (
+                layer.__class__.from_config(layer.get_config()),
+                lambda n, old=layer: n.set_weights(old.get_weights()),
+            )
+            post.append((new, setter))
+            cache[key] = new
+        return cache[key]
+
+    new_model = keras.models.clone_model(model, clone_function=clone)
+    for new, setter in post:
+        setter(new)
+    return new_model
+
+
+def plain_conv_config(layer, filters=None, use_bias=None, kernel_size=None, padding=None,
+                      groups=None, name=None):
+    """The `keras.layers.Conv2D` config with `layer`'s geometry, activation, dtype policy and
+    trainability (a SynapticConv2D, a Conv2D, or any keras_convx convolution); the keywords
+    override what differs. Used by `pruning.strip`/`compact` and `export.fold`."""
+    activation = getattr(layer, "activation", None)
+    return {
+        "name": name or layer.name,
+        "filters": layer.filters if filters is None else filters,
+        "kernel_size": tuple(layer.kernel_size if kernel_size is None else kernel_size),
+        "strides": tuple(layer.strides),
+        "padding": padding or layer.padding,
+        "data_format": layer.data_format,
+        "dilation_rate": tuple(getattr(layer, "dilation_rate", (1, 1))),
+        "groups": getattr(layer, "groups", 1) if groups is None else groups,
+        "activation": None if activation is None else keras.activations.serialize(activation),
+        "use_bias": layer.use_bias if use_bias is None else use_bias,
+        "dtype": layer.dtype_policy,
+        "trainable": layer.trainable,
+    }
