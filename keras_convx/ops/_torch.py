@@ -55,6 +55,13 @@ def _traced(x):
 QUERIES = {"platform": _platform, "traced": _traced}
 
 
+@register_fast_path(FAST_PATHS, portable=True)  # not opt-in; torch.onnx traces it
+def zero_pad(x, widths):
+    """`torch.nn.functional.pad` (no Keras Operation per call: see `ops.core.zero_pad`)."""
+    flat = [w for before_after in reversed(widths) for w in before_after]
+    return torch.nn.functional.pad(x, flat)
+
+
 def _addcmul(acc, a, b):
     """acc += a·b in place (a·b when acc is None): one fused pass, no temporary product."""
     return a * b if acc is None else acc.addcmul_(a, b)

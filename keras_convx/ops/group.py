@@ -24,6 +24,7 @@ from keras_convx.ops import dispatcher
 from keras_convx.ops.core import static_take
 from keras_convx.ops.core import strided_slice
 from keras_convx.ops.core import window_slice
+from keras_convx.ops.core import zero_pad
 from keras_convx.ops.dispatcher import dispatch
 
 GROUPS = ("p4", "p4m")
@@ -228,7 +229,7 @@ def _tap(kernels, s):
 
 
 def _pad_spatial(v, p):
-    return keras.ops.pad(v, ((0, 0), (p, p), (p, p), (0, 0), (0, 0)))
+    return zero_pad(v, ((0, 0), (p, p), (p, p), (0, 0), (0, 0)))
 
 
 def aggregate_patches(v, kernels, k, strides):

@@ -34,6 +34,7 @@ from keras_convx.ops.core import conv_output_length
 from keras_convx.ops.core import matmul_last
 from keras_convx.ops.core import normalize_pair
 from keras_convx.ops.core import window_slice
+from keras_convx.ops.core import zero_pad
 from keras_convx.ops.dispatcher import backend_query
 from keras_convx.ops.dispatcher import dispatch
 from keras_convx.ops.dispatcher import fast_path
@@ -211,7 +212,7 @@ def pad_same(x, kernel_size, data_format="channels_last"):
         pads = [(0, 0), *pads, (0, 0)]
     else:
         pads = [(0, 0), (0, 0), *pads]
-    return keras.ops.pad(x, pads)
+    return zero_pad(x, pads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def unpool_by_slices(dy, offsets, kernel_size):
     if np.any(weights != 1.0):
         scale = keras.ops.convert_to_tensor(weights.reshape(-1, 1), dtype=dy.dtype)
         dy = dy * scale
-    dyp = keras.ops.pad(dy, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0), (0, 0)))
+    dyp = zero_pad(dy, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0), (0, 0)))
     dx = None
     for r, (region, _) in enumerate(offsets):
         for q in region:

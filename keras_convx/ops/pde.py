@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from keras_convx.ops.core import conv2d
+from keras_convx.ops.core import zero_pad
 
 GRID_GRADIENT_NORM_SQUARED = 8.0
 _TINY = 1e-12
@@ -47,7 +48,7 @@ def _slice(x, axis, start, stop):
 def _pad(x, axis, before, after):
     widths = [[0, 0]] * 4
     widths[axis] = [before, after]
-    return keras.ops.pad(x, widths)
+    return zero_pad(x, widths)
 
 
 def grid_gradient(f, data_format="channels_last"):
