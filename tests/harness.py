@@ -116,7 +116,7 @@ def model_gradients(model, x, target):
         y, _ = model.stateless_call(list(tv), non_trainable, x, training=True)
         return keras.ops.mean(keras.ops.square(keras.ops.cast(y, "float32") - target))
 
-    grads = backend_gradients(loss, [to_numpy(v) for v in trainable])
+    grads = backend_gradients(loss, [to_numpy(v) for v in trainable], jit=False)
     return {v.path: g for v, g in zip(trainable, grads)}
 
 
@@ -217,7 +217,9 @@ def _check_mixed_precision(cls, init_kwargs, x, reference_layer, reference_y):
                                      f"(allowed {MIXED_TOLERANCE[policy]:g})")
         inputs = keras.Input(shape=x.shape[1:])
         model = keras.Model(inputs, cls(**dict(init_kwargs, dtype=policy))(inputs))
-        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        # uncompiled: the step's numerics are what is checked, not XLA (saves a compilation
+        # per layer and policy)
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", jit_compile=False)
         loss = model.train_on_batch(x, np.zeros(model.output.shape[1:], "float32")[None]
                                     .repeat(len(x), 0))
         if not np.isfinite(loss):
@@ -310,13 +312,16 @@ def run_layer_test(
 # ---------------------------------------------------------------------------------------------
 
 
-def backend_gradients(fn, args):
-    """Gradients of the scalar `fn(*args)` w.r.t. every array in `args` (NumPy in and out)."""
+def backend_gradients(fn, args, jit=True):
+    """Gradients of the scalar `fn(*args)` w.r.t. every array in `args` (NumPy in and out).
+    `jit=False` skips jax's compilation (cheaper for one call of a small model)."""
     if BACKEND == "jax":
         import jax
 
-        # jit: one compilation instead of one per primitive in eager mode (much faster on CPU)
-        grads = jax.jit(jax.grad(lambda *a: fn(*a), argnums=tuple(range(len(args)))))(*args)
+        # jit: one compilation instead of one per primitive in eager mode (much faster on CPU
+        # when the function is called many times, as the finite-difference checks do)
+        grad = jax.grad(lambda *a: fn(*a), argnums=tuple(range(len(args))))
+        grads = (jax.jit(grad) if jit else grad)(*args)
         return [np.asarray(g) for g in grads]
     if BACKEND == "tensorflow":
         import tensorflow as tf
