@@ -59,7 +59,7 @@ QUERIES = {"platform": _platform, "traced": _traced}
 def zero_pad(x, widths):
     """`torch.nn.functional.pad` (no Keras Operation per call: see `ops.core.zero_pad`)."""
     flat = [w for before_after in reversed(widths) for w in before_after]
-    return torch.nn.functional.pad(x, flat)
+    return torch.nn.functional.pad(keras.ops.convert_to_tensor(x), flat)
 
 
 def _addcmul(acc, a, b):

@@ -176,6 +176,7 @@ def _flat_indices(edge_index, num_nodes):
 
 def _valid_weight(edge_weight, valid):
     """The edge weights with the invalid edges' set to 0 (what makes them contribute nothing)."""
+    edge_weight = keras.ops.convert_to_tensor(edge_weight)
     return edge_weight * keras.ops.cast(valid, edge_weight.dtype)
 
 
