@@ -50,8 +50,7 @@ def _fit_and_compare(model, eager, channels, data_format, label):
     for i, hw in enumerate(SIZES):
         x = _image(hw, channels, data_format, seed=i)
         expected = [harness.to_numpy(y) for y in eager(x)]
-        got = model.predict(x, verbose=0)
-        got = got if isinstance(got, list) else [got]
+        got = _as_list(model.predict(x, verbose=0))
         for name, g, e in zip(model.output_names, got, expected):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4,
                                        err_msg=f"{name}, size {hw}, {label}")
