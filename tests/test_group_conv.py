@@ -43,6 +43,66 @@ def test_tables_match_spec(group):
                                       oracle.transform(w, g).reshape(-1))
 
 
+# Hand-computed goldens, independent of every table in the package and in the oracle.
+# A 5×5 one-hot kernel at row 0, col 1 (offset (-2, -1) from the centre) correlated with a
+# delta at the centre of a 9×9 image ("same" padding) puts its 1 at centre − offset of the
+# element's kernel. Worked by hand from the spec: rot90 (counter-clockwise, np.rot90) moves
+# offset (dy, dx) to (-dx, dy); element i ≥ 4 is rot90^(7−i) of the transpose, which moves
+# (dy, dx) to (dx, dy) first. The 8 offsets are all different, so each element's kernel
+# has exactly one place to land.
+GOLDEN_LANDING = [(6, 5), (3, 6), (2, 3), (5, 2), (6, 3), (3, 2), (2, 5), (5, 6)]
+
+
+def _one_hot_5x5(cin, cout, channel):
+    kernel = np.zeros((5, 5, cin, cout), "float32")
+    kernel[0, 1, channel, 0] = 1.0
+    return kernel
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+def test_lifted_one_hot_kernel_lands_where_computed_by_hand(group):
+    n = ORDER[group]
+    layer = GroupLiftConv2D(1, 5, group=group, padding="same", use_bias=False)
+    x = np.zeros((1, 9, 9, 1), "float32")
+    x[0, 4, 4, 0] = 1.0
+    layer.build(x.shape)
+    layer.set_weights([_one_hot_5x5(1, 1, 0)])
+    y = harness.to_numpy(layer(x))[0]
+    expected = np.zeros((9, 9, n), "float32")
+    for g in range(n):
+        expected[(*GOLDEN_LANDING[g], g)] = 1.0
+    np.testing.assert_array_equal(y, expected)
+
+
+def _composed(g, s):
+    """The element h whose kernel transform is T_g(T_s(·)), found by applying the spec's
+    transforms to an asymmetric array (no table involved)."""
+    a = np.arange(9).reshape(3, 3)
+    target = oracle.transform(oracle.transform(a, s), g)
+    (h,) = [h for h in range(8) if np.array_equal(oracle.transform(a, h), target)]
+    return h
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+def test_group_conv_one_hot_kernel_reads_the_composed_orientation(group):
+    # A one-hot kernel in input-element slot s: output element g applies kernel T_g (lands
+    # at GOLDEN_LANDING[g]) to input element g·s, the element with T_{g·s} = T_g ∘ T_s (for
+    # s = 0: its own orientation). The input holds a centre delta of amplitude h + 1 in
+    # input element h, so output g must be g·s + 1 at GOLDEN_LANDING[g] and zero elsewhere.
+    n = ORDER[group]
+    x = np.zeros((1, 9, 9, n), "float32")
+    x[0, 4, 4, :] = np.arange(1, n + 1)
+    for s in range(n):
+        layer = GroupConv2D(1, 5, group=group, padding="same", use_bias=False)
+        layer.build(x.shape)
+        layer.set_weights([_one_hot_5x5(n, 1, s)])
+        y = harness.to_numpy(layer(x))[0]
+        expected = np.zeros((9, 9, n), "float32")
+        for g in range(n):
+            expected[(*GOLDEN_LANDING[g], g)] = _composed(g, s) + 1
+        np.testing.assert_array_equal(y, expected, err_msg=f"kernel slot {s}")
+
+
 def test_p4m_kernel_transforms_form_the_dihedral_group():
     # The 8 transforms of an asymmetric kernel are all different and closed under composition.
     w = np.arange(9).reshape(3, 3)
