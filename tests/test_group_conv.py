@@ -3,6 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from keras_convx import analysis
 from keras_convx.layers import GroupBatchNormalization
@@ -251,6 +254,24 @@ def test_every_group_layer_is_equivariant(make, fields_in, group, data_format):
     errors = analysis.equivariance_error(layer, x, group, per_element=True)
     assert len(errors) == n
     assert max(errors.values()) <= 1e-5, errors
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(group=st.sampled_from(["p4", "p4m"]), lift=st.booleans(), size=st.integers(3, 9),
+       fields=st.integers(1, 3), kernel_size=st.sampled_from([1, 3, 5]),
+       padding=st.sampled_from(["same", "valid"]), seed=st.integers(0, 2**16))
+def test_group_convs_are_equivariant_for_drawn_shapes_and_weights(group, lift, size, fields,
+                                                                   kernel_size, padding, seed):
+    if padding == "valid" and kernel_size > size:
+        return
+    n = ORDER[group]
+    cls = GroupLiftConv2D if lift else GroupConv2D
+    layer = cls(2, kernel_size, group=group, padding=padding, use_bias=True)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, size, size, fields if lift else fields * n)).astype("float32")
+    layer.build(x.shape)
+    _randomize(layer, seed)
+    assert analysis.equivariance_error(layer, x, group) <= 1e-5
 
 
 def test_equivariance_error_detects_a_plain_conv():

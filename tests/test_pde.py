@@ -3,6 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from keras_convx.layers import CentredIdentity
 from keras_convx.layers import DiffusionConv2D
@@ -248,6 +251,26 @@ def test_stable_cap_holds_for_large_random_kernels(cls):
             g = harness.to_numpy(layer(f))
             assert np.linalg.norm(g) <= np.linalg.norm(f) * (1 + 2e-6)
             f = g
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(height=st.integers(2, 6), width=st.integers(2, 6), channels=st.integers(1, 3),
+       log_scale=st.floats(-2.0, 2.0), step_size=st.floats(0.01, 100.0),
+       activation=st.sampled_from(["relu", "tanh", "linear"]), seed=st.integers(0, 2**16))
+def test_stable_diffusion_step_is_non_expansive_for_drawn_kernels_and_inputs(
+        height, width, channels, log_scale, step_size, activation, seed):
+    # The theorem for any kernel, step size and image: with stable=True, f − h·Aᵀσ(Af) is a
+    # gradient step on a convex function whose gradient is λ-Lipschitz with h ≤ 2/λ, so it
+    # never moves two inputs apart (and 0 is its fixed point: it never grows the norm).
+    layer = DiffusionConv2D(kernel_size=3, step_size=step_size, stable=True, activation=activation)
+    layer.build((2, height, width, channels))
+    _set_kernel(layer, _rand(3, 3, channels, channels, seed=seed, scale=10.0**log_scale))
+    f1 = _rand(2, height, width, channels, seed=seed + 1, scale=3.0)
+    f2 = f1 + _rand(2, height, width, channels, seed=seed + 2, scale=0.1)
+    g1, g2 = _np(layer(f1)), _np(layer(f2))
+    tolerance = 1e-5 * (1.0 + step_size * 10.0 ** (2 * log_scale))  # float32 rounding of h·AᵀA
+    assert np.linalg.norm(g1 - g2) <= np.linalg.norm(f1 - f2) * (1 + tolerance) + 1e-6
+    assert np.linalg.norm(g1) <= np.linalg.norm(f1) * (1 + tolerance) + 1e-6
 
 
 def test_leapfrog_conserves_energy_over_300_steps():

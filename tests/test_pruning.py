@@ -147,6 +147,39 @@ def test_channel_normalization_keeps_a_small_scale_layer_alive():
         pruning.prune(big, 0.4, normalization="global")
 
 
+def test_layer_normalization_by_hand():
+    big = _layer_with_strengths(np.array([[1.0, 2.0], [3.0, 4.0], [0.5, 1.5]]), "big_l")
+    small = _layer_with_strengths(np.array([[0.01, 0.04], [0.02, 0.01]]), "small_l")
+    pruning.prune(big, 0.4, layers=[big, small], normalization="layer")
+    # each layer's scores divided by their root mean square, by hand: big rms = √(32.5/6) =
+    # 2.3274 → [[0.430, 0.859], [1.289, 1.719], [0.215, 0.645]]; small rms = √(5.5e-4) =
+    # 0.023452 → [[0.426, 1.706], [0.853, 0.426]]; the 4 smallest of 10: 0.215, 0.426,
+    # 0.426, 0.430 (raw scores would empty the small layer, see the test above)
+    np.testing.assert_array_equal(_np(big.mask), [[0, 1], [1, 1], [0, 1]])
+    np.testing.assert_array_equal(_np(small.mask), [[0, 1], [1, 0]])
+
+
+def test_callable_criterion_ranks_by_its_scores():
+    a = _layer_with_strengths(np.array([[0.1, -2.0], [0.5, 0.05]]), "ca")
+    b = _layer_with_strengths(np.array([[3.0, 0.2], [-0.3, 1.0]]), "cb")
+    a.set_mask(np.array([[1, 1], [0, 1]], "float32"))  # one connection already pruned
+    seen = []
+
+    def reversed_strength(layer):  # prefers the WEAK connections: the opposite of "strength"
+        seen.append(layer.name)
+        return 10.0 - np.abs(_np(layer.strength))
+
+    report = pruning.prune(a, 0.5, layers=[a, b], criterion=reversed_strength)
+    assert seen == ["ca", "cb"]
+    # scores: a [[9.9, 8.0], [(pruned) 0, 9.95]], b [[7.0, 9.8], [9.7, 9.0]]; the pruned one
+    # plus the 3 lowest others (7.0, 8.0, 9.0) go
+    np.testing.assert_array_equal(_np(a.mask), [[1, 0], [0, 1]])
+    np.testing.assert_array_equal(_np(b.mask), [[0, 1], [1, 0]])
+    assert report["total"] == 0.5
+    with pytest.raises(ValueError, match="criterion returned shape"):
+        pruning.prune(a, 0.5, criterion=lambda layer: np.ones((3, 3)))
+
+
 def test_prune_is_monotone_and_counts_exactly():
     model = _small_cnn()
     first = pruning.prune(model, 0.6)

@@ -37,6 +37,7 @@ def _oracle(layer):
         return oracle.synaptic_conv(
             x, w["direction"], w["strength"], _np(layer.mask), w.get("bias"),
             stride=layer.strides[0], padding=layer.padding, groups=layer.groups,
+            dilation=layer.dilation_rate[0],
         )
 
     return forward
@@ -49,8 +50,10 @@ def _oracle(layer):
         dict(padding="valid", strides=2),
         dict(padding="same", strides=2, use_bias=False),
         dict(padding="same", groups=2),
+        dict(padding="same", dilation_rate=2),
+        dict(padding="valid", dilation_rate=2, groups=2),
     ],
-    ids=["same", "valid-s2", "same-s2-nobias", "groups2"],
+    ids=["same", "valid-s2", "same-s2-nobias", "groups2", "same-d2", "valid-d2-groups2"],
 )
 def test_matches_oracle_forward_and_gradients(kwargs):
     layer = _layer(**kwargs)

@@ -15,9 +15,18 @@ def kernel(direction, strength, mask=None, epsilon=1e-12):
     return direction * (scale / norm)[None, None]
 
 
+def dilate(w, rate):
+    """The dilated kernel by its definition: tap (i, j) moves to (rate·i, rate·j), zeros
+    between taps."""
+    k = w.shape[0]
+    out = np.zeros(((k - 1) * rate + 1, (k - 1) * rate + 1, *w.shape[2:]))
+    out[::rate, ::rate] = w
+    return out
+
+
 def synaptic_conv(x, direction, strength, mask=None, bias=None, *, stride=1, padding="valid",
-                  groups=1):
-    w = kernel(direction, strength, mask)
+                  groups=1, dilation=1):
+    w = dilate(kernel(direction, strength, mask), dilation)
     cin_g, cout = w.shape[2], w.shape[3]
     cout_g = cout // groups
     pieces = [
