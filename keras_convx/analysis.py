@@ -87,7 +87,7 @@ def _auto_output(obj, y):
     layers = _group_layers(obj)
     if not layers:
         return "image"
-    from keras_convx.layers.group_conv import GroupPooling
+    from keras_convx.layers.group_maps import GroupPooling
 
     return "image" if isinstance(layers[-1], GroupPooling) else "group"
 

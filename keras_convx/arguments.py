@@ -159,3 +159,31 @@ def fraction(name, value, allow_zero=True):
     """A sparsity-like fraction in [0, 1) (or (0, 1) without zero) → float."""
     return number(name, value, 0.0, 1.0, exclusive_minimum=not allow_zero,
                   exclusive_maximum=True)
+
+
+def array(name, value, ndim=None):
+    """Any array-like (NumPy array, list, a backend's tensor, `torch.nn.Parameter`) → NumPy.
+
+    Torch tensors that require grad (parameters from a `state_dict` of a model in training
+    mode, or `model.parameters()`) are detached and moved to the CPU first. `ndim` is an int
+    or a tuple of accepted ranks.
+    """
+    detach = getattr(value, "detach", None)
+    if callable(detach):  # torch.Tensor / torch.nn.Parameter (without importing torch)
+        value = detach()
+        cpu = getattr(value, "cpu", None)
+        value = cpu() if callable(cpu) else value
+    try:
+        result = np.asarray(value)
+    except Exception as error:  # e.g. a ragged list, an object without __array__
+        raise TypeError(f"Expected {name} to be an array or tensor. Received: "
+                        f"{name} of type {type(value).__name__}") from error
+    if not (np.issubdtype(result.dtype, np.number) or result.dtype == np.bool_):
+        raise TypeError(f"Expected {name} to be a numeric array or tensor. Received: "
+                        f"{name} of dtype {result.dtype}")
+    accepted = (ndim,) if isinstance(ndim, int) else ndim
+    if accepted is not None and result.ndim not in accepted:
+        ranks = " or ".join(str(r) for r in accepted)
+        raise ValueError(f"Expected {name} to have rank {ranks}. Received: "
+                         f"{name}.shape={result.shape}")
+    return result

@@ -21,9 +21,9 @@ from keras_convx import graph
 from keras_convx.ops import dispatcher
 from keras_convx.ops import log_polar as log_polar_ops
 from keras_convx.ops.core import window_slice
-from keras_convx.layers.group_conv import GroupBatchNormalization
 from keras_convx.layers.group_conv import GroupConv2D
 from keras_convx.layers.group_conv import GroupLiftConv2D
+from keras_convx.layers.group_maps import GroupBatchNormalization
 from keras_convx.layers.log_polar import LogPolarConv2D
 from keras_convx.layers.shared_basis import SharedBasisConv2D
 from keras_convx.layers.synaptic import SynapticConv2D

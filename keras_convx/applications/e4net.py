@@ -6,6 +6,7 @@ trainable parameter counts equal the official models' (tests/applications/test_e
 """
 
 import keras
+import numpy as np
 
 from keras_convx import arguments
 from keras_convx.layers import E4Conv2D
@@ -13,6 +14,9 @@ from keras_convx.layers import GroupBatchNormalization
 from keras_convx.layers import GroupConv2D
 from keras_convx.layers import GroupLiftConv2D
 from keras_convx.layers import GroupPooling
+from keras_convx.layers import e4_conv
+from keras_convx.layers import group_conv
+from keras_convx.layers import group_maps
 from keras_convx.ops import group as gops
 
 _MNIST_SIZES = {
@@ -174,3 +178,133 @@ def e4_resnet18(
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
     default = f"{group}_{'e4' if e4 else ''}resnet18"
     return keras.Model(inputs, outputs, name=name or default)
+
+
+_RESNET_PARTS = {
+    "conv1": "residual_function.0",
+    "bn1": "residual_function.2",
+    "e4": "residual_function.4",
+    "conv2": "residual_function.4",
+    "bn2": "residual_function.5",
+    "shortcut": "shortcut.0",
+    "shortcut_bn": "shortcut.1",
+}
+_BN_KEYS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _official_prefix(name, mnist):
+    """The official module path of one of the builders' parametrised layers (None if none)."""
+    if mnist:
+        fixed = {"lift": "conv1", "logits": "fully_net.0"}
+        if name in fixed:
+            return fixed[name]
+        kind, _, index = name.rpartition("_")
+        return {"bn": f"bn{index}", "e4": f"conv{index}"}.get(kind) if index.isdigit() else None
+    fixed = {"stem": "conv1.0", "stem_bn": "conv1.1", "logits": "fc"}
+    if name in fixed:
+        return fixed[name]
+    head, _, part = name.partition("_block")
+    if not head.startswith("stage") or not part[:1].isdigit():
+        return None
+    stage, block, layer = int(head[len("stage"):]), int(part[0]), part[2:]
+    return f"conv{stage + 1}_x.{block - 1}.{_RESNET_PARTS[layer]}" if layer in _RESNET_PARTS else None
+
+
+def _require(state, keys):
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise ValueError(f"The official state dict has no {missing}: is it the state dict of "
+                         "the official model this builder matches?")
+
+
+def _official_weights(layer, state, prefix):
+    """(weights for `layer.set_weights`, the state-dict keys they came from)."""
+    if isinstance(layer, E4Conv2D):
+        keys = {f"{prefix}.{key}" for key in e4_conv.OFFICIAL_KEYS}
+        return e4_conv.from_official_weights(state, prefix, layer.official_compat), keys
+    if isinstance(layer, GroupBatchNormalization):
+        keys = [f"{prefix}.bn.{key}" for key in _BN_KEYS]
+        _require(state, keys)
+        return group_maps.batch_norm_from_official(*(state[k] for k in keys)), set(keys)
+    _require(state, [f"{prefix}.weight"])
+    keys = {k for k in (f"{prefix}.weight", f"{prefix}.bias") if k in state}
+    weight, bias = state[f"{prefix}.weight"], state.get(f"{prefix}.bias")
+    if isinstance(layer, (GroupLiftConv2D, GroupConv2D)):
+        return group_conv.from_official_weights(weight, bias), keys
+    weight = arguments.array(f"{prefix}.weight", weight, ndim=2)  # nn.Linear (out, in)
+    return [weight.T, arguments.array(f"{prefix}.bias", bias, ndim=1)], keys
+
+
+def from_official_weights(model, state_dict):
+    """Load the `state_dict` of an official E4-Net PyTorch model into the matching builder's
+    model, in place; its logits then equal the official model's in inference mode.
+
+    The official models (github.com/LingshenHe/Efficient-Equivariant-Network) and their
+    builders here:
+
+    - `E4_net` / `E4_netL` (`model/architecture.py`, `architecture_large.py`) →
+      `e4net_mnist_rot("normal" / "large", official_compat=True)`;
+    - `E4C4resnet18`, `E4D4resnet18`, `C4resnet18`, `D4resnet18` (`model/resnet.py`) →
+      `e4_resnet18("p4" / "p4m", e4=True / False, official_compat=True)`.
+
+    Every official parameter and BatchNorm statistic is used, or a ValueError lists what
+    was not (so a mismatched model is never half-loaded): `num_batches_tracked` is the only
+    key skipped, and a `module.` prefix (`nn.DataParallel`, as the official `train.py` saves)
+    is stripped. Values may be arrays, backend tensors or `torch.nn.Parameter`s. The
+    official E4 GroupNorm has one γ, β per orientation copy: build with
+    `official_compat=True` unless they are tied. The official stride-2 group convolutions
+    are stride-1 convolutions followed by 2×2 max pooling, which is how `e4_resnet18`
+    builds its blocks; BatchNorm moving variances follow Keras (biased) when training goes on
+    (see `keras_convx.layers.group_maps.batch_norm_from_official`).
+
+    Args:
+        model: a model from `e4net_mnist_rot` or `e4_resnet18` (built, with the official
+            widths, or the widths of the official model the state dict comes from).
+        state_dict: mapping from official keys to values.
+
+    Returns:
+        `model`, with the official weights.
+
+    Example:
+
+    ```python
+    model = e4net_mnist_rot("normal", official_compat=True)
+    from_official_weights(model, torch.load("e4net.pt", map_location="cpu"))
+    ```
+    """
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    names = {layer.name for layer in model.layers}
+    if not ({"lift", "logits"} <= names or {"stem", "logits"} <= names):
+        raise ValueError(
+            "Expected a model built by keras_convx.applications.e4net_mnist_rot or "
+            f"e4_resnet18 (layers named 'lift'/'stem' ... 'logits'). Received: {model.name!r}"
+        )
+    mnist = "lift" in names
+    used, loads = set(), []
+    for layer in model.layers:
+        prefix = _official_prefix(layer.name, mnist) if layer.weights else None
+        if prefix is None:
+            continue
+        weights, keys = _official_weights(layer, state, prefix)
+        if len(weights) != len(layer.weights):
+            raise ValueError(
+                f"Layer {layer.name!r} has {len(layer.weights)} weights but the official "
+                f"{prefix!r} gives {len(weights)} (keys {sorted(keys)}); e.g. an official "
+                "group conv built with bias=True has no counterpart in the builder."
+            )
+        for variable, value in zip(layer.weights, weights):
+            if tuple(variable.shape) != value.shape:
+                raise ValueError(
+                    f"The official {prefix!r} gives shape {value.shape} for {variable.path} of "
+                    f"shape {tuple(variable.shape)}: build the model with the official model's "
+                    "group, size/widths and official_compat=True."
+                )
+        used |= keys
+        loads.append((layer, weights))
+    unused = sorted(k for k in state if k not in used and not k.endswith("num_batches_tracked"))
+    if unused:
+        raise ValueError(f"{len(unused)} official keys have no layer in {model.name!r}: "
+                         f"{unused[:8]}{' ...' if len(unused) > 8 else ''}")
+    for layer, weights in loads:
+        layer.set_weights([np.asarray(w, dtype=v.dtype) for w, v in zip(weights, layer.weights)])
+    return model

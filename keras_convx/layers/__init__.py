@@ -1,10 +1,10 @@
 """Layers of keras_convx, one file per family."""
 
 from keras_convx.layers.e4_conv import E4Conv2D
-from keras_convx.layers.group_conv import GroupBatchNormalization
 from keras_convx.layers.group_conv import GroupConv2D
 from keras_convx.layers.group_conv import GroupLiftConv2D
-from keras_convx.layers.group_conv import GroupPooling
+from keras_convx.layers.group_maps import GroupBatchNormalization
+from keras_convx.layers.group_maps import GroupPooling
 from keras_convx.layers.log_polar import LogPolarConv2D
 from keras_convx.layers.pde import CentredIdentity
 from keras_convx.layers.pde import DiffusionConv2D

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from keras_convx import arguments
 from keras_convx._registry import register
 from keras_convx.layers import _common
 from keras_convx.ops import group as gops
@@ -280,3 +281,73 @@ class E4Conv2D(keras.layers.Layer):
             )
         )
         return config
+
+
+# The parameter keys of one official E4 module (`E4_C4` / `E4_D4`), under its prefix.
+OFFICIAL_KEYS = ("v.0.weight", "conv1.0.weight", "conv1.1.weight", "conv1.1.bias",
+                  "conv2.0.net.weight", "conv2.0.net.bias")
+
+
+def _one_by_one(weight):
+    """Official 1×1 group kernel `(F, C, |G|)` → `(C·|G|, F)` (row `c·|G| + h`)."""
+    return np.ascontiguousarray(np.transpose(weight, (1, 2, 0)).reshape(-1, weight.shape[0]))
+
+
+def from_official_weights(state_dict, prefix="", official_compat=True):
+    """Convert one official E4-Net `E4_C4` / `E4_D4` module to `E4Conv2D.set_weights`.
+
+    The official module (github.com/LingshenHe/Efficient-Equivariant-Network,
+    `model/group_op.py`) holds the encoder `v.0` (1×1 group conv `(F, C_in, |G|)`), the
+    generator's 1×1 group conv `conv1.0` `(C_r, C_in, |G|)`, its GroupNorm `conv1.1`
+    (`nn.GroupNorm(C_r, C_r·|G|)`: one γ, β per orientation channel, index `c·|G| + g`)
+    and the shared `nn.Conv3d` `conv2.0.net` (`(k²·S, C_r, 1, 1, 1)` and bias `(k²·S,)`,
+    column `σ·k² + i·k + j`). Its `groups` argument is the number of FIELDS PER SLICE: port
+    `E4_C4(C_in, F, k, r, groups=M)` to `E4Conv2D(F, k, group="p4", reduction_ratio=r,
+    slices=F // M)`. Its stride-2 form (average-pooled generator input, strided unfold)
+    equals `strides=2` here for even image sizes.
+
+    Args:
+        state_dict: a mapping (the official model's `state_dict()`, or the module's own)
+            whose values are arrays, backend tensors or `torch.nn.Parameter`s.
+        prefix: the module's key prefix in `state_dict`, e.g. `"conv2"` or
+            `"conv3_x.0.residual_function.4"` (`""` for the module's own state dict).
+        official_compat: the target layer's `official_compat`. True (default): the untied
+            GroupNorm γ, β are copied as they are. False: they must be equal across each
+            field's |G| copies (e.g. never trained), and are tied; otherwise a ValueError
+            says to use `official_compat=True`.
+
+    Returns:
+        `[reduce_kernel, norm_gamma, norm_beta, generator_kernel, generator_bias,
+        encoder_kernel]`.
+
+    Example:
+
+    ```python
+    layer = E4Conv2D(16, 5, group="p4", reduction_ratio=1, slices=2, official_compat=True)
+    layer.build((None, 28, 28, 16 * 4))
+    layer.set_weights(from_official_weights(state_dict, prefix="conv2"))
+    ```
+    """
+    keys = [f"{prefix}.{key}" if prefix else key for key in OFFICIAL_KEYS]
+    missing = [key for key in keys if key not in state_dict]
+    if missing:
+        raise ValueError(f"The state dict has no {missing} (an official E4 module under "
+                         f"prefix={prefix!r} has {list(OFFICIAL_KEYS)}).")
+    encoder, reduce, gamma, beta, generator, generator_bias = (
+        arguments.array(key, state_dict[key], ndim=rank)
+        for key, rank in zip(keys, (3, 3, 1, 1, 5, 1)))
+    reduced, order = reduce.shape[0], reduce.shape[2]
+    if gamma.shape != (reduced * order,) or beta.shape != gamma.shape:
+        raise ValueError(f"Expected {keys[2]} and {keys[3]} of shape ({reduced * order},). "
+                         f"Received: {gamma.shape}, {beta.shape}")
+    if not official_compat:
+        per_field = [v.reshape(reduced, order) for v in (gamma, beta)]
+        if any(np.any(v != v[:, :1]) for v in per_field):
+            raise ValueError(
+                "The official GroupNorm γ, β differ between the |G| copies of a field, which an "
+                "E4Conv2D with tied affine cannot hold: build the layer with "
+                "official_compat=True (and pass official_compat=True here)."
+            )
+        gamma, beta = (v[:, 0].copy() for v in per_field)
+    generator = np.ascontiguousarray(generator.reshape(generator.shape[0], -1).T)
+    return [_one_by_one(reduce), gamma, beta, generator, generator_bias, _one_by_one(encoder)]

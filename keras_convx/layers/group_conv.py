@@ -1,8 +1,8 @@
 """Group-equivariant convolutions for p4 and p4m.
 
-`GroupLiftConv2D` (image → group feature map), `GroupConv2D` (group → group, any odd kernel
-size; `kernel_size=1` is the 1×1 group convolution), `GroupBatchNormalization` and
-`GroupPooling` (group → ordinary features).
+`GroupLiftConv2D` (image → group feature map) and `GroupConv2D` (group → group, any odd
+kernel size; `kernel_size=1` is the 1×1 group convolution); `GroupBatchNormalization` and
+`GroupPooling` are in `keras_convx.layers.group_maps`.
 
 A group feature map is an ordinary 4-D tensor: channels_last `(B, H, W, fields·|G|)` with
 channel index `field·|G| + g` (channels_first `(B, fields·|G|, H, W)`), so ReLU, Dropout,
@@ -12,7 +12,9 @@ their mirrored versions g = 4..7 (see `keras_convx.ops.group`).
 """
 
 import keras
+import numpy as np
 
+from keras_convx import arguments
 from keras_convx._registry import register
 from keras_convx.layers import _common
 from keras_convx.layers._common import CONV_OBJECTS
@@ -255,261 +257,65 @@ class GroupConv2D(_GroupConvBase):
         return gops.group_kernel(kernel, self.group, self._table)
 
 
-_BN_OBJECTS = (
-    "beta_initializer",
-    "gamma_initializer",
-    "moving_mean_initializer",
-    "moving_variance_initializer",
-    "beta_regularizer",
-    "gamma_regularizer",
-    "beta_constraint",
-    "gamma_constraint",
-)
+def from_official_weights(weight, bias=None):
+    """Convert a group convolution of the official E4-Net PyTorch code to this layout.
 
+    The official modules (He et al., github.com/LingshenHe/Efficient-Equivariant-Network,
+    `model/group_op.py`) store:
 
-@register
-class GroupBatchNormalization(keras.layers.Layer):
-    """Batch normalization of a p4/p4m group feature map, one statistic and affine per field.
+    - `C_4_Conv` / `D_4_Conv` (lifting, 3×3): `weight` `(F, C_in, k, k)` → a
+      `GroupLiftConv2D` kernel `(k, k, C_in, F)`;
+    - `C_4_3x3` / `D_4_3x3`: `weight` `(F, C, |G|, k, k)` → a `GroupConv2D` kernel
+      `(k, k, C·|G|, F)`, plus `bias` `(F,)` when built with `bias=True`;
+    - `C_4_1x1` / `D_4_1x1` (the ResNet shortcuts): `weight` `(F, C, |G|)` → the kernel of a
+      `GroupConv2D(kernel_size=1)`, `(1, 1, C·|G|, F)`.
 
-    Mean and variance of field f are taken over the batch, the spatial axes AND the field's
-    |G| orientation channels, and its |G| channels share one `gamma` and one `beta`, so the
-    layer commutes with the group action (per-channel `BatchNormalization` would not).
-    Moving statistics follow `keras.layers.BatchNormalization`:
-    `moving = moving·momentum + batch·(1 − momentum)`. It folds exactly into a
-    `BatchNormalization` whose per-channel values repeat each field's |G| times
-    (`keras_convx.export.fold`).
+    Their element order, rotation direction, input-slot tables and channel layout
+    (`field·|G| + g`) are the ones used here, so no permutation is needed beyond the axes.
+    An official module with `stride=2` is a stride-1 convolution FOLLOWED by 2×2 max pooling
+    (`nn.MaxPool2d(2, 2)`), not a strided convolution: port it to
+    `GroupConv2D(..., strides=1)` followed by `keras.layers.MaxPooling2D(2)` (the
+    `applications.e4_resnet18` blocks are built that way), with the bias added after the
+    pooling (the same thing, the bias being constant over each field's window). The official
+    convolutions pad by (k − 1)/2 on each side: `padding="same"` for odd k at stride 1.
 
     Args:
-        group: `"p4"` or `"p4m"`.
-        momentum: float in [0, 1), momentum of the moving statistics.
-        epsilon: float > 0 added to the variance.
-        center: bool, learn `beta`.
-        scale: bool, learn `gamma`.
-        data_format: `"channels_last"` or `"channels_first"`; default
-            `keras.config.image_data_format()`.
-        synchronized: bool. Under `tf.distribute` (TensorFlow), compute the batch statistics
-            over all replicas' batches (one all-reduce per step) instead of each replica's
-            own, as `keras.layers.BatchNormalization(synchronized=True)` does. JAX's
-            `keras.distribution.DataParallel` always uses the global batch; elsewhere no
-            effect.
-        beta_initializer, gamma_initializer, moving_mean_initializer,
-        moving_variance_initializer, beta_regularizer, gamma_regularizer, beta_constraint,
-        gamma_constraint: as in `keras.layers.BatchNormalization`.
-        **kwargs: base layer arguments.
+        weight: array, tensor or `torch.nn.Parameter` of rank 4 (lifting), 5 (group) or 3
+            (1×1 group conv).
+        bias: optional `(F,)` bias (official `C_4_3x3(bias=True)`).
 
-    Input/output shape:
-        a group feature map, `(batch, rows, cols, fields·|G|)` (channels_last); unchanged.
-
-    Weights:
-        `gamma`, `beta`, `moving_mean`, `moving_variance`, each `(fields,)`.
+    Returns:
+        The list for `layer.set_weights` of the matching layer (`use_bias` = bias given).
 
     Example:
 
-    >>> x = np.random.rand(2, 8, 8, 3 * 8).astype("float32")
-    >>> GroupBatchNormalization("p4m")(x, training=True).shape
-    (2, 8, 8, 24)
+    ```python
+    layer = GroupConv2D(32, 3, group="p4", use_bias=False)
+    layer.build((None, 16, 16, 16 * 4))
+    layer.set_weights(from_official_weights(state_dict["conv2_x.0.residual_function.0.weight"]))
+    ```
     """
-
-    _group_input = True
-
-    def __init__(
-        self,
-        group="p4",
-        momentum=0.99,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        data_format=None,
-        synchronized=False,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        moving_mean_initializer="zeros",
-        moving_variance_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.group = gops.check_group(group)
-        self.order = gops.group_order(self.group)
-        self.momentum = _common.number("momentum", momentum, 0, 1, exclusive_maximum=True)
-        self.epsilon = _common.number("epsilon", epsilon, 0, exclusive_minimum=True)
-        self.center = _common.boolean("center", center)
-        self.scale = _common.boolean("scale", scale)
-        self.data_format = _common.data_format(data_format)
-        self.synchronized = _common.boolean("synchronized", synchronized)
-        _common.set_objects(
-            self,
-            beta_initializer=beta_initializer,
-            gamma_initializer=gamma_initializer,
-            moving_mean_initializer=moving_mean_initializer,
-            moving_variance_initializer=moving_variance_initializer,
-            beta_regularizer=beta_regularizer,
-            gamma_regularizer=gamma_regularizer,
-            beta_constraint=beta_constraint,
-            gamma_constraint=gamma_constraint,
-        )
-        self.input_spec = keras.layers.InputSpec(ndim=4)
-        self.supports_masking = True
-
-
-    def build(self, input_shape):
-        channels = input_shape[_common.channel_axis(self.data_format)]
-        if channels is None or channels % self.order:
+    weight = arguments.array("weight", weight, ndim=(3, 4, 5))
+    fields = weight.shape[0]
+    if weight.ndim == 4:  # lifting (F, C_in, k, k)
+        if weight.shape[2] != weight.shape[3]:
+            raise ValueError(f"Expected a square lifting kernel (F, C_in, k, k). "
+                             f"Received: weight.shape={weight.shape}")
+        kernel = np.transpose(weight, (2, 3, 1, 0))
+    else:
+        if weight.ndim == 3:
+            weight = weight[..., None, None]
+        _, cin, order, k, k2 = weight.shape
+        if order not in (4, 8) or k != k2:
             raise ValueError(
-                f"GroupBatchNormalization with group={self.group!r} expects a known channel count "
-                f"that is a multiple of |G| = {self.order}. Received: input_shape={input_shape}"
+                "Expected a group kernel (F, C, |G|, k, k) or (F, C, |G|) with |G| = 4 (p4) or 8 "
+                f"(p4m). Received: weight.shape={weight.shape}"
             )
-        fields = channels // self.order
-        self.gamma = self.beta = None
-        if self.scale:
-            self.gamma = self.add_weight(
-                name="gamma",
-                shape=(fields,),
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                autocast=False,
-            )
-        if self.center:
-            self.beta = self.add_weight(
-                name="beta",
-                shape=(fields,),
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                autocast=False,
-            )
-        self.moving_mean = self.add_weight(
-            name="moving_mean",
-            shape=(fields,),
-            initializer=self.moving_mean_initializer,
-            trainable=False,
-            autocast=False,
-        )
-        self.moving_variance = self.add_weight(
-            name="moving_variance",
-            shape=(fields,),
-            initializer=self.moving_variance_initializer,
-            trainable=False,
-            autocast=False,
-        )
-        _common.lock_channels(self, channels, self.data_format)
-
-    def _broadcast(self, v):
-        # per-field vector → shape broadcasting against split_fields' 5-D layout
-        if self.data_format == "channels_last":
-            return keras.ops.reshape(v, (1, 1, 1, -1, 1))
-        return keras.ops.reshape(v, (1, -1, 1, 1, 1))
-
-    def call(self, inputs, training=None, mask=None):
-        fields = gops.split_fields(keras.ops.cast(inputs, "float32"), self.order, self.data_format)
-        axes = (0, 1, 2, 4) if self.data_format == "channels_last" else (0, 2, 3, 4)
-        if training and self.trainable:
-            # only TensorFlow's moments all-reduce (and the others reject the flag); JAX's
-            # DataParallel computes global statistics anyway
-            synchronized = self.synchronized and keras.backend.backend() == "tensorflow"
-            mean, variance = keras.ops.moments(fields, axes=axes, synchronized=synchronized)
-            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-            self.moving_variance.assign(
-                self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
-            )
-        else:
-            mean, variance = self.moving_mean, self.moving_variance
-        inv = keras.ops.rsqrt(variance + self.epsilon)
-        if self.gamma is not None:
-            inv = inv * self.gamma
-        offset = -mean * inv
-        if self.beta is not None:
-            offset = offset + self.beta
-        y = fields * self._broadcast(inv) + self._broadcast(offset)
-        return keras.ops.cast(gops.merge_fields(y, self.data_format), self.compute_dtype)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "group": self.group,
-                "momentum": self.momentum,
-                "epsilon": self.epsilon,
-                "center": self.center,
-                "scale": self.scale,
-                "data_format": self.data_format,
-                "synchronized": self.synchronized,
-            }
-        )
-        config.update(_common.serialize_objects(self, *_BN_OBJECTS))
-        return config
-
-
-@register
-class GroupPooling(keras.layers.Layer):
-    """Pools a p4/p4m group feature map over its |G| orientation channels.
-
-    `y[f] = max_g x[f·|G| + g]` (or the mean): the result is an ordinary feature map that
-    is equivariant to rotating (and mirroring) the input in the plain spatial sense, and
-    becomes invariant after a global spatial pool.
-
-    Args:
-        group: `"p4"` or `"p4m"`.
-        pooling: `"max"` (default) or `"mean"`.
-        data_format: `"channels_last"` or `"channels_first"`; default
-            `keras.config.image_data_format()`.
-        **kwargs: base layer arguments.
-
-    Input shape:
-        `(batch, rows, cols, fields·|G|)` (channels_last).
-
-    Output shape:
-        `(batch, rows, cols, fields)` (channels_last).
-
-    Example:
-
-    >>> x = np.random.rand(2, 8, 8, 5 * 4).astype("float32")
-    >>> GroupPooling("p4")(x).shape
-    (2, 8, 8, 5)
-    """
-
-    _group_input = True
-
-    def __init__(self, group="p4", pooling="max", data_format=None, **kwargs):
-        super().__init__(**kwargs)
-        self.group = gops.check_group(group)
-        self.order = gops.group_order(self.group)
-        self.pooling = _common.choice("pooling", pooling, ("max", "mean"))
-        self.data_format = _common.data_format(data_format)
-        self.input_spec = keras.layers.InputSpec(ndim=4)
-
-    def build(self, input_shape):
-        axis = 3 if self.data_format == "channels_last" else 1
-        channels = input_shape[axis]
-        if channels is None or channels % self.order:
-            raise ValueError(
-                f"GroupPooling with group={self.group!r} expects a known channel count that is a "
-                f"multiple of |G| = {self.order}. Received: input_shape={input_shape}"
-            )
-        _common.lock_channels(self, channels, self.data_format)
-
-    def call(self, inputs):
-        fields = gops.split_fields(inputs, self.order, self.data_format)
-        axis = 4 if self.data_format == "channels_last" else 2
-        if self.pooling == "max":
-            return keras.ops.max(fields, axis=axis)
-        return keras.ops.mean(fields, axis=axis)
-
-    def compute_output_shape(self, input_shape):
-        input_shape = list(input_shape)
-        axis = 3 if self.data_format == "channels_last" else 1
-        if input_shape[axis] is not None:
-            input_shape[axis] //= self.order
-        return tuple(input_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"group": self.group, "pooling": self.pooling, "data_format": self.data_format})
-        return config
+        kernel = np.transpose(weight, (3, 4, 1, 2, 0)).reshape(k, k, cin * order, fields)
+    weights = [np.ascontiguousarray(kernel)]
+    if bias is not None:
+        bias = arguments.array("bias", bias, ndim=1)
+        if bias.shape != (fields,):
+            raise ValueError(f"Expected bias of shape ({fields},). Received: bias.shape={bias.shape}")
+        weights.append(bias)
+    return weights

@@ -5,6 +5,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_convx import arguments
 from keras_convx._registry import register
 from keras_convx.layers import _common
 from keras_convx.layers._common import CONV_OBJECTS
@@ -342,6 +343,9 @@ def from_official_weights(tile_weight, center_weight=None, center_bias=None, til
         A list of arrays for `layer.set_weights` of a `LogPolarConv2D(C_out, ..., rings,
         sectors, center=center_weight is not None, use_bias=<any bias given>)`.
 
+    Every value may be a NumPy array, a backend tensor or a `torch.nn.Parameter` (straight
+    from the official model's `state_dict()` or `named_parameters()`).
+
     Example:
 
     ```python
@@ -351,12 +355,7 @@ def from_official_weights(tile_weight, center_weight=None, center_bias=None, til
         sd["conv1.weight"], sd["centerconv1.weight"], sd["centerconv1.bias"], sd["conv1.bias"]))
     ```
     """
-    tile_weight = np.asarray(tile_weight)
-    if tile_weight.ndim != 4:
-        raise ValueError(
-            "Expected tile_weight of shape (C_out, C_in, 2·rings, sectors/2). "
-            f"Received: tile_weight.shape={tile_weight.shape}"
-        )
+    tile_weight = arguments.array("tile_weight", tile_weight, ndim=4)
     cout, cin, two_rings, half = tile_weight.shape
     if two_rings % 2:
         raise ValueError(f"Expected an even tile height 2·rings. Received: tile_weight.shape={tile_weight.shape}")
@@ -368,14 +367,15 @@ def from_official_weights(tile_weight, center_weight=None, center_bias=None, til
             kernel[ring, sector] = tile_weight[:, :, row, col].T
     weights = [kernel]
     if center_weight is not None:
-        center_weight = np.asarray(center_weight)
+        center_weight = arguments.array("center_weight", center_weight)
         if center_weight.shape[:2] != (cout, cin):
             raise ValueError(
                 f"Expected center_weight of shape ({cout}, {cin}, 1, 1). "
                 f"Received: center_weight.shape={center_weight.shape}"
             )
         weights.append(center_weight.reshape(cout, cin).T.copy())
-    biases = [np.asarray(b) for b in (center_bias, tile_bias) if b is not None]
+    given = (("center_bias", center_bias), ("tile_bias", tile_bias))
+    biases = [arguments.array(name, b, ndim=1) for name, b in given if b is not None]
     if biases:
         weights.append(np.sum(biases, axis=0))
     return weights
