@@ -311,7 +311,7 @@ class FocusPlan:
                 "Expected a model with one (batch, classes) output for focus maps. Received "
                 f"outputs {[tuple(t.shape) for t in functional.outputs]}"
             )
-        self.data_format = arguments.data_format(data_format)
+        self.data_format = arguments.data_format(data_format or graph.data_format_of(functional))
         output = functional.outputs[0]
         self.num_classes = int(output.shape[-1])
         self.probabilities = False
@@ -487,7 +487,7 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
         feature_layer: name of the layer whose 4-D output to explain; default the map under
             the CAM head, or for Grad-CAM the last 4-D tensor on the output's path.
         method: `"auto"` (CAM where the head allows it), `"cam"` or `"grad_cam"`.
-        data_format: of the images (and the Grad-CAM feature map); default Keras' setting.
+        data_format: of the images; default: the model's layers' (if they agree), else Keras'.
         batch_size: images per forward pass.
 
     Returns:

@@ -71,6 +71,14 @@ def all_layers(model):
     return list(model._flatten_layers(include_self=False))  # Keras private: the layer tree
 
 
+def data_format_of(model):
+    """The `data_format` all of `model`'s layers that have one agree on, or None (none has
+    one, or they disagree)."""
+    formats = {layer.data_format for layer in all_layers(model)
+               if getattr(layer, "data_format", None) in ("channels_last", "channels_first")}
+    return formats.pop() if len(formats) == 1 else None
+
+
 def accepts_training(layer):
     """True when `layer.call` takes a `training` argument."""
     return "training" in inspect.signature(layer.call).parameters

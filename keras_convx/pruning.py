@@ -442,8 +442,8 @@ class _Analysis:
                     return "pass"
             return "opaque"
         if isinstance(layer, _PASS_THROUGH) and len(ins) == 1:
-            fmt = getattr(layer, "data_format", "channels_last")
-            if len(ins[0].shape) == 4 and not self._axis_ok(fmt):
+            fmt = getattr(layer, "data_format", None)  # element-wise layers: any axis
+            if len(ins[0].shape) == 4 and fmt is not None and not self._axis_ok(fmt):
                 return "opaque"
             return "pass"
         if isinstance(layer, _TIED) and len(set(tuple(t.shape) for t in ins)) == 1:

@@ -86,7 +86,8 @@ class PairwiseConsistency(keras.Model):
         feature_layer: name of the layer whose output the focus map explains (default: found
             from the head, see `analysis.focus_area`).
         method: `"auto"`, `"cam"` or `"grad_cam"`.
-        data_format: of the images; default Keras' setting.
+        data_format: of the images; default: the one the model's layers use (when they
+            agree), else Keras' setting.
         **kwargs: `keras.Model` arguments (e.g. `name`).
 
     Example:
@@ -119,7 +120,7 @@ class PairwiseConsistency(keras.Model):
         self.feature_layer = feature_layer
         plan = analysis.FocusPlan(model, feature_layer, method, data_format)  # validates
         self.method = method
-        self.data_format = arguments.data_format(data_format)
+        self.data_format = plan.data_format
         self._from_logits_arg = from_logits
         self.from_logits = (not plan.probabilities) if from_logits is None else from_logits
         super().__init__(**kwargs)

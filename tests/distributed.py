@@ -41,8 +41,9 @@ BATCH = 16  # global batch: 4 per device
 
 
 def every_family_model():
-    """Every layer family, with the pieces issue 10 names: one shared FilterBasis (with the
-    globally normalised orthonormality penalty), synaptic masks, group batch norm."""
+    """Every layer family: one shared FilterBasis (with the globally normalised
+    orthonormality penalty), synaptic masks, group batch norm; the group layers in
+    channels_first, the others in channels_last."""
     basis = layers.FilterBasis(4, 3, name="basis")
     regularizers.apply_global_orthonormal([basis], 1.0)
     inputs = keras.Input((12, 12, 1))
@@ -54,13 +55,18 @@ def every_family_model():
     x = layers.DiffusionConv2D(kernel_size=3, stable=True)(x)
     x = layers.SynapticConv2D(8, 3, strides=2, padding="same", activation="relu",
                               name="synaptic")(x)
-    x = layers.GroupLiftConv2D(2, 3, group="p4", padding="same")(x)
-    x = layers.GroupBatchNormalization(group="p4", synchronized=True, name="group_bn")(x)
+    # The group layers run channels_first (both data formats are trained distributed).
+    df = "channels_first"
+    x = keras.layers.Permute((3, 1, 2))(x)
+    x = layers.GroupLiftConv2D(2, 3, group="p4", padding="same", data_format=df)(x)
+    x = layers.GroupBatchNormalization(group="p4", synchronized=True, data_format=df,
+                                       name="group_bn")(x)
     x = keras.layers.ReLU()(x)
-    x = layers.E4Conv2D(2, 3, group="p4", reduction_ratio=1, slices=2)(x)
-    x = layers.GroupConv2D(2, 3, group="p4", padding="same", activation="relu")(x)
-    x = layers.GroupPooling(group="p4")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = layers.E4Conv2D(2, 3, group="p4", reduction_ratio=1, slices=2, data_format=df)(x)
+    x = layers.GroupConv2D(2, 3, group="p4", padding="same", activation="relu",
+                           data_format=df)(x)
+    x = layers.GroupPooling(group="p4", data_format=df)(x)
+    x = keras.layers.GlobalAveragePooling2D(data_format=df)(x)
     outputs = keras.layers.Dense(5)(x)
     return keras.Model(inputs, outputs)
 

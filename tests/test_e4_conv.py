@@ -55,13 +55,16 @@ def test_matches_oracle_forward_and_gradients(case, data_format):
                                   grad_rtol=2e-3, grad_atol=2e-3, max_fd_coords=24)
 
 
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("group", ["p4", "p4m"])
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=5, reduction_ratio=1, slices=2),
                                     dict(kernel_size=3, reduction_ratio=2, slices=4)])
-def test_exactly_equivariant(group, kwargs):
+def test_exactly_equivariant(group, kwargs, data_format):
     n = ORDER[group]
-    layer = E4Conv2D(4, group=group, **kwargs)
+    layer = E4Conv2D(4, group=group, data_format=data_format, **kwargs)
     x = np.random.default_rng(2).standard_normal((2, 11, 11, 4 * n)).astype("float32")
+    if data_format == "channels_first":
+        x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
     layer.build(x.shape)
     _randomize(layer)  # random tied GroupNorm γ, β included
     errors = analysis.equivariance_error(layer, x, group, per_element=True)

@@ -178,11 +178,10 @@ def test_every_family_exports_and_verifies(families, fmt, tmp_path):
     AND a dynamic image size (the models take any H, W; verified on 12×12 and 15×11)."""
     pytest.importorskip("onnxruntime" if fmt == "onnx" else "ai_edge_litert")  # extra "export"
     build, kept = _FAMILY_MODELS[families]
-    dynamic = not (families == "kept" and fmt == "onnx"
-                   and keras.backend.backend() in ("jax", "tensorflow"))
+    dynamic = not (families == "kept" and fmt == "onnx" and keras.backend.backend() == "jax")
     # A stride-2 E4 with a symbolic image size does not reach ONNX from jax (jax2onnx cannot
-    # lower its "same" pooling's size-dependent padding) nor from TensorFlow (tf2onnx writes
-    # a Reshape that ONNX Runtime rejects): those ONNX files get a fixed size (README).
+    # lower its "same" pooling's size-dependent padding): that ONNX file gets a fixed size
+    # (README).
     model = build() if dynamic else build(shape=(12, 12, 3))
     _check_fold(model, _rand(2, 12, 12, 3), kept=kept)
     path = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'tflite'}"
@@ -195,6 +194,41 @@ def test_every_family_exports_and_verifies(families, fmt, tmp_path):
         got = export.runtime(path)(x)
         np.testing.assert_allclose(got, harness.to_numpy(model(x, training=False)), rtol=1e-4,
                                    atol=1e-4)
+
+
+def _channels_first_model():
+    """Families in channels_first (folded and kept ones) on a dynamic image size."""
+    df = "channels_first"
+
+    def body(x):
+        x = layers.LogPolarConv2D(4, 5, rings=2, sectors=4, growth_rate=2.0, data_format=df)(x)
+        x = layers.SynapticConv2D(4, 3, padding="same", data_format=df)(x)
+        x = layers.DiffusionConv2D(kernel_size=3, stable=True, data_format=df)(x)
+        x = layers.GroupLiftConv2D(2, 3, group="p4", padding="same", data_format=df)(x)
+        x = layers.GroupBatchNormalization(group="p4", data_format=df)(x)
+        x = layers.GroupConv2D(2, 3, group="p4", padding="same", data_format=df)(x)
+        x = layers.E4Conv2D(2, 3, group="p4", reduction_ratio=1, slices=2, data_format=df)(x)
+        x = layers.GroupPooling(group="p4", data_format=df)(x)
+        x = keras.layers.GlobalAveragePooling2D(data_format=df)(x)
+        return keras.layers.Dense(3)(x)
+
+    return _model(body, shape=(3, None, None))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+def test_channels_first_model_folds_exports_and_verifies(fmt, tmp_path):
+    pytest.importorskip("onnxruntime" if fmt == "onnx" else "ai_edge_litert")
+    model = _channels_first_model()
+    x = _rand(2, 3, 12, 12)
+    _check_fold(model, x, kept=["DiffusionConv2D", "E4Conv2D", "GroupPooling"])
+    path = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'tflite'}"
+    convert = export.to_onnx if fmt == "onnx" else export.to_litert
+    report = convert(model, path, sample_inputs=x)
+    assert report["max_abs_difference"] < 1e-4
+    other = _rand(1, 3, 15, 11, seed=3)
+    np.testing.assert_allclose(export.runtime(path)(other),
+                               harness.to_numpy(model(other, training=False)), rtol=1e-4,
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(pool_size=3, strides=2, padding="same"),

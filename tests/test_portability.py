@@ -1,11 +1,17 @@
 """Cross-backend portability: `.keras` and `.weights.h5` files written under each other backend
 load under this one and reproduce the writer's inference outputs (every layer family and the
 pairwise-consistency wrapper). Over the three backends' runs this covers all six ordered
-pairs; the files are written by `tests/portability.py` in a subprocess per backend."""
+pairs; the files are written by `tests/portability.py` in a subprocess per backend, once per
+source tree (shared by the matrix's backend runs)."""
 
+import fcntl
+import glob
+import hashlib
 import os
+import pathlib
 import subprocess
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -19,17 +25,38 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OTHERS = [b for b in ("tensorflow", "jax", "torch") if b != keras.backend.backend()]
 
 
+def _source_key():
+    """Hash of everything the written files depend on: the library's and the writer's
+    sources and the Keras version (a changed tree never reuses old files)."""
+    digest = hashlib.sha256(keras.__version__.encode())
+    for path in sorted(glob.glob(os.path.join(ROOT, "keras_convx", "**", "*.py"), recursive=True)
+                       + [os.path.join(ROOT, "tests", "portability.py")]):
+        with open(path, "rb") as f:
+            digest.update(path.encode() + f.read())
+    return digest.hexdigest()[:16]
+
+
+def _write_once(backend):
+    """The files written under `backend`, written by ONE subprocess per source tree: the
+    matrix's three backend runs (two of them at once) share them through a folder in the
+    temp dir, under a lock, instead of writing every backend's files twice."""
+    folder = os.path.join(tempfile.gettempdir(), "keras_convx_portability", _source_key(), backend)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other backend's run waits here, then reuses
+        done = os.path.join(folder, "done")
+        if not os.path.exists(done):
+            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+            proc = subprocess.run([sys.executable, "-m", "tests.portability", folder], cwd=ROOT,
+                                  env=env, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, f"writer under {backend} failed:\n{proc.stderr[-3000:]}"
+            open(done, "w").close()
+    return pathlib.Path(folder)
+
+
 @pytest.fixture(scope="module")
-def written(tmp_path_factory):
-    folders = {}
-    for backend in OTHERS:
-        out = tmp_path_factory.mktemp(f"written_by_{backend}")
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-        proc = subprocess.run([sys.executable, "-m", "tests.portability", str(out)], cwd=ROOT,
-                              env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, f"writer under {backend} failed:\n{proc.stderr[-3000:]}"
-        folders[backend] = out
-    return folders
+def written():
+    return {backend: _write_once(backend) for backend in OTHERS}
 
 
 def _check(model, folder, name):

@@ -341,17 +341,30 @@ def test_schedule_continues_from_a_model_checkpoint():
 # -- strip, make_synaptic, compact ----------------------------------------------------------------
 
 
-def test_make_synaptic_then_strip_round_trip():
+def _image(shape, data_format):
+    """An image shape/batch given channels_last, in `data_format`."""
+    return shape if data_format == "channels_last" else (shape[-1], *shape[:-1])
+
+
+def _batch(x, data_format):
+    return x if data_format == "channels_last" else np.ascontiguousarray(np.moveaxis(x, -1, 1))
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_make_synaptic_then_strip_round_trip(data_format):
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((9, 9, 3))
-    h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="c1")(inputs)
-    h = keras.layers.BatchNormalization(name="bn")(h)
-    h = keras.layers.Conv2D(4, 3, strides=2, name="c2")(h)
+    axis = -1 if data_format == "channels_last" else 1
+    inputs = keras.Input(_image((9, 9, 3), data_format))
+    h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="c1",
+                            data_format=data_format)(inputs)
+    h = keras.layers.BatchNormalization(axis=axis, name="bn")(h)
+    h = keras.layers.Conv2D(4, 3, strides=2, name="c2", data_format=data_format)(h)
     model = keras.Model(inputs, keras.layers.Flatten()(h))
-    x = _rand(2, 9, 9, 3)
+    x = _batch(_rand(2, 9, 9, 3), data_format)
     synaptic = pruning.make_synaptic(model)
     kinds = [type(l).__name__ for l in synaptic.layers]
     assert kinds.count("SynapticConv2D") == 2 and "Conv2D" not in kinds
+    assert all(l.data_format == data_format for l in pruning.prunable_layers(synaptic))
     np.testing.assert_allclose(_np(synaptic(x)), _np(model(x)), rtol=1e-5, atol=1e-6)
     pruning.prune(synaptic, 0.5)
     y = _np(synaptic(x))
@@ -363,19 +376,21 @@ def test_make_synaptic_then_strip_round_trip():
     assert [type(l).__name__ for l in only.layers].count("SynapticConv2D") == 1
 
 
-def _graph_model(rng):
+def _graph_model(rng, data_format="channels_last"):
     """Conv → BN → ReLU feeding a 1×1 conv and a 3×3 conv (Add), a valid conv and a
     Concatenate, pooling and a Dense head: every rule of compact in one graph."""
-    inputs = keras.Input((10, 10, 4))
-    a = SynapticConv2D(8, 3, padding="same", name="a")(inputs)
-    a = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn_a")(a))
-    b = SynapticConv2D(8, 1, name="b")(a)
-    c = SynapticConv2D(8, 3, padding="same", name="c")(a)
-    s = keras.layers.BatchNormalization(name="bn_s")(keras.layers.Add()([b, c]))
-    d = SynapticConv2D(6, 3, name="d")(s)
-    e = SynapticConv2D(5, 3, name="e")(s)
-    h = keras.layers.MaxPooling2D()(keras.layers.Concatenate()([d, e]))
-    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
+    df, axis = data_format, (-1 if data_format == "channels_last" else 1)
+    inputs = keras.Input(_image((10, 10, 4), df))
+    a = SynapticConv2D(8, 3, padding="same", name="a", data_format=df)(inputs)
+    a = keras.layers.ReLU()(keras.layers.BatchNormalization(axis=axis, name="bn_a")(a))
+    b = SynapticConv2D(8, 1, name="b", data_format=df)(a)
+    c = SynapticConv2D(8, 3, padding="same", name="c", data_format=df)(a)
+    s = keras.layers.BatchNormalization(axis=axis, name="bn_s")(keras.layers.Add()([b, c]))
+    d = SynapticConv2D(6, 3, name="d", data_format=df)(s)
+    e = SynapticConv2D(5, 3, name="e", data_format=df)(s)
+    h = keras.layers.MaxPooling2D(data_format=df)(keras.layers.Concatenate(axis=axis)([d, e]))
+    pooled = keras.layers.GlobalAveragePooling2D(data_format=df)(h)
+    model = keras.Model(inputs, keras.layers.Dense(3)(pooled))
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             for v in layer.weights:
@@ -385,9 +400,10 @@ def _graph_model(rng):
     return model
 
 
-def test_compact_functional_graph_identical_outputs_fewer_parameters():
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_compact_functional_graph_identical_outputs_fewer_parameters(data_format):
     rng = np.random.default_rng(0)
-    model = _graph_model(rng)
+    model = _graph_model(rng, data_format)
     a = model.get_layer("a")
     mask = np.ones(a.mask.shape, "float32")
     mask[:, [1, 5]] = 0  # two dead output channels: constants through BN and ReLU ...
@@ -396,7 +412,7 @@ def test_compact_functional_graph_identical_outputs_fewer_parameters():
     bias[[1, 5]] = -50.0  # ... that the ReLU turns into exact zeros
     a.bias.assign(bias.astype("float32"))
     pruning.prune(model, 0.8)
-    x = _rand(3, 10, 10, 4)
+    x = _batch(_rand(3, 10, 10, 4), data_format)
     y = _np(model(x))
     small, report = pruning.compact(model, return_report=True)
     np.testing.assert_allclose(_np(small(x)), y, rtol=1e-5, atol=1e-5)

@@ -101,19 +101,21 @@ def test_loss_matches_oracle(kwargs):
                                                                              abs=1e-6)
 
 
-def test_gradient_matches_oracle_with_the_erase_mask_held_fixed():
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_gradient_matches_oracle_with_the_erase_mask_held_fixed(data_format):
     """One SGD step with learning rate 1 moves every weight by −∂L/∂θ; the oracle gradient
     is a central difference of the NumPy loss with the erase mask held fixed (the mask is
-    computed without gradient)."""
-    model = _classifier()
+    computed without gradient). The oracle is channels_last; the model may not be."""
+    model = _classifier(data_format)
     wrapper = PairwiseConsistency(model, top_k=2)
+    assert wrapper.data_format == data_format  # taken from the model's layers
     wrapper.compile(keras.optimizers.SGD(1.0),
                     keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = _batch()
     params = _params(model)
     x64 = x.astype(np.float64)
     mask = _oracle_mask(params, x64, y, 0.5, "mask")
-    wrapper.train_on_batch(x, y)
+    wrapper.train_on_batch(x if data_format == "channels_last" else x.transpose(0, 3, 1, 2), y)
     step = [after - before for after, before in zip(_params(model), params)]
 
     def loss(p):

@@ -118,8 +118,9 @@ def matmul_last(x, w):
 
     The rows are flattened first: TensorFlow runs a 4-D × 2-D `matmul` as a batched product,
     measured 1.4× slower (forward + backward, 16·32·32 rows × 832 → 64, 2-core CPU). Inside
-    `portable_mode()` it is the plain `matmul` (jax2onnx cannot map a reshape to (−1, K) with a
-    symbolic batch back to the input's axes).
+    `portable_mode()` it is a 1×1 convolution for 4-D `x` (channels_last) and the plain
+    `matmul` otherwise (jax2onnx cannot map a reshape to (−1, K) with a symbolic batch back to
+    the input's axes).
 
     Args:
         x: (..., K) tensor; w: (K, N) tensor.
@@ -128,6 +129,12 @@ def matmul_last(x, w):
         (..., N) tensor.
     """
     if dispatcher.portable():
+        if len(x.shape) == 4:
+            # A 1×1 convolution: every exporter's plainest op. (A 4-D × 2-D `matmul` became a
+            # TensorFlow tensordot, whose reshapes tf2onnx merged with the caller's next
+            # reshape into one ONNX Runtime rejects, for some weight values.)
+            return keras.ops.conv(x, keras.ops.reshape(w, (1, 1, *w.shape)), 1, "valid",
+                                  "channels_last")
         return keras.ops.matmul(x, w)
     lead = keras.ops.shape(x)[:-1]
     # K from the weight: inside a traced function (TensorFlow's fit) x's last axis can be None.
