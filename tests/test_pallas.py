@@ -58,8 +58,10 @@ LPSC_CASES = [
 ]
 
 
-@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("case", range(len(LPSC_CASES)))
+# Each configuration once, the data formats alternating (both formats reach the kernel and
+# the fallback; interpreting Pallas on a CPU costs seconds per case).
+@pytest.mark.parametrize("case, data_format", [
+    (case, ("channels_last", "channels_first")[case % 2]) for case in range(len(LPSC_CASES))])
 def test_fused_log_polar_matches_oracle(case, data_format, pallas_interpreter):
     kwargs, shape, fused = LPSC_CASES[case]
     layer = LogPolarConv2D(4, implementation="pool", data_format=data_format, **kwargs)
@@ -90,7 +92,7 @@ def test_flipped_taps_are_the_point_reflection():
     assert len(all_taps) == 5 * 7 + 1 and all_taps.count((2, 3)) == 2
 
 
-@pytest.mark.parametrize("strides, m, a, k", [(1, 3, 5, 3), (2, 2, 4, 5), (2, 1, 3, 3)])
+@pytest.mark.parametrize("strides, m, a, k", [(1, 3, 5, 3), (2, 2, 4, 5)])
 def test_pallas_aggregation_equals_patch_reference(strides, m, a, k):
     rng = np.random.default_rng(5)
     v = rng.standard_normal((2, 7, 8, m, a)).astype("float32")
