@@ -1,4 +1,4 @@
-"""Analysis tools: equivariance error (issue 4), gradient flow (issue 5), focus area (issue 8)."""
+"""Analysis tools: equivariance error, gradient flow (shared filter bases), focus area (pairwise consistency)."""
 
 import keras
 import numpy as np
@@ -164,7 +164,7 @@ def equivariance_error(
 
 
 # ---------------------------------------------------------------------------------------------
-# Gradient flow (deeply shared filter bases, issue 5)
+# Gradient flow (deeply shared filter bases)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -269,7 +269,7 @@ def gradient_flow(model, data, loss=None, training=True):
 
 
 # ---------------------------------------------------------------------------------------------
-# Focus maps and the focus area (pairwise consistency, issue 8)
+# Focus maps and the focus area (pairwise consistency)
 # ---------------------------------------------------------------------------------------------
 
 FOCUS_METHODS = ("auto", "cam", "grad_cam")

@@ -1,4 +1,4 @@
-"""Connection-level pruning for Keras 3 on every backend (synaptic strength, issue 7).
+"""Connection-level pruning for Keras 3 on every backend (synaptic strength).
 
 The split follows Torch-Pruning and tfmot: importance scoring (`importance`), masking on a
 schedule (`prune`, the schedules here, `keras_convx.callbacks.SynapticPruning`) and physical

@@ -1,4 +1,4 @@
-"""Regularizers of keras_convx: `Orthonormal` (deeply shared filter bases, issue 5)."""
+"""Regularizers of keras_convx: `Orthonormal` (deeply shared filter bases)."""
 
 import keras
 

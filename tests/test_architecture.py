@@ -11,6 +11,7 @@
    private module (`_common`) is imported only from inside its own package.
 8. Keras' private modules (`keras.src`) only where listed below, with the reason.
 9. No library file grows past 450 lines; the files already past it may not grow.
+10. No process tags ("issue 5") in the library's text.
 """
 
 import ast
@@ -211,3 +212,17 @@ def test_library_files_stay_small(rel):
     lines = sum(1 for _ in open(os.path.join(ROOT, rel), encoding="utf-8"))
     limit = OVERSIZED.get(rel.replace(os.sep, "/"), MAX_LINES)
     assert lines <= limit, f"{rel} has {lines} lines (limit {limit}): split it"
+
+
+def test_library_text_carries_no_process_tags():
+    """Docstrings and comments describe the code, not the tracker: no "issue 5" tags (the
+    history lives in git). Planted "(issue 4)" in a docstring fails this."""
+    import re
+
+    tagged = []
+    for rel, _, _ in MODULES:
+        with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if re.search(r"\bissue \d+\b", line, re.IGNORECASE):
+                    tagged.append(f"{rel}:{number}: {line.strip()}")
+    assert not tagged, "\n".join(tagged)
