@@ -12,64 +12,15 @@ __all__ = ["equivariance_error", "focus_area", "gradient_flow", "group_elements"
 _INPUT_TYPES = ("auto", "image", "group")
 _OUTPUT_TYPES = ("auto", "group", "image", "invariant")
 
-# Permutation of the group axis under the generators (the spec's tables).
-_ROTATE = {4: [3, 0, 1, 2], 8: [3, 0, 1, 2, 5, 6, 7, 4]}
-_MIRROR = [4, 5, 6, 7, 0, 1, 2, 3]
-
-
-def group_elements(group):
-    """The group's elements as words in the generators, applied left to right.
-
-    `"r"` is the 90° counter-clockwise rotation (`np.rot90` over (rows, cols)), `"m"` the
-    mirror (flip along cols). p4: `"", "r", "rr", "rrr"`; p4m adds `"m", "mr", "mrr", "mrrr"`.
-    """
-    words = ["", "r", "rr", "rrr"]
-    if gops.group_order(group) == 8:
-        words += ["m" + w for w in words]
-    return words
-
-
-def transform(x, element, group, kind="group", data_format=None):
-    """Applies a group element to a NumPy batch.
-
-    Args:
-        x: NumPy array `(B, H, W, C)` (channels_last) or `(B, C, H, W)`.
-        element: a word from `group_elements(group)`.
-        group: `"p4"` or `"p4m"`.
-        kind: `"group"` (a group feature map: the spatial transform AND the permutation of
-            each field's |G| channels), `"image"` (spatial transform only) or `"invariant"`
-            (left unchanged).
-        data_format: default `keras.config.image_data_format()`.
-    """
-    n = gops.group_order(group)
-    data_format = arguments.data_format(data_format)
-    if kind == "invariant":
-        return x
-    x = np.asarray(x)
-    if data_format == "channels_first":
-        x = np.moveaxis(x, 1, -1)
-    for generator in element:
-        if kind == "group":
-            b, h, w, c = x.shape
-            perm = _ROTATE[n] if generator == "r" else _MIRROR
-            x = x.reshape(b, h, w, c // n, n)[..., perm].reshape(b, h, w, c)
-        if generator == "r":
-            x = np.rot90(x, 1, axes=(1, 2))
-        elif generator == "m":
-            if n != 8:
-                raise ValueError(f"The mirror is not an element of {group!r}.")
-            x = x[:, :, ::-1]
-        else:
-            raise ValueError(f"Unknown generator {generator!r} in element {element!r}.")
-    if data_format == "channels_first":
-        x = np.moveaxis(x, -1, 1)
-    return np.ascontiguousarray(x)
+# The group actions on NumPy batches live with the group maths (keras_convx.ops.group).
+group_elements = gops.group_elements
+transform = gops.transform
 
 
 def _group_layers(obj):
     if isinstance(obj, keras.Model):
-        return [layer for layer in obj.layers if hasattr(layer, "_group_input")]
-    return [obj] if hasattr(obj, "_group_input") else []
+        return [layer for layer in obj.layers if getattr(layer, "group_input", None) is not None]
+    return [obj] if getattr(obj, "group_input", None) is not None else []
 
 
 def _auto_input(obj):
@@ -77,8 +28,8 @@ def _auto_input(obj):
         for layer in obj.layers:
             if isinstance(layer, keras.layers.InputLayer):
                 continue
-            return "group" if getattr(layer, "_group_input", False) else "image"
-    return "group" if getattr(obj, "_group_input", False) else "image"
+            return "group" if getattr(layer, "group_input", False) else "image"
+    return "group" if getattr(obj, "group_input", False) else "image"
 
 
 def _auto_output(obj, y):

@@ -80,7 +80,8 @@ class E4Conv2D(keras.layers.Layer):
     (2, 28, 28, 64)
     """
 
-    _group_input = True
+    # Public marker: the layer takes a group feature map (read by analysis.equivariance_error).
+    group_input = True
 
     def __init__(
         self,

@@ -26,7 +26,8 @@ from keras_convx.ops.core import normalize_pair
 class _GroupConvBase(keras.layers.Layer):
     """Shared arguments, weights and forward pass of the lifting and group convolutions."""
 
-    _group_input = True
+    # Public marker: the layer takes a group feature map (read by analysis.equivariance_error).
+    group_input = True
 
     def __init__(
         self,
@@ -199,7 +200,7 @@ class GroupLiftConv2D(_GroupConvBase):
     """
     )
 
-    _group_input = False
+    group_input = False  # an image in, a group feature map out
 
     def _gather_table(self):
         return gops.lift_gather_table(self.group, self.kernel_size)

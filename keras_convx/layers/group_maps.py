@@ -68,7 +68,8 @@ class GroupBatchNormalization(keras.layers.Layer):
     (2, 8, 8, 24)
     """
 
-    _group_input = True
+    # Public marker: the layer takes a group feature map (read by analysis.equivariance_error).
+    group_input = True
 
     def __init__(
         self,
@@ -233,7 +234,8 @@ class GroupPooling(keras.layers.Layer):
     (2, 8, 8, 5)
     """
 
-    _group_input = True
+    # Public marker: the layer takes a group feature map (read by analysis.equivariance_error).
+    group_input = True
 
     def __init__(self, group="p4", pooling="max", data_format=None, **kwargs):
         super().__init__(**kwargs)

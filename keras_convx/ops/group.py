@@ -20,6 +20,7 @@ import functools
 import keras
 import numpy as np
 
+from keras_convx import arguments
 from keras_convx.ops import dispatcher
 from keras_convx.ops.core import static_take
 from keras_convx.ops.core import strided_slice
@@ -328,3 +329,59 @@ def aggregate(v, kernels, k, strides, implementation="auto"):
     if implementation == "shifts":
         return aggregate_shifts(v, kernels, k, strides)
     return dispatch("e4_aggregate", aggregate_shifts)(v, kernels, k, strides)
+
+
+# ------------------------------------------------------------------------------ group actions
+
+# Permutation of the group axis under the generators (the spec's tables).
+_ROTATE_MAP = {4: [3, 0, 1, 2], 8: [3, 0, 1, 2, 5, 6, 7, 4]}
+_MIRROR_MAP = [4, 5, 6, 7, 0, 1, 2, 3]
+
+
+def group_elements(group):
+    """The group's elements as words in the generators, applied left to right.
+
+    `"r"` is the 90° counter-clockwise rotation (`np.rot90` over (rows, cols)), `"m"` the
+    mirror (flip along cols). p4: `"", "r", "rr", "rrr"`; p4m adds `"m", "mr", "mrr", "mrrr"`.
+    """
+    words = ["", "r", "rr", "rrr"]
+    if group_order(group) == 8:
+        words += ["m" + w for w in words]
+    return words
+
+
+def transform(x, element, group, kind="group", data_format=None):
+    """Applies a group element to a NumPy batch.
+
+    Args:
+        x: NumPy array `(B, H, W, C)` (channels_last) or `(B, C, H, W)`.
+        element: a word from `group_elements(group)`.
+        group: `"p4"` or `"p4m"`.
+        kind: `"group"` (a group feature map: the spatial transform AND the permutation of
+            each field's |G| channels), `"image"` (spatial transform only) or `"invariant"`
+            (left unchanged).
+        data_format: default `keras.config.image_data_format()`.
+    """
+    n = group_order(group)
+    data_format = arguments.data_format(data_format)
+    if kind == "invariant":
+        return x
+    x = np.asarray(x)
+    if data_format == "channels_first":
+        x = np.moveaxis(x, 1, -1)
+    for generator in element:
+        if kind == "group":
+            b, h, w, c = x.shape
+            perm = _ROTATE_MAP[n] if generator == "r" else _MIRROR_MAP
+            x = x.reshape(b, h, w, c // n, n)[..., perm].reshape(b, h, w, c)
+        if generator == "r":
+            x = np.rot90(x, 1, axes=(1, 2))
+        elif generator == "m":
+            if n != 8:
+                raise ValueError(f"The mirror is not an element of {group!r}.")
+            x = x[:, :, ::-1]
+        else:
+            raise ValueError(f"Unknown generator {generator!r} in element {element!r}.")
+    if data_format == "channels_first":
+        x = np.moveaxis(x, -1, 1)
+    return np.ascontiguousarray(x)
