@@ -21,12 +21,7 @@ from keras_convx import graph
 from keras_convx.ops import dispatcher
 from keras_convx.ops import log_polar as log_polar_ops
 from keras_convx.ops.core import window_slice
-from keras_convx.layers.group_conv import GroupConv2D
-from keras_convx.layers.group_conv import GroupLiftConv2D
-from keras_convx.layers.group_maps import GroupBatchNormalization
 from keras_convx.layers.log_polar import LogPolarConv2D
-from keras_convx.layers.shared_basis import SharedBasisConv2D
-from keras_convx.layers.synaptic import SynapticConv2D
 
 __all__ = ["ExportError", "fold", "foldable", "runtime", "to_litert", "to_onnx"]
 
@@ -44,24 +39,23 @@ def _conv(layer, filters, kernel, bias, padding=None, groups=1, name=None):
     return conv, lambda new: new.set_weights(weights)
 
 
-def _fold_synaptic(layer):
-    """The effective kernel m·s·V/‖V‖ (pruned slices exactly zero) in a plain Conv2D."""
-    bias = None if layer.bias is None else _np(layer.bias)
-    return _conv(layer, layer.filters, _np(layer.kernel), bias, groups=layer.groups)
-
-
-def _fold_log_polar(layer):
-    if layer.pooling == "max":
-        return None  # a max over regions is not a convolution
-    kernel = _np(layer.dense_kernel())
-    bias = None if layer.bias is None else _np(layer.bias)
-    if layer.padding == "valid" or tuple(layer.strides) == (1, 1):
-        return _conv(layer, layer.filters, kernel, bias, groups=layer.groups)
+def _fold_conv(layer):
+    """A layer with `equivalent_conv()` → one Conv2D (a padded block for the centre-anchored
+    "same" padding of a strided `LogPolarConv2D`), or None where it has no equivalent."""
+    equivalent = layer.equivalent_conv()
+    if equivalent is None:
+        return None
+    kernel = _np(equivalent[0])
+    bias = None if equivalent[1] is None else _np(equivalent[1])
+    groups = getattr(layer, "groups", 1)
+    centred = isinstance(layer, LogPolarConv2D) and layer.padding == "same"
+    if not centred or tuple(layer.strides) == (1, 1):
+        return _conv(layer, kernel.shape[-1], kernel, bias, groups=groups)
     # "same" at stride > 1 pads around the window centre ((k−1)//2 before), which Keras'
     # "same" does not: an explicit ZeroPadding2D, then a "valid" convolution.
     pads = log_polar_ops.same_pads(layer.kernel_size)
-    conv, set_conv = _conv(layer, layer.filters, kernel, bias, padding="valid",
-                           groups=layer.groups, name=f"{layer.name}_conv")
+    conv, set_conv = _conv(layer, kernel.shape[-1], kernel, bias, padding="valid",
+                           groups=groups, name=f"{layer.name}_conv")
     block = keras.Sequential(
         [keras.layers.ZeroPadding2D(pads, data_format=layer.data_format,
                                     name=f"{layer.name}_pad"), conv],
@@ -70,51 +64,34 @@ def _fold_log_polar(layer):
     return block, lambda new: set_conv(new.layers[-1])
 
 
-def _fold_group_conv(layer):
-    bias = layer.dense_bias()
-    return _conv(layer, layer.filters * layer.order, _np(layer.dense_kernel()),
-                 None if bias is None else _np(bias))
-
-
-def _fold_shared_basis(layer):
-    kernel, bias = layer.synthesized_kernel()
-    return _conv(layer, layer.filters, _np(kernel), _np(bias))
-
-
-def _fold_group_batch_norm(layer):
-    order = layer.order
+def _fold_batch_norm(layer):
+    """A layer with `equivalent_batch_norm()` → one per-channel BatchNormalization."""
     bn = keras.layers.BatchNormalization(
         axis=-1 if layer.data_format == "channels_last" else 1,
         momentum=layer.momentum, epsilon=layer.epsilon, center=layer.center, scale=layer.scale,
         dtype=layer.dtype_policy, trainable=layer.trainable, name=layer.name,
     )
-    weights = [np.repeat(_np(v), order) for v in (layer.gamma, layer.beta) if v is not None]
-    weights += [np.repeat(_np(layer.moving_mean), order),
-                np.repeat(_np(layer.moving_variance), order)]
+    weights = [_np(v) for v in layer.equivalent_batch_norm()]
     return bn, lambda new: new.set_weights(weights)
 
 
-_FOLDERS = (
-    (SynapticConv2D, _fold_synaptic),
-    (LogPolarConv2D, _fold_log_polar),
-    ((GroupLiftConv2D, GroupConv2D), _fold_group_conv),
-    (SharedBasisConv2D, _fold_shared_basis),
-    (GroupBatchNormalization, _fold_group_batch_norm),
-)
-
-
 def _fold_layer(layer):
-    for cls, folder in _FOLDERS:
-        if isinstance(layer, cls):
-            return folder(layer)
+    """The protocol: a layer that can be an ordinary convolution says so with
+    `equivalent_conv()`, a batch norm with `equivalent_batch_norm()` (every keras_convx layer
+    that folds has one of them; other layers may too)."""
+    if callable(getattr(layer, "equivalent_conv", None)):
+        return _fold_conv(layer)
+    if callable(getattr(layer, "equivalent_batch_norm", None)):
+        return _fold_batch_norm(layer)
     return None
 
 
 def foldable(layer):
-    """Whether `fold` turns `layer` into core Keras layers."""
-    if isinstance(layer, LogPolarConv2D):
-        return layer.pooling != "max"
-    return isinstance(layer, tuple(cls for cls, _ in _FOLDERS))
+    """Whether `fold` turns `layer` into core Keras layers (it has `equivalent_conv()` or
+    `equivalent_batch_norm()`, and for a max-pooling `LogPolarConv2D` it is None)."""
+    if callable(getattr(layer, "equivalent_conv", None)):
+        return layer.equivalent_conv() is not None
+    return callable(getattr(layer, "equivalent_batch_norm", None))
 
 
 def fold(model):
@@ -130,6 +107,11 @@ def fold(model):
       the folded model would normalise per channel instead of per field);
     - every other layer (`E4Conv2D`, the PDE layers, `GroupPooling`, max-pooling
       `LogPolarConv2D`, core layers) is copied with its weights.
+
+    The rule is a protocol, not a list of classes: a layer folds when it has
+    `equivalent_conv()` (returning `(kernel, bias)` for a Conv2D of its strides, padding,
+    dilation, groups and activation, or None) or `equivalent_batch_norm()`; a layer of your
+    own can take part the same way.
 
     Outputs are identical to the original model's in inference mode (up to float rounding of
     the different summation order). A shared `FilterBasis` becomes independent kernels.

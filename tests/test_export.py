@@ -9,6 +9,7 @@ import pytest
 from keras_convx import export
 from keras_convx import layers
 from tests import harness
+from tests import layer_cases
 from tests import portability
 
 
@@ -312,3 +313,26 @@ def test_export_paths_must_name_the_format(tmp_path):
         export.to_onnx(keras.layers.Dense(2), tmp_path / "model.onnx")
     with pytest.raises(ValueError, match="'.onnx' or '.tflite'"):
         export.runtime(tmp_path / "model.keras")
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("name", sorted(layer_cases.CASES))
+def test_every_layer_folds_by_its_equivalent_or_is_kept(name, data_format):
+    """The fold protocol swept over every public image layer: a layer with an equivalent
+    (`equivalent_conv()` not None, or `equivalent_batch_norm()`) folds to core layers with
+    identical inference outputs; any other is kept as it is."""
+    case = layer_cases.CASES[name]
+    layer = case.make(data_format)
+    shape = (9, 9, case.channels) if data_format == "channels_last" else (case.channels, 9, 9)
+    inputs = keras.Input(shape)
+    model = keras.Model(inputs, layer(inputs))
+    _randomise(model)
+    x = _rand(2, *shape, seed=4)
+    kept = [] if export.foldable(layer) else [type(layer).__name__]
+    assert export.foldable(layer) == (name.split("-")[0] in FOLDS and name != "LogPolarConv2D-max")
+    _check_fold(model, x, kept=kept)
+
+
+# The public layers that fold (every other one is kept).
+FOLDS = {"LogPolarConv2D", "GroupLiftConv2D", "GroupConv2D", "GroupBatchNormalization",
+         "SharedBasisConv2D", "SynapticConv2D"}

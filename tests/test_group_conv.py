@@ -158,7 +158,7 @@ def test_conv_matches_oracle(cls, fn, case, data_format):
 
 
 @pytest.mark.parametrize("group", ["p4", "p4m"])
-def test_dense_kernel_folds_into_conv2d(group):
+def test_equivalent_conv_folds_into_conv2d(group):
     n = ORDER[group]
     layer = GroupConv2D(3, 3, group=group)
     x = np.random.default_rng(2).standard_normal((2, 7, 7, 2 * n)).astype("float32")
@@ -166,7 +166,7 @@ def test_dense_kernel_folds_into_conv2d(group):
     _randomize(layer)
     conv = keras.layers.Conv2D(3 * n, 3, padding="same")
     conv.build(x.shape)
-    conv.set_weights([harness.to_numpy(layer.dense_kernel()), harness.to_numpy(layer.dense_bias())])
+    conv.set_weights([harness.to_numpy(w) for w in layer.equivalent_conv()])
     np.testing.assert_allclose(harness.to_numpy(conv(x)), harness.to_numpy(layer(x)), atol=1e-5)
 
 

@@ -235,10 +235,10 @@ def test_one_output_pixel_sees_the_whole_window(implementation):
     np.testing.assert_array_equal(support, expected)
 
 
-def test_dense_kernel_is_region_constant():
+def test_equivalent_conv_kernel_is_region_constant():
     layer = LogPolarConv2D(2, 9, rings=2, sectors=6, growth_rate=3.0, pooling="sum", center=False)
     layer.build((None, 9, 9, 1))
-    kernel = harness.to_numpy(layer.dense_kernel())[..., 0, 0]
+    kernel = harness.to_numpy(layer.equivalent_conv()[0])[..., 0, 0]
     ring, sector = layer.regions
     w = harness.to_numpy(layer.kernel)[..., 0, 0]
     np.testing.assert_allclose(kernel, w[ring, sector], rtol=1e-6)

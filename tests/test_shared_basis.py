@@ -150,9 +150,9 @@ def test_cost_model_and_resolution():
     assert wide.resolved_implementation(training=True) == "kernel_first"
 
 
-def test_synthesized_kernel_is_the_inference_layer():
+def test_equivalent_conv_is_the_inference_layer():
     layer = _layer(use_bias=True, strides=2)
-    kernel, bias = layer.synthesized_kernel()
+    kernel, bias = layer.equivalent_conv()
     x = _rand(2, 6, 7, 4, seed=9)
     expected = oracle.conv2d(x.astype(np.float64), _np(kernel), 2, "same") + _np(bias)
     np.testing.assert_allclose(_np(layer(x)), expected, rtol=1e-4, atol=1e-4)

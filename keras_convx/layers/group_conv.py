@@ -89,13 +89,12 @@ class _GroupConvBase(keras.layers.Layer):
         self.bias = _common.add_bias(self, self.filters)
         _common.lock_channels(self, channels, self.data_format)
 
-    def dense_kernel(self):
-        """The equivalent ordinary `(k, k, C_in, filters·|G|)` Conv2D kernel."""
-        return self._expand(self.kernel)
-
-    def dense_bias(self):
-        """The equivalent `(filters·|G|,)` Conv2D bias (each field's bias repeated |G| times), or None."""
-        return None if self.bias is None else keras.ops.repeat(self.bias, self.order)
+    def equivalent_conv(self):
+        """The equivalent ordinary convolution: `(kernel, bias)`, the `(k, k, C_in,
+        filters·|G|)` Conv2D kernel and the `(filters·|G|,)` bias (each field's bias repeated
+        |G| times) or None (what `keras_convx.export.fold` puts in a `Conv2D`)."""
+        bias = None if self.bias is None else keras.ops.repeat(self.bias, self.order)
+        return self._expand(self.kernel), bias
 
     def call(self, inputs):
         x = keras.ops.cast(inputs, self.compute_dtype)

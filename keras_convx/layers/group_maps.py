@@ -163,6 +163,14 @@ class GroupBatchNormalization(keras.layers.Layer):
             return keras.ops.reshape(v, (1, 1, 1, -1, 1))
         return keras.ops.reshape(v, (1, -1, 1, 1, 1))
 
+    def equivalent_batch_norm(self):
+        """The equivalent per-channel `keras.layers.BatchNormalization` weights at inference:
+        `[gamma, beta, moving_mean, moving_variance]` (gamma/beta only where `scale`/`center`),
+        each field's value repeated over its |G| channels (what `keras_convx.export.fold`
+        puts in a `BatchNormalization`; training that one would normalise per channel)."""
+        values = [v for v in (self.gamma, self.beta) if v is not None]
+        return [keras.ops.repeat(v, self.order) for v in (*values, self.moving_mean, self.moving_variance)]
+
     def call(self, inputs, training=None, mask=None):
         fields = gops.split_fields(keras.ops.cast(inputs, "float32"), self.order, self.data_format)
         axes = (0, 1, 2, 4) if self.data_format == "channels_last" else (0, 2, 3, 4)

@@ -233,11 +233,16 @@ class LogPolarConv2D(keras.layers.Layer):
             return "max"
         return lp.choose_implementation(self.kernel_size, self.filters, self.groups, self._pmatrix.shape[1])
 
-    def dense_kernel(self):
-        """The equivalent (k_h, k_w, C_in/groups, filters) Conv2D kernel (not for max)."""
+    def equivalent_conv(self):
+        """The equivalent ordinary convolution: `(kernel, bias)`, the `(k_h, k_w,
+        C_in/groups, filters)` Conv2D kernel (each region's weight on its pixels) and the bias
+        or None; None for `pooling="max"` (a max over regions is not a convolution). With
+        "same" padding and stride > 1 the window is anchored at its centre, which Keras'
+        "same" is not (`keras_convx.export.fold` pads explicitly)."""
         if self.pooling == "max":
-            raise ValueError("pooling='max' has no dense kernel equivalent.")
-        return lp.synthesize_kernel(self.kernel, self.center_kernel, self._pmatrix, self.kernel_size)
+            return None
+        kernel = lp.synthesize_kernel(self.kernel, self.center_kernel, self._pmatrix, self.kernel_size)
+        return kernel, self.bias
 
     def call(self, inputs):
         x = keras.ops.cast(inputs, self.compute_dtype)

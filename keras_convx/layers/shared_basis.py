@@ -406,9 +406,9 @@ class SharedBasisConv2D(keras.layers.Layer):
         shift = ops.cast(bn.beta, "float32") - ops.cast(bn.moving_mean, "float32") * scale
         return scale, shift
 
-    def synthesized_kernel(self):
-        """The equivalent plain (k_h, k_w, c_in, filters) kernel and (filters,) bias of this
-        layer in inference mode (what `keras_convx.export.fold` puts in a `Conv2D`)."""
+    def equivalent_conv(self):
+        """The equivalent inference-mode Conv2D `(kernel, bias)`: the plain (k_h, k_w, c_in,
+        filters) kernel and (filters,) bias with the basis batch norm folded in."""
         scale = shift = None
         if self.basis_bn is not None:
             scale, shift = self._folded_bn()

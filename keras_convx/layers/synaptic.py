@@ -210,6 +210,12 @@ class SynapticConv2D(keras.layers.Layer):
         """The effective (k_h, k_w, c_in/groups, filters) kernel m·s·V/‖V‖ (float32)."""
         return syn.synaptic_kernel(self.direction, self.strength, self.mask, self.epsilon)
 
+    def equivalent_conv(self):
+        """The equivalent ordinary convolution: `(kernel, bias)`, the effective kernel
+        m·s·V/‖V‖ (pruned slices exactly zero) and the bias or None (what
+        `keras_convx.export.fold` puts in a `Conv2D`)."""
+        return self.kernel, self.bias
+
     def masked_strength(self):
         """m · s, the (c_in/groups, filters) strengths of the live connections."""
         return self.strength * self.mask
