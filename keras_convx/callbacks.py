@@ -8,8 +8,9 @@ import numpy as np
 
 from keras_convx import arguments
 from keras_convx import analysis
+from keras_convx import focus
 from keras_convx import pruning
-from keras_convx.ops import focus
+from keras_convx.ops import focus as focus_ops
 
 __all__ = ["FocusArea", "GradientFlow", "SynapticPruning"]
 
@@ -277,7 +278,7 @@ class FocusArea(keras.callbacks.Callback):
                 "Expected thresholds to be a non-empty sequence of floats in (0, 1). Received: "
                 f"thresholds={thresholds!r}"
             )
-        self.thresholds = tuple(analysis.check_threshold("thresholds", t) for t in thresholds)
+        self.thresholds = tuple(focus.check_threshold("thresholds", t) for t in thresholds)
         self.target = arguments.choice("target", target, ("prediction", "label"))
         if self.target == "label":
             if labels is None:
@@ -285,7 +286,7 @@ class FocusArea(keras.callbacks.Callback):
         self._labels = labels
         self.labels = None  # int classes, once the model's class count is known
         self.feature_layer = feature_layer
-        self.method = arguments.choice("method", method, analysis.FOCUS_METHODS)
+        self.method = arguments.choice("method", method, focus.FOCUS_METHODS)
         self.data_format = data_format
         self.batch_size = arguments.integer("batch_size", batch_size)
         self.plot_path = None if plot_path is None else os.fspath(plot_path)
@@ -295,18 +296,18 @@ class FocusArea(keras.callbacks.Callback):
         self._plan = None
 
     def on_train_begin(self, logs=None):
-        self._plan = analysis.FocusPlan(self.model, self.feature_layer, self.method,
+        self._plan = focus.FocusPlan(self.model, self.feature_layer, self.method,
                                          self.data_format)
         if self.target == "label":
             self.labels = keras.ops.convert_to_numpy(
-                focus.labels_to_classes(self._labels, self._plan.num_classes))
+                focus_ops.labels_to_classes(self._labels, self._plan.num_classes))
 
     def measure(self):
         """Computes the maps now; returns {τ: mean focus area}."""
         if self._plan is None:
             self.on_train_begin()
         classes = self.labels if self.target == "label" else None
-        self.maps, self.classes = analysis.compute_focus_maps(
+        self.maps, self.classes = focus.compute_focus_maps(
             self._plan, self.images, classes, self.batch_size)
         return {t: float(np.mean(self.maps >= t)) for t in self.thresholds}
 

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 
 from keras_convx import arguments
-from keras_convx import analysis
+from keras_convx import focus
 from keras_convx._registry import register
 from keras_convx.ops import core as ops_core
-from keras_convx.ops import focus
+from keras_convx.ops import focus as focus_ops
 
 __all__ = ["PairwiseConsistency"]
 
@@ -107,18 +107,18 @@ class PairwiseConsistency(keras.Model):
                  **kwargs):
         if not isinstance(model, keras.Model):
             raise TypeError(f"Expected model to be a keras.Model. Received: model={model!r}")
-        self.erase_threshold = analysis.check_threshold("erase_threshold", erase_threshold)
+        self.erase_threshold = focus.check_threshold("erase_threshold", erase_threshold)
         self.erased_weight = _non_negative("erased_weight", erased_weight)
         self.consistency_weight = _non_negative("consistency_weight", consistency_weight)
-        self.relevance = arguments.choice("relevance", relevance, focus.RELEVANCE)
+        self.relevance = arguments.choice("relevance", relevance, focus_ops.RELEVANCE)
         self.top_k = arguments.integer("top_k", top_k)
         self.fill = _fill_value(fill)
-        self.region = arguments.choice("region", region, focus.REGIONS)
-        self.target = arguments.choice("target", target, focus.TARGETS)
+        self.region = arguments.choice("region", region, focus_ops.REGIONS)
+        self.target = arguments.choice("target", target, focus_ops.TARGETS)
         if from_logits is not None:
             from_logits = arguments.boolean("from_logits", from_logits)
         self.feature_layer = feature_layer
-        plan = analysis.FocusPlan(model, feature_layer, method, data_format)  # validates
+        plan = focus.FocusPlan(model, feature_layer, method, data_format)  # validates
         self.method = method
         self.data_format = plan.data_format
         self._from_logits_arg = from_logits
@@ -175,11 +175,11 @@ class PairwiseConsistency(keras.Model):
         if features is None:  # evaluation: one more (stateless) forward pass for the map
             features, _ = self._plan.features_model(x, training=False)
         probabilities = self._probabilities(outputs)
-        labels = focus.labels_to_classes(y, self._plan.num_classes)
+        labels = focus_ops.labels_to_classes(y, self._plan.num_classes)
         explained = labels if self.target == "label" else keras.ops.argmax(probabilities, -1)
-        maps = self._plan.maps(features, explained, analysis.image_size(x, self.data_format))
-        masks = focus.erase_masks(maps, self.erase_threshold, self.region)
-        erased = keras.ops.stop_gradient(focus.erase(x, masks, self._fill_for(x),
+        maps = self._plan.maps(features, explained, focus.image_size(x, self.data_format))
+        masks = focus_ops.erase_masks(maps, self.erase_threshold, self.region)
+        erased = keras.ops.stop_gradient(focus_ops.erase(x, masks, self._fill_for(x),
                                                      self.data_format))
         erased_outputs = self._erased_forward(erased, training)
         # Under tf.distribute each replica's loss is divided by the replica count (the
@@ -193,8 +193,8 @@ class PairwiseConsistency(keras.Model):
             self.erased_loss_tracker.update_state(erased_loss * replicas)
             terms.append(erased_loss)
         if self.consistency_weight:
-            relevant = focus.relevance_mask(probabilities, labels, self.relevance, self.top_k)
-            divergence = focus.restricted_kl(probabilities, self._probabilities(erased_outputs),
+            relevant = focus_ops.relevance_mask(probabilities, labels, self.relevance, self.top_k)
+            divergence = focus_ops.restricted_kl(probabilities, self._probabilities(erased_outputs),
                                              relevant)
             if sample_weight is not None:
                 divergence = divergence * keras.ops.reshape(
