@@ -3,8 +3,10 @@
 Public namespaces (explicit re-exports only):
 
 - `keras_convx.layers`, `keras_convx.ops`, `keras_convx.applications`
-- `keras_convx.regularizers`, `keras_convx.constraints`, `keras_convx.callbacks`
-- `keras_convx.pruning`, `keras_convx.training`, `keras_convx.analysis`, `keras_convx.export`
+- `keras_convx.regularizers`, `keras_convx.constraints`, `keras_convx.initializers`,
+  `keras_convx.callbacks`
+- `keras_convx.pruning`, `keras_convx.training`, `keras_convx.analysis`, `keras_convx.focus`,
+  `keras_convx.export`
 """
 
 __version__ = "0.1.0.dev0"
@@ -14,6 +16,8 @@ from keras_convx import applications  # noqa: E402,F401
 from keras_convx import callbacks  # noqa: E402,F401
 from keras_convx import constraints  # noqa: E402,F401
 from keras_convx import export  # noqa: E402,F401
+from keras_convx import focus  # noqa: E402,F401
+from keras_convx import initializers  # noqa: E402,F401
 from keras_convx import layers  # noqa: E402,F401
 from keras_convx import ops  # noqa: E402,F401
 from keras_convx import pruning  # noqa: E402,F401
