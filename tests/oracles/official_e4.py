@@ -13,18 +13,12 @@ explicit loop over taps with the official symmetric padding (k − 1)/2.
 
 import numpy as np
 
-# The official slot orders: output element g reads the stored slot ROWS[g][h] at input h.
-P4_ROWS = [[0, 1, 2, 3], [3, 0, 1, 2], [2, 3, 0, 1], [1, 2, 3, 0]]
-P8_ROWS = [
-    [0, 1, 2, 3, 4, 5, 6, 7],
-    [3, 0, 1, 2, 5, 6, 7, 4],
-    [2, 3, 0, 1, 6, 7, 4, 5],
-    [1, 2, 3, 0, 7, 4, 5, 6],
-    [4, 5, 6, 7, 0, 1, 2, 3],
-    [5, 6, 7, 4, 3, 0, 1, 2],
-    [6, 7, 4, 5, 2, 3, 0, 1],
-    [7, 4, 5, 6, 1, 2, 3, 0],
-]
+from tests.oracles import group as group_oracle
+
+# The official slot orders: output element g reads the stored slot ROWS[g][h] at input h
+# (the official code writes the same tables as the spec's, tests/oracles/group.py).
+P4_ROWS = [[(h - g) % 4 for h in range(4)] for g in range(4)]
+P8_ROWS = group_oracle.P8
 
 
 def rows(order):
