@@ -5,7 +5,14 @@ import numpy as np
 
 from keras_convx import arguments
 from keras_convx import graph
-from keras_convx.focus import focus_area  # noqa: F401  (public here too: analysis.focus_area)
+# The focus maps moved to keras_convx.focus; focus_area stays public here, the others stay
+# importable from here (deprecated).
+from keras_convx.focus import FOCUS_METHODS  # noqa: F401
+from keras_convx.focus import FocusPlan  # noqa: F401
+from keras_convx.focus import check_threshold  # noqa: F401
+from keras_convx.focus import compute_focus_maps  # noqa: F401
+from keras_convx.focus import focus_area  # noqa: F401
+from keras_convx.focus import image_size  # noqa: F401
 from keras_convx.ops import group as gops
 
 __all__ = ["equivariance_error", "focus_area", "gradient_flow", "group_elements", "transform"]

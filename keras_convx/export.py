@@ -87,9 +87,13 @@ def _fold_layer(layer):
 
 
 def foldable(layer):
-    """Whether `fold` turns `layer` into core Keras layers (it has `equivalent_conv()` or
-    `equivalent_batch_norm()`, and for a max-pooling `LogPolarConv2D` it is None)."""
+    """Whether `fold` turns the BUILT `layer` into core Keras layers (it has
+    `equivalent_conv()` or `equivalent_batch_norm()`, and for a max-pooling `LogPolarConv2D`
+    it is None)."""
     if callable(getattr(layer, "equivalent_conv", None)):
+        if not layer.built:
+            raise ValueError(f"foldable() needs a built layer (its equivalent is computed from "
+                             f"its weights). Received the unbuilt {layer.name!r}.")
         return layer.equivalent_conv() is not None
     return callable(getattr(layer, "equivalent_batch_norm", None))
 

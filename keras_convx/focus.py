@@ -13,7 +13,8 @@ from keras_convx import arguments
 from keras_convx import graph
 from keras_convx.ops import focus as focus_ops
 
-__all__ = ["FocusPlan", "compute_focus_maps", "focus_area"]
+__all__ = ["FOCUS_METHODS", "FocusPlan", "check_threshold", "compute_focus_maps", "focus_area",
+           "image_size"]
 
 FOCUS_METHODS = ("auto", "cam", "grad_cam")
 # Layers between the global pooling and the dense head, or after the head, that leave the

@@ -336,3 +336,34 @@ def test_every_layer_folds_by_its_equivalent_or_is_kept(name, data_format):
 # The public layers that fold (every other one is kept).
 FOLDS = {"LogPolarConv2D", "GroupLiftConv2D", "GroupConv2D", "GroupBatchNormalization",
          "SharedBasisConv2D", "SynapticConv2D"}
+
+
+def test_foldable_needs_a_built_layer():
+    with pytest.raises(ValueError, match="built"):
+        export.foldable(layers.GroupConv2D(2, 3, group="p4"))
+
+
+def test_moved_and_renamed_names_keep_working():
+    """Deprecated aliases of the names the README and ARCHITECTURE.md used before the
+    middle-floor redesign: they still work (the renamed methods warn)."""
+    from keras_convx import analysis
+    from keras_convx import focus
+    from keras_convx import initializers
+    from keras_convx.layers import group_conv
+    from keras_convx.layers import group_maps
+    from keras_convx.layers import pde
+    from keras_convx.layers import pde_graph
+
+    assert analysis.FocusPlan is focus.FocusPlan and analysis.focus_area is focus.focus_area
+    assert pde.GraphDiffusion is pde_graph.GraphDiffusion
+    assert pde.CentredIdentity is initializers.CentredIdentity is layers.CentredIdentity
+    assert group_conv.GroupPooling is group_maps.GroupPooling
+    conv = layers.GroupConv2D(2, 3, group="p4", use_bias=True)
+    conv.build((None, 6, 6, 8))
+    with pytest.warns(DeprecationWarning, match="equivalent_conv"):
+        kernel = conv.dense_kernel()
+    np.testing.assert_array_equal(harness.to_numpy(kernel), harness.to_numpy(conv.equivalent_conv()[0]))
+    basis_conv = layers.SharedBasisConv2D(3, layers.FilterBasis(2, 3), unique_bases=1)
+    basis_conv.build((None, 6, 6, 2))
+    np.testing.assert_array_equal(harness.to_numpy(basis_conv.synthesized_kernel()[0]),
+                                  harness.to_numpy(basis_conv.equivalent_conv()[0]))

@@ -268,9 +268,9 @@ def test_stable_diffusion_step_is_non_expansive_for_drawn_kernels_and_inputs(
     f1 = _rand(2, height, width, channels, seed=seed + 1, scale=3.0)
     f2 = f1 + _rand(2, height, width, channels, seed=seed + 2, scale=0.1)
     g1, g2 = _np(layer(f1)), _np(layer(f2))
-    tolerance = 1e-5 * (1.0 + step_size * 10.0 ** (2 * log_scale))  # float32 rounding of h·AᵀA
-    assert np.linalg.norm(g1 - g2) <= np.linalg.norm(f1 - f2) * (1 + tolerance) + 1e-6
-    assert np.linalg.norm(g1) <= np.linalg.norm(f1) * (1 + tolerance) + 1e-6
+    # float32 rounding only: the capped step keeps h·λ ≤ 2, whatever step_size was asked for
+    assert np.linalg.norm(g1 - g2) <= np.linalg.norm(f1 - f2) * (1 + 1e-5) + 1e-6
+    assert np.linalg.norm(g1) <= np.linalg.norm(f1) * (1 + 1e-5) + 1e-6
 
 
 def test_leapfrog_conserves_energy_over_300_steps():

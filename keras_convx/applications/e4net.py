@@ -231,6 +231,7 @@ def _official_weights(layer, state, prefix):
     weight, bias = state[f"{prefix}.weight"], state.get(f"{prefix}.bias")
     if isinstance(layer, (GroupLiftConv2D, GroupConv2D)):
         return group_conv.from_official_weights(weight, bias), keys
+    _require(state, [f"{prefix}.bias"])
     weight = arguments.array(f"{prefix}.weight", weight, ndim=2)  # nn.Linear (out, in)
     return [weight.T, arguments.array(f"{prefix}.bias", bias, ndim=1)], keys
 

@@ -11,6 +11,8 @@ The group elements are `rot90^g` (g = 0..3, NumPy's counter-clockwise `rot90`) a
 their mirrored versions g = 4..7 (see `keras_convx.ops.group`).
 """
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -95,6 +97,16 @@ class _GroupConvBase(keras.layers.Layer):
         |G| times) or None (what `keras_convx.export.fold` puts in a `Conv2D`)."""
         bias = None if self.bias is None else keras.ops.repeat(self.bias, self.order)
         return self._expand(self.kernel), bias
+
+    def dense_kernel(self):
+        """Deprecated: `equivalent_conv()[0]`."""
+        warnings.warn("dense_kernel() is deprecated: use equivalent_conv()[0].", DeprecationWarning, 2)
+        return self.equivalent_conv()[0]
+
+    def dense_bias(self):
+        """Deprecated: `equivalent_conv()[1]`."""
+        warnings.warn("dense_bias() is deprecated: use equivalent_conv()[1].", DeprecationWarning, 2)
+        return self.equivalent_conv()[1]
 
     def call(self, inputs):
         x = keras.ops.cast(inputs, self.compute_dtype)
@@ -319,3 +331,8 @@ def from_official_weights(weight, bias=None):
             raise ValueError(f"Expected bias of shape ({fields},). Received: bias.shape={bias.shape}")
         weights.append(bias)
     return weights
+
+
+# Moved to `layers.group_maps` (kept importable from here).
+from keras_convx.layers.group_maps import GroupBatchNormalization  # noqa: E402,F401
+from keras_convx.layers.group_maps import GroupPooling  # noqa: E402,F401

@@ -244,6 +244,13 @@ class LogPolarConv2D(keras.layers.Layer):
         kernel = lp.synthesize_kernel(self.kernel, self.center_kernel, self._pmatrix, self.kernel_size)
         return kernel, self.bias
 
+    def dense_kernel(self):
+        """Deprecated: `equivalent_conv()[0]`."""
+        warnings.warn("dense_kernel() is deprecated: use equivalent_conv()[0].", DeprecationWarning, 2)
+        if self.pooling == "max":
+            raise ValueError("pooling='max' has no dense kernel equivalent.")
+        return self.equivalent_conv()[0]
+
     def call(self, inputs):
         x = keras.ops.cast(inputs, self.compute_dtype)
         kernel = keras.ops.cast(self.kernel, self.compute_dtype)

@@ -190,4 +190,8 @@ class HyperbolicConv2D(WaveState, _GridPDE):
         return self._output_shape(shape)
 
 
-# ------------------------------------------------------------------------------------ graphs
+# Moved (kept importable from here): the graph layers to `layers.pde_graph`, the initializer
+# to `keras_convx.initializers`.
+from keras_convx.initializers import CentredIdentity  # noqa: E402,F401
+from keras_convx.layers.pde_graph import GraphDiffusion  # noqa: E402,F401
+from keras_convx.layers.pde_graph import GraphHyperbolic  # noqa: E402,F401

@@ -407,11 +407,8 @@ class SharedBasisConv2D(keras.layers.Layer):
         return scale, shift
 
     def equivalent_conv(self):
-        """The equivalent inference-mode Conv2D `(kernel, bias)`: the plain (k_h, k_w, c_in,
-        filters) kernel and (filters,) bias with the basis batch norm folded in."""
-        scale = shift = None
-        if self.basis_bn is not None:
-            scale, shift = self._folded_bn()
+        """The equivalent inference-mode Conv2D (kernel, bias), the basis batch norm folded in."""
+        scale, shift = self._folded_bn() if self.basis_bn is not None else (None, None)
         kernel = sb.synthesize_kernel(self.basis_kernel(), self.coefficients, scale)
         bias = ops.zeros((self.filters,), "float32")
         if shift is not None:
@@ -419,6 +416,9 @@ class SharedBasisConv2D(keras.layers.Layer):
         if self.bias is not None:
             bias = bias + self.bias
         return kernel, bias
+
+    def synthesized_kernel(self):  # deprecated name of equivalent_conv()
+        return self.equivalent_conv()
 
     def call(self, inputs, training=None):
         dtype = self.compute_dtype

@@ -210,13 +210,18 @@ def test_mnist_net_from_official_state_dict(size, group):
     fields, k, r, per_slice = {"normal": (16, 5, 1, 8), "large": (24, 5, 2, 2)}[size]
     state = _mnist_state(fields, k, r, per_slice, n)
     model = e4net_mnist_rot(size, input_shape=(12, 12, 1), group=group, official_compat=True)
-    load_official(model, {f"module.{key}": v for key, v in state.items()})  # DataParallel keys
+    given = {f"module.{key}": v for key, v in state.items()}  # nn.DataParallel's keys
+    if size == "normal":  # as torch gives them: nn.Parameters (requires grad) and buffers
+        torch = pytest.importorskip("torch")
+        given = {key: (torch.nn.Parameter(torch.from_numpy(np.asarray(v, "float32")))
+                       if np.ndim(v) else torch.tensor(v)) for key, v in given.items()}
+    load_official(model, given)
     x = np.random.default_rng(12).standard_normal((2, 12, 12, 1))
     expected = official.mnist_net(_nchw(x), state, n, k, per_slice)
     np.testing.assert_allclose(_run(model, x), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("group, e4", [("p4", True), ("p4m", False)])
+@pytest.mark.parametrize("group, e4", [("p4", True), ("p4", False), ("p4m", True), ("p4m", False)])
 def test_resnet18_from_official_state_dict(group, e4):
     n = ORDER[group]
     widths = (2, 4, 4, 6)
