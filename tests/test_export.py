@@ -128,8 +128,11 @@ def test_fold_rejects_subclassed_models():
 # ------------------------------------------------------------------------- ONNX and LiteRT
 
 
-def _foldable_families_model():
-    """Every foldable family in one small classifier."""
+def _every_family_model(shape=(None, None, 3)):
+    """Every layer family in one classifier: the ones fold turns into core layers (synaptic,
+    log-polar mean, shared basis, lifting/group conv, group BN) and the ones it keeps
+    (max-pooling log-polar, both grid PDE layers with 3×3 K, E4 p4m at stride 2, group
+    pooling)."""
     def body(x):
         x = layers.SynapticConv2D(4, 3, padding="same")(x)
         x = layers.LogPolarConv2D(6, 5, rings=2, sectors=4, growth_rate=2.0, strides=2)(x)
@@ -140,17 +143,7 @@ def _foldable_families_model():
         x = layers.GroupLiftConv2D(2, 3, group="p4", padding="same")(x)
         x = layers.GroupBatchNormalization(group="p4")(x)
         x = layers.GroupConv2D(2, 3, group="p4", padding="same", activation="relu")(x)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        return keras.layers.Dense(3)(x)
-
-    return _model(body, shape=(None, None, 3))  # any image size: exported dynamic
-
-
-def _kept_families_model(shape=(None, None, 3)):
-    """Every layer family that stays a keras_convx layer after folding, in one classifier:
-    max-pooling log-polar conv, both grid PDE layers (3×3 K), E4 (p4m, stride 2) and group
-    pooling."""
-    def body(x):
+        x = layers.GroupPooling(group="p4")(x)
         x = layers.LogPolarConv2D(4, 5, rings=2, sectors=4, growth_rate=2.0, pooling="max")(x)
         x = layers.DiffusionConv2D(kernel_size=3, stable=True)(x)
         x = layers.HyperbolicConv2D(3, kernel_size=3)(x)
@@ -163,27 +156,22 @@ def _kept_families_model(shape=(None, None, 3)):
     return _model(body, shape=shape)
 
 
-_FAMILY_MODELS = {
-    "foldable": (_foldable_families_model, []),
-    "kept": (_kept_families_model, ["DiffusionConv2D", "E4Conv2D", "GroupPooling",
-                                    "HyperbolicConv2D", "LogPolarConv2D"]),
-}
+KEPT = ["DiffusionConv2D", "E4Conv2D", "GroupPooling", "HyperbolicConv2D", "LogPolarConv2D"]
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "litert"])
-@pytest.mark.parametrize("families", list(_FAMILY_MODELS))
-def test_every_family_exports_and_verifies(families, fmt, tmp_path):
-    """Every foldable family (as core layers) and every family fold keeps (exported as they
-    are: no XLA function, gather, custom gradient or batch split in the traced graph, see
-    `ops.portable_mode`) reach ONNX Runtime and LiteRT on every backend, with a dynamic batch
-    AND a dynamic image size (the models take any H, W; verified on 12×12 and 15×11)."""
+def test_every_family_exports_and_verifies(fmt, tmp_path):
+    """Every layer family, folded (as core layers) or kept (exported as they are: no XLA
+    function, gather, custom gradient or batch split in the traced graph, see
+    `ops.portable_mode`), in ONE model, reaches ONNX Runtime and LiteRT on every backend,
+    with a dynamic batch AND a dynamic image size (verified on 12×12 and 15×11)."""
     pytest.importorskip("onnxruntime" if fmt == "onnx" else "ai_edge_litert")  # extra "export"
-    build, kept = _FAMILY_MODELS[families]
-    dynamic = not (families == "kept" and fmt == "onnx" and keras.backend.backend() == "jax")
+    dynamic = not (fmt == "onnx" and keras.backend.backend() == "jax")
     # A stride-2 E4 with a symbolic image size does not reach ONNX from jax (jax2onnx cannot
     # lower its "same" pooling's size-dependent padding): that ONNX file gets a fixed size
-    # (README).
-    model = build() if dynamic else build(shape=(12, 12, 3))
+    # (README); the channels_first test below exports the other families dynamic from jax.
+    model = _every_family_model() if dynamic else _every_family_model(shape=(12, 12, 3))
+    kept = KEPT
     _check_fold(model, _rand(2, 12, 12, 3), kept=kept)
     path = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'tflite'}"
     convert = export.to_onnx if fmt == "onnx" else export.to_litert
