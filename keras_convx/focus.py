@@ -55,7 +55,16 @@ class FocusPlan:
                 "Expected a model with one (batch, classes) output for focus maps. Received "
                 f"outputs {[tuple(t.shape) for t in functional.outputs]}"
             )
-        self.data_format = arguments.data_format(data_format or graph.data_format_of(functional))
+        if data_format is None:  # the images' layout: the model's, when it has only one
+            formats = graph.data_formats(functional)
+            if len(formats) > 1:
+                raise ValueError(f"Model {model.name!r} mixes {' and '.join(formats)} layers, so "
+                                 "the layout of its images is ambiguous: pass data_format=.")
+            data_format = formats[0] if formats else None
+        self.data_format = arguments.data_format(data_format)
+        # The feature map's own layout (a model may mix formats): the CAM head's pooling, or
+        # the layer that makes the Grad-CAM feature map, else the images'.
+        self.feature_format = self.data_format
         output = functional.outputs[0]
         self.num_classes = int(output.shape[-1])
         self.probabilities = False
@@ -73,6 +82,9 @@ class FocusPlan:
                 f"model {model.name!r} has none there. Use method='grad_cam' or 'auto'."
             )
         self.method = "cam" if method != "grad_cam" and features is cam_features else "grad_cam"
+        if features is not cam_features:
+            maker = getattr(graph.producer(features)[0], "data_format", None)
+            self.feature_format = maker if maker in arguments.DATA_FORMATS else self.data_format
         self.features_model = keras.Model(functional.inputs[0], [features, output])
         self._features, self._output = features, output
         self._head_nodes = None
@@ -131,7 +143,7 @@ class FocusPlan:
         if not isinstance(pool, keras.layers.GlobalAveragePooling2D) or pool.keepdims:
             return None
         self.dense = layer
-        self.data_format = pool.data_format
+        self.feature_format = pool.data_format
         return pool_node.input_tensors[0]
 
     @staticmethod
@@ -181,11 +193,11 @@ class FocusPlan:
         from keras_convx.ops import autodiff  # noqa: PLC0415
         if self.method == "cam":
             return focus_ops.class_activation_maps(features, self.dense.kernel, classes,
-                                                   self.data_format)
+                                                   self.feature_format)
         gradients = autodiff.input_gradient(
             lambda a: self.scores(self.head(a), classes), features
         )
-        return focus_ops.grad_cam_maps(features, gradients, self.data_format)
+        return focus_ops.grad_cam_maps(features, gradients, self.feature_format)
 
     def maps(self, features, classes, size):
         """Focus maps (B, H, W) in [0, 1] at the image size, without gradient (the feature
@@ -227,7 +239,7 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
         feature_layer: name of the layer whose 4-D output to explain; default the map under
             the CAM head, or for Grad-CAM the last 4-D tensor on the output's path.
         method: `"auto"` (CAM where the head allows it), `"cam"` or `"grad_cam"`.
-        data_format: of the images; default: the model's layers' (if they agree), else Keras'.
+        data_format: of the images; default: the model's layers' (asked for if they mix), else Keras'.
         batch_size: images per forward pass.
 
     Returns:

@@ -71,12 +71,11 @@ def all_layers(model):
     return list(model._flatten_layers(include_self=False))  # Keras private: the layer tree
 
 
-def data_format_of(model):
-    """The `data_format` all of `model`'s layers that have one agree on, or None (none has
-    one, or they disagree)."""
-    formats = {layer.data_format for layer in all_layers(model)
-               if getattr(layer, "data_format", None) in ("channels_last", "channels_first")}
-    return formats.pop() if len(formats) == 1 else None
+def data_formats(model):
+    """The distinct `data_format`s of `model`'s layers that have one, sorted (a model may mix
+    them, e.g. behind a `Permute`)."""
+    return tuple(sorted({layer.data_format for layer in all_layers(model)
+                         if getattr(layer, "data_format", None) in ("channels_last", "channels_first")}))
 
 
 def accepts_training(layer):

@@ -86,8 +86,8 @@ class PairwiseConsistency(keras.Model):
         feature_layer: name of the layer whose output the focus map explains (default: found
             from the head, see `analysis.focus_area`).
         method: `"auto"`, `"cam"` or `"grad_cam"`.
-        data_format: of the images; default: the one the model's layers use (when they
-            agree), else Keras' setting.
+        data_format: of the images; default: the one the model's layers use (a ValueError
+            asks for it when they mix formats), else Keras' setting.
         **kwargs: `keras.Model` arguments (e.g. `name`).
 
     Example:

@@ -181,7 +181,8 @@ def main():
                                                for v in parallel.losses)))
 
     def wrap(model):
-        return training.PairwiseConsistency(model, erase_threshold=0.5)
+        # The model mixes formats (its group layers are channels_first): say the images'.
+        return training.PairwiseConsistency(model, erase_threshold=0.5, data_format="channels_last")
 
     single, h1 = train(every_family_model, weights, wrap=wrap)
     parallel, h2 = train(every_family_model, weights, mode="data", wrap=wrap)

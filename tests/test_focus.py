@@ -316,3 +316,46 @@ def test_focus_area_callback_bad_arguments():
         callbacks.FocusArea(x, target="truth")
     with pytest.raises(ValueError, match="4-D"):
         callbacks.FocusArea(x[0])
+
+
+@pytest.mark.parametrize("method", ["cam", "grad_cam"])
+def test_mixed_format_model_maps_its_features_in_their_own_layout(method):
+    """Images channels_last, feature map channels_first (a Permute, then channels_first conv
+    and head): the maps equal those of the same model built all channels_last. (With one
+    data_format for both, the feature map was read along the wrong axes.)"""
+    x = _rand(3, 8, 8, 2, seed=4)
+
+    def build(mixed):
+        inputs = keras.Input((8, 8, 2))
+        df = "channels_first" if mixed else "channels_last"
+        h = keras.layers.Permute((3, 1, 2))(inputs) if mixed else inputs
+        h = keras.layers.Conv2D(5, 3, padding="same", activation="relu", data_format=df,
+                                name="conv")(h)
+        h = keras.layers.GlobalAveragePooling2D(data_format=df)(h)
+        model = keras.Model(inputs, keras.layers.Dense(4, name="head")(h))
+        rng = np.random.default_rng(5)
+        model.set_weights([rng.standard_normal(w.shape).astype("float32") for w in model.get_weights()])
+        return model
+
+    plain, mixed = build(False), build(True)
+    kwargs = dict(threshold=0.5, method=method, data_format="channels_last",
+                  feature_layer="conv" if method == "grad_cam" else None)
+    want = analysis.focus_area(plain, x, **kwargs)
+    got = analysis.focus_area(mixed, x, **kwargs)
+    np.testing.assert_allclose(got["maps"], want["maps"], rtol=1e-4, atol=1e-5)
+
+
+def test_images_layout_is_the_models_or_asked_for_when_it_mixes():
+    from keras_convx import training
+
+    inputs = keras.Input((2, 8, 8))
+    h = keras.layers.Conv2D(3, 3, padding="same", data_format="channels_first")(inputs)
+    h = keras.layers.GlobalAveragePooling2D(data_format="channels_first")(h)
+    uniform = keras.Model(inputs, keras.layers.Dense(4)(h))
+    assert training.PairwiseConsistency(uniform).data_format == "channels_first"
+    mixed = cam_model(data_format="channels_first")  # Permute → channels_last conv → back
+    with pytest.raises(ValueError, match="pass data_format"):
+        training.PairwiseConsistency(mixed)
+    with pytest.raises(ValueError, match="pass data_format"):
+        analysis.focus_area(mixed, _rand(2, 3, 12, 12))
+    assert training.PairwiseConsistency(mixed, data_format="channels_first").data_format == "channels_first"

@@ -106,9 +106,8 @@ def test_gradient_matches_oracle_with_the_erase_mask_held_fixed(data_format):
     """One SGD step with learning rate 1 moves every weight by −∂L/∂θ; the oracle gradient
     is a central difference of the NumPy loss with the erase mask held fixed (the mask is
     computed without gradient). The oracle is channels_last; the model may not be."""
-    model = _classifier(data_format)
-    wrapper = PairwiseConsistency(model, top_k=2)
-    assert wrapper.data_format == data_format  # taken from the model's layers
+    model = _classifier(data_format)  # channels_first: a mixed model (see cam_model)
+    wrapper = PairwiseConsistency(model, top_k=2, data_format=data_format)
     wrapper.compile(keras.optimizers.SGD(1.0),
                     keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = _batch()
