@@ -341,7 +341,7 @@ def _strip_replace(layer):
     if not isinstance(layer, SynapticConv2D):
         return None
     new = keras.layers.Conv2D(**graph.plain_conv_config(layer))
-    weights = [_np(layer.kernel)] + ([_np(layer.bias)] if layer.bias is not None else [])
+    weights = [_np(w) for w in layer.equivalent_conv() if w is not None]  # the fold protocol
     return new, lambda n: n.set_weights(weights)
 
 
