@@ -19,9 +19,7 @@ import numpy as np
 from keras_convx import arguments
 from keras_convx import graph
 from keras_convx.ops import dispatcher
-from keras_convx.ops import log_polar as log_polar_ops
 from keras_convx.ops.core import window_slice
-from keras_convx.layers.log_polar import LogPolarConv2D
 
 __all__ = ["ExportError", "fold", "foldable", "runtime", "to_litert", "to_onnx"]
 
@@ -40,20 +38,17 @@ def _conv(layer, filters, kernel, bias, padding=None, groups=1, name=None):
 
 
 def _fold_conv(layer):
-    """A layer with `equivalent_conv()` → one Conv2D (a padded block for the centre-anchored
-    "same" padding of a strided `LogPolarConv2D`), or None where it has no equivalent."""
+    """A layer with `equivalent_conv()` → one Conv2D, or a ZeroPadding2D + "valid" Conv2D
+    block where it gives explicit pads; None where it has no equivalent."""
     equivalent = layer.equivalent_conv()
     if equivalent is None:
         return None
     kernel = _np(equivalent[0])
     bias = None if equivalent[1] is None else _np(equivalent[1])
+    pads = equivalent[2] if len(equivalent) > 2 else None
     groups = getattr(layer, "groups", 1)
-    centred = isinstance(layer, LogPolarConv2D) and layer.padding == "same"
-    if not centred or tuple(layer.strides) == (1, 1):
+    if pads is None:
         return _conv(layer, kernel.shape[-1], kernel, bias, groups=groups)
-    # "same" at stride > 1 pads around the window centre ((k−1)//2 before), which Keras'
-    # "same" does not: an explicit ZeroPadding2D, then a "valid" convolution.
-    pads = log_polar_ops.same_pads(layer.kernel_size)
     conv, set_conv = _conv(layer, kernel.shape[-1], kernel, bias, padding="valid",
                            groups=groups, name=f"{layer.name}_conv")
     block = keras.Sequential(
@@ -114,8 +109,9 @@ def fold(model):
 
     The rule is a protocol, not a list of classes: a layer folds when it has
     `equivalent_conv()` (returning `(kernel, bias)` for a Conv2D of its strides, padding,
-    dilation, groups and activation, or None) or `equivalent_batch_norm()`; a layer of your
-    own can take part the same way.
+    dilation, groups and activation — or `(kernel, bias, pads)` with explicit
+    `((top, bottom), (left, right))` zero padding before a "valid" one — or None) or
+    `equivalent_batch_norm()`; a layer of your own can take part the same way.
 
     Outputs are identical to the original model's in inference mode (up to float rounding of
     the different summation order). A shared `FilterBasis` becomes independent kernels.

@@ -238,10 +238,13 @@ class LogPolarConv2D(keras.layers.Layer):
         C_in/groups, filters)` Conv2D kernel (each region's weight on its pixels) and the bias
         or None; None for `pooling="max"` (a max over regions is not a convolution). With
         "same" padding and stride > 1 the window is anchored at its centre, which Keras'
-        "same" is not (`keras_convx.export.fold` pads explicitly)."""
+        "same" is not: then `(kernel, bias, pads)`, the explicit zero padding before a
+        "valid" convolution."""
         if self.pooling == "max":
             return None
         kernel = lp.synthesize_kernel(self.kernel, self.center_kernel, self._pmatrix, self.kernel_size)
+        if self.padding == "same" and tuple(self.strides) != (1, 1):
+            return kernel, self.bias, lp.same_pads(self.kernel_size)
         return kernel, self.bias
 
     def dense_kernel(self):
