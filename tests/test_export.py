@@ -186,13 +186,18 @@ def test_every_family_exports_and_verifies(fmt, tmp_path):
 
 
 def _channels_first_model():
-    """Families in channels_first (folded and kept ones) on a dynamic image size."""
+    """Every family in channels_first (folded and kept ones) on a dynamic image size."""
     df = "channels_first"
 
     def body(x):
         x = layers.LogPolarConv2D(4, 5, rings=2, sectors=4, growth_rate=2.0, data_format=df)(x)
+        x = layers.LogPolarConv2D(4, 5, rings=2, sectors=4, growth_rate=2.0, strides=2,
+                                  padding="same", data_format=df)(x)  # folds with explicit pads
         x = layers.SynapticConv2D(4, 3, padding="same", data_format=df)(x)
+        basis = layers.FilterBasis(3, 3, data_format=df)
+        x = layers.SharedBasisConv2D(4, basis, unique_bases=1, data_format=df)(x)
         x = layers.DiffusionConv2D(kernel_size=3, stable=True, data_format=df)(x)
+        x = layers.HyperbolicConv2D(kernel_size=3, data_format=df)(x)
         x = layers.GroupLiftConv2D(2, 3, group="p4", padding="same", data_format=df)(x)
         x = layers.GroupBatchNormalization(group="p4", data_format=df)(x)
         x = layers.GroupConv2D(2, 3, group="p4", padding="same", data_format=df)(x)
@@ -209,7 +214,7 @@ def test_channels_first_model_folds_exports_and_verifies(fmt, tmp_path):
     pytest.importorskip("onnxruntime" if fmt == "onnx" else "ai_edge_litert")
     model = _channels_first_model()
     x = _rand(2, 3, 12, 12)
-    _check_fold(model, x, kept=["DiffusionConv2D", "E4Conv2D", "GroupPooling"])
+    _check_fold(model, x, kept=["DiffusionConv2D", "E4Conv2D", "GroupPooling", "HyperbolicConv2D"])
     path = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'tflite'}"
     convert = export.to_onnx if fmt == "onnx" else export.to_litert
     report = convert(model, path, sample_inputs=x)
