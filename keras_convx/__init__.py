@@ -5,8 +5,8 @@ Public namespaces (explicit re-exports only):
 - `keras_convx.layers`, `keras_convx.ops`, `keras_convx.applications`
 - `keras_convx.regularizers`, `keras_convx.constraints`, `keras_convx.initializers`,
   `keras_convx.callbacks`
-- `keras_convx.pruning`, `keras_convx.training`, `keras_convx.analysis`, `keras_convx.focus`,
-  `keras_convx.export`
+- `keras_convx.pruning` (with `keras_convx.compaction`), `keras_convx.training`,
+  `keras_convx.analysis`, `keras_convx.focus`, `keras_convx.export`
 """
 
 __version__ = "0.1.0.dev0"
@@ -14,6 +14,7 @@ __version__ = "0.1.0.dev0"
 from keras_convx import analysis  # noqa: E402,F401
 from keras_convx import applications  # noqa: E402,F401
 from keras_convx import callbacks  # noqa: E402,F401
+from keras_convx import compaction  # noqa: E402,F401
 from keras_convx import constraints  # noqa: E402,F401
 from keras_convx import export  # noqa: E402,F401
 from keras_convx import focus  # noqa: E402,F401
