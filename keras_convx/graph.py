@@ -26,6 +26,8 @@ import inspect
 
 import keras
 
+from keras_convx import arguments
+
 __all__ = ["accepts_training", "all_layers", "graph_of", "layer_nodes", "plain_conv_config",
            "producer", "rewrite"]
 
@@ -75,7 +77,7 @@ def data_formats(model):
     """The distinct `data_format`s of `model`'s layers that have one, sorted (a model may mix
     them, e.g. behind a `Permute`)."""
     return tuple(sorted({layer.data_format for layer in all_layers(model)
-                         if getattr(layer, "data_format", None) in ("channels_last", "channels_first")}))
+                         if getattr(layer, "data_format", None) in arguments.DATA_FORMATS}))
 
 
 def accepts_training(layer):

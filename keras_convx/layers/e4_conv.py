@@ -6,6 +6,7 @@ import numpy as np
 from keras_convx import arguments
 from keras_convx._registry import register
 from keras_convx.layers import _common
+from keras_convx.layers import group_conv
 from keras_convx.ops import group as gops
 from keras_convx.ops.core import matmul_last
 
@@ -291,7 +292,7 @@ OFFICIAL_KEYS = ("v.0.weight", "conv1.0.weight", "conv1.1.weight", "conv1.1.bias
 
 def _one_by_one(weight):
     """Official 1×1 group kernel `(F, C, |G|)` → `(C·|G|, F)` (row `c·|G| + h`)."""
-    return np.ascontiguousarray(np.transpose(weight, (1, 2, 0)).reshape(-1, weight.shape[0]))
+    return group_conv.from_official_weights(weight)[0][0, 0]
 
 
 def from_official_weights(state_dict, prefix="", official_compat=True):

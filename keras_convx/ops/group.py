@@ -333,11 +333,6 @@ def aggregate(v, kernels, k, strides, implementation="auto"):
 
 # ------------------------------------------------------------------------------ group actions
 
-# Permutation of the group axis under the generators (the spec's tables).
-_ROTATE_MAP = {4: [3, 0, 1, 2], 8: [3, 0, 1, 2, 5, 6, 7, 4]}
-_MIRROR_MAP = [4, 5, 6, 7, 0, 1, 2, 3]
-
-
 def group_elements(group):
     """The group's elements as words in the generators, applied left to right.
 
@@ -372,7 +367,9 @@ def transform(x, element, group, kind="group", data_format=None):
     for generator in element:
         if kind == "group":
             b, h, w, c = x.shape
-            perm = _ROTATE_MAP[n] if generator == "r" else _MIRROR_MAP
+            # The channels move as the group table's row of the generator (element 1 = r,
+            # element 4 = m): the regular representation the layers' kernels are built with.
+            perm = group_permutation(group)[1 if generator == "r" else 4]
             x = x.reshape(b, h, w, c // n, n)[..., perm].reshape(b, h, w, c)
         if generator == "r":
             x = np.rot90(x, 1, axes=(1, 2))
