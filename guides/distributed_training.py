@@ -14,7 +14,7 @@ training departs from single-device training no further than that control does.
 What keeps it exact:
 
 - the shared `FilterBasis` is one variable, replicated like any other, and the orthonormality
-  penalty (`regularizers.apply_global_orthonormal`) is computed from it once per step;
+  penalty (`layers.apply_global_orthonormal`) is computed from it once per step;
 - the `SynapticPruning` callback computes the masks outside the replicated step, so every
   replica holds the same masks and the schedule fires once;
 - batch statistics: JAX's `DataParallel` computes them over the global batch; under
@@ -83,7 +83,6 @@ from keras_convx import callbacks  # noqa: E402
 from keras_convx import demo  # noqa: E402
 from keras_convx import layers  # noqa: E402
 from keras_convx import pruning  # noqa: E402
-from keras_convx import regularizers  # noqa: E402
 
 OUT, FAST = demo.script_options(
     __doc__, "distributed_training",
@@ -97,7 +96,7 @@ SIZE = 16
 def build_model(num_classes=10):
     """A digits classifier with a layer of every family and the synchronisation flags."""
     basis = layers.FilterBasis(8, 3, name="basis")
-    regularizers.apply_global_orthonormal([basis], 1e-3)
+    layers.apply_global_orthonormal([basis], 1e-3)
     inputs = keras.Input((SIZE, SIZE, 1))
     x = layers.LogPolarConv2D(16, 7, rings=2, sectors=6, growth_rate=2.0, activation="relu")(inputs)
     for _ in range(2):  # two convolutions sharing one basis

@@ -24,3 +24,16 @@ from keras_convx import ops  # noqa: E402,F401
 from keras_convx import pruning  # noqa: E402,F401
 from keras_convx import regularizers  # noqa: E402,F401
 from keras_convx import training  # noqa: E402,F401
+
+
+def _deprecated_apply_global_orthonormal(bases, factor):
+    """Deprecated: `keras_convx.layers.apply_global_orthonormal` (beside `FilterBasis`)."""
+    import warnings  # noqa: PLC0415
+
+    warnings.warn("keras_convx.regularizers.apply_global_orthonormal is deprecated: use "
+                  "keras_convx.layers.apply_global_orthonormal.", DeprecationWarning, 2)
+    return layers.apply_global_orthonormal(bases, factor)
+
+
+# The old name, attached from the top floor (regularizers sit below the layers).
+regularizers.apply_global_orthonormal = _deprecated_apply_global_orthonormal

@@ -137,7 +137,7 @@ def _leaf_layers(model):
 
 
 def _filter_bases(model):
-    from keras_convx.layers.shared_basis import FilterBasis  # noqa: PLC0415
+    from keras_convx.layers.filter_basis import FilterBasis  # noqa: PLC0415
 
     bases, seen = [], set()
     for layer in _leaf_layers(model):

@@ -5,14 +5,7 @@ The shared middle floor of keras_convx (see ARCHITECTURE.md): `pruning` (strip, 
 make_synaptic), `export` (fold) and `analysis` (Grad-CAM's path to the features) use it;
 it imports no module above the layers.
 
-It is also the one place that reads Keras' private graph attributes. Keras 3.15 has no public
-API for them; each use is marked `# Keras private:` with what it reads, so a Keras upgrade
-that moves one breaks here, in one file:
-
-- `Sequential._functional`: the Functional graph a built Sequential model runs;
-- `Functional._nodes_by_depth`: the layer-call nodes by depth (topological order);
-- `KerasTensor._keras_history` and `Operation._inbound_nodes`: the node that made a tensor;
-- `Layer._flatten_layers`: every layer of a model, nested models included.
+Keras' private graph attributes are read through `keras_convx.keras_compat`.
 
 Example:
 
@@ -27,6 +20,7 @@ import inspect
 import keras
 
 from keras_convx import arguments
+from keras_convx import keras_compat
 
 __all__ = ["accepts_training", "all_layers", "graph_of", "layer_nodes", "plain_conv_config",
            "producer", "rewrite"]
@@ -36,14 +30,14 @@ def graph_of(model):
     """The Functional graph behind a Functional or built Sequential model; ValueError for
     anything else (subclassed models have no graph to rewrite)."""
     if isinstance(model, keras.Sequential):
-        functional = getattr(model, "_functional", None)  # Keras private: Sequential's graph
+        functional = keras_compat.sequential_graph(model)
         if functional is None:
             raise ValueError(
                 "Expected a built Sequential model (with a keras.Input); this one has no graph "
                 "yet."
             )
         return functional
-    if not isinstance(model, keras.Model) or not hasattr(model, "_nodes_by_depth"):
+    if not keras_compat.is_graph_model(model):
         raise ValueError(
             "Expected a Functional or Sequential keras.Model; received "
             f"{type(model).__name__}. Subclassed models have no graph to rewrite."
@@ -53,7 +47,7 @@ def graph_of(model):
 
 def layer_nodes(functional):
     """The layer-call nodes of a Functional graph in topological order (inputs excluded)."""
-    by_depth = functional._nodes_by_depth  # Keras private: the graph's nodes by depth
+    by_depth = keras_compat.nodes_by_depth(functional)
     return [
         node
         for depth in sorted(by_depth, reverse=True)
@@ -64,13 +58,12 @@ def layer_nodes(functional):
 
 def producer(tensor):
     """`(operation, node)` that made a symbolic tensor of a Functional graph."""
-    operation, node_index, _ = tensor._keras_history  # Keras private: the tensor's maker
-    return operation, operation._inbound_nodes[node_index]  # Keras private: its call nodes
+    return keras_compat.producer(tensor)
 
 
 def all_layers(model):
     """Every layer of `model`, nested models' layers included, in model order (not the model)."""
-    return list(model._flatten_layers(include_self=False))  # Keras private: the layer tree
+    return keras_compat.flatten_layers(model)
 
 
 def data_formats(model):

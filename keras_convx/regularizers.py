@@ -4,10 +4,12 @@ import keras
 
 from keras_convx import arguments
 from keras_convx._registry import register
-from keras_convx.layers.shared_basis import FilterBasis
 from keras_convx.ops import shared_basis as sb
 
-__all__ = ["Orthonormal", "apply_global_orthonormal"]
+# `apply_global_orthonormal` lives beside the basis it normalises,
+# `keras_convx.layers.apply_global_orthonormal`; the package attaches it here too (deprecated
+# name), so this module imports nothing above the layers.
+__all__ = ["Orthonormal"]
 
 
 @register(name="OrthonormalRegularizer")
@@ -23,7 +25,7 @@ class Orthonormal(keras.regularizers.Regularizer):
 
     The paper normalises GLOBALLY over all bases g of a model, Σ_g ‖B_g B_gᵀ − I‖² / Σ_g s_g²:
     that is this regulariser on every basis with `normalizer = Σ_g s_g²`, which
-    `apply_global_orthonormal(bases, factor)` sets up. The jointly-orthogonal "DoubleShared"
+    `keras_convx.layers.apply_global_orthonormal(bases, factor)` sets up. The jointly-orthogonal "DoubleShared"
     form is a `FilterBasis(parts=2)`: the penalty covers the stacked [B_1; B_2].
 
     Args:
@@ -51,23 +53,3 @@ class Orthonormal(keras.regularizers.Regularizer):
 
     def get_config(self):
         return {"factor": self.factor, "normalizer": self.normalizer}
-
-
-def apply_global_orthonormal(bases, factor):
-    """Puts one globally normalised orthonormality penalty on several `FilterBasis` objects.
-
-    Each basis g gets `Orthonormal(factor, normalizer=Σ_g s_g²)` (s_g = `parts·size`), so the
-    model's regularisation loss is `factor · Σ_g ‖B_g B_gᵀ − I‖² / Σ_g s_g²` — the paper's
-    L_orth. Works before or after the bases are built. Returns the regulariser.
-    """
-    bases = list(bases)
-    if not bases or not all(isinstance(b, FilterBasis) for b in bases):
-        raise TypeError(
-            f"Expected bases to be a non-empty list of FilterBasis. Received: bases={bases!r}"
-        )
-    regularizer = Orthonormal(factor, normalizer=sum(b.total_size**2 for b in bases))
-    for basis in bases:
-        basis.kernel_regularizer = regularizer
-        if basis.built:
-            basis.kernel.regularizer = regularizer
-    return regularizer

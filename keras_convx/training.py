@@ -7,6 +7,7 @@ import numpy as np
 
 from keras_convx import arguments
 from keras_convx import focus
+from keras_convx import keras_compat
 from keras_convx._registry import register
 from keras_convx.ops import core as ops_core
 from keras_convx.ops import focus as focus_ops
@@ -159,7 +160,7 @@ class PairwiseConsistency(keras.Model):
         return keras.ops.convert_to_tensor(self.fill, dtype=x.dtype)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if self._compile_loss is None:
+        if keras_compat.compile_loss(self) is None:
             raise ValueError(
                 "PairwiseConsistency needs the classification loss: compile the wrapper with "
                 "loss=... (e.g. 'sparse_categorical_crossentropy'); it is used for the clean "
@@ -188,8 +189,8 @@ class PairwiseConsistency(keras.Model):
         replicas = ops_core.replicas_in_sync()
         terms = []
         if self.erased_weight:
-            erased_loss = self.erased_weight * self._compile_loss(y, erased_outputs,
-                                                                  sample_weight)
+            erased_loss = self.erased_weight * keras_compat.compile_loss(self)(
+                y, erased_outputs, sample_weight)
             self.erased_loss_tracker.update_state(erased_loss * replicas)
             terms.append(erased_loss)
         if self.consistency_weight:

@@ -34,7 +34,6 @@ import keras  # noqa: E402
 from keras_convx import callbacks  # noqa: E402
 from keras_convx import layers  # noqa: E402
 from keras_convx import pruning  # noqa: E402
-from keras_convx import regularizers  # noqa: E402
 from keras_convx import training  # noqa: E402
 
 BATCH = 16  # global batch: 4 per device
@@ -45,7 +44,7 @@ def every_family_model():
     orthonormality penalty), synaptic masks, group batch norm; the group layers in
     channels_first, the others in channels_last."""
     basis = layers.FilterBasis(4, 3, name="basis")
-    regularizers.apply_global_orthonormal([basis], 1.0)
+    layers.apply_global_orthonormal([basis], 1.0)
     inputs = keras.Input((12, 12, 1))
     x = layers.LogPolarConv2D(6, 5, rings=2, sectors=4, growth_rate=2.0)(inputs)
     x = layers.SharedBasisConv2D(6, basis, unique_bases=1, activation="relu",

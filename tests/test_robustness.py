@@ -155,3 +155,44 @@ def test_rank_3_input_is_refused_naming_the_layer(name):
     layer = case.make("channels_last")
     with pytest.raises(ValueError, match=r"(ndim=4|rank 4|4-D)"):
         layer(_inputs((8, 8, case.channels), 0))
+
+
+CONV_BASE = ("LogPolarConv2D", "GroupLiftConv2D", "GroupConv2D", "SharedBasisConv2D",
+             "SynapticConv2D")
+
+
+def test_the_conv_layers_share_one_base():
+    """The five conv layers take their standard arguments, output shape and config from one
+    base (layers/_conv_base.py, Keras' BaseConv style)."""
+    from keras_convx.layers._conv_base import BaseConv2D
+
+    for name in CONV_BASE:
+        assert issubclass(getattr(layers, name), BaseConv2D), name
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if n.split("-")[0] in CONV_BASE))
+def test_conv_refuses_an_image_smaller_than_its_valid_window(name):
+    """With padding="valid" an image smaller than the (dilated) window is a ValueError naming
+    the layer and kernel_size, symbolically and eagerly (SynapticConv2D and SharedBasisConv2D
+    used to return a negative or zero size)."""
+    case = CASES[name]
+    layer = case.make("channels_last")
+    config = layer.get_config()
+    config["padding"] = "valid"
+    layer = type(layer).from_config(config)
+    k = int(np.max(layer.kernel_size))
+    with pytest.raises(ValueError, match=rf"{layer.name}.*smaller than kernel_size"):
+        layer.compute_output_shape((None, k - 1, k + 4, case.channels))
+    with pytest.raises(ValueError, match="smaller than kernel_size"):
+        layer(keras.Input((k - 1, k + 4, case.channels)))
+
+
+@pytest.mark.parametrize("name", ["LogPolarConv2D", "SynapticConv2D"])
+def test_grouped_conv_refuses_channels_groups_does_not_divide(name):
+    make = {"LogPolarConv2D": lambda: layers.LogPolarConv2D(4, 5, groups=2),
+            "SynapticConv2D": lambda: layers.SynapticConv2D(4, 3, groups=2)}[name]
+    with pytest.raises(ValueError, match=r"groups to divide the input channels.*groups=2, "
+                                         r"input channels=3"):
+        make()(_inputs((1, 8, 8, 3), 0))
+    with pytest.raises(ValueError, match="groups to divide filters"):
+        type(make())(3, 3, groups=2)

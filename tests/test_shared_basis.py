@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_convx import constraints
+from keras_convx import layers
 from keras_convx import regularizers
 from keras_convx.layers import FilterBasis
 from keras_convx.layers import SharedBasisConv2D
@@ -323,9 +324,16 @@ def test_regularizer_vanishes_after_orthogonal_init_and_not_otherwise():
     assert float(harness.to_numpy(over.losses[0])) > 1e-2
 
 
+def test_old_regularizers_name_of_global_orthonormal_still_works_and_warns():
+    bases = [FilterBasis(2, 3), FilterBasis(4, 3)]
+    with pytest.warns(DeprecationWarning, match="keras_convx.layers.apply_global_orthonormal"):
+        reg = regularizers.apply_global_orthonormal(bases, 2.0)
+    assert reg.normalizer == 2**2 + 4**2 and bases[1].kernel_regularizer is reg
+
+
 def test_global_normalisation_over_several_bases():
     bases = [FilterBasis(2, 3), FilterBasis(4, 3, parts=2)]
-    reg = regularizers.apply_global_orthonormal(bases, 10.0)
+    reg = layers.apply_global_orthonormal(bases, 10.0)
     assert reg.normalizer == 2**2 + 8**2
     x = keras.Input((6, 6, 3))
     y = SharedBasisConv2D(3, bases[0])(x)
@@ -392,7 +400,7 @@ def test_constraint_keeps_the_basis_orthonormal_through_training():
          "basis_bn_synchronized"),
         (lambda: regularizers.Orthonormal(-1.0), ValueError, "factor"),
         (lambda: regularizers.Orthonormal(1.0, normalizer=0), ValueError, "normalizer"),
-        (lambda: regularizers.apply_global_orthonormal([], 1.0), TypeError, "bases"),
+        (lambda: layers.apply_global_orthonormal([], 1.0), TypeError, "bases"),
     ],
 )
 def test_bad_arguments(make, error, match):

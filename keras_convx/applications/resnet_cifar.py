@@ -7,9 +7,9 @@ from keras_convx._registry import register
 from keras_convx.applications._common import bn as _bn
 from keras_convx.applications._common import conv3x3 as _conv3x3
 from keras_convx.applications._common import he_fan_out as _he_fan_out
-from keras_convx.layers.shared_basis import FilterBasis
+from keras_convx.layers.filter_basis import FilterBasis
 from keras_convx.layers.shared_basis import SharedBasisConv2D
-from keras_convx.regularizers import apply_global_orthonormal
+from keras_convx.layers import apply_global_orthonormal
 
 SHORTCUTS = ("A", "B")
 STAGE_WIDTHS = (16, 32, 64)

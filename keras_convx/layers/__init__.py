@@ -11,8 +11,9 @@ from keras_convx.layers.pde import DiffusionConv2D
 from keras_convx.layers.pde import HyperbolicConv2D
 from keras_convx.layers.pde_graph import GraphDiffusion
 from keras_convx.layers.pde_graph import GraphHyperbolic
-from keras_convx.layers.shared_basis import FilterBasis
+from keras_convx.layers.filter_basis import FilterBasis
 from keras_convx.layers.shared_basis import SharedBasisConv2D
+from keras_convx.layers.filter_basis import apply_global_orthonormal
 from keras_convx.layers.synaptic import SynapticConv2D
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "LogPolarConv2D",
     "SharedBasisConv2D",
     "SynapticConv2D",
+    "apply_global_orthonormal",
 ]

@@ -1,4 +1,5 @@
-"""Building blocks shared by the layer families: input checks, weights, config objects.
+"""Building blocks shared by the layer families that are not convolutions (the conv layers
+share `keras_convx.layers._conv_base.BaseConv2D`): input checks, weights, config objects.
 
 Argument validation lives in `keras_convx.arguments` (one module for every public class); its
 helpers are re-exported here under the names the layer files use.
@@ -14,10 +15,9 @@ from keras_convx.arguments import integer  # noqa: F401
 from keras_convx.arguments import is_int  # noqa: F401
 from keras_convx.arguments import number  # noqa: F401
 from keras_convx.arguments import odd_kernel_size  # noqa: F401
-
-def channel_axis(data_format):
-    """The channel axis of a 4-D tensor: 3 for "channels_last", 1 for "channels_first"."""
-    return 3 if data_format == "channels_last" else 1
+from keras_convx.layers._conv_base import CONV_OBJECTS  # noqa: F401
+from keras_convx.layers._conv_base import channel_axis
+from keras_convx.layers._conv_base import object_kind
 
 
 def check_input(layer, shape, ranks, axis, channels, what="inputs"):
@@ -42,40 +42,16 @@ def lock_channels(layer, channels, data_format):
     layer.input_spec = keras.layers.InputSpec(ndim=4, axes={channel_axis(data_format): channels})
 
 
-CONV_OBJECTS = (
-    "kernel_initializer",
-    "bias_initializer",
-    "kernel_regularizer",
-    "bias_regularizer",
-    "kernel_constraint",
-    "bias_constraint",
-)
-
-_KINDS = (
-    ("_initializer", keras.initializers),
-    ("_regularizer", keras.regularizers),
-    ("_constraint", keras.constraints),
-    ("activation", keras.activations),
-)
-
-
-def _kind(name):
-    for suffix, module in _KINDS:
-        if name.endswith(suffix):
-            return module
-    raise KeyError(name)
-
-
 def set_objects(layer, **objects):
     """Sets `layer.<name> = keras.<kind>.get(value)` for initializers, regularizers,
     constraints and activations, the kind read from the argument's name."""
     for name, value in objects.items():
-        setattr(layer, name, _kind(name).get(value))
+        setattr(layer, name, object_kind(name).get(value))
 
 
 def serialize_objects(layer, *names):
     """{name: keras.<kind>.serialize(layer.<name>)}: the config entries of `set_objects`."""
-    return {name: _kind(name).serialize(getattr(layer, name)) for name in names}
+    return {name: object_kind(name).serialize(getattr(layer, name)) for name in names}
 
 
 def add_conv_weight(layer, name, shape, prefix="kernel"):
@@ -87,19 +63,3 @@ def add_conv_weight(layer, name, shape, prefix="kernel"):
         regularizer=getattr(layer, f"{prefix}_regularizer"),
         constraint=getattr(layer, f"{prefix}_constraint"),
     )
-
-
-def add_bias(layer, size):
-    """The `(size,)` bias of a conv layer if `layer.use_bias`, else None."""
-    return add_conv_weight(layer, "bias", (size,), prefix="bias") if layer.use_bias else None
-
-
-def bias_and_activation(layer, y):
-    """`y + layer.bias` (on the channel axis of `layer.data_format`, in the compute dtype) if
-    the layer has a bias, then `layer.activation` if it has one: the tail of every conv."""
-    if layer.bias is not None:
-        shape = (1, -1, 1, 1) if layer.data_format == "channels_first" else (1, 1, 1, -1)
-        y = y + keras.ops.reshape(keras.ops.cast(layer.bias, layer.compute_dtype), shape)
-    if layer.activation is not None:
-        y = layer.activation(y)
-    return y

@@ -19,13 +19,12 @@ import numpy as np
 from keras_convx import arguments
 from keras_convx._registry import register
 from keras_convx.layers import _common
-from keras_convx.layers._common import CONV_OBJECTS
+from keras_convx.layers._conv_base import BaseConv2D
 from keras_convx.ops import group as gops
 from keras_convx.ops.core import conv2d
-from keras_convx.ops.core import normalize_pair
 
 
-class _GroupConvBase(keras.layers.Layer):
+class _GroupConvBase(BaseConv2D):
     """Shared arguments, weights and forward pass of the lifting and group convolutions."""
 
     # Public marker: the layer takes a group feature map (read by analysis.equivariance_error).
@@ -50,46 +49,45 @@ class _GroupConvBase(keras.layers.Layer):
         bias_constraint=None,
         **kwargs,
     ):
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self.filters = _common.integer("filters", filters)
+        super().__init__(
+            filters,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            activation=activation,
+            use_bias=use_bias,
+            activity_regularizer=activity_regularizer,
+            objects=dict(
+                kernel_initializer=kernel_initializer,
+                bias_initializer=bias_initializer,
+                kernel_regularizer=kernel_regularizer,
+                bias_regularizer=bias_regularizer,
+                kernel_constraint=kernel_constraint,
+                bias_constraint=bias_constraint,
+            ),
+            **kwargs,
+        )
         self.kernel_size = _common.odd_kernel_size(kernel_size)
         self.group = gops.check_group(group)
         self.order = gops.group_order(self.group)
-        self.strides = normalize_pair("strides", strides)
-        self.padding = _common.choice("padding", padding, ("same", "valid"))
-        self.data_format = _common.data_format(data_format)
-        self.activation = keras.activations.get(activation)
-        self.use_bias = _common.boolean("use_bias", use_bias)
-        _common.set_objects(
-            self,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
-        self.input_spec = keras.layers.InputSpec(ndim=4)
         # Static NumPy gather table, built here (eagerly) and read as a constant by `call`.
         self._table = self._gather_table()
+
+    @property
+    def bias_repeats(self):
+        """|G|: each field's bias is shared by its |G| channels."""
+        return self.order
 
     def _kernel_in_channels(self, channels):
         """Input channels of the stored kernel; group inputs override it to validate |G|."""
         return channels
 
     def build(self, input_shape):
-        channels = input_shape[_common.channel_axis(self.data_format)]
-        if channels is None:
-            raise ValueError(
-                f"The channel dimension of the inputs to {type(self).__name__} must be known. "
-                f"Received: input_shape={input_shape}"
-            )
+        channels = self.input_channels(input_shape)
         k = self.kernel_size
-        self.kernel = _common.add_conv_weight(
-            self, "kernel", (k, k, self._kernel_in_channels(channels), self.filters)
-        )
-        self.bias = _common.add_bias(self, self.filters)
-        _common.lock_channels(self, channels, self.data_format)
+        self.kernel = self.add_kernel("kernel", (k, k, self._kernel_in_channels(channels), self.filters))
+        self.add_bias()
+        self.lock_channels(channels)
 
     def equivalent_conv(self):
         """The equivalent ordinary convolution: `(kernel, bias)`, the `(k, k, C_in,
@@ -108,55 +106,14 @@ class _GroupConvBase(keras.layers.Layer):
         warnings.warn("dense_bias() is deprecated: use equivalent_conv()[1].", DeprecationWarning, 2)
         return self.equivalent_conv()[1]
 
-    def call(self, inputs):
+    def convolution_op(self, inputs):
         x = keras.ops.cast(inputs, self.compute_dtype)
         kernel = self._expand(keras.ops.cast(self.kernel, self.compute_dtype))
-        y = conv2d(x, kernel, self.strides, self.padding, self.data_format)
-        if self.bias is not None:
-            bias = keras.ops.repeat(keras.ops.cast(self.bias, self.compute_dtype), self.order)
-            if self.data_format == "channels_first":
-                bias = keras.ops.reshape(bias, (-1, 1, 1))
-            y = y + bias
-        if self.activation is not None:
-            y = self.activation(y)
-        return y
-
-    def compute_output_shape(self, input_shape):
-        input_shape = tuple(input_shape)
-        spatial = input_shape[1:3] if self.data_format == "channels_last" else input_shape[2:4]
-        out = []
-        for n, s in zip(spatial, self.strides):
-            if n is None:
-                out.append(None)
-            elif self.padding == "same":
-                out.append(-(-n // s))
-            else:
-                if n < self.kernel_size:
-                    raise ValueError(
-                        f"Input size {n} smaller than kernel_size ({self.kernel_size}) with "
-                        f"padding='valid'. Received: input_shape={input_shape}"
-                    )
-                out.append((n - self.kernel_size) // s + 1)
-        channels = self.filters * self.order
-        if self.data_format == "channels_last":
-            return (input_shape[0], *out, channels)
-        return (input_shape[0], channels, *out)
+        return conv2d(x, kernel, self.strides, self.padding, self.data_format)
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "group": self.group,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-            }
-        )
-        config.update(_common.serialize_objects(self, *CONV_OBJECTS))
+        config.update({"kernel_size": self.kernel_size, "group": self.group})
         return config
 
 

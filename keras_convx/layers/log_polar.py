@@ -7,18 +7,15 @@ import numpy as np
 
 from keras_convx import arguments
 from keras_convx._registry import register
-from keras_convx.layers import _common
-from keras_convx.layers._common import CONV_OBJECTS
-from keras_convx.layers._common import choice as _choice
+from keras_convx.layers._conv_base import BaseConv2D
 from keras_convx.ops import log_polar as lp
 from keras_convx.ops.core import conv2d
-from keras_convx.ops.core import normalize_pair
 
 IMPLEMENTATIONS = ("auto", "dense", "pool", "max")
 
 
 @register
-class LogPolarConv2D(keras.layers.Layer):
+class LogPolarConv2D(BaseConv2D):
     """2D log-polar space convolution (LPSC).
 
     The k_h×k_w window around every pixel is cut into `rings` distance levels (radii growing by
@@ -86,6 +83,8 @@ class LogPolarConv2D(keras.layers.Layer):
         Bing Su, Ji-Rong Wen. "Log-Polar Space Convolution Layers". NeurIPS 2022.
     """
 
+    conv_arguments = ("groups",)
+
     def __init__(
         self,
         filters,
@@ -112,12 +111,25 @@ class LogPolarConv2D(keras.layers.Layer):
         bias_constraint=None,
         **kwargs,
     ):
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)):
-            raise TypeError(f"Expected filters to be an int. Received: filters={filters!r}")
-        if filters < 1:
-            raise ValueError(f"Expected filters >= 1. Received: filters={filters}")
-        self.filters = int(filters)
+        super().__init__(
+            filters,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            groups=groups,
+            activation=activation,
+            use_bias=use_bias,
+            activity_regularizer=activity_regularizer,
+            objects=dict(
+                kernel_initializer=kernel_initializer,
+                bias_initializer=bias_initializer,
+                kernel_regularizer=kernel_regularizer,
+                bias_regularizer=bias_regularizer,
+                kernel_constraint=kernel_constraint,
+                bias_constraint=bias_constraint,
+            ),
+            **kwargs,
+        )
         (
             self.kernel_size,
             self.rings,
@@ -125,25 +137,9 @@ class LogPolarConv2D(keras.layers.Layer):
             self.growth_rate,
             self.initial_angle,
         ) = lp.validate_region_args(kernel_size, rings, sectors, growth_rate, initial_angle)
-        self.strides = normalize_pair("strides", strides)
-        self.padding = _choice("padding", padding, ("same", "valid"))
-        self.data_format = _choice(
-            "data_format",
-            data_format or keras.config.image_data_format(),
-            ("channels_last", "channels_first"),
-        )
-        self.pooling = _choice("pooling", pooling, lp.POOLINGS)
-        if not isinstance(center, bool):
-            raise TypeError(f"Expected center to be a bool. Received: center={center!r}")
-        self.center = center
-        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
-            raise ValueError(f"Expected groups to be an int >= 1. Received: groups={groups!r}")
-        if filters % groups:
-            raise ValueError(
-                f"Expected filters to be divisible by groups. Received: filters={filters}, groups={groups}"
-            )
-        self.groups = int(groups)
-        self.implementation = _choice("implementation", implementation, IMPLEMENTATIONS)
+        self.pooling = arguments.choice("pooling", pooling, lp.POOLINGS)
+        self.center = arguments.boolean("center", center)
+        self.implementation = arguments.choice("implementation", implementation, IMPLEMENTATIONS)
         if self.pooling == "max" and self.implementation in ("dense", "pool"):
             raise ValueError(
                 f"pooling='max' has no {self.implementation!r} path; use implementation='max' or "
@@ -154,18 +150,6 @@ class LogPolarConv2D(keras.layers.Layer):
                 "implementation='max' needs pooling='max'. "
                 f"Received: implementation={implementation!r}, pooling={pooling!r}"
             )
-        self.activation = keras.activations.get(activation)
-        self.use_bias = _common.boolean("use_bias", use_bias)
-        _common.set_objects(
-            self,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
-        self.input_spec = keras.layers.InputSpec(ndim=4)
         self._pmatrix = lp.pooling_matrix(
             self.kernel_size,
             self.rings,
@@ -204,24 +188,14 @@ class LogPolarConv2D(keras.layers.Layer):
     # -- weights ------------------------------------------------------------------------------
 
     def build(self, input_shape):
-        channels = input_shape[_common.channel_axis(self.data_format)]
-        if channels is None:
-            raise ValueError(
-                "The channel dimension of the inputs to LogPolarConv2D must be known. "
-                f"Received: input_shape={input_shape}"
-            )
-        if channels % self.groups:
-            raise ValueError(
-                "Expected the input channels to be divisible by groups. "
-                f"Received: channels={channels}, groups={self.groups}"
-            )
+        channels = self.input_channels(input_shape)
         cin = channels // self.groups
-        self.kernel = _common.add_conv_weight(self, "kernel", (self.rings, self.sectors, cin, self.filters))
+        self.kernel = self.add_kernel("kernel", (self.rings, self.sectors, cin, self.filters))
         self.center_kernel = None
         if self.center:
-            self.center_kernel = _common.add_conv_weight(self, "center_kernel", (cin, self.filters))
-        self.bias = _common.add_bias(self, self.filters)
-        _common.lock_channels(self, channels, self.data_format)
+            self.center_kernel = self.add_kernel("center_kernel", (cin, self.filters))
+        self.add_bias()
+        self.lock_channels(channels)
 
     # -- forward ------------------------------------------------------------------------------
 
@@ -254,7 +228,7 @@ class LogPolarConv2D(keras.layers.Layer):
             raise ValueError("pooling='max' has no dense kernel equivalent.")
         return self.equivalent_conv()[0]
 
-    def call(self, inputs):
+    def convolution_op(self, inputs):
         x = keras.ops.cast(inputs, self.compute_dtype)
         kernel = keras.ops.cast(self.kernel, self.compute_dtype)
         center = None if self.center_kernel is None else keras.ops.cast(self.center_kernel, self.compute_dtype)
@@ -277,57 +251,22 @@ class LogPolarConv2D(keras.layers.Layer):
                                 self.pooling, self.groups)
             if self.data_format == "channels_first":
                 y = keras.ops.transpose(y, (0, 3, 1, 2))
-        if self.bias is not None:
-            bias = keras.ops.cast(self.bias, self.compute_dtype)
-            if self.data_format == "channels_first":
-                bias = keras.ops.reshape(bias, (-1, 1, 1))
-            y = y + bias
-        if self.activation is not None:
-            y = self.activation(y)
         return y
-
-    def compute_output_shape(self, input_shape):
-        input_shape = tuple(input_shape)
-        if self.data_format == "channels_last":
-            rows, cols = input_shape[1:3]
-        else:
-            rows, cols = input_shape[2:4]
-        out = [
-            lp.output_length(n, k, s, self.padding)
-            for n, k, s in zip((rows, cols), self.kernel_size, self.strides)
-        ]
-        for n, k, name in zip((rows, cols), self.kernel_size, ("rows", "cols")):
-            if self.padding == "valid" and n is not None and n < k:
-                raise ValueError(
-                    f"Input {name} ({n}) smaller than kernel_size ({k}) with padding='valid'. "
-                    f"Received: input_shape={input_shape}"
-                )
-        if self.data_format == "channels_last":
-            return (input_shape[0], *out, self.filters)
-        return (input_shape[0], self.filters, *out)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "filters": self.filters,
                 "kernel_size": self.kernel_size,
                 "rings": self.rings,
                 "sectors": self.sectors,
                 "growth_rate": self.growth_rate,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
                 "pooling": self.pooling,
                 "center": self.center,
                 "initial_angle": self.initial_angle,
-                "groups": self.groups,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
                 "implementation": self.implementation,
             }
         )
-        config.update(_common.serialize_objects(self, *CONV_OBJECTS))
         return config
 
 

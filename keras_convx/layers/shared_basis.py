@@ -1,218 +1,24 @@
-"""Deeply shared filter bases: `FilterBasis` and `SharedBasisConv2D`."""
+"""Deeply shared filter bases (Kang & Kim, NeurIPS 2021): `SharedBasisConv2D`.
 
-import uuid
-import weakref
+The basis it combines, `FilterBasis`, and `apply_global_orthonormal` are in
+`keras_convx.layers.filter_basis` (importable from here too).
+"""
 
 import keras
 from keras import ops
 
-from keras_convx import constraints
 from keras_convx._registry import register
 from keras_convx.layers import _common
-from keras_convx.layers._common import CONV_OBJECTS
+from keras_convx.layers._conv_base import BaseConv2D
+from keras_convx.layers.filter_basis import FilterBasis
+from keras_convx.layers.filter_basis import apply_global_orthonormal  # noqa: F401
+from keras_convx.layers.filter_basis import deserialize_basis
 from keras_convx.ops import shared_basis as sb
 from keras_convx.ops.core import conv2d
-from keras_convx.ops.core import conv_output_shape
-from keras_convx.ops.core import normalize_pair
-
-_BASIS_OBJECTS = ("kernel_initializer", "kernel_regularizer", "kernel_constraint")
 
 
 @register
-class FilterBasis(keras.layers.Layer):
-    """A basis of k×k×c_in filters that many `SharedBasisConv2D` layers share.
-
-    The basis is ONE variable, `kernel`, of shape `(k_h, k_w, c_in, parts·size)`, created on
-    first use (by the first `SharedBasisConv2D` built with it, or by calling the basis itself);
-    every layer built with the same `FilterBasis` reads that variable, so parameter counts count
-    it once and its gradient is the sum of all users' contributions. The sharing survives
-    `.keras` save/load (Keras' shared-object mechanism) and `keras.models.clone_model` (the
-    clone's users share one new basis).
-
-    With `parts > 1` the variable holds `parts` bases of `size` filters stacked on the filter
-    axis — the paper's "DoubleShared" form (`parts=2`: conv1 of each block uses part 0, conv2
-    part 1). The orthogonal initialisation then covers all `parts·size` filters jointly, and so
-    does an orthonormality regulariser on the variable (`keras_convx.regularizers.Orthonormal`),
-    as in the official code.
-
-    Called directly, the layer is the plain convolution of its input with the whole basis
-    (stride 1, "same" padding), i.e. the official `shared_basis` conv.
-
-    Args:
-        size: int ≥ 1, the number of filters per part (`s`).
-        kernel_size: int or tuple of 2 ints.
-        parts: int ≥ 1, number of bases stacked in the variable (default 1).
-        kernel_initializer: default `"orthogonal"` (orthonormal filters when
-            `parts·size ≤ k_h·k_w·c_in`).
-        kernel_regularizer: e.g. `keras_convx.regularizers.Orthonormal(10.0)`.
-        kernel_constraint: e.g. `keras_convx.constraints.Orthonormal()` (needs
-            `parts·size ≤ k_h·k_w·c_in`, checked when the basis is built).
-        data_format: used only when the basis is called directly.
-        share_key: identity token used to keep the sharing through `clone_model`; leave None.
-        **kwargs: base layer arguments (`name`, `dtype`, ...).
-
-    Input shape (direct call): 4-D tensor `(B, H, W, c_in)` or `(B, c_in, H, W)`.
-
-    Output shape (direct call): `(B, H, W, parts·size)` or `(B, parts·size, H, W)`.
-
-    Example:
-
-    >>> basis = keras_convx.layers.FilterBasis(8, 3,
-    ...     kernel_regularizer=keras_convx.regularizers.Orthonormal(10.0))
-    >>> x = keras.Input((32, 32, 16))
-    >>> y = keras_convx.layers.SharedBasisConv2D(16, basis, unique_bases=1)(x)
-    >>> y = keras_convx.layers.SharedBasisConv2D(16, basis, unique_bases=1)(y)
-    >>> model = keras.Model(x, y)   # one basis variable, used twice
-
-    Reference: W. Kang, D. Kim, "Deeply Shared Filter Bases for Parameter-Efficient
-    Convolutional Neural Networks", NeurIPS 2021.
-    """
-
-    def __init__(
-        self,
-        size,
-        kernel_size,
-        parts=1,
-        kernel_initializer="orthogonal",
-        kernel_regularizer=None,
-        kernel_constraint=None,
-        data_format=None,
-        share_key=None,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.size = _common.integer("size", size)
-        self.kernel_size = normalize_pair("kernel_size", kernel_size)
-        self.parts = _common.integer("parts", parts)
-        self.data_format = _common.data_format(data_format)
-        self.input_spec = keras.layers.InputSpec(ndim=4)
-        if share_key is not None and not isinstance(share_key, str):
-            raise TypeError(f"Expected share_key to be a str or None. Received: {share_key!r}")
-        self.share_key = share_key or uuid.uuid4().hex
-        _common.set_objects(
-            self,
-            kernel_initializer=kernel_initializer,
-            kernel_regularizer=kernel_regularizer,
-            kernel_constraint=kernel_constraint,
-        )
-
-    @property
-    def total_size(self):
-        """`parts · size`, the number of filters in the variable."""
-        return self.parts * self.size
-
-    @property
-    def input_channels(self):
-        """c_in, or None before the basis is built."""
-        return self.kernel.shape[2] if self.built else None
-
-    def _check_constraint(self, channels):
-        fan_in = self.kernel_size[0] * self.kernel_size[1] * channels
-        if isinstance(self.kernel_constraint, constraints.Orthonormal) and self.total_size > fan_in:
-            raise ValueError(
-                "An orthonormal constraint needs parts·size <= k_h·k_w·c_in (at most fan_in "
-                f"orthonormal rows). Received: size={self.size}, parts={self.parts}, "
-                f"kernel_size={self.kernel_size}, c_in={channels} (fan_in {fan_in})."
-            )
-
-    def build(self, input_shape):
-        channels = input_shape[_common.channel_axis(self.data_format)]
-        if channels is None:
-            raise ValueError("The channel dimension of a FilterBasis input must be defined.")
-        self._check_constraint(channels)
-        self.kernel = _common.add_conv_weight(
-            self, "kernel", (*self.kernel_size, channels, self.total_size)
-        )
-        _common.lock_channels(self, channels, self.data_format)
-
-    def build_for_channels(self, channels, user="a layer"):
-        """Builds the basis for `channels` input channels, or checks that it was (`user`
-        names the caller in the error)."""
-        if not self.built:
-            shape = (None, None, None, channels)
-            if self.data_format == "channels_first":
-                shape = (None, channels, None, None)
-            self.build(shape)
-            self.built = True
-        elif self.input_channels != channels:
-            raise ValueError(
-                f"The basis {self.name!r} has c_in={self.input_channels} but {user} receives "
-                f"inputs with {channels} channels. A basis serves layers with one input width."
-            )
-
-    def part(self, index):
-        """The (k_h, k_w, c_in, size) kernel of part `index`."""
-        start = index * self.size
-        return self.kernel[..., start : start + self.size]
-
-    def call(self, inputs):
-        kernel = ops.cast(self.kernel, self.compute_dtype)
-        return conv2d(inputs, kernel, 1, "same", self.data_format)
-
-    def compute_output_shape(self, input_shape):
-        return conv_output_shape(
-            input_shape, self.total_size, self.kernel_size, (1, 1), "same", self.data_format
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "size": self.size,
-                "kernel_size": self.kernel_size,
-                "parts": self.parts,
-                "data_format": self.data_format,
-                "share_key": self.share_key,
-            }
-        )
-        config.update(_common.serialize_objects(self, *_BASIS_OBJECTS))
-        return config
-
-
-def _saving_scope_map():
-    """The object map of Keras' saving/loading `ObjectSharingScope`, or None outside one."""
-    try:
-        from keras.src.backend.common import global_state  # noqa: PLC0415
-    except ImportError:  # pragma: no cover - a Keras without the scope
-        return None
-    return global_state.get_global_attribute("shared_objects/id_to_obj_map")
-
-
-# clone_model rebuilds each layer with `from_config(get_config())`, outside any sharing scope.
-# The users of one basis then meet here: the first user of a clone creates the new basis, the
-# others of the same clone join it; a user name seen twice for one key means a new clone.
-_CLONE_SESSIONS = {}
-
-
-def _deserialize_basis(basis_config, user_name):
-    """The FilterBasis for a user's config: one per `share_key` per load or clone."""
-    key = basis_config.get("config", {}).get("share_key")
-    basis_config = {k: v for k, v in basis_config.items() if k != "shared_object_id"}
-    scope = _saving_scope_map()
-    if scope is not None and key is not None:
-        # Loading a .keras file: Keras marks only some users' copies as shared, so the
-        # basis is matched by its own key within this load.
-        scope_key = ("keras_convx>FilterBasis", key)
-        if scope_key not in scope:
-            scope[scope_key] = keras.saving.deserialize_keras_object(basis_config)
-        return scope[scope_key]
-    entry = _CLONE_SESSIONS.get(key)
-    if entry is not None:
-        basis_ref, users = entry
-        basis = basis_ref()
-        if basis is not None and user_name not in users:
-            users.add(user_name)
-            return basis
-    basis = keras.saving.deserialize_keras_object(basis_config)
-    if key is not None:
-        for dead in [k for k, (ref, _) in _CLONE_SESSIONS.items() if ref() is None]:
-            del _CLONE_SESSIONS[dead]
-        _CLONE_SESSIONS[key] = (weakref.ref(basis), {user_name})
-    return basis
-
-
-@register
-class SharedBasisConv2D(keras.layers.Layer):
+class SharedBasisConv2D(BaseConv2D):
     """2D convolution through a shared filter basis (Kang & Kim, NeurIPS 2021).
 
     The layer's k×k filters are combinations of a basis: `unique_bases` filters of its own
@@ -299,13 +105,33 @@ class SharedBasisConv2D(keras.layers.Layer):
         bias_constraint=None,
         **kwargs,
     ):
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if not isinstance(basis, FilterBasis):
             raise TypeError(
                 "Expected basis to be a keras_convx.layers.FilterBasis. "
                 f"Received: basis={basis!r}"
             )
-        self.filters = _common.integer("filters", filters)
+        if kernel_initializer is None:
+            kernel_initializer = keras.initializers.VarianceScaling(
+                2.0, "fan_out", "untruncated_normal"
+            )
+        super().__init__(
+            filters,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            activation=activation,
+            use_bias=use_bias,
+            activity_regularizer=activity_regularizer,
+            objects=dict(
+                kernel_initializer=kernel_initializer,
+                bias_initializer=bias_initializer,
+                kernel_regularizer=kernel_regularizer,
+                bias_regularizer=bias_regularizer,
+                kernel_constraint=kernel_constraint,
+                bias_constraint=bias_constraint,
+            ),
+            **kwargs,
+        )
         self.basis = basis
         self.unique_bases = _common.integer("unique_bases", unique_bases, minimum=0)
         self.basis_part = _common.integer("basis_part", basis_part, minimum=0)
@@ -316,11 +142,6 @@ class SharedBasisConv2D(keras.layers.Layer):
             )
         self.basis_batch_norm = _common.boolean("basis_batch_norm", basis_batch_norm)
         self.kernel_size = basis.kernel_size
-        self.strides = normalize_pair("strides", strides)
-        self.padding = _common.choice("padding", padding, ("same", "valid"))
-        self.data_format = _common.data_format(data_format)
-        self.input_spec = keras.layers.InputSpec(ndim=4)
-        self.use_bias = _common.boolean("use_bias", use_bias)
         self.implementation = _common.choice("implementation", implementation, sb.ORDERS)
         self.basis_bn_momentum = _common.number("basis_bn_momentum", basis_bn_momentum, 0, 1,
                                                 exclusive_maximum=True)
@@ -328,20 +149,6 @@ class SharedBasisConv2D(keras.layers.Layer):
                                                exclusive_minimum=True)
         self.basis_bn_synchronized = _common.boolean("basis_bn_synchronized",
                                                      basis_bn_synchronized)
-        if kernel_initializer is None:
-            kernel_initializer = keras.initializers.VarianceScaling(
-                2.0, "fan_out", "untruncated_normal"
-            )
-        _common.set_objects(
-            self,
-            activation=activation,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
-        )
         self.basis_bn = None
         if self.basis_batch_norm:
             self.basis_bn = keras.layers.BatchNormalization(
@@ -362,21 +169,16 @@ class SharedBasisConv2D(keras.layers.Layer):
         return self.unique_bases + self.basis.size
 
     def build(self, input_shape):
-        channels = input_shape[_common.channel_axis(self.data_format)]
-        if channels is None:
-            raise ValueError("The channel dimension of a SharedBasisConv2D input must be defined.")
+        channels = self.input_channels(input_shape)
         self.basis.build_for_channels(channels, user=f"{self.name!r} (input_shape="
                                       f"{tuple(input_shape)})")
-        _common.lock_channels(self, channels, self.data_format)
+        self.lock_channels(channels)
         self.unique_kernel = None
         if self.unique_bases:
-            self.unique_kernel = _common.add_conv_weight(
-                self, "unique_kernel", (*self.kernel_size, channels, self.unique_bases)
-            )
-        self.coefficients = _common.add_conv_weight(
-            self, "coefficients", (self.rank, self.filters)
-        )
-        self.bias = _common.add_bias(self, self.filters)
+            self.unique_kernel = self.add_kernel(
+                "unique_kernel", (*self.kernel_size, channels, self.unique_bases))
+        self.coefficients = self.add_kernel("coefficients", (self.rank, self.filters))
+        self.add_bias()
         if self.basis_bn is not None:
             bn_shape = [None] * 4
             bn_shape[_common.channel_axis(self.data_format)] = self.rank
@@ -420,7 +222,7 @@ class SharedBasisConv2D(keras.layers.Layer):
     def synthesized_kernel(self):  # deprecated name of equivalent_conv()
         return self.equivalent_conv()
 
-    def call(self, inputs, training=None):
+    def convolution_op(self, inputs, training=None):
         dtype = self.compute_dtype
         order = self.resolved_implementation(bool(training))
         basis = ops.cast(self.basis_kernel(), dtype)
@@ -430,41 +232,29 @@ class SharedBasisConv2D(keras.layers.Layer):
             y = conv2d(inputs, basis, *args)
             if self.basis_bn is not None:
                 y = self.basis_bn(y, training=training)
-            y = sb.mix_channels(y, coefficients, self.data_format)
-        else:
-            scale = shift = None
-            if self.basis_bn is not None:
-                scale, shift = (ops.cast(t, dtype) for t in self._folded_bn())
-            y = sb.kernel_first(inputs, basis, coefficients, *args, scale=scale, shift=shift)
-        return _common.bias_and_activation(self, y)
+            return sb.mix_channels(y, coefficients, self.data_format)
+        scale = shift = None
+        if self.basis_bn is not None:
+            scale, shift = (ops.cast(t, dtype) for t in self._folded_bn())
+        return sb.kernel_first(inputs, basis, coefficients, *args, scale=scale, shift=shift)
 
-    def compute_output_shape(self, input_shape):
-        return conv_output_shape(
-            input_shape, self.filters, self.kernel_size, self.strides, self.padding,
-            self.data_format,
-        )
+    def call(self, inputs, training=None):
+        return self.bias_and_activation(self.convolution_op(inputs, training))
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "filters": self.filters,
                 "basis": keras.saving.serialize_keras_object(self.basis),
                 "unique_bases": self.unique_bases,
                 "basis_part": self.basis_part,
                 "basis_batch_norm": self.basis_batch_norm,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
                 "implementation": self.implementation,
                 "basis_bn_momentum": self.basis_bn_momentum,
                 "basis_bn_epsilon": self.basis_bn_epsilon,
                 "basis_bn_synchronized": self.basis_bn_synchronized,
             }
         )
-        config.update(_common.serialize_objects(self, *CONV_OBJECTS))
         return config
 
     @classmethod
@@ -472,5 +262,5 @@ class SharedBasisConv2D(keras.layers.Layer):
         config = dict(config)
         basis = config.pop("basis")
         if isinstance(basis, dict):
-            basis = _deserialize_basis(basis, config.get("name"))
+            basis = deserialize_basis(basis, config.get("name"))
         return cls(basis=basis, **config)

@@ -6,20 +6,10 @@ from keras import ops
 
 from keras_convx._registry import register
 from keras_convx.layers import _common
+from keras_convx.layers._conv_base import BaseConv2D
 from keras_convx.ops import synaptic as syn
 from keras_convx.ops.core import conv2d
-from keras_convx.ops.core import conv_output_shape
 from keras_convx.ops.core import normalize_pair
-
-_OBJECTS = (
-    "kernel_initializer",
-    "bias_initializer",
-    "strength_regularizer",
-    "kernel_regularizer",
-    "bias_regularizer",
-    "strength_constraint",
-    "bias_constraint",
-)
 
 
 def _default_strength_regularizer():
@@ -54,7 +44,7 @@ class _MaskedPenalty(keras.regularizers.Regularizer):
 
 
 @register
-class SynapticConv2D(keras.layers.Layer):
+class SynapticConv2D(BaseConv2D):
     """2D convolution with synaptic strengths and a connection mask (Lin et al., 2018).
 
     A connection is one (input channel i → output channel j) pair, i.e. one k×k kernel slice.
@@ -117,6 +107,8 @@ class SynapticConv2D(keras.layers.Layer):
     Network", NeurIPS 2018.
     """
 
+    conv_arguments = ("dilation_rate", "groups")
+
     def __init__(
         self,
         filters,
@@ -139,51 +131,35 @@ class SynapticConv2D(keras.layers.Layer):
         epsilon=1e-12,
         **kwargs,
     ):
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
-        self.filters = _common.integer("filters", filters)
-        self.kernel_size = normalize_pair("kernel_size", kernel_size)
-        self.strides = normalize_pair("strides", strides)
-        self.padding = _common.choice("padding", padding, ("same", "valid"))
-        self.data_format = _common.data_format(data_format)
-        self.dilation_rate = normalize_pair("dilation_rate", dilation_rate)
-        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError(
-                "strides > 1 is not supported together with dilation_rate > 1 (as Conv2D). "
-                f"Received: strides={strides}, dilation_rate={dilation_rate}"
-            )
-        self.groups = _common.integer("groups", groups)
-        if self.filters % self.groups:
-            raise ValueError(
-                f"Expected groups to divide filters. Received: groups={groups}, "
-                f"filters={filters}"
-            )
-        self.use_bias = _common.boolean("use_bias", use_bias)
         if isinstance(strength_regularizer, str) and strength_regularizer == "default":
             strength_regularizer = _default_strength_regularizer()
-        self.epsilon = _common.number("epsilon", epsilon, 0, exclusive_minimum=True)
-        _common.set_objects(
-            self,
+        super().__init__(
+            filters,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            groups=groups,
             activation=activation,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            strength_regularizer=strength_regularizer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            strength_constraint=strength_constraint,
-            bias_constraint=bias_constraint,
+            use_bias=use_bias,
+            activity_regularizer=activity_regularizer,
+            objects=dict(
+                kernel_initializer=kernel_initializer,
+                bias_initializer=bias_initializer,
+                strength_regularizer=strength_regularizer,
+                kernel_regularizer=kernel_regularizer,
+                bias_regularizer=bias_regularizer,
+                strength_constraint=strength_constraint,
+                bias_constraint=bias_constraint,
+            ),
+            **kwargs,
         )
-        self.input_spec = keras.layers.InputSpec(ndim=4)
+        self.kernel_size = normalize_pair("kernel_size", kernel_size)
+        self.epsilon = _common.number("epsilon", epsilon, 0, exclusive_minimum=True)
 
 
     def build(self, input_shape):
-        channels = input_shape[_common.channel_axis(self.data_format)]
-        if channels is None:
-            raise ValueError("The channel dimension of a SynapticConv2D input must be defined.")
-        if channels % self.groups:
-            raise ValueError(
-                f"Expected groups to divide the input channels. Received: groups={self.groups}, "
-                f"input channels={channels}"
-            )
+        channels = self.input_channels(input_shape)
         shape = (*self.kernel_size, channels // self.groups, self.filters)
         self.direction = self.add_weight(
             name="direction", shape=shape, initializer=self.kernel_initializer
@@ -198,12 +174,10 @@ class SynapticConv2D(keras.layers.Layer):
         self.mask = self.add_weight(
             name="mask", shape=shape[2:], initializer="ones", trainable=False, dtype="float32"
         )
-        self.bias = None
-        if self.use_bias:
-            self.bias = _common.add_conv_weight(self, "bias", (self.filters,), prefix="bias")
+        self.add_bias()
         # s_ij = ‖V_ij‖: the layer starts as the plain conv with kernel V.
         self.strength.assign(syn.direction_norm(self.direction, self.epsilon))
-        _common.lock_channels(self, channels, self.data_format)
+        self.lock_channels(channels)
 
     @property
     def kernel(self):
@@ -241,32 +215,14 @@ class SynapticConv2D(keras.layers.Layer):
         strength = np.asarray(ops.convert_to_numpy(self.strength))
         self.strength.assign((strength * mask).astype(strength.dtype))
 
-    def call(self, inputs):
+    def convolution_op(self, inputs):
         kernel = ops.cast(self.kernel, self.compute_dtype)
-        y = conv2d(inputs, kernel, self.strides, self.padding, self.data_format, self.dilation_rate)
-        return _common.bias_and_activation(self, y)
-
-    def compute_output_shape(self, input_shape):
-        return conv_output_shape(input_shape, self.filters, self.kernel_size, self.strides,
-                                 self.padding, self.data_format, self.dilation_rate)
+        return conv2d(inputs, kernel, self.strides, self.padding, self.data_format,
+                      self.dilation_rate)
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
-                "dilation_rate": self.dilation_rate,
-                "groups": self.groups,
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "epsilon": self.epsilon,
-            }
-        )
-        config.update(_common.serialize_objects(self, *_OBJECTS))
+        config.update({"kernel_size": self.kernel_size, "epsilon": self.epsilon})
         return config
 
     # -- conversion -------------------------------------------------------------------------
