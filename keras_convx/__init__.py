@@ -6,7 +6,8 @@ Public namespaces (explicit re-exports only):
 - `keras_convx.regularizers`, `keras_convx.constraints`, `keras_convx.initializers`,
   `keras_convx.callbacks`
 - `keras_convx.pruning` (with `keras_convx.compaction`), `keras_convx.training`,
-  `keras_convx.analysis`, `keras_convx.focus`, `keras_convx.export`
+  `keras_convx.analysis`, `keras_convx.focus`, `keras_convx.folding`,
+  `keras_convx.export`
 """
 
 __version__ = "0.1.0.dev0"
@@ -18,6 +19,7 @@ from keras_convx import compaction  # noqa: E402,F401
 from keras_convx import constraints  # noqa: E402,F401
 from keras_convx import export  # noqa: E402,F401
 from keras_convx import focus  # noqa: E402,F401
+from keras_convx import folding  # noqa: E402,F401
 from keras_convx import initializers  # noqa: E402,F401
 from keras_convx import layers  # noqa: E402,F401
 from keras_convx import ops  # noqa: E402,F401

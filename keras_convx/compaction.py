@@ -8,24 +8,18 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_convx import folding
 from keras_convx import graph
 from keras_convx.layers.synaptic import SynapticConv2D
+from keras_convx.ops.core import to_numpy
 
 __all__ = ["compact", "count_params_and_macs", "strip"]
 
 
-def _np(x):
-    return np.asarray(ops.convert_to_numpy(x))
-
-
 def _strip_replace(layer):
-    """`graph.rewrite`'s replacement of a SynapticConv2D by the equivalent plain Conv2D (None for
-    any other layer)."""
-    if not isinstance(layer, SynapticConv2D):
-        return None
-    new = keras.layers.Conv2D(**graph.plain_conv_config(layer))
-    weights = [_np(w) for w in layer.equivalent_conv() if w is not None]  # the fold protocol
-    return new, lambda n: n.set_weights(weights)
+    """`graph.rewrite`'s replacement of a SynapticConv2D by the equivalent plain Conv2D, by the
+    fold protocol (None for any other layer)."""
+    return folding.fold_layer(layer) if isinstance(layer, SynapticConv2D) else None
 
 
 def strip(model):
@@ -66,8 +60,8 @@ def _is_conv(layer):
 
 def _kernel_bias(layer):
     """(kernel, bias or None) of a conv or Dense layer as float64 NumPy arrays."""
-    kernel = _np(layer.kernel).astype(np.float64)
-    bias = None if layer.bias is None else _np(layer.bias).astype(np.float64)
+    kernel = to_numpy(layer.kernel).astype(np.float64)
+    bias = None if layer.bias is None else to_numpy(layer.bias).astype(np.float64)
     return kernel, bias
 
 
@@ -172,7 +166,7 @@ class _Analysis:
     def _activate(activation, values):
         if activation is None:
             return values
-        return _np(activation(ops.convert_to_tensor(values.astype(np.float32)))).astype(
+        return to_numpy(activation(ops.convert_to_tensor(values.astype(np.float32)))).astype(
             np.float64)
 
     def _through(self, layer, values, node):
@@ -190,7 +184,7 @@ class _Analysis:
                         np.float32) * fill.reshape(shape)
         else:
             x = fill[None]
-        y = _np(layer(ops.convert_to_tensor(x), training=False)
+        y = to_numpy(layer(ops.convert_to_tensor(x), training=False)
                 if graph.accepts_training(layer) else layer(ops.convert_to_tensor(x)))
         y = y.astype(np.float64)
         if y.ndim == 4:

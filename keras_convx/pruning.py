@@ -28,6 +28,7 @@ from keras_convx.compaction import count_params_and_macs  # noqa: F401
 from keras_convx.compaction import strip  # noqa: F401
 from keras_convx.layers.synaptic import SynapticConv2D
 from keras_convx.ops import synaptic as syn
+from keras_convx.ops.core import to_numpy
 
 __all__ = [
     "ConstantSparsity",
@@ -210,10 +211,6 @@ def prunable_layers(model):
     return [layer for layer in graph.all_layers(model) if isinstance(layer, SynapticConv2D)]
 
 
-def _np(x):
-    return np.asarray(ops.convert_to_numpy(x))
-
-
 def importance(layer, criterion="strength"):
     """NumPy (c_in/groups, filters) importance of the connections of a `SynapticConv2D`.
 
@@ -227,9 +224,9 @@ def importance(layer, criterion="strength"):
                 f"The criterion returned shape {scores.shape} for {layer.name!r}; expected "
                 f"{tuple(layer.mask.shape)} (c_in/groups, filters)."
             )
-        return scores * _np(layer.mask)
+        return scores * to_numpy(layer.mask)
     arguments.choice("criterion", criterion, syn.CRITERIA)
-    return syn.importance_scores(_np(layer.masked_strength()), _np(layer.kernel), criterion)
+    return syn.importance_scores(to_numpy(layer.masked_strength()), to_numpy(layer.kernel), criterion)
 
 
 def check_criterion(criterion):
@@ -279,7 +276,7 @@ def prune(model, sparsity, scope="global", criterion="strength", layers=None,
         )
     scores = [syn.normalize_scores(importance(layer, criterion), normalization)
               for layer in layers]
-    masks = [_np(layer.mask) for layer in layers]
+    masks = [to_numpy(layer.mask) for layer in layers]
     if scope == "global":
         new_masks = syn.masks_for_sparsity(scores, masks, sparsity_value)
     else:
@@ -296,7 +293,7 @@ def sparsity(model):
     layers = prunable_layers(model)
     report, pruned, total = {}, 0, 0
     for layer in layers:
-        mask = _np(layer.mask)
+        mask = to_numpy(layer.mask)
         report[layer.name] = float(np.mean(mask == 0))
         pruned += int(np.sum(mask == 0))
         total += mask.size

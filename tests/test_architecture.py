@@ -25,12 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "keras_convx")
 BACKENDS = ("jax", "tensorflow", "torch")
 MAX_LINES = 450
-# Files over MAX_LINES when the rule came in: they may shrink, never grow (split them when
-# they are next touched: issue "One clean middle floor").
-OVERSIZED = {
-    "keras_convx/ops/log_polar.py": 496,
-    "keras_convx/export.py": 457,
-}
+# Files allowed past MAX_LINES (they may shrink, never grow): none since the last three
+# (ops/log_polar, layers/shared_basis, export) were split.
+OVERSIZED = {}
 # The one module that may use Keras' private API (each use documented there).
 KERAS_PRIVATE = {"keras_convx/keras_compat.py"}
 
@@ -111,8 +108,8 @@ def test_leaf_modules_import_nothing_of_keras_convx():
     assert _violations(rule) == []
 
 
-ABOVE_LAYERS = ("graph", "focus", "applications", "training", "callbacks", "pruning",
-                "compaction", "analysis", "export", "demo")
+ABOVE_LAYERS = ("graph", "focus", "folding", "applications", "training", "callbacks",
+                "pruning", "compaction", "analysis", "export", "demo")
 
 
 def _reaches(imported, name, names):

@@ -7,6 +7,11 @@ from keras_convx.arguments import pair as normalize_pair  # noqa: F401  (re-expo
 from keras_convx.ops import dispatcher
 
 
+def to_numpy(x, dtype=None):
+    """A backend tensor or Keras variable as a NumPy array (of `dtype` if given): how the
+    model tools read weights they rewrite."""
+    return np.asarray(keras.ops.convert_to_numpy(x), dtype=dtype)
+
 def conv_output_length(length, k, stride, padding):
     """Output length of a convolution: ceil(length / stride) for "same", (length − k) // stride
     + 1 for "valid"; None stays None."""
