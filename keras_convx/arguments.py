@@ -114,11 +114,12 @@ def boolean(name, value):
     return bool(value)
 
 
-def choice(name, value, accepted):
-    """`value.lower()` if it is one of `accepted` (strings); ValueError naming `name` otherwise."""
-    if not isinstance(value, str) or value.lower() not in accepted:
+def choice(name, value, accepted, lower=True):
+    """`value.lower()` (`value` with `lower=False`: case-sensitive options such as "A"/"B") if
+    it is one of `accepted` (strings); ValueError naming `name` otherwise."""
+    if not isinstance(value, str) or (value.lower() if lower else value) not in accepted:
         raise ValueError(f"Expected {name} to be one of {list(accepted)}. Received: {name}={value!r}")
-    return value.lower()
+    return value.lower() if lower else value
 
 
 def data_format(value):

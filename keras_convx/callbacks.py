@@ -271,7 +271,7 @@ class FocusArea(keras.callbacks.Callback):
                 f"Expected data to be a 4-D image batch or (images, labels). Received images "
                 f"of shape {self.images.shape}"
             )
-        if isinstance(thresholds, (int, float)):
+        if arguments.is_real(thresholds):
             thresholds = (thresholds,)
         if not isinstance(thresholds, (tuple, list)) or not thresholds:
             raise ValueError(

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from keras_convx import applications
 from keras_convx import arguments
 from keras_convx import constraints
 from keras_convx import export
@@ -97,6 +98,27 @@ def test_numpy_scalars_accepted_by_the_public_classes():
 ])
 def test_hostile_arguments_are_refused_by_name(make, name):
     with pytest.raises((ValueError, TypeError), match=rf"\b{name}\b"):
+        make()
+
+
+@pytest.mark.parametrize("make, error, pattern", [
+    (lambda: applications.pde_net(dropout="0.1"), TypeError, "dropout to be a finite number"),
+    (lambda: applications.pde_net(dropout=1.0), ValueError, r"dropout to be .* in \[0, 1\)"),
+    (lambda: applications.resnet_cifar(shortcut="a"), ValueError,
+     r"shortcut to be one of \['A', 'B'\]"),
+    (lambda: applications.resnet_cifar(orthonormal_factor=True), TypeError, "orthonormal_factor"),
+    (lambda: applications.resnet_cifar(orthonormal_factor=-1.0), ValueError,
+     "orthonormal_factor to be a finite number >= 0"),
+    (lambda: applications.lpsc_resnet20(depth=20.0), TypeError, "depth to be an int"),
+    (lambda: applications.lpsc_resnet20(num_classes="10"), TypeError, "num_classes to be an int"),
+    (lambda: applications.lpsc_resnet20(variant="ccc"), ValueError,
+     r"variant to be one of \['stem', 'cc'\]"),
+    (lambda: ops.reference_mode("yes").__enter__(), TypeError, "flag to be a bool"),
+])
+def test_application_and_mode_arguments_use_the_one_validation_module(make, error, pattern):
+    """The builders and mode switches refuse bad values with `arguments`' messages, of the
+    right kind (a string for a number is a TypeError), before building anything."""
+    with pytest.raises(error, match=pattern):
         make()
 
 

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_convx import arguments
 from keras_convx.applications._common import bn as _bn
 from keras_convx.applications._common import conv3x3 as _conv3x3
 from keras_convx.applications._common import he_fan_out as _he_fan_out
@@ -62,12 +63,11 @@ def lpsc_resnet20(input_shape=(32, 32, 3), num_classes=10, variant="stem", depth
     >>> model.output_shape
     (None, 10)
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"Expected variant to be one of {list(VARIANTS)}. Received: variant={variant!r}")
-    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+    variant = arguments.choice("variant", variant, VARIANTS)
+    depth = arguments.integer("depth", depth, minimum=8)
+    if (depth - 2) % 6:
         raise ValueError(f"Expected depth = 6n + 2 with n >= 1 (20, 32, 44, 56, 110). Received: depth={depth!r}")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"Expected num_classes >= 1. Received: num_classes={num_classes!r}")
+    num_classes = arguments.integer("num_classes", num_classes)
     blocks = (depth - 2) // 6
     inputs = keras.Input(input_shape)
     if variant == "stem":

@@ -66,8 +66,7 @@ def pde_net(
     kind = arguments.choice("kind", kind, KINDS)
     arguments.boolean("include_top", include_top)
     pooling = arguments.choice("pooling", pooling, ("flatten", "avg"))
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"Expected dropout in [0, 1). Received: dropout={dropout!r}")
+    dropout = arguments.number("dropout", dropout, 0, 1, exclusive_maximum=True)
     if include_top:
         num_classes = arguments.integer("num_classes", num_classes)
     pde_kwargs = dict(kernel_size=kernel_size, step_size=step_size, activation=activation,

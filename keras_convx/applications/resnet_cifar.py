@@ -128,13 +128,8 @@ def resnet_cifar(
         shared_bases = arguments.integer("shared_bases", shared_bases)
     unique_bases = arguments.integer("unique_bases", unique_bases, minimum=0)
     double_shared = arguments.boolean("double_shared", double_shared)
-    if shortcut not in SHORTCUTS:
-        raise ValueError(f"Expected shortcut to be one of {list(SHORTCUTS)}. Received: shortcut={shortcut!r}")
-    if isinstance(orthonormal_factor, bool) or not isinstance(orthonormal_factor, (int, float)) \
-            or orthonormal_factor < 0:
-        raise ValueError(
-            f"Expected orthonormal_factor >= 0. Received: orthonormal_factor={orthonormal_factor!r}"
-        )
+    shortcut = arguments.choice("shortcut", shortcut, SHORTCUTS, lower=False)
+    orthonormal_factor = arguments.number("orthonormal_factor", orthonormal_factor, 0)
     blocks = (depth - 2) // 6
     inputs = keras.Input(input_shape)
     x = keras.layers.ReLU(name="stem_relu")(_bn("stem_bn")(_conv3x3(16, 1, "stem_conv")(inputs)))

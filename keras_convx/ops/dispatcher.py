@@ -46,6 +46,8 @@ import os
 import keras
 import numpy as np
 
+from keras_convx import arguments
+
 _BACKEND_MODULES = {
     "jax": "keras_convx.ops._jax",
     "tensorflow": "keras_convx.ops._tensorflow",
@@ -65,8 +67,7 @@ _loaded = {}
 
 
 def _set(key, flag):
-    if not isinstance(flag, bool):
-        raise TypeError(f"Expected flag to be a bool. Received: flag={flag!r}")
+    flag = arguments.boolean("flag", flag)
     _state[key] = flag
 
 
@@ -104,8 +105,7 @@ def portable():
 def portable_mode(flag=True):
     """Context manager: no backend fast paths, static gathers as one-hot products — the forms
     ONNX and LiteRT exporters trace on every backend. Switch it on before tracing."""
-    if not isinstance(flag, bool):
-        raise TypeError(f"Expected flag to be a bool. Received: flag={flag!r}")
+    flag = arguments.boolean("flag", flag)
     previous = _state["portable"]
     _state["portable"] = flag
     try:
