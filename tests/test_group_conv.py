@@ -14,6 +14,7 @@ from keras_convx.layers import GroupLiftConv2D
 from keras_convx.layers import GroupPooling
 from keras_convx.ops import group as gops
 from tests import harness
+from tests.oracles import adjoint
 from tests.oracles import group as oracle
 
 ORDER = {"p4": 4, "p4m": 8}
@@ -28,9 +29,7 @@ def _to_cf(x):
     return np.ascontiguousarray(np.moveaxis(x, -1, 1))
 
 
-def _cf_oracle(fn):
-    """Wraps a channels_last oracle for channels_first inputs/outputs."""
-    return lambda x, w: np.moveaxis(fn(np.moveaxis(x, 1, -1), w), -1, 1)
+_cf_oracle = adjoint.channels_first  # a channels_last oracle (and its VJP) for channels_first
 
 
 # --------------------------------------------------------------------------- static tables
@@ -136,7 +135,11 @@ GCONV_CASES = [
 
 def _conv_oracle(layer, fn):
     cfg = layer.get_config()
-    return lambda x, w: fn(x, w, cfg["group"], cfg["strides"], cfg["padding"])
+    args = (cfg["group"], cfg["strides"], cfg["padding"])
+    lifting = fn is oracle.lift_conv
+    return adjoint.with_vjp(
+        lambda x, w: fn(x, w, *args),
+        lambda x, w, cot: adjoint.group_conv_vjp(x, w, cot, args[0], lifting, *args[1:]))
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])

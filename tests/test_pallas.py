@@ -20,6 +20,7 @@ from keras_convx.ops import _pallas  # noqa: E402
 from keras_convx.ops import group as gops  # noqa: E402
 from keras_convx.ops import log_polar as lp  # noqa: E402
 from tests import harness  # noqa: E402
+from tests.oracles import adjoint  # noqa: E402
 from tests.oracles import group as group_oracle  # noqa: E402
 from tests.oracles import log_polar as lp_oracle  # noqa: E402
 
@@ -73,8 +74,11 @@ def test_fused_log_polar_matches_oracle(case, data_format, pallas_interpreter):
     cfg = layer.get_config()
     keys = ("kernel_size", "rings", "sectors", "growth_rate", "initial_angle", "strides", "padding",
             "pooling", "groups", "data_format")
-    harness.assert_matches_oracle(layer, x, lambda x_, w: lp_oracle.lpsc(x_, w, **{k: cfg[k] for k in keys}),
-                                  rtol=1e-5, atol=2e-5, grad_rtol=1e-3, grad_atol=1e-3, max_fd_coords=24)
+    geometry = {k: cfg[k] for k in keys}
+    oracle = adjoint.with_vjp(lambda x_, w: lp_oracle.lpsc(x_, w, **geometry),
+                              lambda x_, w, cot: adjoint.lpsc_vjp(x_, w, cot, **geometry))
+    harness.assert_matches_oracle(layer, x, oracle, rtol=1e-5, atol=2e-5, grad_rtol=1e-3,
+                                  grad_atol=1e-3)
     # The kernel runs exactly where it applies (stride 1, groups 1); elsewhere the XLA form.
     assert (pallas_interpreter["pool_mix"] > 0) == fused
 

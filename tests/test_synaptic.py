@@ -7,6 +7,7 @@ import pytest
 from keras_convx import pruning
 from keras_convx.layers import SynapticConv2D
 from tests import harness
+from tests.oracles import adjoint
 from tests.oracles import synaptic as oracle
 
 
@@ -33,14 +34,18 @@ def _layer(filters=6, channels=4, seed=0, mask_fraction=0.3, **kwargs):
 
 
 def _oracle(layer):
-    def forward(x, w):
-        return oracle.synaptic_conv(
-            x, w["direction"], w["strength"], _np(layer.mask), w.get("bias"),
-            stride=layer.strides[0], padding=layer.padding, groups=layer.groups,
-            dilation=layer.dilation_rate[0],
-        )
+    geometry = dict(stride=layer.strides[0], padding=layer.padding, groups=layer.groups,
+                    dilation=layer.dilation_rate[0])
 
-    return forward
+    def forward(x, w):
+        return oracle.synaptic_conv(x, w["direction"], w["strength"], _np(layer.mask),
+                                    w.get("bias"), **geometry)
+
+    def vjp(x, w, cotangent):
+        return adjoint.synaptic_conv_vjp(x, w["direction"], w["strength"], _np(layer.mask),
+                                         w.get("bias"), cotangent, **geometry)
+
+    return adjoint.with_vjp(forward, vjp)
 
 
 @pytest.mark.parametrize(

@@ -51,15 +51,18 @@ def channel_axis(data_format):
 class BaseConv2D(keras.layers.Layer):
     """Abstract 2-D convolution: the standard conv arguments, `call`, output shape, config.
 
-    Subclasses call `super().__init__` with their standard arguments and a dict `objects` of
-    initializers/regularizers/constraints (the names are kept for `get_config`), set
-    `self.kernel_size` (an int or a pair), create their weights in `build` (with
-    `input_channels(input_shape)`, `add_kernel` and `add_bias`) and implement
-    `convolution_op(inputs)`, the convolution without bias and activation.
+    Subclasses declare their own arguments and the geometry ones with their defaults, and pass
+    the initializers, regularizers and constraints on in `**kwargs` (their names and defaults
+    are the class attribute `conv_objects`); they set `self.kernel_size` (an int or a pair),
+    create their weights in `build` (with `input_channels(input_shape)`, `add_kernel` and
+    `add_bias`) and implement `convolution_op(inputs)`, the convolution without bias and
+    activation.
 
     Class attributes:
         conv_arguments: the optional standard arguments the subclass takes and saves in its
             config (`"dilation_rate"`, `"groups"`); the others are fixed at 1.
+        conv_objects: {name: default} of the initializers, regularizers and constraints the
+            layer takes as keyword arguments and saves in its config.
         bias_repeats: 1, or |G| for group layers (one bias per field, shared by its |G|
             channels).
 
@@ -75,17 +78,25 @@ class BaseConv2D(keras.layers.Layer):
         activation: activation of the output, or None.
         use_bias: bool.
         activity_regularizer: as in `keras.layers.Layer`.
-        objects: {argument name: value} for the layer's initializers, regularizers and
-            constraints (`keras.<kind>.get` is applied; saved by `get_config`).
-        **kwargs: base layer arguments (`name`, `dtype`, `trainable`, ...).
+        **kwargs: the layer's initializers, regularizers and constraints (`conv_objects`;
+            `keras.<kind>.get` is applied; saved by `get_config`), then base layer arguments
+            (`name`, `dtype`, `trainable`, ...).
     """
 
     conv_arguments = ()
+    conv_objects = {
+        "kernel_initializer": "glorot_uniform",
+        "bias_initializer": "zeros",
+        "kernel_regularizer": None,
+        "bias_regularizer": None,
+        "kernel_constraint": None,
+        "bias_constraint": None,
+    }
     bias_repeats = 1
 
     def __init__(self, filters, *, strides=1, padding="same", data_format=None, dilation_rate=1,
-                 groups=1, activation=None, use_bias=True, activity_regularizer=None,
-                 objects=None, **kwargs):
+                 groups=1, activation=None, use_bias=True, activity_regularizer=None, **kwargs):
+        objects = {name: kwargs.pop(name, default) for name, default in self.conv_objects.items()}
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.filters = arguments.integer("filters", filters)
         self.strides = normalize_pair("strides", strides)
@@ -103,8 +114,7 @@ class BaseConv2D(keras.layers.Layer):
                 f"filters={filters}")
         self.activation = keras.activations.get(activation)
         self.use_bias = arguments.boolean("use_bias", use_bias)
-        self._object_names = tuple(objects or ())
-        for name, value in (objects or {}).items():
+        for name, value in objects.items():
             setattr(self, name, object_kind(name).get(value))
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
@@ -203,5 +213,5 @@ class BaseConv2D(keras.layers.Layer):
         for name in self.conv_arguments:
             config[name] = getattr(self, name)
         config.update({name: object_kind(name).serialize(getattr(self, name))
-                       for name in self._object_names})
+                       for name in self.conv_objects})
         return config

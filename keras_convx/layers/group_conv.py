@@ -29,44 +29,13 @@ class _GroupConvBase(BaseConv2D):
 
     # Public marker: the layer takes a group feature map (read by analysis.equivariance_error).
     group_input = True
+    # He-normal kernels: the official code's scale.
+    conv_objects = dict(BaseConv2D.conv_objects, kernel_initializer="he_normal")
 
-    def __init__(
-        self,
-        filters,
-        kernel_size,
-        group="p4",
-        strides=1,
-        padding="same",
-        data_format=None,
-        activation=None,
-        use_bias=True,
-        kernel_initializer="he_normal",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
-        **kwargs,
-    ):
-        super().__init__(
-            filters,
-            strides=strides,
-            padding=padding,
-            data_format=data_format,
-            activation=activation,
-            use_bias=use_bias,
-            activity_regularizer=activity_regularizer,
-            objects=dict(
-                kernel_initializer=kernel_initializer,
-                bias_initializer=bias_initializer,
-                kernel_regularizer=kernel_regularizer,
-                bias_regularizer=bias_regularizer,
-                kernel_constraint=kernel_constraint,
-                bias_constraint=bias_constraint,
-            ),
-            **kwargs,
-        )
+    def __init__(self, filters, kernel_size, group="p4", strides=1, padding="same",
+                 data_format=None, activation=None, use_bias=True, **kwargs):
+        super().__init__(filters, strides=strides, padding=padding, data_format=data_format,
+                         activation=activation, use_bias=use_bias, **kwargs)
         self.kernel_size = _common.odd_kernel_size(kernel_size)
         self.group = gops.check_group(group)
         self.order = gops.group_order(self.group)

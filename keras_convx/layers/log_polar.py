@@ -102,34 +102,10 @@ class LogPolarConv2D(BaseConv2D):
         activation=None,
         use_bias=True,
         implementation="auto",
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
         **kwargs,
     ):
-        super().__init__(
-            filters,
-            strides=strides,
-            padding=padding,
-            data_format=data_format,
-            groups=groups,
-            activation=activation,
-            use_bias=use_bias,
-            activity_regularizer=activity_regularizer,
-            objects=dict(
-                kernel_initializer=kernel_initializer,
-                bias_initializer=bias_initializer,
-                kernel_regularizer=kernel_regularizer,
-                bias_regularizer=bias_regularizer,
-                kernel_constraint=kernel_constraint,
-                bias_constraint=bias_constraint,
-            ),
-            **kwargs,
-        )
+        super().__init__(filters, strides=strides, padding=padding, data_format=data_format,
+                         groups=groups, activation=activation, use_bias=use_bias, **kwargs)
         (
             self.kernel_size,
             self.rings,

@@ -96,13 +96,6 @@ class SharedBasisConv2D(BaseConv2D):
         basis_bn_momentum=0.9,
         basis_bn_epsilon=1e-5,
         basis_bn_synchronized=False,
-        kernel_initializer=None,
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        kernel_constraint=None,
-        bias_constraint=None,
         **kwargs,
     ):
         if not isinstance(basis, FilterBasis):
@@ -110,28 +103,11 @@ class SharedBasisConv2D(BaseConv2D):
                 "Expected basis to be a keras_convx.layers.FilterBasis. "
                 f"Received: basis={basis!r}"
             )
-        if kernel_initializer is None:
-            kernel_initializer = keras.initializers.VarianceScaling(
-                2.0, "fan_out", "untruncated_normal"
-            )
-        super().__init__(
-            filters,
-            strides=strides,
-            padding=padding,
-            data_format=data_format,
-            activation=activation,
-            use_bias=use_bias,
-            activity_regularizer=activity_regularizer,
-            objects=dict(
-                kernel_initializer=kernel_initializer,
-                bias_initializer=bias_initializer,
-                kernel_regularizer=kernel_regularizer,
-                bias_regularizer=bias_regularizer,
-                kernel_constraint=kernel_constraint,
-                bias_constraint=bias_constraint,
-            ),
-            **kwargs,
-        )
+        if kwargs.get("kernel_initializer") is None:  # He normal with fan_out (official code)
+            kwargs["kernel_initializer"] = keras.initializers.VarianceScaling(
+                2.0, "fan_out", "untruncated_normal")
+        super().__init__(filters, strides=strides, padding=padding, data_format=data_format,
+                         activation=activation, use_bias=use_bias, **kwargs)
         self.basis = basis
         self.unique_bases = _common.integer("unique_bases", unique_bases, minimum=0)
         self.basis_part = _common.integer("basis_part", basis_part, minimum=0)

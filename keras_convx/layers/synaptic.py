@@ -108,6 +108,16 @@ class SynapticConv2D(BaseConv2D):
     """
 
     conv_arguments = ("dilation_rate", "groups")
+    # The strength takes the place of the kernel for regularizers and constraints.
+    conv_objects = {
+        "kernel_initializer": "glorot_uniform",
+        "bias_initializer": "zeros",
+        "strength_regularizer": "default",
+        "kernel_regularizer": None,
+        "bias_regularizer": None,
+        "strength_constraint": None,
+        "bias_constraint": None,
+    }
 
     def __init__(
         self,
@@ -120,40 +130,15 @@ class SynapticConv2D(BaseConv2D):
         groups=1,
         activation=None,
         use_bias=True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        strength_regularizer="default",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        activity_regularizer=None,
-        strength_constraint=None,
-        bias_constraint=None,
         epsilon=1e-12,
         **kwargs,
     ):
-        if isinstance(strength_regularizer, str) and strength_regularizer == "default":
-            strength_regularizer = _default_strength_regularizer()
-        super().__init__(
-            filters,
-            strides=strides,
-            padding=padding,
-            data_format=data_format,
-            dilation_rate=dilation_rate,
-            groups=groups,
-            activation=activation,
-            use_bias=use_bias,
-            activity_regularizer=activity_regularizer,
-            objects=dict(
-                kernel_initializer=kernel_initializer,
-                bias_initializer=bias_initializer,
-                strength_regularizer=strength_regularizer,
-                kernel_regularizer=kernel_regularizer,
-                bias_regularizer=bias_regularizer,
-                strength_constraint=strength_constraint,
-                bias_constraint=bias_constraint,
-            ),
-            **kwargs,
-        )
+        regularizer = kwargs.get("strength_regularizer", "default")
+        if isinstance(regularizer, str) and regularizer == "default":
+            kwargs["strength_regularizer"] = _default_strength_regularizer()
+        super().__init__(filters, strides=strides, padding=padding, data_format=data_format,
+                         dilation_rate=dilation_rate, groups=groups, activation=activation,
+                         use_bias=use_bias, **kwargs)
         self.kernel_size = normalize_pair("kernel_size", kernel_size)
         self.epsilon = _common.number("epsilon", epsilon, 0, exclusive_minimum=True)
 
