@@ -1,4 +1,4 @@
-"""Callbacks of keras_convx: `GradientFlow`, `SynapticPruning`, `FocusArea`."""
+"""Callbacks of keras_convx: `GradientFlow`, `Pruning`, `SynapticPruning`, `FocusArea`."""
 
 import csv
 import os
@@ -12,7 +12,7 @@ from keras_convx import focus
 from keras_convx import pruning
 from keras_convx.ops import focus as focus_ops
 
-__all__ = ["FocusArea", "GradientFlow", "SynapticPruning"]
+__all__ = ["FocusArea", "GradientFlow", "Pruning", "SynapticPruning"]
 
 
 class GradientFlow(keras.callbacks.Callback):
@@ -137,7 +137,55 @@ class GradientFlow(keras.callbacks.Callback):
         return ax
 
 
-class SynapticPruning(keras.callbacks.Callback):
+class _ScheduledPruning(keras.callbacks.Callback):
+    """The schedule loop both pruning callbacks share: at each optimizer step `t` where
+    `schedule(t)` says so (before that step runs) `_update(t, target)` sets the masks; the
+    step is the optimizer's `iterations`, read when training starts (so a restored run
+    continues exactly); per-layer sparsity goes into the epoch logs."""
+
+    name = "Pruning"
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        self.schedule = pruning.get_schedule(schedule)
+        self.verbose = arguments.integer("verbose", verbose, minimum=0)
+        self.updates = []
+        self._step = None
+
+    def on_train_begin(self, logs=None):
+        self._step = None
+
+    def _steps_per_batch(self):
+        return int(getattr(self.model, "steps_per_execution", 1) or 1)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._step is None:  # after every on_train_begin (BackupAndRestore restores there)
+            self._step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        due = [t for t in range(self._step, self._step + self._steps_per_batch())
+               if self.schedule.should_prune(t)]
+        if not due:
+            return
+        if keras.backend.backend() == "jax" and hasattr(self.model, "jax_state_sync"):
+            self.model.jax_state_sync()  # read current weights; the trainer re-reads ours
+        target = self.schedule.sparsity_at(due[-1])
+        total = self._update(target)
+        self.updates.append((due[-1], target, total))
+        if self.verbose:
+            # On its own line, as Keras' callbacks print (not into the progress bar's line).
+            print(f"\n{self.name}: step {due[-1]}: target {target:.3f}, sparsity {total:.3f}",
+                  flush=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += self._steps_per_batch()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for name, value in self._report().items():
+            logs["sparsity" if name == "total" else f"sparsity/{name}"] = value
+
+
+class SynapticPruning(_ScheduledPruning):
     """Prunes the connections of every `SynapticConv2D` on a schedule during `fit`.
 
     At each optimizer step `t` where `schedule(t)` says so (before that step runs), the masks
@@ -176,17 +224,15 @@ class SynapticPruning(keras.callbacks.Callback):
     >>> keras_convx.pruning.sparsity(model)["total"]      # ≈ 0.9
     """
 
+    name = "SynapticPruning"
+
     def __init__(self, schedule, scope="global", criterion="strength", normalization=None,
                  verbose=0):
-        super().__init__()
-        self.schedule = pruning.get_schedule(schedule)
+        super().__init__(schedule, verbose)
         self.scope = arguments.choice("scope", scope, pruning.SCOPES)
         self.criterion = pruning.check_criterion(criterion)
         self.normalization = pruning.check_normalization(normalization)
-        self.verbose = arguments.integer("verbose", verbose, minimum=0)
-        self.updates = []
         self._layers = []
-        self._step = None
 
     def on_train_begin(self, logs=None):
         self._layers = pruning.prunable_layers(self.model)
@@ -196,37 +242,67 @@ class SynapticPruning(keras.callbacks.Callback):
                 "keras_convx.layers.SynapticConv2D; this model has none (convert its Conv2D "
                 "layers with keras_convx.pruning.make_synaptic(model))."
             )
-        self._step = None
+        super().on_train_begin(logs)
 
-    def _steps_per_batch(self):
-        return int(getattr(self.model, "steps_per_execution", 1) or 1)
+    def _update(self, target):
+        return pruning.prune(self.model, target, self.scope, self.criterion, self._layers,
+                             self.normalization)["total"]
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._step is None:  # after every on_train_begin (BackupAndRestore restores there)
-            self._step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        due = [t for t in range(self._step, self._step + self._steps_per_batch())
-               if self.schedule.should_prune(t)]
-        if not due:
-            return
-        if keras.backend.backend() == "jax" and hasattr(self.model, "jax_state_sync"):
-            self.model.jax_state_sync()  # read current weights; the trainer re-reads ours
-        target = self.schedule.sparsity_at(due[-1])
-        report = pruning.prune(self.model, target, self.scope, self.criterion, self._layers,
-                               self.normalization)
-        self.updates.append((due[-1], target, report["total"]))
-        if self.verbose:
-            # On its own line, as Keras' callbacks print (not into the progress bar's line).
-            print(f"\nSynapticPruning: step {due[-1]}: target {target:.3f}, "
-                  f"sparsity {report['total']:.3f}", flush=True)
+    def _report(self):
+        return pruning.sparsity(self.model)
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._step += self._steps_per_batch()
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        for name, value in pruning.sparsity(self.model).items():
-            logs["sparsity" if name == "total" else f"sparsity/{name}"] = value
+class Pruning(_ScheduledPruning):
+    """Prunes the masks of a `keras_convx.pruning.make_prunable` model on a schedule during
+    `fit`: tfmot's `prune_low_magnitude` + `UpdatePruningStep` in one callback, for any
+    Keras 3 model on every backend.
+
+    At each step the schedule names (before that step runs), every prunable layer's masks are
+    set by `keras_convx.pruning.update_masks(model, schedule.sparsity_at(t), criterion)`:
+    the smallest-magnitude units of the layer's granularity (entries, connections, channels,
+    or m of every n) are pruned, their weights and optimizer slots set to exactly zero; pruned
+    units stay pruned. The step is the optimizer's `iterations`, read when training starts, so
+    a run restored by `keras.callbacks.BackupAndRestore` continues the schedule exactly.
+
+    Logs (into History, and so into a `keras.callbacks.TensorBoard` later in the list):
+    `sparsity` and `sparsity/<layer>` at the end of every epoch. `self.updates` lists
+    `(step, target sparsity, achieved total sparsity)`.
+
+    Args:
+        schedule: a `keras_convx.pruning.PruningSchedule` (`ConstantSparsity`,
+            `PolynomialDecay`) or its serialized dict.
+        criterion: `"magnitude"` (default) or `callable(layer, attribute, values) -> scores`.
+        verbose: 0 or 1 (print each update).
+
+    Raises:
+        ValueError: at the start of training if the model has no prunable layer.
+
+    Example:
+
+    >>> prunable = keras_convx.pruning.make_prunable(model, granularity="channel")
+    >>> prunable.compile("adam", "sparse_categorical_crossentropy")
+    >>> schedule = keras_convx.pruning.PolynomialDecay(0.0, 0.5, 0, 1000, frequency=100)
+    >>> prunable.fit(x, y, epochs=10, callbacks=[keras_convx.callbacks.Pruning(schedule)])
+    """
+
+    def __init__(self, schedule, criterion="magnitude", verbose=0):
+        super().__init__(schedule, verbose)
+        if not (criterion == "magnitude" or callable(criterion)):
+            raise ValueError("Expected criterion to be 'magnitude' or a callable. "
+                             f"Received: criterion={criterion!r}")
+        self.criterion = criterion
+
+    def on_train_begin(self, logs=None):
+        if not pruning.masked_layers(self.model):
+            raise ValueError("Pruning expects a model from keras_convx.pruning.make_prunable "
+                             "(this one has no prunable layer).")
+        super().on_train_begin(logs)
+
+    def _update(self, target):
+        return pruning.update_masks(self.model, target, self.criterion)["total"]
+
+    def _report(self):
+        return pruning.sparsity_report(self.model)
 
 
 class FocusArea(keras.callbacks.Callback):

@@ -11,21 +11,32 @@ from keras import ops
 from keras_convx import folding
 from keras_convx import graph
 from keras_convx.layers.synaptic import SynapticConv2D
+from keras_convx.prunable import PrunableMixin
 from keras_convx.ops.core import to_numpy
 
 __all__ = ["compact", "count_params_and_macs", "strip"]
 
 
 def _strip_replace(layer):
-    """`graph.rewrite`'s replacement of a SynapticConv2D by the equivalent plain Conv2D, by the
-    fold protocol (None for any other layer)."""
-    return folding.fold_layer(layer) if isinstance(layer, SynapticConv2D) else None
+    """`graph.rewrite`'s replacement of a SynapticConv2D by the equivalent plain Conv2D (the
+    fold protocol), of a prunable twin by its own class without masks (None otherwise)."""
+    if isinstance(layer, SynapticConv2D):
+        return folding.fold_layer(layer)
+    if isinstance(layer, PrunableMixin):
+        config = {k: v for k, v in layer.get_config().items()
+                  if k not in ("granularity", "round_to")}
+        masks = {id(m) for m in layer.pruning_masks.values()}
+        values = [to_numpy(v) for v in layer.weights if id(v) not in masks]
+        return layer.pruned_class.from_config(config), lambda n: n.set_weights(values)
+    return None
 
 
 def strip(model):
-    """An equivalent model in which every `SynapticConv2D` is a plain `keras.layers.Conv2D`
-    with the effective kernel m·s·V/‖V‖ (pruned slices exactly zero) and the same bias:
-    identical outputs, no pruning state. Other layers are copied with their weights.
+    """An equivalent model with no pruning state: every `SynapticConv2D` becomes a plain
+    `keras.layers.Conv2D` with the effective kernel m·s·V/‖V‖ (pruned slices exactly zero)
+    and the same bias, every layer of `make_prunable` its own class again (`Dense`,
+    `Conv2D`, ..., pruned weights exactly zero): identical outputs. Other layers are copied
+    with their weights.
 
     Example:
 

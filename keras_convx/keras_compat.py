@@ -68,3 +68,14 @@ def sharing_scope_map():
     except ImportError:  # pragma: no cover - a Keras without the scope
         return None
     return global_state.get_global_attribute("shared_objects/id_to_obj_map")
+
+
+def optimizer_slots(optimizer, variable):
+    """The optimizer's slot variables for `variable` (momentum, Adam's moments, ...).
+
+    Reads the naming of `BaseOptimizer.add_variable_from_reference` (the slot's name is the
+    variable's path with "/" → "_", then "_<slot>"): Keras has no public map from a variable
+    to its slots, and pruning zeroes a pruned weight's slots so it stays exactly zero."""
+    prefix = variable.path.replace("/", "_") + "_"
+    return [slot for slot in optimizer.variables
+            if slot.name.startswith(prefix) and tuple(slot.shape) == tuple(variable.shape)]

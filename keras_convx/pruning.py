@@ -4,6 +4,9 @@ The split follows Torch-Pruning and tfmot: importance scoring (`importance`), ma
 schedule (`prune`, the schedules here, `keras_convx.callbacks.SynapticPruning`) and physical
 removal (`strip`, `compact`) are separate steps.
 
+- Any Keras 3 model (from `keras_convx.prunable`): `make_prunable(model, granularity)` (masks on
+  Dense, Conv*, EinsumDense, depthwise/separable and keras_convx's conv layers),
+  `update_masks(model, sparsity)`, `sparsity_report(model)`; `callbacks.Pruning` on a schedule.
 - Schedules: `ConstantSparsity`, `PolynomialDecay` (serialisable, tfmot's semantics).
 - `make_synaptic(model)`: an equivalent model whose `Conv2D`s are `SynapticConv2D`s.
 - `prune(model, sparsity, scope, criterion)`: one-shot masks from the connection importance.
@@ -27,6 +30,10 @@ from keras_convx.compaction import compact  # noqa: F401  (physical removal live
 from keras_convx.compaction import count_params_and_macs  # noqa: F401
 from keras_convx.compaction import strip  # noqa: F401
 from keras_convx.layers.synaptic import SynapticConv2D
+from keras_convx.prunable import make_prunable  # noqa: F401  (any model: keras_convx.prunable)
+from keras_convx.prunable import masked_layers  # noqa: F401
+from keras_convx.pruning_masks import sparsity_report  # noqa: F401
+from keras_convx.pruning_masks import update_masks  # noqa: F401
 from keras_convx.ops import synaptic as syn
 from keras_convx.ops.core import to_numpy
 

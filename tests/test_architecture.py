@@ -109,7 +109,8 @@ def test_leaf_modules_import_nothing_of_keras_convx():
 
 
 ABOVE_LAYERS = ("graph", "focus", "folding", "applications", "training", "callbacks",
-                "pruning", "compaction", "analysis", "export", "demo")
+                "pruning", "prunable", "pruning_masks", "compaction", "analysis", "export",
+                "demo")
 
 
 def _reaches(imported, name, names):

@@ -29,6 +29,8 @@ class _GroupConvBase(BaseConv2D):
 
     # Public marker: the layer takes a group feature map (read by analysis.equivariance_error).
     group_input = True
+    # For keras_convx.pruning.make_prunable: a channel is a field (its |G| copies go together).
+    PRUNABLE_WEIGHTS = {"kernel": ((-1,), (-2,), "kernel")}
     # He-normal kernels: the official code's scale.
     conv_objects = dict(BaseConv2D.conv_objects, kernel_initializer="he_normal")
 

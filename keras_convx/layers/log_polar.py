@@ -84,6 +84,10 @@ class LogPolarConv2D(BaseConv2D):
     """
 
     conv_arguments = ("groups",)
+    # For keras_convx.pruning.make_prunable: {weight: (output axes, input axes, link)}; the
+    # ring/sector kernel and the centre weight of one connection are pruned together.
+    PRUNABLE_WEIGHTS = {"kernel": ((-1,), (-2,), "connection"),
+                        "center_kernel": ((-1,), (-2,), "connection")}
 
     def __init__(
         self,

@@ -80,6 +80,9 @@ class SharedBasisConv2D(BaseConv2D):
     Convolutional Neural Networks", NeurIPS 2021.
     """
 
+    # For keras_convx.pruning.make_prunable: the (u + s, filters) mixing coefficients.
+    PRUNABLE_WEIGHTS = {"coefficients": ((-1,), (0,), "coefficients")}
+
     def __init__(
         self,
         filters,

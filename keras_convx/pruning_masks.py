@@ -1,0 +1,164 @@
+"""Setting the masks of a `keras_convx.prunable` model: unit scores per granularity, the
+per-layer magnitude ranking (tfmot's), the m:n pattern, and the zeroing of pruned weights and
+of the optimizer's slots for them. `keras_convx.pruning` re-exports `update_masks` and
+`sparsity_report`.
+"""
+
+import math
+
+import numpy as np
+
+from keras_convx import arguments
+from keras_convx import keras_compat
+from keras_convx.ops.core import to_numpy
+from keras_convx.prunable import masked_layers
+from keras_convx.prunable import parse_granularity
+from keras_convx.prunable import prunable_weights
+
+__all__ = ["layer_scores", "sparsity_report", "update_masks"]
+
+
+# -- masks -------------------------------------------------------------------------------------
+
+
+def _units(values, out_axes, in_axes, kind):
+    """The axes a unit of `kind` spans: a score per unit is the sum of |w| over the others."""
+    ndim = values.ndim
+    out_axes = tuple(a % ndim for a in out_axes)
+    in_axes = tuple(a % ndim for a in in_axes)
+    if kind == "weight":
+        return tuple(range(ndim))
+    if kind == "connection":
+        return tuple(sorted(out_axes + in_axes))
+    return tuple(sorted(out_axes))  # channel
+
+
+def _reduce(values, keep):
+    return np.abs(values).sum(axis=tuple(a for a in range(values.ndim) if a not in keep),
+                              keepdims=True)
+
+
+def layer_scores(layer, criterion="magnitude"):
+    """`{link: [(attribute, unit axes, scores)]}`: per linked weight group of the layer, each
+    weight's unit scores for the layer's granularity (|w|, or the criterion's scores, summed
+    over the entries of each unit; for "weight" and "m:n" the entries themselves)."""
+    kind = parse_granularity(layer.granularity)[0]
+    groups = {}
+    for name, (out_axes, in_axes, link) in prunable_weights(layer).items():
+        values = to_numpy(layer.pruned_variable(name), "float64")
+        if callable(criterion):
+            values = np.asarray(criterion(layer, name, values), dtype="float64")
+        axes = None if kind in ("weight", "m:n") else _units(values, out_axes, in_axes, kind)
+        score = np.abs(values) if axes is None else _reduce(values, axes).reshape(
+            [values.shape[a] for a in axes])
+        groups.setdefault(name if kind == "m:n" else link, []).append((name, axes, score))
+    return groups
+
+
+def _mn_mask(scores, m, n, axis):
+    """1 for the m largest of every n consecutive entries along `axis`."""
+    moved = np.moveaxis(scores, axis, -1)
+    blocks = moved.reshape(*moved.shape[:-1], moved.shape[-1] // n, n)
+    order = np.argsort(-blocks, axis=-1, kind="stable")
+    mask = np.zeros_like(blocks)
+    np.put_along_axis(mask, order[..., :m], 1.0, axis=-1)
+    return np.moveaxis(mask.reshape(moved.shape), -1, axis)
+
+
+def _expand(unit_mask, keep, shape):
+    full = [1] * len(shape)
+    for axis, size in zip(keep, unit_mask.shape):
+        full[axis] = size
+    return np.broadcast_to(unit_mask.reshape(full), shape)
+
+
+def _keep_count(total, sparsity, round_to):
+    keep = total - int(math.floor(sparsity * total + 1e-9))
+    if round_to > 1:
+        keep = min(total, int(math.ceil(keep / round_to)) * round_to)
+    return max(keep, 0)
+
+
+def update_masks(model, sparsity, criterion="magnitude", layers=None):
+    """Sets every prunable layer's masks so `sparsity` of its units (entries, connections,
+    channels) are pruned, by magnitude within each layer (tfmot's per-layer pruning); for
+    `"m:n"` the pattern holds in every group whatever `sparsity` is. Masks only lose units.
+    Pruned entries are set to exactly zero, and so are the optimizer's slots for them.
+
+    Args:
+        model: a model from `make_prunable`.
+        sparsity: float in [0, 1).
+        criterion: `"magnitude"` or `callable(layer, attribute, values) -> scores` (NumPy,
+            the weight's shape; larger means more important).
+        layers: optional subset of the prunable layers.
+
+    Returns:
+        `{layer name: fraction of its pruned entries}` plus `"total"`.
+    """
+    sparsity = arguments.number("sparsity", sparsity, 0, 1, exclusive_maximum=True)
+    if not (criterion == "magnitude" or callable(criterion)):
+        raise ValueError("Expected criterion to be 'magnitude' or a callable. "
+                         f"Received: criterion={criterion!r}")
+    layers = list(layers) if layers is not None else masked_layers(model)
+    if not layers:
+        raise ValueError("Expected a model from keras_convx.pruning.make_prunable (it has no "
+                         "prunable layer).")
+    optimizer = getattr(model, "optimizer", None)
+    for layer in layers:
+        granularity = parse_granularity(layer.granularity)
+        spec = prunable_weights(layer)
+        for members in layer_scores(layer, criterion).values():
+            old = [to_numpy(layer.pruning_masks[name]) for name, _, _ in members]
+            if granularity[0] == "m:n":
+                name, _, scores = members[0]
+                masks = [_mn_mask(scores, granularity[1], granularity[2], spec[name][1][0])]
+            elif granularity[0] == "weight":  # linked weights ranked together
+                scores = np.concatenate([sc.reshape(-1) for _, _, sc in members])
+                live = np.concatenate([m.reshape(-1) for m in old])
+                flat = _keep_largest(scores, live, sparsity, 1)
+                splits = np.cumsum([m.size for m in old])[:-1]
+                masks = [f.reshape(m.shape) for f, m in zip(np.split(flat, splits), old)]
+            else:  # connection / channel: linked weights' unit scores add up
+                _, axes, _ = members[0]
+                scores = sum(sc for _, _, sc in members)
+                live = _reduce(old[0], axes).reshape(scores.shape) > 0
+                round_to = layer.round_to if granularity[0] == "channel" else 1
+                unit = _keep_largest(scores.reshape(-1), live.reshape(-1), sparsity, round_to)
+                masks = [_expand(unit.reshape(scores.shape), ax, m.shape)
+                         for (_, ax, _), m in zip(members, old)]
+            for (name, _, _), mask, before in zip(members, masks, old):
+                _apply(layer, name, (np.asarray(mask) * before).astype(before.dtype), optimizer)
+    return sparsity_report(model)
+
+
+def _keep_largest(scores, live, sparsity, round_to):
+    """A 0/1 vector keeping the largest live scores: `sparsity` of all units pruned (pruned
+    units count), the kept count rounded up to a multiple of `round_to`."""
+    ranked = np.where(live > 0, scores, -np.inf)
+    keep = _keep_count(ranked.size, sparsity, round_to)
+    flat = np.zeros(ranked.size)
+    flat[np.argsort(-ranked, kind="stable")[:keep]] = 1.0
+    flat[np.isinf(ranked)] = 0.0
+    return flat
+
+
+def _apply(layer, name, mask, optimizer):
+    layer.pruning_masks[name].assign(mask)
+    variable = layer.pruned_variable(name)
+    variable.assign(to_numpy(variable) * mask.astype(to_numpy(variable).dtype))
+    if optimizer is not None and getattr(optimizer, "built", False):
+        for slot in keras_compat.optimizer_slots(optimizer, variable):
+            slot.assign(to_numpy(slot) * mask.astype(to_numpy(slot).dtype))
+
+
+def sparsity_report(model):
+    """`{layer name: pruned fraction of its prunable entries}` and `"total"`."""
+    report, pruned, total = {}, 0, 0
+    for layer in masked_layers(model):
+        masks = [to_numpy(m) for m in layer.pruning_masks.values()]
+        zeros = sum(int(np.sum(m == 0)) for m in masks)
+        size = sum(m.size for m in masks)
+        report[layer.name] = zeros / size if size else 0.0
+        pruned, total = pruned + zeros, total + size
+    report["total"] = pruned / total if total else 0.0
+    return report
