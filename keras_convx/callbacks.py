@@ -264,8 +264,7 @@ class Pruning(_ScheduledPruning):
     units stay pruned. The step is the optimizer's `iterations`, read when training starts, so
     a run restored by `keras.callbacks.BackupAndRestore` continues the schedule exactly.
 
-    Logs (into History, and so into a `keras.callbacks.TensorBoard` later in the list):
-    `sparsity` and `sparsity/<layer>` at the end of every epoch. `self.updates` lists
+    Logs (into History): `sparsity` and `sparsity/<layer>` at the end of every epoch. `self.updates` lists
     `(step, target sparsity, achieved total sparsity)`.
 
     Args:

@@ -308,3 +308,55 @@ class _Interrupt(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.epoch:
             raise RuntimeError("interrupted")
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_pruned_model_runs_on_unknown_image_sizes_traced_and_compiled(jit_compile):
+    """Every prunable layer type on `keras.Input((None, None, C))`, masks set: predict and a
+    train step on two image sizes agree with the eager model, traced (jit_compile=False)
+    and compiled (XLA on jax/tensorflow, torch.compile on torch)."""
+    x = keras.Input((None, None, 4))
+    kw = dict(padding="same")
+    y = keras.layers.Conv2D(8, 3, activation="relu", name="conv", **kw)(x)
+    y = keras.layers.SeparableConv2D(8, 3, name="separable", **kw)(y)
+    y = keras.layers.DepthwiseConv2D(3, name="depthwise", **kw)(y)
+    y = keras.layers.Conv2DTranspose(8, 3, name="transpose", **kw)(y)
+    y = kx.LogPolarConv2D(8, 5, rings=2, sectors=4, growth_rate=2.0, name="log_polar", **kw)(y)
+    y = kx.GroupLiftConv2D(2, 3, group="p4", name="lift", **kw)(y)
+    y = kx.GroupConv2D(2, 3, group="p4", name="group", **kw)(y)
+    y = kx.SharedBasisConv2D(8, kx.FilterBasis(4, 3), unique_bases=1, name="shared", **kw)(y)
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    y = keras.layers.EinsumDense("ab,bc->ac", output_shape=3, name="einsum")(y)
+    pruned = prunable.make_prunable(keras.Model(x, y))
+    pruning.update_masks(pruned, 0.5)
+    pruned.compile(keras.optimizers.SGD(0.01, momentum=0.9), "mse", jit_compile=jit_compile)
+    for seed, hw in enumerate([(8, 8), (11, 7)]):
+        xs = np.random.default_rng(seed).standard_normal((2, *hw, 4)).astype("float32")
+        eager = to_numpy(pruned(xs))
+        np.testing.assert_allclose(pruned.predict_on_batch(xs), eager, rtol=1e-4, atol=1e-5)
+        loss = pruned.train_on_batch(xs, np.zeros((2, 3), "float32"))
+        assert np.isfinite(loss)
+    for layer in prunable.masked_layers(pruned):
+        for name, mask in _masks(layer).items():
+            assert np.all(_weights(layer)[name][mask == 0] == 0), (layer.name, name)
+
+
+def test_mixed_precision_keeps_the_compute_dtype():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        x = keras.Input((6, 6, 4))
+        y = keras.layers.Conv2D(4, 3, name="conv")(x)
+        y = keras.layers.Dense(4, name="dense")(keras.layers.Flatten()(y))
+        model = keras.Model(x, y)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    pruned = prunable.make_prunable(model)
+    pruning.update_masks(pruned, 0.5)
+    xs = _x(n=2)[:, :6, :6]
+    out = pruned(xs)
+    assert keras.backend.standardize_dtype(out.dtype) == "float16"
+    np.testing.assert_allclose(to_numpy(out).astype("float32"),
+                               to_numpy(pruning.strip(pruned)(xs)).astype("float32"),
+                               rtol=1e-3, atol=1e-3)
+    assert pruned.get_layer("conv").pruning_masks["_kernel"].dtype == "float32"
+
