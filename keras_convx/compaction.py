@@ -159,9 +159,9 @@ class _Analysis:
             layer = node.operation
             out = id(node.outputs[0])
             ins = [id(t) for t in node.input_tensors]
-            if kind == "conv":
+            if kind in ("conv", "dense"):
                 kernel, bias = self.kernels[id(layer)]
-                dead = np.all(kernel == 0, axis=(0, 1, 2))
+                dead = np.all(kernel == 0, axis=tuple(range(kernel.ndim - 1)))
                 values = np.zeros(kernel.shape[-1]) if bias is None else bias.copy()
                 values = self._activate(layer.activation, values)
                 const[out] = np.where(dead, values, np.nan)
@@ -238,8 +238,9 @@ class _Analysis:
                     merge(ins[0], uses & ~self._foldable(layer, const[ins[0]]))
                 elif kind == "dense":
                     kernel, _ = self.kernels[id(layer)]
-                    merge(out, np.ones_like(need[out]))  # Dense units are never removed
-                    uses = np.any(kernel != 0, axis=1)
+                    if not need[out].any():  # a Dense keeps at least one unit
+                        merge(out, np.arange(need[out].size) == 0)
+                    uses = np.any(kernel[:, need[out]] != 0, axis=1)
                     merge(ins[0], uses & ~np.isfinite(const[ins[0]]))
                 elif kind in ("pass", "tied"):
                     for i in ins:
@@ -300,16 +301,18 @@ def count_params_and_macs(model):
 def compact(model, return_report=False):
     """A smaller model with identical outputs: pruned channels physically removed.
 
-    Every `SynapticConv2D` becomes a plain `Conv2D` (as in `strip`), and over the whole
-    Functional / Sequential graph:
+    Every `SynapticConv2D` becomes a plain `Conv2D` and every `make_prunable` twin its plain
+    class (as in `strip`), and over the whole Functional / Sequential graph:
     - an input channel of a conv (or a feature of a Dense) whose connections to the kept
       outputs are all pruned is not needed by that layer;
-    - a channel that is constant over space (an output channel whose connections are all
-      pruned: bias → batch norm → activation) is not needed either where its contribution can
-      move into the consumer's bias exactly (zero; or a 1×1 / "valid" conv; or a Dense);
-    - a channel nobody needs is removed from its producing conv (output slice), from the batch
-      norms and element-wise layers on the way (their slices), and from its consumers (input
-      slices); `Add`-like layers and `Concatenate` keep their inputs' channels aligned.
+    - a channel that is constant over space (an output channel or Dense unit whose
+      connections are all pruned: bias → batch norm → activation) is not needed either where
+      its contribution can move into the consumer's bias exactly (zero; or a 1×1 / "valid"
+      conv; or a Dense);
+    - a channel nobody needs is removed from its producing conv or Dense (output slice), from
+      the batch norms and element-wise layers on the way (their slices), and from its
+      consumers (input slices); `Add`-like layers and `Concatenate` keep their inputs'
+      channels aligned.
     Layers it does not understand (and layers called more than once) keep all their channels,
     so the result is always exact. Model outputs keep all channels.
 
@@ -326,6 +329,8 @@ def compact(model, return_report=False):
     >>> small, report = keras_convx.pruning.compact(pruned_model, return_report=True)
     >>> report["macs_before"], report["macs_after"]
     """
+    if any(isinstance(layer, PrunableMixin) for layer in graph.all_layers(model)):
+        model = strip(model)  # a make_prunable model: its plain layers, pruned weights zero
     analysis = _Analysis(model)
     const = analysis.constants()
     need = analysis.needed(const)
@@ -364,10 +369,11 @@ def compact(model, return_report=False):
             bias = (np.zeros(kernel.shape[-1]) if bias is None else bias) + shift
             config = layer.get_config()
             config["use_bias"] = layer.bias is not None or bool(np.any(shift != 0))
+            config["units"] = len(keep_out)
             new = layer.__class__.from_config(config)
-            weights = [kernel[keep_in].astype(np.float32)]
+            weights = [kernel[keep_in][:, keep_out].astype(np.float32)]
             if config["use_bias"]:
-                weights.append(bias.astype(np.float32))
+                weights.append(bias[keep_out].astype(np.float32))
             return new, lambda n: n.set_weights(weights)
         if isinstance(layer, keras.layers.BatchNormalization):
             new = layer.__class__.from_config(layer.get_config())
@@ -379,14 +385,15 @@ def compact(model, return_report=False):
     if not return_report:
         return small
     before, after = count_params_and_macs(model), count_params_and_macs(small)
-    kept = {}
+    kept = {"conv": {}, "dense": {}}
     for node in analysis.nodes:
-        if analysis.kind[id(node)] == "conv":
+        kind = analysis.kind[id(node)]
+        if kind in kept:
             layer = node.operation
-            kept[layer.name] = (len(plans[id(layer)][1]), len(plans[id(layer)][2]))
+            kept[kind][layer.name] = (len(plans[id(layer)][1]), len(plans[id(layer)][2]))
     report = {
         "params_before": before["params"], "params_after": after["params"],
         "macs_before": before["macs"], "macs_after": after["macs"],
-        "conv_channels_kept": kept,
+        "conv_channels_kept": kept["conv"], "dense_units_kept": kept["dense"],
     }
     return small, report

@@ -360,3 +360,26 @@ def test_mixed_precision_keeps_the_compute_dtype():
                                rtol=1e-3, atol=1e-3)
     assert pruned.get_layer("conv").pruning_masks["_kernel"].dtype == "float32"
 
+
+
+def test_channel_pruned_plain_model_compacts_through_conv_and_dense():
+    """A plain Keras CNN + MLP (no keras_convx layer), 50% of every conv's and hidden Dense's
+    outputs pruned: `compact` removes them (conv channels AND Dense units), exact outputs."""
+    keras.utils.set_random_seed(1)
+    x = keras.Input((8, 8, 3))
+    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(x)
+    y = keras.layers.BatchNormalization(name="bn")(y)
+    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c2")(y)
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    y = keras.layers.Dense(16, activation="relu", name="hidden")(y)
+    y = keras.layers.Dense(4, name="out")(y)
+    pruned = prunable.make_prunable(keras.Model(x, y), granularity="channel")
+    pruning.update_masks(pruned, 0.5)
+    small, report = pruning.compact(pruned, return_report=True)
+    assert report["conv_channels_kept"] == {"c1": (3, 4), "c2": (4, 4)}
+    assert report["dense_units_kept"] == {"hidden": (4, 8), "out": (8, 4)}
+    assert report["params_after"] < report["params_before"] / 2
+    assert small.get_layer("hidden").units == 8
+    xs = np.random.default_rng(0).standard_normal((4, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(small.predict(xs, verbose=0), pruned.predict(xs, verbose=0),
+                               rtol=1e-5, atol=1e-5)
