@@ -12,7 +12,8 @@ Granularities (`granularity=`, per model or `{layer name: granularity}`):
 
 - `"weight"`: single entries (unstructured; tfmot's `prune_low_magnitude`);
 - `"connection"`: one k×k slice per (input channel → output channel) pair (the synaptic one);
-- `"channel"`: whole output channels / units (structured; `compact` removes them);
+- `"channel"`: whole output channels / units, their bias included (structured; `compact`
+  removes them);
 - `"m:n"`, e.g. `"2:4"`: m kept in every n consecutive entries along the input axis (tfmot's
   `sparsity_m_by_n`, NVIDIA's 2:4 sparse tensor cores).
 
@@ -100,6 +101,9 @@ def prunable_weights(layer):
         spec = cls.PRUNABLE_WEIGHTS
     else:
         return None
+    if getattr(layer, "granularity", None) == "channel":
+        # A pruned channel is removed whole: its bias goes with the output weight's channels.
+        spec = dict(spec, bias=((0,), (), list(spec.values())[-1][2]))
     if layer.built:
         spec = {name: axes for name, axes in spec.items() if _stored(layer, name) is not None}
     return spec
@@ -139,8 +143,10 @@ class _MaskedWeight:
         variable = layer.__dict__.get(self.slot)
         if variable is None or not layer.__dict__.get("_pruning_in_call", False):
             return variable
+        mask = layer.pruning_masks.get(self.name)
+        if mask is None:  # a bias without mask (granularities other than "channel")
+            return variable
         value = variable.value  # autocast to the compute dtype under mixed precision
-        mask = layer.pruning_masks[self.name]
         return value * keras.ops.cast(mask, value.dtype)
 
     def __set__(self, layer, value):
@@ -169,6 +175,8 @@ class PrunableMixin:
         super().build(input_shape)
         for name in prunable_weights(self):
             variable = self.pruned_variable(name)
+            if variable is None:  # no bias, no centre weight
+                continue
             self.pruning_masks[name] = self.add_weight(
                 name=f"{variable.name}_mask", shape=variable.shape, initializer="ones",
                 trainable=False, dtype=variable.dtype, autocast=False)
@@ -207,6 +215,7 @@ def _twin(cls):
     and a `call` with `cls.call`'s signature (Keras reads it for `training` and `mask`)."""
     names = ("_kernel",) if cls is keras.layers.EinsumDense else tuple(
         KERAS_WEIGHTS.get(cls) or cls.PRUNABLE_WEIGHTS)
+    names += ("bias",)  # masked with "channel" granularity
 
     def call(self, *args, **kwargs):
         self.__dict__["_pruning_in_call"] = True

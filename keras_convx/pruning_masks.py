@@ -119,13 +119,14 @@ def update_masks(model, sparsity, criterion="magnitude", layers=None):
                 splits = np.cumsum([m.size for m in old])[:-1]
                 masks = [f.reshape(m.shape) for f, m in zip(np.split(flat, splits), old)]
             else:  # connection / channel: linked weights' unit scores add up
-                _, axes, _ = members[0]
-                scores = sum(sc for _, _, sc in members)
+                _, axes, first = members[0]
+                # (a depthwise bias (C·M,) scores the kernel's (C, M) channels)
+                scores = sum(sc.reshape(first.shape) for _, _, sc in members)
                 live = _reduce(old[0], axes).reshape(scores.shape) > 0
                 round_to = layer.round_to if granularity[0] == "channel" else 1
                 unit = _keep_largest(scores.reshape(-1), live.reshape(-1), sparsity, round_to)
-                masks = [_expand(unit.reshape(scores.shape), ax, m.shape)
-                         for (_, ax, _), m in zip(members, old)]
+                masks = [_expand(unit.reshape(sc.shape), ax, m.shape)
+                         for (_, ax, sc), m in zip(members, old)]
             for (name, _, _), mask, before in zip(members, masks, old):
                 _apply(layer, name, (np.asarray(mask) * before).astype(before.dtype), optimizer)
     return sparsity_report(model)

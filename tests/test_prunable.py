@@ -120,6 +120,9 @@ def test_channel_granularity_prunes_whole_output_channels_with_round_to():
     per_channel = conv.reshape(-1, 8)
     assert np.all(per_channel == per_channel[:1])
     assert int(per_channel[0].sum()) == 6  # 4 kept, rounded up to a multiple of 3
+    conv = pruned.get_layer("conv")  # the bias goes with its channel (a removable channel)
+    np.testing.assert_array_equal(_masks(conv)["bias"], per_channel[0])
+    assert np.all(to_numpy(conv.pruned_variable("bias"))[per_channel[0] == 0] == 0)
     lift = _masks(pruned.get_layer("lift"))["kernel"]  # 2 fields: 1 kept → 3 → capped at 2
     assert np.all(lift == 1)
     transpose = _masks(pruned.get_layer("transpose"))["kernel"]  # (3, 3, out 8, in 8)

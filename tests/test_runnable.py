@@ -40,10 +40,14 @@ def test_there_are_guides_and_examples():
 #   API), the very run of the jax job;
 # - the export guide exports the every-family model the way test_export's every-family
 #   tests do on all three backends; its own run (training, timing, plot) is shown once, on
-#   the backend its "Run:" line names.
+#   the backend its "Run:" line names;
+# - the any-model pruning guide's steps (make_prunable, the schedule, strip, compact) are
+#   swept by tests/test_prunable.py on every backend; its run is shown once, on torch.
 RUNS_ON = {
     "guides/distributed_training.py": ("jax", "tensorflow"),
     "guides/export_and_deploy.py": ("torch",),
+    # tests/test_prunable.py runs every step of it on all three backends
+    "guides/pruning_any_model.py": ("torch",),
 }
 
 
