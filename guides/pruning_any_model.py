@@ -40,8 +40,8 @@ from keras_convx import pruning  # noqa: E402
 
 OUT, FAST = demo.script_options(__doc__, "pruning_any_model")
 SIZE = 16
-EPOCHS = 1 if FAST else 12
-FINE_TUNE_EPOCHS = 1 if FAST else 6
+EPOCHS = 1 if FAST else 30
+FINE_TUNE_EPOCHS = 1 if FAST else 10
 BATCH = 32
 SETTINGS = [("weight", 0.5), ("weight", 0.8), ("weight", 0.9), ("2:4", 0.5), ("channel", 0.5)]
 
@@ -111,8 +111,9 @@ for granularity, target in SETTINGS:
     model = keras.models.clone_model(base)
     model.set_weights(base.get_weights())
     model = compile_model(pruning.make_prunable(model, granularity=granularity), lr=1e-3)
-    schedule = pruning.PolynomialDecay(0.0, target, begin_step=0, end_step=max(steps // 2, 1),
-                                       frequency=max(steps // 8, 1))
+    every = max(steps // 8, 1)  # the target is reached half way, then kept
+    schedule = pruning.PolynomialDecay(0.0, target, begin_step=0, end_step=4 * every,
+                                       frequency=every)
     model.fit(x_train, y_train, batch_size=BATCH, epochs=FINE_TUNE_EPOCHS, verbose=0,
               callbacks=[callbacks.Pruning(schedule)])
     label = granularity if granularity == "2:4" else f"{granularity} {target:.0%}"

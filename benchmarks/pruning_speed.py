@@ -1,0 +1,161 @@
+"""Channel pruning that speeds up: a compacted model against the dense one, Keras and ONNX.
+
+Usage: python benchmarks/pruning_speed.py [--backends jax tensorflow torch] [--repeats 30]
+
+For each backend (a process of its own): a conv-dominated CNN (32×32×3 input; Conv2D 64 →
+Conv2D 128 → max pool → Conv2D 128 → global average → Dense 128 → Dense 10, random weights),
+and the same model made prunable with `granularity="channel"`, 50% of every conv's and the
+hidden Dense's outputs pruned (`keras_convx.pruning.update_masks`) and `compact`ed. Timed at
+batch 32, median of `--repeats` calls after warm-up, in the same process:
+- the forward pass, `predict_on_batch` (skips `predict`'s fixed per-call overhead);
+- the ONNX file of each (`keras_convx.export.to_onnx`, verified), in ONNX Runtime;
+- one training step (`train_on_batch`, SGD) of the `make_prunable` model (masks at 50%, the
+  masked reads in the step) against the plain model's: the pruning overhead while training.
+The section between the "pruning-speed" markers of benchmarks/RESULTS_HEADER.md is rewritten,
+then RESULTS.md re-rendered (`run.py --render`).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BEGIN, END = "<!-- pruning-speed:begin -->", "<!-- pruning-speed:end -->"
+BATCH = 32
+
+
+def _model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((32, 32, 3))
+    y = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv1")(x)
+    y = keras.layers.Conv2D(128, 3, padding="same", activation="relu", name="conv2")(y)
+    y = keras.layers.MaxPooling2D()(y)
+    y = keras.layers.Conv2D(128, 3, padding="same", activation="relu", name="conv3")(y)
+    y = keras.layers.GlobalAveragePooling2D()(y)
+    y = keras.layers.Dense(128, activation="relu", name="hidden")(y)
+    return keras.Model(x, keras.layers.Dense(10, name="classes")(y))
+
+
+def _median_ms(fn, repeats):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2] * 1e3
+
+
+def worker(repeats):
+    sys.path.insert(0, ROOT)
+    import keras
+    import numpy as np
+
+    from keras_convx import export
+    from keras_convx import pruning
+
+    x = np.random.default_rng(0).standard_normal((BATCH, 32, 32, 3)).astype("float32")
+    y = np.random.default_rng(1).standard_normal((BATCH, 10)).astype("float32")
+    dense = _model()
+    prunable = pruning.make_prunable(dense, granularity="channel")
+    pruning.update_masks(prunable, 0.5)
+    small, report = pruning.compact(prunable, return_report=True)
+    row = {"params": (report["params_before"], report["params_after"]),
+           "macs": (report["macs_before"], report["macs_after"])}
+    row["keras"] = [_median_ms(lambda m=m: m.predict_on_batch(x), repeats) for m in (dense, small)]
+    with tempfile.TemporaryDirectory() as folder:
+        onnx = []
+        for name, model in (("dense", dense), ("small", small)):
+            path = os.path.join(folder, f"{name}.onnx")
+            export.to_onnx(model, path, sample_inputs=x[:4])
+            run = export.runtime(path)
+            onnx.append(_median_ms(lambda run=run: run(x), repeats))
+        row["onnx"] = onnx
+    plain = _model()
+    train = []
+    for model in (plain, prunable):
+        model.compile(keras.optimizers.SGD(0.01), "mse")
+        train.append(_median_ms(lambda model=model: model.train_on_batch(x, y), repeats))
+    row["train"] = train
+    print(f"# {keras.backend.backend()}: {row}", file=sys.stderr, flush=True)
+    print(json.dumps(row))
+
+
+def _section(results):
+    lines = [
+        BEGIN,
+        f"## Channel pruning + compact vs the dense model (run of {datetime.date.today()}, "
+        f"{os.cpu_count()}-core {platform.machine()})",
+        "",
+        "Written by `python benchmarks/pruning_speed.py`. A conv-dominated CNN on 32×32×3 "
+        "(Conv2D 64 → 128 → pool → 128 → GAP → Dense 128 → 10), 50% of every conv's and the "
+        "hidden Dense's outputs pruned (`make_prunable(granularity=\"channel\")`, "
+        "`update_masks`) and `compact`ed; median ms at batch 32, same process. Speed-up = "
+        "dense / compact; training overhead = `make_prunable` model's `train_on_batch` / the "
+        "plain model's.",
+        "",
+        "| backend | parameters | MACs | Keras predict_on_batch ms (speed-up) | ONNX Runtime ms "
+        "(speed-up) | train step ms: plain → prunable (overhead) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for backend, row in results.items():
+        (pb, pa), (mb, ma) = row["params"], row["macs"]
+        kd, ks = row["keras"]
+        od, os_ = row["onnx"]
+        tp, tq = row["train"]
+        lines.append(
+            f"| {backend} | {pb:,} → {pa:,} | {mb:,} → {ma:,} | {kd:.2f} → {ks:.2f} "
+            f"({kd / ks:.2f}×) | {od:.2f} → {os_:.2f} ({od / os_:.2f}×) | {tp:.2f} → {tq:.2f} "
+            f"({tq / tp:.2f}×) |")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def _replace_section(path, section):
+    text = open(path).read()
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        marker = "## Results"
+        text = (text.replace(marker, section + "\n\n" + marker, 1) if marker in text
+                else text.rstrip() + "\n\n" + section + "\n")
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--worker", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.repeats)
+        return
+    results = {}
+    for backend in args.backends:
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",
+                              "--repeats", str(args.repeats)], env=env, cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True, check=True).stdout
+        results[backend] = json.loads(out.strip().splitlines()[-1])
+    section = _section(results)
+    _replace_section(os.path.join(HERE, "RESULTS_HEADER.md"), section)
+    subprocess.run([sys.executable, os.path.join(HERE, "run.py"), "--render"], check=True,
+                   stdout=subprocess.DEVNULL)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
