@@ -20,10 +20,11 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
+
+import sections  # noqa: E402  (benchmarks/sections.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -122,18 +123,6 @@ def _section(results):
     return "\n".join(lines)
 
 
-def _replace_section(path, section):
-    text = open(path).read()
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        marker = "## Results"
-        text = (text.replace(marker, section + "\n\n" + marker, 1) if marker in text
-                else text.rstrip() + "\n\n" + section + "\n")
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
@@ -143,17 +132,9 @@ def main():
     if args.worker:
         worker(args.repeats)
         return
-    results = {}
-    for backend in args.backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker",
-                              "--repeats", str(args.repeats)], env=env, cwd=ROOT,
-                             stdout=subprocess.PIPE, text=True, check=True).stdout
-        results[backend] = json.loads(out.strip().splitlines()[-1])
+    results = sections.run_workers(__file__, args.backends, ["--repeats", str(args.repeats)])
     section = _section(results)
-    _replace_section(os.path.join(HERE, "RESULTS_HEADER.md"), section)
-    subprocess.run([sys.executable, os.path.join(HERE, "run.py"), "--render"], check=True,
-                   stdout=subprocess.DEVNULL)
+    sections.write_section(section, BEGIN, END)
     print(section)
 
 

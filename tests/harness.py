@@ -454,3 +454,16 @@ def assert_matches_oracle(
     _assert_close("input gradient", dx, odx, grad_rtol, grad_atol)
     for name, g in dw.items():
         _assert_close(f"gradient of {name}", g, odw[name], grad_rtol, grad_atol)
+
+
+class InterruptAtEpoch(keras.callbacks.Callback):
+    """Raises RuntimeError("interrupted") when epoch `epoch` begins: a crash mid-`fit`, for
+    the resume-exactness tests (`keras.callbacks.BackupAndRestore`)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")

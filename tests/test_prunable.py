@@ -20,9 +20,9 @@ from tests import harness
 BACKEND = keras.backend.backend()
 
 
-def _model(data_format="channels_last"):
-    """Every prunable Keras and keras_convx layer type, tiny."""
-    shape = (8, 8, 4) if data_format == "channels_last" else (4, 8, 8)
+def _model(data_format="channels_last", size=8):
+    """Every prunable Keras and keras_convx layer type, tiny (`size=None`: any image size)."""
+    shape = (size, size, 4) if data_format == "channels_last" else (4, size, size)
     x = keras.Input(shape)
     kw = dict(padding="same", data_format=data_format)
     y = keras.layers.Conv2D(8, 3, activation="relu", name="conv", **kw)(x)
@@ -291,7 +291,7 @@ def test_pruning_callback_resumes_exactly_with_backup_and_restore(interrupt_epoc
     with pytest.raises(RuntimeError, match="interrupted"):
         first.fit(x, y, callbacks=[callbacks.Pruning(schedule),
                                    keras.callbacks.BackupAndRestore(backup),
-                                   _Interrupt(interrupt_epoch)], **fit_kwargs)
+                                   harness.InterruptAtEpoch(interrupt_epoch)], **fit_kwargs)
     resumed = _mlp(4)  # different init: everything must come from the backup
     resumed.fit(x, y, callbacks=[callbacks.Pruning(schedule),
                                  keras.callbacks.BackupAndRestore(backup)], **fit_kwargs)
@@ -303,34 +303,12 @@ def test_pruning_callback_resumes_exactly_with_backup_and_restore(interrupt_epoc
                                    err_msg=a.path)
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise RuntimeError("interrupted")
-
-
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_pruned_model_runs_on_unknown_image_sizes_traced_and_compiled(jit_compile):
     """Every prunable layer type on `keras.Input((None, None, C))`, masks set: predict and a
     train step on two image sizes agree with the eager model, traced (jit_compile=False)
     and compiled (XLA on jax/tensorflow, torch.compile on torch)."""
-    x = keras.Input((None, None, 4))
-    kw = dict(padding="same")
-    y = keras.layers.Conv2D(8, 3, activation="relu", name="conv", **kw)(x)
-    y = keras.layers.SeparableConv2D(8, 3, name="separable", **kw)(y)
-    y = keras.layers.DepthwiseConv2D(3, name="depthwise", **kw)(y)
-    y = keras.layers.Conv2DTranspose(8, 3, name="transpose", **kw)(y)
-    y = kx.LogPolarConv2D(8, 5, rings=2, sectors=4, growth_rate=2.0, name="log_polar", **kw)(y)
-    y = kx.GroupLiftConv2D(2, 3, group="p4", name="lift", **kw)(y)
-    y = kx.GroupConv2D(2, 3, group="p4", name="group", **kw)(y)
-    y = kx.SharedBasisConv2D(8, kx.FilterBasis(4, 3), unique_bases=1, name="shared", **kw)(y)
-    y = keras.layers.GlobalAveragePooling2D()(y)
-    y = keras.layers.EinsumDense("ab,bc->ac", output_shape=3, name="einsum")(y)
-    pruned = prunable.make_prunable(keras.Model(x, y))
+    pruned = prunable.make_prunable(_model(size=None))
     pruning.update_masks(pruned, 0.5)
     pruned.compile(keras.optimizers.SGD(0.01, momentum=0.9), "mse", jit_compile=jit_compile)
     for seed, hw in enumerate([(8, 8), (11, 7)]):

@@ -266,16 +266,6 @@ def test_callback_needs_a_prunable_layer():
         callbacks.SynapticPruning(0.5)
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise RuntimeError("interrupted")
-
-
 @pytest.mark.parametrize("interrupt_epoch, next_update", [(1, 8), (2, 12)])
 def test_resume_with_backup_and_restore_equals_uninterrupted(interrupt_epoch, next_update):
     """Interrupted at an update step (epoch 2 = step 12) or between two (epoch 1 = step 6,
@@ -294,7 +284,7 @@ def test_resume_with_backup_and_restore_equals_uninterrupted(interrupt_epoch, ne
         with pytest.raises(RuntimeError, match="interrupted"):
             first.fit(x, y, callbacks=[callbacks.SynapticPruning(schedule),
                                        keras.callbacks.BackupAndRestore(backup),
-                                       _Interrupt(interrupt_epoch)], **fit_kwargs)
+                                       harness.InterruptAtEpoch(interrupt_epoch)], **fit_kwargs)
         resumed = _small_cnn(seed=4)  # different init: everything must come from the backup
         cb = callbacks.SynapticPruning(schedule)
         resumed.fit(x, y, callbacks=[cb, keras.callbacks.BackupAndRestore(backup)],

@@ -1,0 +1,41 @@
+"""What the stand-alone benchmark scripts share: one worker process per backend, and the
+marked section of benchmarks/RESULTS_HEADER.md they rewrite (RESULTS.md re-rendered after)."""
+
+import json
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def run_workers(script, backends, args=()):
+    """{backend: the JSON on the last stdout line of `script --worker *args`}, each backend in
+    a process of its own (KERAS_BACKEND set)."""
+    results = {}
+    for backend in backends:
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+        out = subprocess.run([sys.executable, os.path.abspath(script), "--worker", *args],
+                             env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                             check=True).stdout
+        results[backend] = json.loads(out.strip().splitlines()[-1])
+    return results
+
+
+def write_section(section, begin, end):
+    """Replaces the text between `begin` and `end` in RESULTS_HEADER.md by `section` (which
+    carries both markers; placed before "## Results" the first time), then re-renders
+    RESULTS.md (`run.py --render`)."""
+    path = os.path.join(HERE, "RESULTS_HEADER.md")
+    text = open(path).read()
+    if begin in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
+    elif "## Results" in text:
+        text = text.replace("## Results", section + "\n\n## Results", 1)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+    subprocess.run([sys.executable, os.path.join(HERE, "run.py"), "--render"], check=True,
+                   stdout=subprocess.DEVNULL)
