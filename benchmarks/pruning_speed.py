@@ -15,7 +15,6 @@ The section between the "pruning-speed" markers of benchmarks/RESULTS_HEADER.md 
 then RESULTS.md re-rendered (`run.py --render`).
 """
 
-import argparse
 import datetime
 import json
 import os
@@ -123,20 +122,5 @@ def _section(results):
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--worker", action="store_true")
-    args = parser.parse_args()
-    if args.worker:
-        worker(args.repeats)
-        return
-    results = sections.run_workers(__file__, args.backends, ["--repeats", str(args.repeats)])
-    section = _section(results)
-    sections.write_section(section, BEGIN, END)
-    print(section)
-
-
 if __name__ == "__main__":
-    main()
+    sections.main(__file__, worker, _section, BEGIN, END, default_repeats=30)

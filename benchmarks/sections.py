@@ -39,3 +39,23 @@ def write_section(section, begin, end):
         f.write(text)
     subprocess.run([sys.executable, os.path.join(HERE, "run.py"), "--render"], check=True,
                    stdout=subprocess.DEVNULL)
+
+
+def main(script, worker, make_section, begin, end, default_repeats):
+    """The command line of a stand-alone benchmark: `--backends`, `--repeats`; `--worker` runs
+    `worker(repeats)` (in the backend's process), otherwise every backend's worker, then the
+    section `make_section(results)` is written and printed."""
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
+    parser.add_argument("--repeats", type=int, default=default_repeats)
+    parser.add_argument("--worker", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.repeats)
+        return
+    results = run_workers(script, args.backends, ["--repeats", str(args.repeats)])
+    section = make_section(results)
+    write_section(section, begin, end)
+    print(section)
