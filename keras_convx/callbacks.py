@@ -271,6 +271,8 @@ class Pruning(_ScheduledPruning):
         schedule: a `keras_convx.pruning.PruningSchedule` (`ConstantSparsity`,
             `PolynomialDecay`) or its serialized dict.
         criterion: `"magnitude"` (default) or `callable(layer, attribute, values) -> scores`.
+        scope: `"layer"` (default: each layer to the target, tfmot's) or `"global"` (one
+            ranking over all layers' units; see `keras_convx.pruning.update_masks`).
         verbose: 0 or 1 (print each update).
 
     Raises:
@@ -284,12 +286,13 @@ class Pruning(_ScheduledPruning):
     >>> prunable.fit(x, y, epochs=10, callbacks=[keras_convx.callbacks.Pruning(schedule)])
     """
 
-    def __init__(self, schedule, criterion="magnitude", verbose=0):
+    def __init__(self, schedule, criterion="magnitude", scope="layer", verbose=0):
         super().__init__(schedule, verbose)
         if not (criterion == "magnitude" or callable(criterion)):
             raise ValueError("Expected criterion to be 'magnitude' or a callable. "
                              f"Received: criterion={criterion!r}")
         self.criterion = criterion
+        self.scope = arguments.choice("scope", scope, pruning.MASK_SCOPES)
 
     def on_train_begin(self, logs=None):
         if not pruning.masked_layers(self.model):
@@ -298,7 +301,8 @@ class Pruning(_ScheduledPruning):
         super().on_train_begin(logs)
 
     def _update(self, target):
-        return pruning.update_masks(self.model, target, self.criterion)["total"]
+        return pruning.update_masks(self.model, target, self.criterion,
+                                    scope=self.scope)["total"]
 
     def _report(self):
         return pruning.sparsity_report(self.model)

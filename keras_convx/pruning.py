@@ -32,6 +32,7 @@ from keras_convx.compaction import strip  # noqa: F401
 from keras_convx.layers.synaptic import SynapticConv2D
 from keras_convx.prunable import make_prunable  # noqa: F401  (any model: keras_convx.prunable)
 from keras_convx.prunable import masked_layers  # noqa: F401
+from keras_convx.pruning_masks import SCOPES as MASK_SCOPES  # noqa: F401
 from keras_convx.pruning_masks import sparsity_report  # noqa: F401
 from keras_convx.pruning_masks import update_masks  # noqa: F401
 from keras_convx.ops import synaptic as syn

@@ -79,11 +79,14 @@ def _keep_count(total, sparsity, round_to):
     return max(keep, 0)
 
 
-def update_masks(model, sparsity, criterion="magnitude", layers=None):
+SCOPES = ("layer", "global")
+
+
+def update_masks(model, sparsity, criterion="magnitude", layers=None, scope="layer"):
     """Sets every prunable layer's masks so `sparsity` of its units (entries, connections,
-    channels) are pruned, by magnitude within each layer (tfmot's per-layer pruning); for
-    `"m:n"` the pattern holds in every group whatever `sparsity` is. Masks only lose units.
-    Pruned entries are set to exactly zero, and so are the optimizer's slots for them.
+    channels) are pruned, by magnitude; for `"m:n"` the pattern holds in every group whatever
+    `sparsity` is. Masks only lose units. Pruned entries are set to exactly zero, and so are
+    the optimizer's slots for them.
 
     Args:
         model: a model from `make_prunable`.
@@ -91,11 +94,16 @@ def update_masks(model, sparsity, criterion="magnitude", layers=None):
         criterion: `"magnitude"` or `callable(layer, attribute, values) -> scores` (NumPy,
             the weight's shape; larger means more important).
         layers: optional subset of the prunable layers.
+        scope: `"layer"` (each layer pruned to `sparsity`: tfmot's) or `"global"` (one
+            ranking over all the layers' units, `torch.nn.utils.prune.global_unstructured`'s:
+            a unit's score is its mean |w|, so channels of different sizes compare; needs one
+            granularity, not "m:n", for all layers; `round_to` does not apply).
 
     Returns:
         `{layer name: fraction of its pruned entries}` plus `"total"`.
     """
     sparsity = arguments.number("sparsity", sparsity, 0, 1, exclusive_maximum=True)
+    scope = arguments.choice("scope", scope, SCOPES)
     if not (criterion == "magnitude" or callable(criterion)):
         raise ValueError("Expected criterion to be 'magnitude' or a callable. "
                          f"Received: criterion={criterion!r}")
@@ -103,33 +111,65 @@ def update_masks(model, sparsity, criterion="magnitude", layers=None):
     if not layers:
         raise ValueError("Expected a model from keras_convx.pruning.make_prunable (it has no "
                          "prunable layer).")
+    if scope == "global":
+        kinds = {layer.granularity for layer in layers}
+        if len(kinds) > 1 or ":" in next(iter(kinds)):
+            raise ValueError("scope='global' ranks one kind of unit: it needs one granularity "
+                             f"other than 'm:n' for all layers. Received: {sorted(kinds)}")
     optimizer = getattr(model, "optimizer", None)
+    groups = []  # (flat unit scores, flat live units, unit size, round_to, finish(units))
     for layer in layers:
         granularity = parse_granularity(layer.granularity)
         spec = prunable_weights(layer)
         for members in layer_scores(layer, criterion).values():
             old = [to_numpy(layer.pruning_masks[name]) for name, _, _ in members]
+            finish = _finisher(layer, members, old, optimizer)
             if granularity[0] == "m:n":
                 name, _, scores = members[0]
-                masks = [_mn_mask(scores, granularity[1], granularity[2], spec[name][1][0])]
+                finish(_mn_mask(scores, granularity[1], granularity[2], spec[name][1][0]))
             elif granularity[0] == "weight":  # linked weights ranked together
                 scores = np.concatenate([sc.reshape(-1) for _, _, sc in members])
                 live = np.concatenate([m.reshape(-1) for m in old])
-                flat = _keep_largest(scores, live, sparsity, 1)
-                splits = np.cumsum([m.size for m in old])[:-1]
-                masks = [f.reshape(m.shape) for f, m in zip(np.split(flat, splits), old)]
+                groups.append((scores, live, 1, 1, finish))
             else:  # connection / channel: linked weights' unit scores add up
                 _, axes, first = members[0]
                 # (a depthwise bias (C·M,) scores the kernel's (C, M) channels)
-                scores = sum(sc.reshape(first.shape) for _, _, sc in members)
-                live = _reduce(old[0], axes).reshape(scores.shape) > 0
+                scores = sum(sc.reshape(first.shape) for _, _, sc in members).reshape(-1)
+                live = (_reduce(old[0], axes) > 0).reshape(-1)
+                size = sum(m.size for m in old) / scores.size
                 round_to = layer.round_to if granularity[0] == "channel" else 1
-                unit = _keep_largest(scores.reshape(-1), live.reshape(-1), sparsity, round_to)
-                masks = [_expand(unit.reshape(sc.shape), ax, m.shape)
-                         for (_, ax, sc), m in zip(members, old)]
-            for (name, _, _), mask, before in zip(members, masks, old):
-                _apply(layer, name, (np.asarray(mask) * before).astype(before.dtype), optimizer)
+                groups.append((scores, live, size, round_to, finish))
+    if scope == "layer":
+        for scores, live, _, round_to, finish in groups:
+            finish(_keep_largest(scores, live, sparsity, round_to))
+    elif groups:
+        units = _keep_largest(np.concatenate([g[0] / g[2] for g in groups]),
+                              np.concatenate([g[1] for g in groups]), sparsity, 1)
+        for (scores, *_, finish), piece in zip(groups, np.split(
+                units, np.cumsum([g[0].size for g in groups])[:-1])):
+            finish(piece)
     return sparsity_report(model)
+
+
+def _finisher(layer, members, old, optimizer):
+    """`finish(units)`: the flat 0/1 unit vector of one linked group → each member's mask
+    (only losing entries), applied."""
+    kind = parse_granularity(layer.granularity)[0]
+
+    def finish(units):
+        units = np.asarray(units)
+        if kind == "m:n":
+            masks = [units]
+        elif kind == "weight":
+            splits = np.cumsum([m.size for m in old])[:-1]
+            masks = [u.reshape(m.shape) for u, m in zip(np.split(units, splits), old)]
+        else:
+            masks = [_expand(units.reshape(sc.shape), axes, m.shape)
+                     for (_, axes, sc), m in zip(members, old)]
+        for (name, _, _), mask, before in zip(members, masks, old):
+            _apply(layer, name, (np.asarray(mask) * before).astype(before.dtype), optimizer)
+
+    return finish
 
 
 def _keep_largest(scores, live, sparsity, round_to):

@@ -364,3 +364,33 @@ def test_channel_pruned_plain_model_compacts_through_conv_and_dense():
     xs = np.random.default_rng(0).standard_normal((4, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(small.predict(xs, verbose=0), pruned.predict(xs, verbose=0),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_global_scope_ranks_all_layers_together():
+    """One threshold over every layer's units: the layer with the smaller weights loses more,
+    every kept |w| ≥ every pruned |w| across layers, the total is the target; channels of
+    different sizes compare by their mean |w|."""
+    x = keras.Input((8,))
+    small = keras.layers.Dense(8, name="small")
+    big = keras.layers.Dense(4, name="big")
+    model = keras.Model(x, big(small(x)))
+    rng = np.random.default_rng(0)
+    small.kernel.assign(rng.uniform(-0.1, 0.1, (8, 8)).astype("float32"))
+    big.kernel.assign(rng.uniform(-1.0, 1.0, (8, 4)).astype("float32"))
+    pruned = prunable.make_prunable(model)
+    before = [np.abs(_weights(layer)["_kernel"]) for layer in prunable.masked_layers(pruned)]
+    report = pruning.update_masks(pruned, 0.5, scope="global")
+    assert report["total"] == 0.5 and report["small"] > 0.5 > report["big"]
+    masks = [_masks(layer)["_kernel"] for layer in prunable.masked_layers(pruned)]
+    kept = np.concatenate([w[m == 1] for w, m in zip(before, masks)])
+    dropped = np.concatenate([w[m == 0] for w, m in zip(before, masks)])
+    assert kept.min() >= dropped.max()
+    channels = prunable.make_prunable(model, granularity="channel", layers=["small"])
+    pruning.update_masks(channels, 0.25, scope="global")
+    mask = _masks(channels.get_layer("small"))["_kernel"]
+    assert mask.sum(axis=0).tolist().count(0) == 2  # 2 of 8 channels
+    with pytest.raises(ValueError, match="one granularity"):
+        mixed = prunable.make_prunable(model, granularity={"small": "channel"})
+        pruning.update_masks(mixed, 0.5, scope="global")
+    with pytest.raises(ValueError, match="scope"):
+        pruning.update_masks(pruned, 0.5, scope="net")
