@@ -340,6 +340,7 @@ def make_prunable(model, granularity="weight", layers=None, round_to=1, verbose=
         selected, named = _selected(layer, items)
         if not selected:
             continue
+        named = named or layer.name in (per_layer or {})  # a granularity given by name
         wanted = (per_layer or {}).get(layer.name, default)
         reason = _why_not(layer, wanted, output_layers)
         if reason is None:

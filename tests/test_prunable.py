@@ -129,6 +129,8 @@ def test_channel_granularity_prunes_whole_output_channels_with_round_to():
     assert np.all(transpose == transpose[:, :, :, :1])
     with pytest.raises(ValueError, match="'head' cannot be pruned with granularity 'channel'"):
         prunable.make_prunable(model, granularity="channel", layers=["head"])
+    with pytest.raises(ValueError, match="'head' cannot be pruned"):  # named in the dict
+        prunable.make_prunable(model, granularity={"head": "channel"})
 
 
 def test_m_by_n_pattern_holds_in_every_group():
@@ -394,3 +396,15 @@ def test_global_scope_ranks_all_layers_together():
         pruning.update_masks(mixed, 0.5, scope="global")
     with pytest.raises(ValueError, match="scope"):
         pruning.update_masks(pruned, 0.5, scope="net")
+
+
+def test_sequential_model_is_made_prunable_and_stripped():
+    model = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.Conv2D(8, 3, name="c"),
+                              keras.layers.Flatten(), keras.layers.Dense(4, name="d")])
+    pruned = prunable.make_prunable(model, granularity="2:4")
+    assert isinstance(pruned, keras.Sequential)
+    assert [layer.name for layer in prunable.masked_layers(pruned)] == ["c", "d"]
+    pruning.update_masks(pruned, 0.0)
+    x = _x(n=2)
+    np.testing.assert_allclose(pruning.strip(pruned).predict(x, verbose=0),
+                               pruned.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
