@@ -5,8 +5,9 @@ prunable layer becomes its `Prunable*` twin (a registered subclass with the same
 weights, identical outputs) carrying one 0/1 mask per pruned weight: a non-trainable
 variable, saved in `.keras` files like any weight. While the layer runs, its pruned weights
 are read as `weight · mask`, so a pruned entry has exactly zero gradient; `update_masks`
-(`keras_convx.pruning_masks`; the `keras_convx.callbacks.Pruning` schedule) also zero its value and the optimizer's slots
-for it (momentum, Adam's moments), so it stays exactly zero with any Keras optimizer.
+(`keras_convx.pruning_masks`; the `keras_convx.callbacks.Pruning` schedule) also zeroes its
+value and the optimizer's slots for it (momentum, Adam's moments), so it stays exactly zero
+with any Keras optimizer.
 
 Granularities (`granularity=`, per model or `{layer name: granularity}`):
 
