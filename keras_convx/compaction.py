@@ -25,8 +25,7 @@ def _strip_replace(layer):
     if isinstance(layer, PrunableMixin):
         config = {k: v for k, v in layer.get_config().items()
                   if k not in ("granularity", "round_to")}
-        masks = {id(m) for m in layer.pruning_masks.values()}
-        values = [to_numpy(v) for v in layer.weights if id(v) not in masks]
+        values = [to_numpy(v) for v in layer.unmasked_weights()]
         return layer.pruned_class.from_config(config), lambda n: n.set_weights(values)
     return None
 

@@ -186,21 +186,26 @@ class PrunableMixin:
         """The stored (unmasked) variable of pruned attribute `name`."""
         return _stored(self, name)
 
-    def _saves_masks_itself(self):
+    def unmasked_weights(self):
+        """`self.weights` without the masks: the weights of the plain class, in its order."""
+        masks = {id(m) for m in self.pruning_masks.values()}
+        return [v for v in self.weights if id(v) not in masks]
+
+    def _base_saves_every_variable(self):
         # Dense, EinsumDense and the convolutions write only their own weights (a custom
         # `save_own_variables`, for quantization); the base Layer's writes every variable.
         return type(self).pruned_class.save_own_variables is keras.layers.Layer.save_own_variables
 
     def save_own_variables(self, store):
         super().save_own_variables(store)
-        if self.built and not self._saves_masks_itself():
+        if self.built and not self._base_saves_every_variable():
             first = len(store.keys())
             for i, mask in enumerate(self.pruning_masks.values()):
                 store[str(first + i)] = mask
 
     def load_own_variables(self, store):
         super().load_own_variables(store)
-        if not self._saves_masks_itself():
+        if not self._base_saves_every_variable():
             first = len(store.keys()) - len(self.pruning_masks)
             for i, mask in enumerate(self.pruning_masks.values()):
                 mask.assign(store[str(first + i)])
@@ -277,7 +282,7 @@ def _why_not(layer, granularity, output_layers):
     if kind == "m:n":
         n = granularity[2]
         for name, (_, in_axes, _) in spec.items():
-            shape = getattr(layer, name).shape if layer.built else None
+            shape = _stored(layer, name).shape if layer.built else None
             if len(in_axes) != 1:
                 return f"its weight {name!r} has no single input axis for {granularity[1]}:{n}"
             if shape is not None and shape[in_axes[0]] % n:
@@ -308,8 +313,8 @@ def make_prunable(model, granularity="weight", layers=None, round_to=1, verbose=
 
     A layer that cannot take its granularity (e.g. 3 input channels for `"2:4"`, a model
     output layer for `"channel"`) is left dense when it was selected implicitly, and is a
-    ValueError when `layers` names it. Returns the new model; `make_prunable.report` is not
-    kept: `prunable_summary` recomputes the list.
+    ValueError when `layers` or the granularity dict names it (`verbose=1` lists the layers
+    left dense). Returns the new model.
 
     Example:
 
@@ -364,8 +369,7 @@ def make_prunable(model, granularity="weight", layers=None, round_to=1, verbose=
         weights = layer.get_weights()
 
         def setter(n):
-            masks = {id(v) for v in n.pruning_masks.values()}
-            for variable, value in zip([v for v in n.weights if id(v) not in masks], weights):
+            for variable, value in zip(n.unmasked_weights(), weights):
                 variable.assign(value)
 
         return new, setter

@@ -5,8 +5,6 @@ Argument validation lives in `keras_convx.arguments` (one module for every publi
 helpers are re-exported here under the names the layer files use.
 """
 
-import keras
-
 from keras_convx.arguments import DATA_FORMATS  # noqa: F401  (re-exported)
 from keras_convx.arguments import boolean  # noqa: F401
 from keras_convx.arguments import choice  # noqa: F401
@@ -16,7 +14,9 @@ from keras_convx.arguments import is_int  # noqa: F401
 from keras_convx.arguments import number  # noqa: F401
 from keras_convx.arguments import odd_kernel_size  # noqa: F401
 from keras_convx.layers._conv_base import CONV_OBJECTS  # noqa: F401
-from keras_convx.layers._conv_base import channel_axis
+from keras_convx.layers._conv_base import add_conv_weight  # noqa: F401
+from keras_convx.layers._conv_base import channel_axis  # noqa: F401
+from keras_convx.layers._conv_base import lock_channels  # noqa: F401
 from keras_convx.layers._conv_base import object_kind
 
 
@@ -36,12 +36,6 @@ def check_input(layer, shape, ranks, axis, channels, what="inputs"):
             f"{channels} channels (axis {axis % len(shape)}). Received: shape={shape}")
 
 
-def lock_channels(layer, channels, data_format):
-    """After build: a Keras `InputSpec` that refuses 4-D inputs with another channel count
-    (Keras' own message names the layer, the axis and the expected value)."""
-    layer.input_spec = keras.layers.InputSpec(ndim=4, axes={channel_axis(data_format): channels})
-
-
 def set_objects(layer, **objects):
     """Sets `layer.<name> = keras.<kind>.get(value)` for initializers, regularizers,
     constraints and activations, the kind read from the argument's name."""
@@ -52,14 +46,3 @@ def set_objects(layer, **objects):
 def serialize_objects(layer, *names):
     """{name: keras.<kind>.serialize(layer.<name>)}: the config entries of `set_objects`."""
     return {name: object_kind(name).serialize(getattr(layer, name)) for name in names}
-
-
-def add_conv_weight(layer, name, shape, prefix="kernel"):
-    """`layer.add_weight` with the layer's `<prefix>_initializer/_regularizer/_constraint`."""
-    return layer.add_weight(
-        name=name,
-        shape=shape,
-        initializer=getattr(layer, f"{prefix}_initializer"),
-        regularizer=getattr(layer, f"{prefix}_regularizer"),
-        constraint=getattr(layer, f"{prefix}_constraint"),
-    )

@@ -48,6 +48,24 @@ def channel_axis(data_format):
     return 3 if data_format == "channels_last" else 1
 
 
+def lock_channels(layer, channels, data_format):
+    """After build: a Keras `InputSpec` that refuses 4-D inputs with another channel count
+    (Keras' own message names the layer, the axis and the expected value)."""
+    layer.input_spec = keras.layers.InputSpec(ndim=4, axes={channel_axis(data_format): channels})
+
+
+def add_conv_weight(layer, name, shape, prefix="kernel"):
+    """`layer.add_weight` with the layer's `<prefix>_initializer` and, where it has them,
+    `<prefix>_regularizer` and `<prefix>_constraint`."""
+    return layer.add_weight(
+        name=name,
+        shape=shape,
+        initializer=getattr(layer, f"{prefix}_initializer"),
+        regularizer=getattr(layer, f"{prefix}_regularizer", None),
+        constraint=getattr(layer, f"{prefix}_constraint", None),
+    )
+
+
 class BaseConv2D(keras.layers.Layer):
     """Abstract 2-D convolution: the standard conv arguments, `call`, output shape, config.
 
@@ -55,8 +73,8 @@ class BaseConv2D(keras.layers.Layer):
     the initializers, regularizers and constraints on in `**kwargs` (their names and defaults
     are the class attribute `conv_objects`); they set `self.kernel_size` (an int or a pair),
     create their weights in `build` (with `input_channels(input_shape)`, `add_kernel` and
-    `add_bias`) and implement `convolution_op(inputs)`, the convolution without bias and
-    activation.
+    `add_bias`) and define `convolution_op(inputs)`, the convolution without bias and
+    activation, which `call` runs (there is no default: every conv family has its own).
 
     Class attributes:
         conv_arguments: the optional standard arguments the subclass takes and saves in its
@@ -140,20 +158,12 @@ class BaseConv2D(keras.layers.Layer):
         return channels
 
     def lock_channels(self, channels):
-        """After build: an `InputSpec` that refuses 4-D inputs with another channel count
-        (Keras' own message names the layer, the axis and the expected value)."""
-        self.input_spec = keras.layers.InputSpec(
-            ndim=4, axes={channel_axis(self.data_format): channels})
+        """After build: an `InputSpec` refusing another channel count (`lock_channels`)."""
+        lock_channels(self, channels, self.data_format)
 
     def add_kernel(self, name, shape, prefix="kernel"):
-        """`add_weight` with the layer's `<prefix>_initializer/_regularizer/_constraint`."""
-        return self.add_weight(
-            name=name,
-            shape=shape,
-            initializer=getattr(self, f"{prefix}_initializer"),
-            regularizer=getattr(self, f"{prefix}_regularizer", None),
-            constraint=getattr(self, f"{prefix}_constraint", None),
-        )
+        """`add_conv_weight(self, name, shape, prefix)`."""
+        return add_conv_weight(self, name, shape, prefix)
 
     def add_bias(self):
         """The `(filters,)` bias if `use_bias`, else None (set as `self.bias`)."""
@@ -161,10 +171,6 @@ class BaseConv2D(keras.layers.Layer):
         return self.bias
 
     # -- forward ------------------------------------------------------------------------------
-
-    def convolution_op(self, inputs):
-        """The family's convolution of `inputs`, without bias and activation."""
-        raise NotImplementedError(f"{type(self).__name__} must implement convolution_op")
 
     def bias_and_activation(self, y):
         """`y` + the bias (in the compute dtype, each entry repeated `bias_repeats` times on the
