@@ -10,16 +10,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def run_workers(script, backends, args=()):
-    """{backend: the JSON on the last stdout line of `script --worker *args`}, each backend in
-    a process of its own (KERAS_BACKEND set)."""
+def run_workers(script, backends, args=(), variants=()):
+    """{label: the JSON on the last stdout line of `script --worker *args`}, each backend in
+    a process of its own (KERAS_BACKEND set; the label is the backend's name). `variants`:
+    `(label, backend, {environment variable: value})` runs, each after the plain ones, for
+    the backends asked for (a process-level setting such as the allocator's)."""
     results = {}
-    for backend in backends:
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    runs = [(backend, backend, {}) for backend in backends]
+    runs += [v for v in variants if v[1] in backends]
+    for label, backend, extra in runs:
+        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", **extra)
         out = subprocess.run([sys.executable, os.path.abspath(script), "--worker", *args],
                              env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True,
                              check=True).stdout
-        results[backend] = json.loads(out.strip().splitlines()[-1])
+        results[label] = json.loads(out.strip().splitlines()[-1])
     return results
 
 
@@ -41,10 +45,11 @@ def write_section(section, begin, end):
                    stdout=subprocess.DEVNULL)
 
 
-def main(script, worker, make_section, begin, end, default_repeats):
+def main(script, worker, make_section, begin, end, default_repeats, variants=()):
     """The command line of a stand-alone benchmark: `--backends`, `--repeats`; `--worker` runs
-    `worker(repeats)` (in the backend's process), otherwise every backend's worker, then the
-    section `make_section(results)` is written and printed."""
+    `worker(repeats)` (in the backend's process), otherwise every backend's worker (and the
+    `variants`, see `run_workers`), then the section `make_section(results)` is written and
+    printed."""
     import argparse  # noqa: PLC0415
 
     parser = argparse.ArgumentParser()
@@ -55,7 +60,8 @@ def main(script, worker, make_section, begin, end, default_repeats):
     if args.worker:
         worker(args.repeats)
         return
-    results = run_workers(script, args.backends, ["--repeats", str(args.repeats)])
+    results = run_workers(script, args.backends, ["--repeats", str(args.repeats)],
+                          variants)
     section = make_section(results)
     write_section(section, begin, end)
     print(section)

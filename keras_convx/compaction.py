@@ -313,7 +313,8 @@ def compact(model, return_report=False):
       consumers (input slices); `Add`-like layers and `Concatenate` keep their inputs'
       channels aligned.
     Layers it does not understand (and layers called more than once) keep all their channels,
-    so the result is always exact. Model outputs keep all channels.
+    so the result is always exact. Model outputs keep all channels; a nested model is one
+    such layer (its own layers are stripped, their channels kept).
 
     Args:
         model: a Functional or built Sequential model.

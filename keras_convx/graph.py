@@ -104,7 +104,9 @@ def rewrite(model, replace):
             cache[key] = new
         return cache[key]
 
-    new_model = keras.models.clone_model(model, clone_function=clone)
+    # recursive: a nested Functional or Sequential model is rebuilt with its layers replaced
+    # too (otherwise clone_model copies it whole and its layers are silently skipped).
+    new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
     for new, setter in post:
         setter(new)
     return new_model

@@ -300,7 +300,8 @@ def make_prunable(model, granularity="weight", layers=None, round_to=1, verbose=
     Prunable: `Dense`, `EinsumDense`, `Conv1D/2D/3D`, `Conv1D/2D/3DTranspose`,
     `DepthwiseConv1D/2D`, `SeparableConv1D/2D` (both kernels) and keras_convx's
     `LogPolarConv2D`, `GroupLiftConv2D`, `GroupConv2D`, `SharedBasisConv2D` (its mixing
-    coefficients). `SynapticConv2D` carries its own connection mask (`SynapticPruning`).
+    coefficients). `SynapticConv2D` carries its own connection mask (`callbacks.Pruning`
+    and `SynapticPruning` prune it). Layers inside nested Functional/Sequential models count.
 
     Args:
         model: a built Functional or Sequential model (not already prunable).

@@ -38,10 +38,13 @@ def _reduce(values, keep):
                               keepdims=True)
 
 
-def layer_scores(layer, criterion="magnitude"):
+def layer_scores(layer, criterion="magnitude", normalization=None):
     """`{link: [(attribute, unit axes, scores)]}`: per linked weight group of the layer, each
     weight's unit scores for the layer's granularity (|w|, or the criterion's scores, summed
-    over the entries of each unit; for "weight" and "m:n" the entries themselves)."""
+    over the entries of each unit; for "weight" and "m:n" the entries themselves), divided by
+    their output channel's L2 norm (`normalization="channel"`) or by the root mean square of
+    all the layer's scores (`"layer"`), as `keras_convx.ops.synaptic.normalize_scores` does
+    for synaptic strengths."""
     kind = parse_granularity(layer.granularity)[0]
     groups = {}
     for name, (out_axes, in_axes, link) in prunable_weights(layer).items():
@@ -51,8 +54,22 @@ def layer_scores(layer, criterion="magnitude"):
         axes = None if kind in ("weight", "m:n") else _units(values, out_axes, in_axes, kind)
         score = np.abs(values) if axes is None else _reduce(values, axes).reshape(
             [values.shape[a] for a in axes])
+        if normalization == "channel":
+            out = {a % values.ndim for a in out_axes}
+            positions = range(values.ndim) if axes is None else axes
+            score = _divide(score, np.sqrt(np.sum(score**2, keepdims=True, axis=tuple(
+                i for i, a in enumerate(positions) if a not in out))))
         groups.setdefault(name if kind == "m:n" else link, []).append((name, axes, score))
+    if normalization == "layer":
+        scale = np.sqrt(np.mean(np.concatenate(
+            [sc.reshape(-1) ** 2 for members in groups.values() for _, _, sc in members])))
+        groups = {link: [(n, a, _divide(sc, scale)) for n, a, sc in members]
+                  for link, members in groups.items()}
     return groups
+
+
+def _divide(scores, scale):
+    return np.divide(scores, scale, out=np.zeros_like(scores), where=np.asarray(scale) > 0)
 
 
 def _mn_mask(scores, m, n, axis):
@@ -82,7 +99,11 @@ def _keep_count(total, sparsity, round_to):
 SCOPES = ("layer", "global")
 
 
-def update_masks(model, sparsity, criterion="magnitude", layers=None, scope="layer"):
+NORMALIZATIONS = (None, "channel", "layer")
+
+
+def update_masks(model, sparsity, criterion="magnitude", layers=None, scope="layer",
+                 normalization=None):
     """Sets every prunable layer's masks so `sparsity` of its units (entries, connections,
     channels) are pruned, by magnitude; for `"m:n"` the pattern holds in every group whatever
     `sparsity` is. Masks only lose units. Pruned entries are set to exactly zero, and so are
@@ -98,6 +119,11 @@ def update_masks(model, sparsity, criterion="magnitude", layers=None, scope="lay
             ranking over all the layers' units, `torch.nn.utils.prune.global_unstructured`'s:
             a unit's score is its mean |w|, so channels of different sizes compare; needs one
             granularity, not "m:n", for all layers; `round_to` does not apply).
+        normalization: None (default), `"channel"` (each unit's score divided by the L2 norm
+            of its output channel's: its share of the channel; not with granularity
+            "channel", where it would make every unit equal) or `"layer"` (by the root mean
+            square of the layer's scores: layers of different scales compare under
+            `scope="global"`). For "m:n" no normalization changes the pattern.
 
     Returns:
         `{layer name: fraction of its pruned entries}` plus `"total"`.
@@ -107,10 +133,19 @@ def update_masks(model, sparsity, criterion="magnitude", layers=None, scope="lay
     if not (criterion == "magnitude" or callable(criterion)):
         raise ValueError("Expected criterion to be 'magnitude' or a callable. "
                          f"Received: criterion={criterion!r}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"Expected normalization to be one of {list(NORMALIZATIONS)}. "
+                         f"Received: normalization={normalization!r}")
     layers = list(layers) if layers is not None else masked_layers(model)
     if not layers:
         raise ValueError("Expected a model from keras_convx.pruning.make_prunable (it has no "
                          "prunable layer).")
+    if normalization == "channel":
+        whole = [layer.name for layer in layers if layer.granularity == "channel"]
+        if whole:
+            raise ValueError("normalization='channel' ranks units within their output channel; "
+                             f"the layers {whole} prune whole channels (granularity "
+                             "'channel'). Use normalization=None or 'layer'.")
     if scope == "global":
         kinds = {layer.granularity for layer in layers}
         if len(kinds) > 1 or ":" in next(iter(kinds)):
@@ -121,7 +156,7 @@ def update_masks(model, sparsity, criterion="magnitude", layers=None, scope="lay
     for layer in layers:
         granularity = parse_granularity(layer.granularity)
         spec = prunable_weights(layer)
-        for members in layer_scores(layer, criterion).values():
+        for members in layer_scores(layer, criterion, normalization).values():
             old = [to_numpy(layer.pruning_masks[name]) for name, _, _ in members]
             finish = _finisher(layer, members, old, optimizer)
             if granularity[0] == "m:n":

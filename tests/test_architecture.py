@@ -109,7 +109,7 @@ def test_leaf_modules_import_nothing_of_keras_convx():
 
 
 ABOVE_LAYERS = ("graph", "focus", "folding", "applications", "training", "callbacks",
-                "pruning", "prunable", "pruning_masks", "compaction", "analysis", "export",
+                "pruning", "prunable", "pruning_masks", "pruning_callbacks", "compaction", "analysis", "export",
                 "demo")
 
 
@@ -159,7 +159,7 @@ def test_graph_and_focus_import_no_tool_above_them():
 def test_export_and_analysis_never_import_pruning_callbacks_or_training():
     def rule(module, imported, name):
         if module in ("keras_convx.export", "keras_convx.analysis") and _reaches(
-                imported, name, ("pruning", "callbacks", "training")):
+                imported, name, ("pruning", "pruning_callbacks", "callbacks", "training")):
             return f"{module} imports {imported}.{name or ''}"
         return None
 

@@ -246,12 +246,12 @@ def test_strip_gives_the_plain_classes_with_identical_outputs():
     assert np.sum(np.all(kernel == 0, axis=(0, 1, 2))) == 4  # half the channels, exact zeros
 
 
-def _mlp(seed):
+def _mlp(seed, granularity="weight"):
     keras.utils.set_random_seed(seed)
     x = keras.Input((8,))
     y = keras.layers.Dense(16, activation="relu", name="hidden")(x)
     y = keras.layers.Dense(3, name="out")(y)
-    model = prunable.make_prunable(keras.Model(x, y), granularity="weight")
+    model = prunable.make_prunable(keras.Model(x, y), granularity=granularity)
     model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse")
     return model
 
@@ -275,26 +275,31 @@ def test_pruning_callback_follows_the_schedule_and_logs_sparsity():
         plain = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
         plain.compile("sgd", "mse")
         plain.fit(x, y, verbose=0, callbacks=[callbacks.Pruning(schedule)])
-    with pytest.raises(ValueError, match="criterion"):
-        callbacks.Pruning(schedule, criterion="strength")
+    with pytest.raises(ValueError, match=r"criterion to be one of \['magnitude', 'strength'"):
+        callbacks.Pruning(schedule, criterion="entropy")
+    with pytest.raises(ValueError, match="criterion='strength'.*SynapticConv2D"):
+        model.fit(x, y, verbose=0, callbacks=[callbacks.Pruning(schedule, criterion="strength")])
 
 
+@pytest.mark.parametrize("granularity", ["weight", "connection", "channel", "2:4"])
 @pytest.mark.parametrize("interrupt_epoch", [1, 2])
-def test_pruning_callback_resumes_exactly_with_backup_and_restore(interrupt_epoch, tmp_path):
+def test_pruning_callback_resumes_exactly_with_backup_and_restore(interrupt_epoch, granularity,
+                                                                   tmp_path):
     """Interrupted between two updates (epoch 1 = step 4..7, updates at 0, 6, 12) or at one
-    (epoch 2 = step 8): the resumed run's masks and weights equal the uninterrupted run's."""
+    (epoch 2 = step 8): the resumed run's masks and weights equal the uninterrupted run's,
+    for every granularity."""
     x, y = _mlp_data()
     schedule = pruning.PolynomialDecay(0.0, 0.7, begin_step=0, end_step=12, frequency=6)
     fit_kwargs = dict(batch_size=16, epochs=4, verbose=0, shuffle=False)
-    full = _mlp(3)
+    full = _mlp(3, granularity)
     full.fit(x, y, callbacks=[callbacks.Pruning(schedule)], **fit_kwargs)
     backup = str(tmp_path / "backup")
-    first = _mlp(3)
+    first = _mlp(3, granularity)
     with pytest.raises(RuntimeError, match="interrupted"):
         first.fit(x, y, callbacks=[callbacks.Pruning(schedule),
                                    keras.callbacks.BackupAndRestore(backup),
                                    harness.InterruptAtEpoch(interrupt_epoch)], **fit_kwargs)
-    resumed = _mlp(4)  # different init: everything must come from the backup
+    resumed = _mlp(4, granularity)  # different init: everything must come from the backup
     resumed.fit(x, y, callbacks=[callbacks.Pruning(schedule),
                                  keras.callbacks.BackupAndRestore(backup)], **fit_kwargs)
     for a, b in zip(prunable.masked_layers(full), prunable.masked_layers(resumed)):
