@@ -296,15 +296,24 @@ def prune(model, sparsity, scope="global", criterion="strength", layers=None,
 
 
 def sparsity(model):
-    """{layer name: connection sparsity, ..., "total": overall sparsity} of the prunable layers
-    (the total weights layers by their number of connections)."""
-    layers = prunable_layers(model)
+    """`{layer name: pruned fraction, ..., "total": overall}` of every pruned layer: the
+    connections of each `SynapticConv2D`, the masked entries of each `make_prunable` layer.
+    The total counts connections when the model has only synaptic layers (the paper's
+    count), weights when it has `make_prunable` layers too (a connection holds k·k)."""
+    masked = masked_layers(model)
     report, pruned, total = {}, 0, 0
-    for layer in layers:
+    for layer in prunable_layers(model):
         mask = to_numpy(layer.mask)
-        report[layer.name] = float(np.mean(mask == 0))
-        pruned += int(np.sum(mask == 0))
-        total += mask.size
+        zeros = int(np.sum(mask == 0))
+        report[layer.name] = zeros / mask.size
+        per = int(np.prod(layer.kernel_size)) if masked else 1
+        pruned, total = pruned + zeros * per, total + mask.size * per
+    for layer in masked:
+        masks = [to_numpy(m) for m in layer.pruning_masks.values()]
+        zeros = sum(int(np.sum(m == 0)) for m in masks)
+        size = sum(m.size for m in masks)
+        report[layer.name] = zeros / size if size else 0.0
+        pruned, total = pruned + zeros, total + size
     report["total"] = pruned / total if total else 0.0
     return report
 

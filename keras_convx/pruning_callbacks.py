@@ -2,7 +2,6 @@
 `keras_convx.callbacks`): the masks of a model set on a schedule during `fit`."""
 
 import keras
-import numpy as np
 
 from keras_convx import arguments
 from keras_convx import pruning
@@ -158,21 +157,7 @@ class Pruning(_ScheduledPruning):
         return self._report()["total"]
 
     def _report(self):
-        if not self._synaptic:
-            return pruning.sparsity_report(self.model)
-        synaptic = pruning.sparsity(self.model)
-        if not self._masked:
-            return synaptic
-        masks = pruning.sparsity_report(self.model)
-        # Both kinds: the total over pruned weights (a connection holds k·k of them).
-        sizes = {layer.name: sum(int(np.prod(m.shape)) for m in layer.pruning_masks.values())
-                 for layer in self._masked}
-        sizes.update({layer.name: int(np.prod(layer.direction.shape))
-                      for layer in self._synaptic})
-        report = {**{k: v for k, v in masks.items() if k != "total"},
-                  **{k: v for k, v in synaptic.items() if k in sizes}}
-        report["total"] = sum(report[k] * sizes[k] for k in sizes) / sum(sizes.values())
-        return report
+        return pruning.sparsity(self.model)
 
 
 class SynapticPruning(Pruning):

@@ -271,6 +271,7 @@ def test_pruning_callback_follows_the_schedule_and_logs_sparsity():
     assert [step for step, _, _ in cb.updates] == [0, 4, 8, 12]
     assert abs(history.history["sparsity/hidden"][-1] - 0.8) < 0.02
     assert abs(pruning.sparsity_report(model)["total"] - 0.8) < 0.02
+    assert pruning.sparsity(model) == pruning.sparsity_report(model)  # any kind of layer
     with pytest.raises(ValueError, match="make_prunable"):
         plain = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
         plain.compile("sgd", "mse")

@@ -106,6 +106,7 @@ def test_a_model_with_both_kinds_is_pruned_whole_and_strength_names_what_it_cann
               "hidden": sum(np.sum(to_numpy(m) == 0)
                             for m in hidden.pruning_masks.values())}
     assert logs["sparsity"][-1] == pytest.approx(sum(pruned.values()) / sum(sizes.values()))
+    assert pruning.sparsity(model)["total"] == pytest.approx(logs["sparsity"][-1])
     with pytest.raises(ValueError, match=r"make_prunable layers \['hidden'\] have none"):
         model.fit(x, y, verbose=0, callbacks=[callbacks.Pruning(ONE_UPDATE, "strength")])
     # SynapticPruning leaves the make_prunable layers to Pruning.
