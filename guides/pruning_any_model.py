@@ -14,7 +14,8 @@ This guide, on scikit-learn's bundled digits (16×16):
 3. reports accuracy, non-zero parameters, the compressed size of the stripped weights file
    and, for the channel-pruned model after `pruning.compact`, the parameters and the forward
    time at batch 32 (`predict_on_batch`) against the dense model;
-4. exports the compacted model to ONNX, verified against Keras by `keras_convx.export`.
+4. exports the compacted model to ONNX and (full run) LiteRT, each file verified against
+   Keras by `keras_convx.export`.
 
 Run: `KERAS_BACKEND=torch python guides/pruning_any_model.py` (plots go to $KERAS_CONVX_OUT,
 default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`).
@@ -144,10 +145,15 @@ print(f"compact: {info['params_before']:,} → {info['params_after']:,} paramete
       f"max |Δ| {difference:.1e}; forward at batch {BATCH}: dense {dense_ms:.2f} ms, "
       f"compact {small_ms:.2f} ms ({dense_ms / small_ms:.2f}× faster)")
 
-# ## 4. ONNX export of the compacted model, verified against Keras
+# ## 4. ONNX and LiteRT files of the compacted model, each verified against Keras
 onnx_path = os.path.join(OUT, "compact.onnx")
 export.to_onnx(small, onnx_path, sample_inputs=x_test[:4])
 print(f"wrote {onnx_path} (ONNX Runtime output verified against Keras)")
+if not FAST:  # (off the backend tensorflow a TensorFlow subprocess writes it: skipped in CI)
+    litert_path = os.path.join(OUT, "compact.tflite")
+    litert = export.to_litert(small, litert_path, sample_inputs=x_test[:4])
+    print(f"wrote {litert_path}, {litert['bytes']:,} bytes (LiteRT interpreter output "
+          "verified against Keras)")
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
 labels = [r[0] for r in rows]
