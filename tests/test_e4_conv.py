@@ -121,6 +121,60 @@ def test_shift_aggregation_equals_patch_reference(strides):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("strides, size", [(1, (7, 5)), (1, (4, 9)), (2, (8, 6))])
+def test_generated_and_aggregated_equals_the_kernels_then_patches(strides, size):
+    """The fused generation + aggregation (on the jax CPU tiled by 2-row bands, kernels
+    regenerated in the backward pass; heights 7 and 9 leave a partial band) equals building
+    every kernel (`features @ block`) and the patch reference, forward and all three
+    gradients."""
+    rng = np.random.default_rng(8)
+    k, (h, w), a, f = 3, size, 8, 5
+    v = rng.standard_normal((2, h, w, 3, a)).astype("float32")
+    oh, ow = -(-h // strides), -(-w // strides)
+    features = rng.standard_normal((2, oh, ow, f)).astype("float32")
+    block = rng.standard_normal((f, k * k * a)).astype("float32")
+    cot = rng.standard_normal((2, oh, ow, 3, a)).astype("float32")
+
+    def patches(v_, f_, b_):
+        kernels = keras.ops.reshape(keras.ops.matmul(f_, b_), (2, oh, ow, k * k, a))
+        return gops.aggregate_patches(v_, kernels, k, (strides, strides))
+
+    def fused(v_, f_, b_):
+        return gops.generate_and_aggregate(v_, f_, b_, k, (strides, strides))
+
+    def loss(fn):
+        return lambda *args: keras.ops.sum(fn(*args) * keras.ops.convert_to_tensor(cot))
+
+    np.testing.assert_allclose(harness.to_numpy(fused(v, features, block)),
+                               harness.to_numpy(patches(v, features, block)),
+                               rtol=1e-5, atol=1e-5)
+    for got, want in zip(harness.backend_gradients(loss(fused), [v, features, block]),
+                         harness.backend_gradients(loss(patches), [v, features, block])):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="XLA's buffer assignment: jax")
+def test_tiled_step_never_holds_all_the_kernels():
+    """XLA's compiled training step of the fused op (temp bytes, deterministic) stays below
+    the size of the whole kernel tensor, which the reference step holds (with its cotangent)."""
+    import jax
+
+    rng = np.random.default_rng(0)
+    k, a, f, b, s = 5, 8, 9, 4, 48
+    args = [jax.numpy.asarray(rng.standard_normal(shape), "float32")
+            for shape in ((b, s, s, 4, a), (b, s, s, f), (f, k * k * a))]
+    kernel_bytes = b * s * s * k * k * a * 4
+
+    def temp_bytes(fn):
+        step = jax.jit(jax.grad(lambda *x: jax.numpy.sum(fn(*x) ** 2), argnums=(0, 1, 2)))
+        return step.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    fused = temp_bytes(lambda *x: gops.generate_and_aggregate(*x, k, (1, 1)))
+    whole = temp_bytes(lambda *x: gops.generate_and_aggregate(*x, k, (1, 1), "shifts"))
+    assert whole > 2 * kernel_bytes
+    assert fused < kernel_bytes, (fused, kernel_bytes)
+
+
 def test_dispatched_layer_equals_reference_mode(opt_in_fast_paths):
     """Whatever aggregation the dispatch point picks agrees with the patch reference."""
     layer = E4Conv2D(4, 5, group="p4", reduction_ratio=1, slices=2)

@@ -201,6 +201,14 @@ class E4Conv2D(keras.layers.Layer):
 
         Entry `[b, y, x, i·k + j, σ·|G| + g]` is `K[σ, g, (y, x)][i, j]` of the spec.
         """
+        flat, block = self.generator_inputs(x)
+        shape = keras.ops.shape(flat)
+        return keras.ops.reshape(matmul_last(flat, block), (
+            shape[0], shape[1], shape[2], self.kernel_size**2, self.slices * self.order))
+
+    def generator_inputs(self, x):
+        """`(features, block)`: the kernels are `features @ block` (see `generate_kernels`);
+        features `(B, H', W', C_r·|G| + 1)`, the normalised reduced map and a column of ones."""
         n = self.order
         if self.strides > 1:
             x = keras.ops.average_pool(x, self.strides, self.strides, "same", "channels_last")
@@ -225,17 +233,13 @@ class E4Conv2D(keras.layers.Layer):
         block = keras.ops.concatenate([block, keras.ops.reshape(b, (1, -1))], axis=0)
         flat = keras.ops.reshape(t, (shape[0], shape[1], shape[2], self.reduced * n))
         ones = keras.ops.ones((shape[0], shape[1], shape[2], 1), dtype=flat.dtype)
-        flat = keras.ops.concatenate([flat, ones], axis=-1)
-        kappa = matmul_last(flat, block)
-        return keras.ops.reshape(
-            kappa, (shape[0], shape[1], shape[2], self.kernel_size**2, self.slices * n)
-        )
+        return keras.ops.concatenate([flat, ones], axis=-1), block
 
     def call(self, inputs):
         x = keras.ops.cast(inputs, self.compute_dtype)
         if self.data_format == "channels_first":
             x = keras.ops.transpose(x, (0, 2, 3, 1))
-        kernels = self.generate_kernels(x)
+        features, block = self.generator_inputs(x)
         encoder = keras.ops.reshape(keras.ops.cast(self.encoder_kernel, x.dtype), (1, 1, *self.encoder_kernel.shape))
         encoder = gops.group_kernel(encoder, self.group, self._one_by_one_table)
         encoder = gops.static_take(keras.ops.reshape(encoder, encoder.shape[2:]), self._encoder_columns, axis=1)
@@ -243,7 +247,8 @@ class E4Conv2D(keras.layers.Layer):
         n, slices, m = self.order, self.slices, self.filters // self.slices
         shape = keras.ops.shape(v)
         v = keras.ops.reshape(v, (shape[0], shape[1], shape[2], m, slices * n))
-        y = gops.aggregate(v, kernels, self.kernel_size, (self.strides, self.strides), self.implementation)
+        y = gops.generate_and_aggregate(v, features, block, self.kernel_size,
+                                        (self.strides, self.strides), self.implementation)
         shape = keras.ops.shape(y)
         y = keras.ops.reshape(y, (shape[0], shape[1], shape[2], m, slices, n))
         y = keras.ops.transpose(y, (0, 1, 2, 4, 3, 5))

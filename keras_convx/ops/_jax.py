@@ -105,3 +105,99 @@ def e4_aggregate(v, kernels, k, strides):
     if interpret is not None:
         return _pallas().aggregate_fn(k, tuple(strides), interpret)(v, kernels)
     return _jitted_aggregate(k, tuple(strides))(v, kernels)
+
+
+def _band_products(vp, kernels, r0, k, h, w):
+    """Σ_s vp[rows r0+i.., cols j..] · kernels[..., s, :]: one band of the stride-1
+    aggregation over the padded features `vp` (B, H+2p, W+2p, M, A)."""
+    out = None
+    for i in range(k):
+        for j in range(k):
+            term = vp[:, r0 + i:r0 + i + h, j:j + w] * kernels[:, :, :, i * k + j, None, :]
+            out = term if out is None else out + term
+    return out
+
+
+@functools.lru_cache(maxsize=128)
+def _tiled_generate_aggregate(k, rows):
+    """`generate_and_aggregate` at stride 1, `rows` output rows at a time in a `fori_loop`
+    (sequential, so one band's temporaries at a time): each band's kernels are generated,
+    used and dropped; the backward pass regenerates them band by band (one more
+    (F × k²·A) GEMM over the image) and writes both gradients out, so no tensor of all the
+    kernels, nor of their cotangent, ever exists. The image is padded to whole bands."""
+    p = (k - 1) // 2
+    jnp, lax = jax.numpy, jax.lax
+
+    def kernels_of(f, block):
+        b, h, w, _ = f.shape
+        return (f @ block).reshape(b, h, w, k * k, -1)
+
+    def padded(v, features):
+        """(vp, fp, bands): v with k−1 halo rows/columns and both padded to whole bands."""
+        extra = -features.shape[1] % rows
+        vp = jnp.pad(v, ((0, 0), (p, p + extra), (p, p), (0, 0), (0, 0)))
+        fp = jnp.pad(features, ((0, 0), (0, extra), (0, 0), (0, 0)))
+        return vp, fp, fp.shape[1] // rows
+
+    def band(x, r0, size):
+        return lax.dynamic_slice_in_dim(x, r0, size, axis=1)
+
+    @jax.custom_vjp
+    def op(v, features, block):
+        vp, fp, count = padded(v, features)
+        width = features.shape[2]
+
+        def body(b, y):
+            r0 = b * rows
+            kernels = kernels_of(band(fp, r0, rows), block)
+            out = _band_products(band(vp, r0, rows + 2 * p), kernels, 0, k, rows, width)
+            return lax.dynamic_update_slice_in_dim(y, out, r0, axis=1)
+
+        y = jnp.zeros((v.shape[0], count * rows, width, *v.shape[3:]), v.dtype)
+        return lax.fori_loop(0, count, body, y)[:, :features.shape[1]]
+
+    def forward(v, features, block):
+        return op(v, features, block), (v, features, block)
+
+    def backward(saved, dy):
+        v, features, block = saved
+        vp, fp, count = padded(v, features)
+        height, width = features.shape[1:3]
+        dy = jnp.pad(dy, ((0, 0), (0, count * rows - height), (0, 0), (0, 0), (0, 0)))
+
+        def body(b, carry):
+            dvp, dfp, dblock = carry
+            r0 = b * rows
+            f, g, vb = band(fp, r0, rows), band(dy, r0, rows), band(vp, r0, rows + 2 * p)
+            kernels, dvb, dkernels = kernels_of(f, block), jnp.zeros_like(vb), []
+            for i in range(k):
+                for j in range(k):
+                    dvb = dvb.at[:, i:i + rows, j:j + width].add(
+                        g * kernels[:, :, :, i * k + j, None, :])
+                    dkernels.append(jnp.sum(g * vb[:, i:i + rows, j:j + width], axis=3))
+            dkernels = jnp.stack(dkernels, axis=3).reshape(*f.shape[:3], -1)
+            dvp = lax.dynamic_update_slice_in_dim(
+                dvp, band(dvp, r0, rows + 2 * p) + dvb, r0, axis=1)
+            dfp = lax.dynamic_update_slice_in_dim(dfp, dkernels @ block.T, r0, axis=1)
+            return dvp, dfp, dblock + jnp.einsum("bhwf,bhwo->fo", f, dkernels)
+
+        dvp, dfp, dblock = lax.fori_loop(
+            0, count, body, (jnp.zeros_like(vp), jnp.zeros_like(fp), jnp.zeros_like(block)))
+        return dvp[:, p:p + height, p:p + width], dfp[:, :height], dblock
+
+    op.defvjp(forward, backward)
+    return jax.jit(op)
+
+
+@fast
+def e4_generate_aggregate(v, features, block, k, strides):
+    """E4 kernel generation + aggregation, on the CPU tiled by bands of rows with the kernels
+    regenerated in the backward pass (`_tiled_generate_aggregate`); at stride > 1, on a GPU
+    (not measured there) and with Pallas, the reference (whole kernel tensor, then the
+    `e4_aggregate` fast path)."""
+    if tuple(strides) != (1, 1) or _platform() != "cpu" or _pallas_mode() is not None:
+        kernels = (features @ block).reshape(*features.shape[:3], k * k, -1)
+        return e4_aggregate(v, kernels, k, strides)
+    batch, height, width, _ = features.shape
+    rows = gops.band_rows(batch, height, width, block.shape[-1], block.dtype.itemsize)
+    return _tiled_generate_aggregate(k, rows)(v, features, block)

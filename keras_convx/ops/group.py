@@ -22,6 +22,7 @@ import numpy as np
 
 from keras_convx import arguments
 from keras_convx.ops import dispatcher
+from keras_convx.ops.core import matmul_last
 from keras_convx.ops.core import static_take
 from keras_convx.ops.core import strided_slice
 from keras_convx.ops.core import window_slice
@@ -329,6 +330,38 @@ def aggregate(v, kernels, k, strides, implementation="auto"):
     if implementation == "shifts":
         return aggregate_shifts(v, kernels, k, strides)
     return dispatch("e4_aggregate", aggregate_shifts)(v, kernels, k, strides)
+
+
+def generate_and_aggregate(v, features, block, k, strides, implementation="auto"):
+    """E4's kernel generation fused with its aggregation.
+
+    The steered per-pixel kernels are `features @ block` (`features` (B, H', W', F): the
+    generator's normalised input with a column of ones; `block` (F, k²·A)), viewed as
+    (B, H', W', k², A); the result is `aggregate(v, kernels, k, strides)`. The reference
+    builds the whole kernel tensor (k²·A values per output pixel, ×6 the features at 8
+    fields); a backend's fast path (dispatch point `e4_generate_aggregate`) may instead
+    generate them one band of rows at a time and regenerate them in the backward pass
+    (`band_rows`), never holding them all.
+    """
+    def reference(v, features, block, k, strides):
+        shape = keras.ops.shape(features)
+        kernels = keras.ops.reshape(matmul_last(features, block),
+                                    (shape[0], shape[1], shape[2], k * k, block.shape[-1] // (k * k)))
+        return aggregate(v, kernels, k, strides, implementation)
+
+    strides = tuple(strides)
+    if implementation != "auto" or dispatcher.reference_only():
+        return reference(v, features, block, k, strides)
+    return dispatch("e4_generate_aggregate", reference)(v, features, block, k, strides)
+
+
+def band_rows(batch, height, width, per_pixel, itemsize=4, budget=2**19):
+    """Output rows per band of a tiled E4 aggregation: the band's kernels (batch · rows · width
+    · per_pixel values) within `budget` bytes, at least 2 rows. Measured on jax's CPU (batch
+    8, 8 fields, k 5, 32–128 px): 2-row bands ran fastest (the band's kernels stay in cache),
+    1-row bands 4–11× slower than 2-row ones (XLA handles a unit dimension differently)."""
+    per_row = max(1, batch * width * per_pixel * itemsize)
+    return int(min(height, max(2, budget // per_row)))
 
 
 # ------------------------------------------------------------------------------ group actions
