@@ -121,12 +121,16 @@ def test_shift_aggregation_equals_patch_reference(strides):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("band_bytes", [None, 64])
 @pytest.mark.parametrize("strides, size", [(1, (7, 5)), (1, (4, 9)), (2, (8, 6))])
-def test_generated_and_aggregated_equals_the_kernels_then_patches(strides, size):
-    """The fused generation + aggregation (on the jax CPU tiled by 2-row bands, kernels
-    regenerated in the backward pass; heights 7 and 9 leave a partial band) equals building
-    every kernel (`features @ block`) and the patch reference, forward and all three
-    gradients."""
+def test_generated_and_aggregated_equals_the_kernels_then_patches(strides, size, band_bytes,
+                                                                  monkeypatch):
+    """The fused generation + aggregation (on a CPU tiled by bands of rows, kernels
+    regenerated in the backward pass; `band_bytes=64` forces 2-row bands on every backend
+    that tiles, and heights 7 and 9 leave a partial band) equals building every kernel
+    (`features @ block`) and the patch reference, forward and all three gradients."""
+    if band_bytes is not None:
+        monkeypatch.setattr(gops, "E4_BAND_BYTES", band_bytes)
     rng = np.random.default_rng(8)
     k, (h, w), a, f = 3, size, 8, 5
     v = rng.standard_normal((2, h, w, 3, a)).astype("float32")
