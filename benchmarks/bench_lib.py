@@ -5,7 +5,7 @@ process, on the same inputs: `time_train_step` compiles (where the backend can) 
 that runs the layer forward, reduces to a scalar and takes gradients with respect to the
 input and every trainable weight; it warms up, then reports the median of repeated runs.
 
-- jax: `jax.jit` of `jax.grad` over `layer.stateless_call`.
+- jax: `jax.jit` of `jax.value_and_grad` over `layer.stateless_call` (as Keras' trainer).
 - tensorflow: `tf.function` (graph mode; `jit_compile=True` with `--tf-xla`) with a
   GradientTape.
 - torch: eager autograd (torch.compile on CPU is not used by `model.fit` by default).
@@ -47,14 +47,16 @@ def grad_step(loss, inputs, tf_xla=False):
     """A zero-argument function: one forward+backward pass of the scalar `loss(*inputs)`,
     with gradients w.r.t. every input; blocks until done.
 
-    - jax: `jax.jit` of `jax.grad` over all the inputs.
+    - jax: `jax.jit` of `jax.value_and_grad` over all the inputs (what Keras' JAX trainer
+      runs: the loss value is an output too, which changes what XLA keeps from the forward
+      pass; for E4's aggregation alone `jax.grad` and `value_and_grad` timed 10× apart).
     - tensorflow: `tf.function` (`jit_compile=tf_xla`) with a GradientTape.
     - torch: eager autograd (synchronised with the GPU when there is one).
     """
     if BACKEND == "jax":
         import jax
 
-        grad = jax.jit(jax.grad(loss, argnums=tuple(range(len(inputs)))))
+        grad = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(inputs)))))
         values = [jax.numpy.asarray(a) for a in inputs]
 
         def step():

@@ -42,32 +42,32 @@ BATCH, CHANNELS, WARMUP = 8, 32, 3
 CASES = {"e4": ["layer", "baseline"], "lpsc": ["layer", "dense", "pool", "baseline"]}
 
 
-def _factory(case, variant):
+def _factory(case, variant, channels=CHANNELS):
     import keras
 
     from keras_convx.layers import E4Conv2D, GroupConv2D, LogPolarConv2D
 
     if case == "e4":
         if variant == "layer":
-            return E4Conv2D(8, 5, group="p4", reduction_ratio=1, slices=2)
-        return GroupConv2D(8, 5, group="p4")
+            return E4Conv2D(channels // 4, 5, group="p4", reduction_ratio=1, slices=2)
+        return GroupConv2D(channels // 4, 5, group="p4")
     if variant == "baseline":
-        return keras.layers.Conv2D(32, 9, padding="same")
+        return keras.layers.Conv2D(channels, 9, padding="same")
     impl = "auto" if variant == "layer" else variant
-    return LogPolarConv2D(32, 9, rings=2, sectors=6, growth_rate=3.0, implementation=impl)
+    return LogPolarConv2D(channels, 9, rings=2, sectors=6, growth_rate=3.0, implementation=impl)
 
 
-def _model(case, variant, size, jit, seed=0):
+def _model(case, variant, size, jit, seed=0, channels=CHANNELS):
     """(compiled model, x, y, layer), x and y already device tensors."""
     import keras
     import numpy as np
 
-    inputs = keras.Input((size, size, CHANNELS))
-    layer = _factory(case, variant)
+    inputs = keras.Input((size, size, channels))
+    layer = _factory(case, variant, channels)
     model = keras.Model(inputs, layer(inputs))
     model.compile(optimizer=keras.optimizers.SGD(), loss="mse", jit_compile=jit)
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((BATCH, size, size, CHANNELS)).astype("float32")
+    x = rng.standard_normal((BATCH, size, size, channels)).astype("float32")
     y = rng.standard_normal((BATCH, *model.output_shape[1:])).astype("float32")
     return model, keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y), layer
 
@@ -125,34 +125,36 @@ def worker(args):
         print(json.dumps(None if None in (before, peak) else (peak - before) / 2**20))
         return
     rows = []
-    for size in args.sizes:
-        for case in args.cases:
-            variants = CASES[case]
-            built = {v: _model(case, v, size, jit) for v in variants}
-            for model, x, y, _ in built.values():
-                for _ in range(WARMUP):
-                    model.train_on_batch(x, y)
-            samples = {v: [] for v in variants}
-            for _ in range(args.repeats):  # interleaved rounds
-                for v, (model, x, y, _) in built.items():
-                    t0 = time.perf_counter()
-                    model.train_on_batch(x, y)
-                    samples[v].append((time.perf_counter() - t0) * 1e3)
-            ms = {v: statistics.median(s) for v, s in samples.items()}
-            peak = {v: None for v in variants}
-            if args.memory and gpu and backend == "torch":
-                peak = {v: _torch_peak_mb(m, x, y) for v, (m, x, y, _) in built.items()}
-            row = {"backend": backend, "device": device, "case": case, "size": size,
-                   "batch": BATCH, "layer_ms": ms["layer"], "baseline_ms": ms["baseline"],
-                   "ratio": ms["layer"] / ms["baseline"],
-                   "jit": str(built["layer"][0].jit_compile), "repeats": args.repeats,
-                   "keras": keras.__version__, "peak_mb": peak}
-            if case == "lpsc":
-                row.update(dense_ms=ms["dense"], pool_ms=ms["pool"],
-                           auto_path=built["layer"][3].resolved_implementation())
-            rows.append(row)
-            print(f"# {backend} {case} {size}: {ms}", file=sys.stderr, flush=True)
-            del built
+    for size, channels, case in [(s, c, case) for s in args.sizes for c in args.channels
+                                 for case in args.cases]:
+        variants = CASES[case]
+        built = {v: _model(case, v, size, jit, channels=channels) for v in variants}
+        for model, x, y, _ in built.values():
+            for _ in range(WARMUP):
+                model.train_on_batch(x, y)
+        samples = {v: [] for v in variants}
+        for _ in range(args.repeats):  # interleaved rounds
+            for v, (model, x, y, _) in built.items():
+                t0 = time.perf_counter()
+                model.train_on_batch(x, y)
+                samples[v].append((time.perf_counter() - t0) * 1e3)
+        ms = {v: statistics.median(s) for v, s in samples.items()}
+        peak = {v: None for v in variants}
+        if args.memory and gpu and backend == "torch":
+            peak = {v: _torch_peak_mb(m, x, y) for v, (m, x, y, _) in built.items()}
+        row = {"backend": backend, "device": device, "case": case, "size": size,
+               "channels": channels,
+               "batch": BATCH, "layer_ms": ms["layer"], "baseline_ms": ms["baseline"],
+               "ratio": ms["layer"] / ms["baseline"],
+               "jit": str(built["layer"][0].jit_compile), "repeats": args.repeats,
+               "keras": keras.__version__, "peak_mb": peak}
+        if case == "lpsc":
+            row.update(dense_ms=ms["dense"], pool_ms=ms["pool"],
+                       auto_path=built["layer"][3].resolved_implementation())
+        rows.append(row)
+        print(f"# {backend} {case} {size} px {channels} ch: {ms}", file=sys.stderr,
+              flush=True)
+        del built
     print(json.dumps({"backend": backend, "device": device, "gpu": gpu, "rows": rows}))
 
 
@@ -168,15 +170,16 @@ def _fmt(v, spec=".2f"):
 
 
 def render(rows):
-    head = ("| backend | device | case | size | layer ms | baseline ms | layer / baseline | "
+    head = ("| backend | device | case | size | channels | layer ms | baseline ms | layer / baseline | "
             "LPSC dense ms | LPSC pool ms | auto path | layer peak MB | baseline peak MB |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['backend']} | ERROR: {r['error']} |" + " |" * 10)
+            lines.append(f"| {r['backend']} | ERROR: {r['error']} |" + " |" * 11)
             continue
         lines.append(
-            f"| {r['backend']} | {r['device']} | {r['case']} | {r['size']} | {_fmt(r['layer_ms'])} | "
+            f"| {r['backend']} | {r['device']} | {r['case']} | {r['size']} | "
+            f"{r.get('channels', CHANNELS)} | {_fmt(r['layer_ms'])} | "
             f"{_fmt(r['baseline_ms'])} | **{_fmt(r['ratio'])}×** | {_fmt(r.get('dense_ms'))} | "
             f"{_fmt(r.get('pool_ms'))} | {r.get('auto_path', '—')} | "
             f"{_fmt(r['peak_mb']['layer'], '.0f')} | {_fmt(r['peak_mb']['baseline'], '.0f')} |")
@@ -188,6 +191,8 @@ def main():
     parser.add_argument("--backends", nargs="+", default=["jax", "torch"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[32, 64, 128])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--channels", nargs="+", type=int, default=[CHANNELS],
+                        help="input channels (E4: channels/4 p4 fields; LPSC: filters too)")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--out", default=".")
     parser.add_argument("--memory", action="store_true", help="peak device memory (GPU only)")
@@ -201,6 +206,7 @@ def main():
     if args.fast or os.environ.get("KERAS_CONVX_FAST", "0").lower() in ("1", "true", "yes"):
         args.sizes, args.repeats = [16, 24], 2
     common = ["--sizes", *map(str, args.sizes), "--repeats", str(args.repeats),
+              "--channels", *map(str, args.channels),
               "--cases", *args.cases]
     common += ["--memory"] * args.memory + ["--no-jit"] * args.no_jit
     rows = []

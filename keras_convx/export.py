@@ -158,7 +158,8 @@ def runtime(path):
 def _export_file(model, path, fmt):
     """Writes `path` (Keras' own exporter; LiteRT from JAX/PyTorch through TensorFlow)."""
     backend = keras.backend.backend()
-    if fmt == "onnx" and any(_needs_sliced_pooling(layer, backend) for layer in model.layers):
+    if fmt == "onnx" and any(_needs_sliced_pooling(layer, backend)
+                             for layer in graph.all_layers(model)):  # nested models' too
         model = graph.rewrite(model, _portable_pooling)
         model(np.zeros((1, *model.inputs[0].shape[1:]), "float32"))  # the exporter needs a call
     if fmt == "onnx" or backend == "tensorflow":

@@ -109,6 +109,14 @@ def rewrite(model, replace):
     new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
     for new, setter in post:
         setter(new)
+    # clone_model rebuilds a nested model without its own `trainable` flag (its layers keep
+    # theirs): restore it, nested models pairing up in model order.
+    nested = [[layer for layer in all_layers(m) if isinstance(layer, keras.Model)]
+              for m in (model, new_model)]
+    if len(nested[0]) == len(nested[1]):
+        for old, new in zip(*nested):
+            if new.trainable != old.trainable:
+                new.trainable = old.trainable
     return new_model
 
 

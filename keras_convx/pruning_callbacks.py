@@ -11,7 +11,7 @@ __all__ = ["Pruning", "SynapticPruning"]
 
 class _ScheduledPruning(keras.callbacks.Callback):
     """The schedule loop both pruning callbacks share: at each optimizer step `t` where
-    `schedule(t)` says so (before that step runs) `_update(t, target)` sets the masks; the
+    `schedule(t)` says so (before that step runs) `_update(target)` sets the masks; the
     step is the optimizer's `iterations`, read when training starts (so a restored run
     continues exactly); per-layer sparsity goes into the epoch logs."""
 
@@ -63,7 +63,8 @@ class Pruning(_ScheduledPruning):
 
     What it prunes: the layers of a `keras_convx.pruning.make_prunable` model (their
     granularity's units: entries, connections, channels or m of every n) and the connections
-    of every `SynapticConv2D`. At each step the schedule names (before that step runs), each
+    of every `SynapticConv2D` (so use it OR `SynapticPruning` on a model, not both: each
+    would set the synaptic masks). At each step the schedule names (before that step runs), each
     layer's masks are set so `schedule.sparsity_at(t)` of its units are pruned (with
     `keras_convx.pruning.update_masks`, and `keras_convx.pruning.prune` for the synaptic
     layers); the pruned weights and their optimizer slots are set to exactly zero and pruned
@@ -118,7 +119,7 @@ class Pruning(_ScheduledPruning):
                  verbose=0):
         super().__init__(schedule, verbose)
         if not callable(criterion):
-            arguments.choice("criterion", criterion, self.CRITERIA)
+            criterion = arguments.choice("criterion", criterion, self.CRITERIA)
         self.criterion = criterion
         self.scope = arguments.choice("scope", scope, pruning.SCOPES)
         self.normalization = pruning.check_normalization(normalization)
@@ -133,12 +134,25 @@ class Pruning(_ScheduledPruning):
                 "keras_convx.layers.SynapticConv2D; this model has none (convert its Conv2D "
                 "layers with keras_convx.pruning.make_synaptic(model), or make it prunable "
                 "with keras_convx.pruning.make_prunable and use criterion='magnitude').")
-        if self.criterion == "strength" and self._masked:
+        masked = [layer.name for layer in self._masked]
+        if self.criterion in ("strength", "kernel_l1") and self._masked:
             raise ValueError(
-                f"{self.name}: criterion='strength' is the synaptic strength of "
-                "SynapticConv2D connections; the make_prunable layers "
-                f"{[layer.name for layer in self._masked]} have none. Use "
+                f"{self.name}: criterion={self.criterion!r} scores SynapticConv2D "
+                f"connections; the make_prunable layers {masked} have none. Use "
                 "criterion='magnitude' or a callable.")
+        if callable(self.criterion) and self._masked and self._synaptic:
+            raise ValueError(
+                f"{self.name}: a callable criterion scores one kind of layer (it is called "
+                "as criterion(layer, attribute, values) for make_prunable layers and "
+                "criterion(layer) for SynapticConv2D); this model has both "
+                f"({masked} and {[layer.name for layer in self._synaptic]}). Use "
+                "criterion='magnitude'.")
+        whole = [layer.name for layer in self._masked if layer.granularity == "channel"]
+        if self.normalization == "channel" and whole:
+            raise ValueError(
+                f"{self.name}: normalization='channel' ranks units within their output "
+                f"channel; the layers {whole} prune whole channels. Use normalization=None "
+                "or 'layer'.")
         if not (self._masked or self._synaptic):
             raise ValueError(
                 f"{self.name} expects a model from keras_convx.pruning.make_prunable or one "

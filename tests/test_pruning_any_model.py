@@ -109,6 +109,12 @@ def test_a_model_with_both_kinds_is_pruned_whole_and_strength_names_what_it_cann
     assert pruning.sparsity(model)["total"] == pytest.approx(logs["sparsity"][-1])
     with pytest.raises(ValueError, match=r"make_prunable layers \['hidden'\] have none"):
         model.fit(x, y, verbose=0, callbacks=[callbacks.Pruning(ONE_UPDATE, "strength")])
+    # Refused when training starts, not at the first update: a criterion of one kind only.
+    with pytest.raises(ValueError, match="kernel_l1"):
+        model.fit(x, y, verbose=0, callbacks=[callbacks.Pruning(ONE_UPDATE, "KERNEL_L1")])
+    with pytest.raises(ValueError, match="callable criterion scores one kind"):
+        model.fit(x, y, verbose=0, callbacks=[
+            callbacks.Pruning(ONE_UPDATE, lambda layer, *rest: np.ones(1))])
     # SynapticPruning leaves the make_prunable layers to Pruning.
     fresh = _synaptic_model(2, dense_too=True)
     fresh.fit(x, y, batch_size=16, epochs=1, verbose=0,
@@ -223,8 +229,10 @@ def _inputs(data_format="channels_last"):
 def test_layers_inside_a_nested_model_are_made_prunable_saved_and_stripped(data_format,
                                                                           tmp_path):
     model = _nested(data_format)
+    model.get_layer("block").trainable = False  # a frozen nested model stays frozen
     x = _inputs(data_format)
     prunable = pruning.make_prunable(model)
+    assert prunable.get_layer("block").trainable is False
     names = {layer.name for layer in pruning.masked_layers(prunable)}
     assert names == {"stem", "inner_a", "inner_lp", "inner_b", "head"}
     np.testing.assert_array_equal(to_numpy(prunable(x)), to_numpy(model(x)))

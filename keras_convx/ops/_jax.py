@@ -107,13 +107,13 @@ def e4_aggregate(v, kernels, k, strides):
     return _jitted_aggregate(k, tuple(strides))(v, kernels)
 
 
-def _band_products(vp, kernels, r0, k, h, w):
-    """Σ_s vp[rows r0+i.., cols j..] · kernels[..., s, :]: one band of the stride-1
-    aggregation over the padded features `vp` (B, H+2p, W+2p, M, A)."""
+def _band_products(vp, kernels, k, h, w):
+    """Σ_s vp[rows i.., cols j..] · kernels[..., s, :]: one band of the stride-1 aggregation
+    over its padded features `vp` (B, h+2p, w+2p, M, A)."""
     out = None
     for i in range(k):
         for j in range(k):
-            term = vp[:, r0 + i:r0 + i + h, j:j + w] * kernels[:, :, :, i * k + j, None, :]
+            term = vp[:, i:i + h, j:j + w] * kernels[:, :, :, i * k + j, None, :]
             out = term if out is None else out + term
     return out
 
@@ -150,7 +150,7 @@ def _tiled_generate_aggregate(k, rows):
         def body(b, y):
             r0 = b * rows
             kernels = kernels_of(band(fp, r0, rows), block)
-            out = _band_products(band(vp, r0, rows + 2 * p), kernels, 0, k, rows, width)
+            out = _band_products(band(vp, r0, rows + 2 * p), kernels, k, rows, width)
             return lax.dynamic_update_slice_in_dim(y, out, r0, axis=1)
 
         y = jnp.zeros((v.shape[0], count * rows, width, *v.shape[3:]), v.dtype)
@@ -179,11 +179,13 @@ def _tiled_generate_aggregate(k, rows):
             dvp = lax.dynamic_update_slice_in_dim(
                 dvp, band(dvp, r0, rows + 2 * p) + dvb, r0, axis=1)
             dfp = lax.dynamic_update_slice_in_dim(dfp, dkernels @ block.T, r0, axis=1)
-            return dvp, dfp, dblock + jnp.einsum("bhwf,bhwo->fo", f, dkernels)
+            # the weight gradient summed over bands in float32 (one rounding at the end)
+            return dvp, dfp, dblock + jnp.einsum("bhwf,bhwo->fo", f, dkernels,
+                                                 preferred_element_type=jnp.float32)
 
-        dvp, dfp, dblock = lax.fori_loop(
-            0, count, body, (jnp.zeros_like(vp), jnp.zeros_like(fp), jnp.zeros_like(block)))
-        return dvp[:, p:p + height, p:p + width], dfp[:, :height], dblock
+        dvp, dfp, dblock = lax.fori_loop(0, count, body, (
+            jnp.zeros_like(vp), jnp.zeros_like(fp), jnp.zeros(block.shape, jnp.float32)))
+        return dvp[:, p:p + height, p:p + width], dfp[:, :height], dblock.astype(block.dtype)
 
     op.defvjp(forward, backward)
     return jax.jit(op)
@@ -192,10 +194,12 @@ def _tiled_generate_aggregate(k, rows):
 @fast
 def e4_generate_aggregate(v, features, block, k, strides):
     """E4 kernel generation + aggregation, on the CPU tiled by bands of rows with the kernels
-    regenerated in the backward pass (`_tiled_generate_aggregate`); at stride > 1, on a GPU
-    (not measured there) and with Pallas, the reference (whole kernel tensor, then the
-    `e4_aggregate` fast path)."""
-    if tuple(strides) != (1, 1) or _platform() != "cpu" or _pallas_mode() is not None:
+    regenerated in the backward pass (`_tiled_generate_aggregate`); at stride > 1, with a
+    symbolic size (jax.export), on a GPU (not measured there) and with Pallas, the reference
+    (whole kernel tensor, then the `e4_aggregate` fast path)."""
+    static = all(isinstance(d, int) for d in features.shape)  # not under shape polymorphism
+    if (tuple(strides) != (1, 1) or not static or _platform() != "cpu"
+            or _pallas_mode() is not None):
         kernels = (features @ block).reshape(*features.shape[:3], k * k, -1)
         return e4_aggregate(v, kernels, k, strides)
     batch, height, width, _ = features.shape

@@ -137,7 +137,7 @@ class _TiledGenerateAggregate(torch.autograd.Function):
         p, (height, width) = (k - 1) // 2, features.shape[1:3]
         vp = torch.nn.functional.pad(v, (0, 0, 0, 0, p, p, p, p))
         dvp, dfeatures = torch.zeros_like(vp), torch.empty_like(features)
-        dblock = torch.zeros_like(block)
+        dblock = torch.zeros(block.shape, dtype=torch.float32, device=block.device)
         for r0 in range(0, height, rows):
             r1 = min(height, r0 + rows)
             f, kernels = _band_kernels(features, block, r0, r1, k)
@@ -150,17 +150,20 @@ class _TiledGenerateAggregate(torch.autograd.Function):
                               out=dkernels[:, :, :, s])
             dkernels = dkernels.view(*f.shape[:3], -1)
             dfeatures[:, r0:r1] = dkernels @ block.T
-            dblock.add_(f.reshape(-1, f.shape[-1]).T @ dkernels.reshape(-1, dkernels.shape[-1]))
-        return dvp[:, p:p + height, p:p + width], dfeatures, dblock, None, None
+            # the weight gradient summed over bands in float32 (one rounding at the end)
+            dblock.add_(f.reshape(-1, f.shape[-1]).T.float()
+                        @ dkernels.reshape(-1, dkernels.shape[-1]).float())
+        return (dvp[:, p:p + height, p:p + width], dfeatures, dblock.to(block.dtype), None,
+                None)
 
 
 @register_fast_path(FAST_PATHS)  # not opt-in: nothing to compile
 def e4_generate_aggregate(v, features, block, k, strides):
     """E4 kernel generation + aggregation: on the CPU at stride 1 by bands of rows with the
-    kernels regenerated in the backward pass (`_TiledGenerateAggregate`); otherwise (CUDA,
-    stride > 1, torch.compile tracing) the whole kernel tensor, then `e4_aggregate`."""
+    kernels regenerated in the backward pass (`_TiledGenerateAggregate`); otherwise (a GPU or
+    other device, stride > 1, torch.compile tracing) the whole kernel tensor, then `e4_aggregate`."""
     v, features, block = (keras.ops.convert_to_tensor(t) for t in (v, features, block))
-    if v.is_cuda or tuple(strides) != (1, 1) or _traced(v):
+    if v.device.type != "cpu" or tuple(strides) != (1, 1) or _traced(v):
         kernels = (features @ block).view(*features.shape[:3], k * k, -1)
         return e4_aggregate(v, kernels, k, strides)
     # Eager torch runs ~3·k² operator calls per band: its bands are 8× jax's (measured at

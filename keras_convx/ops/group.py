@@ -361,7 +361,8 @@ E4_BAND_BYTES = 2**19
 
 def band_rows(batch, height, width, per_pixel, itemsize=4, budget=None):
     """Output rows per band of a tiled E4 aggregation: the band's kernels (batch · rows · width
-    · per_pixel values) within `budget` bytes (default `E4_BAND_BYTES`), at least 2 rows. Measured on jax's CPU (batch
+    · per_pixel values) within `budget` bytes (default `E4_BAND_BYTES`), at least 2 rows (or
+    the whole height, if smaller). Measured on jax's CPU (batch
     8, 8 fields, k 5, 32–128 px): 2-row bands ran fastest (the band's kernels stay in cache),
     1-row bands 4–11× slower than 2-row ones (XLA handles a unit dimension differently)."""
     per_row = max(1, batch * width * per_pixel * itemsize)

@@ -300,8 +300,13 @@ def mix_regions(pooled, kernel, center_kernel, groups=1):
 # - AVX-512 EPYC (Zen 5; convolutions ~4× faster, pooling ~2×): tensorflow (with its written
 #   pooling gradient) 13–50, torch (opt-in) 54–100 (dense measured faster at 16 and 64
 #   channels, pooling at 128); jax pools faster than dense at 16 and 64 channels on both.
+# - Re-measured 2026-12-05 on the AVX-512 machine in `fit`'s default mode (train_on_batch,
+#   batch 8, 9×9 (2,6,3), 16–128 channels, 32 and 64 px; benchmarks/RESULTS.md, "Log-polar
+#   auto"): tensorflow's pooling was faster at every point, 0.72–0.77× the dense path at 16
+#   channels and 0.42–0.48× at 32 (the fitted break-even ≈ 9), where the old 40 picked dense:
+#   now 12.
 # A backend without a fast pooling path always takes the dense path.
-POOL_COST = {"jax": 8.0, "tensorflow": 40.0, "torch": 60.0}
+POOL_COST = {"jax": 8.0, "tensorflow": 12.0, "torch": 60.0}
 
 # On a GPU the count model does not hold: at these sizes both paths are memory- and
 # launch-bound and their times grow alike with the channel count. Measured on an H100 (jax,
