@@ -130,7 +130,7 @@ def test_generated_and_aggregated_equals_the_kernels_then_patches(strides, size,
     that tiles, and heights 7 and 9 leave a partial band) equals building every kernel
     (`features @ block`) and the patch reference, forward and all three gradients."""
     if band_bytes is not None:
-        monkeypatch.setattr(gops, "E4_BAND_BYTES", band_bytes)
+        monkeypatch.setattr(gops, "BAND_BYTES", band_bytes)
     rng = np.random.default_rng(8)
     k, (h, w), a, f = 3, size, 8, 5
     v = rng.standard_normal((2, h, w, 3, a)).astype("float32")

@@ -155,6 +155,32 @@ def test_fast_path_equals_reference_forward_and_gradients(pooling, opt_in_fast_p
         np.testing.assert_allclose(fast_dw[name], ref_dw[name], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("band_bytes", [None, 64])
+@pytest.mark.parametrize("pooling", ["mean", "sum"])
+def test_stride_one_pool_path_equals_reference_forward_and_gradients(pooling, band_bytes,
+                                                                      monkeypatch):
+    """The stride-1 pooling + mixing (on the jax CPU by bands of rows, pooled maps made again in
+    the backward pass; `band_bytes=64` forces 2-row bands, and 9 rows leave a partial one)
+    agrees with the keras.ops reference, forward and gradients."""
+    if band_bytes is not None:
+        monkeypatch.setattr(ops.group, "BAND_BYTES", band_bytes)
+    layer = LogPolarConv2D(4, 5, rings=2, sectors=6, growth_rate=3.0, pooling=pooling,
+                           implementation="pool")
+    x = np.random.default_rng(6).standard_normal((2, 9, 7, 3)).astype("float32")
+    layer.build(x.shape)
+    cot = np.random.default_rng(7).standard_normal(layer.compute_output_shape(x.shape))
+    cot = cot.astype("float32")
+    fast_y = harness.to_numpy(layer(x))
+    fast_dx, fast_dw = harness.layer_gradients(layer, x, cot)
+    with ops.reference_mode():
+        ref_y = harness.to_numpy(layer(x))
+        ref_dx, ref_dw = harness.layer_gradients(layer, x, cot)
+    np.testing.assert_allclose(fast_y, ref_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fast_dx, ref_dx, rtol=1e-4, atol=1e-4)
+    for name in ref_dw:
+        np.testing.assert_allclose(fast_dw[name], ref_dw[name], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("pooling", ["mean", "sum"])
 @pytest.mark.parametrize("kernel_size, rings, sectors, g", [((5, 7), 3, 8, 2.0), (9, 2, 6, 3.0)])
 def test_written_pool_gradient_is_the_oracle_poolings_adjoint(pooling, kernel_size, rings, sectors, g):

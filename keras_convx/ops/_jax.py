@@ -81,12 +81,86 @@ def log_polar_region_max(x, pmatrix, kernel_size, strides, mode):
     return log_polar_region_pool(x, pmatrix, kernel_size, strides, mode)
 
 
+@functools.lru_cache(maxsize=128)
+def _tiled_pool_mix(offsets, kernel_size, mode, rows):
+    """Stride-1 region pooling ("mean"/"sum") and 1×1 mixing, `rows` output rows per
+    iteration of a `fori_loop`: each band's pooled maps (R' times the band's input) are made,
+    mixed and dropped; the backward pass pools the band again, then unpools its cotangent
+    (`lp.unpool_by_slices`) into the input gradient, halo rows adding up across bands. The
+    pooled tensor of the whole image never exists."""
+    kh, kw = kernel_size
+    jnp, lax = jax.numpy, jax.lax
+
+    def pool(xb):  # (B, rows + kh − 1, W_pad, C) → (B, rows, W, R'·C)
+        pooled = lp.pool_by_slices(xb, None, kernel_size, (1, 1), mode, offsets=offsets)
+        return pooled.reshape(*pooled.shape[:3], -1)
+
+    def padded(x):
+        extra = -(x.shape[1] - kh + 1) % rows
+        xp = jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0)))
+        return xp, (xp.shape[1] - kh + 1) // rows
+
+    def band(x, r0, size):
+        return lax.dynamic_slice_in_dim(x, r0, size, axis=1)
+
+    @jax.custom_vjp
+    def op(x, w):  # x padded (B, H + kh − 1, W + kw − 1, C); w (R'·C, F)
+        xp, count = padded(x)
+        width = x.shape[2] - kw + 1
+
+        def body(b, y):
+            out = pool(band(xp, b * rows, rows + kh - 1)) @ w
+            return lax.dynamic_update_slice_in_dim(y, out, b * rows, axis=1)
+
+        y = jnp.zeros((x.shape[0], count * rows, width, w.shape[-1]), x.dtype)
+        return lax.fori_loop(0, count, body, y)[:, :x.shape[1] - kh + 1]
+
+    def forward(x, w):
+        return op(x, w), (x, w)
+
+    def backward(saved, dy):
+        x, w = saved
+        xp, count = padded(x)
+        dy = jnp.pad(dy, ((0, 0), (0, count * rows - dy.shape[1]), (0, 0), (0, 0)))
+
+        def body(b, carry):
+            dxp, dw = carry
+            r0 = b * rows
+            pooled, g = pool(band(xp, r0, rows + kh - 1)), band(dy, r0, rows)
+            dpooled = (g @ w.T).reshape(*g.shape[:3], len(offsets), -1)
+            dxb = lp.unpool_by_slices(dpooled, offsets, kernel_size)
+            dxp = lax.dynamic_update_slice_in_dim(
+                dxp, band(dxp, r0, rows + kh - 1) + dxb, r0, axis=1)
+            # the weight gradient summed over bands in float32 (one rounding at the end)
+            return dxp, dw + jnp.einsum("bhwk,bhwf->kf", pooled, g,
+                                        preferred_element_type=jnp.float32)
+
+        dxp, dw = lax.fori_loop(0, count, body,
+                                (jnp.zeros_like(xp), jnp.zeros(w.shape, jnp.float32)))
+        return dxp[:, :x.shape[1]], dw.astype(w.dtype)
+
+    op.defvjp(forward, backward)
+    return jax.jit(op)
+
+
 @fast
 def log_polar_pool_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, groups):
-    """The jitted pooling then the mixing; with Pallas (opt-in, GPU) for stride 1, `groups=1`,
-    "mean"/"sum", one kernel that pools each tile in registers and mixes it."""
+    """Pooling then mixing. On the CPU at stride 1, `groups=1`, "mean"/"sum" and static
+    sizes: by bands of rows (`_tiled_pool_mix`), never holding the whole pooled tensor;
+    with Pallas (opt-in, GPU) for the same cases, one kernel that pools each tile in
+    registers and mixes it; otherwise the jitted pooling, then the mixing."""
     interpret = _pallas_mode()
-    if interpret is None or mode == "max" or groups != 1 or tuple(strides) != (1, 1):
+    simple = mode != "max" and groups == 1 and tuple(strides) == (1, 1)
+    if (interpret is None and simple and _platform() == "cpu"
+            and all(isinstance(d, int) for d in x.shape)):
+        w = lp.mixing_weights(kernel, center_kernel)
+        w = w.reshape(-1, w.shape[-1])
+        batch, _, width, channels = x.shape
+        offsets = lp.region_offsets(pmatrix)
+        rows = gops.band_rows(batch, x.shape[1] - kernel_size[0] + 1, width - kernel_size[1] + 1,
+                              len(offsets) * channels, x.dtype.itemsize)
+        return _tiled_pool_mix(offsets, tuple(kernel_size), mode, rows)(x, w)
+    if interpret is None or not simple:
         return lp.pool_then_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, groups)
     fn = _pallas().pool_mix_fn(lp.region_offsets(pmatrix), tuple(kernel_size), interpret)
     return fn(x, lp.mixing_weights(kernel, center_kernel))

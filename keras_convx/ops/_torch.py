@@ -168,7 +168,7 @@ def e4_generate_aggregate(v, features, block, k, strides):
         return e4_aggregate(v, kernels, k, strides)
     # Eager torch runs ~3·k² operator calls per band: its bands are 8× jax's (measured at
     # batch 8, 8 fields, k 5: 1 MiB bands 1.4-2.2× slower than 4 MiB ones at 64-128 px).
-    budget = 8 * gops.E4_BAND_BYTES
+    budget = 8 * gops.BAND_BYTES
     batch, height, width, _ = features.shape
     if batch * height * width * block.shape[-1] * block.element_size() <= 2 * budget:
         # small enough to hold: one band, and no regeneration in the backward pass

@@ -355,18 +355,20 @@ def generate_and_aggregate(v, features, block, k, strides, implementation="auto"
     return dispatch("e4_generate_aggregate", reference)(v, features, block, k, strides)
 
 
-# Bytes of one band's kernels in a tiled E4 aggregation (jax; torch's eager bands are 8×).
-E4_BAND_BYTES = 2**19
+# Bytes of one band's largest tensor in the tiled paths (E4's kernels, the log-polar pooled
+# maps) on jax; torch's eager E4 bands are 8× this.
+BAND_BYTES = 2**19
 
 
 def band_rows(batch, height, width, per_pixel, itemsize=4, budget=None):
-    """Output rows per band of a tiled E4 aggregation: the band's kernels (batch · rows · width
-    · per_pixel values) within `budget` bytes (default `E4_BAND_BYTES`), at least 2 rows (or
+    """Output rows per band of a tiled path (E4's generation + aggregation, the log-polar
+    pooling + mixing): the band's largest tensor (batch · rows · width · per_pixel values)
+    within `budget` bytes (default `BAND_BYTES`), at least 2 rows (or
     the whole height, if smaller). Measured on jax's CPU (batch
     8, 8 fields, k 5, 32–128 px): 2-row bands ran fastest (the band's kernels stay in cache),
     1-row bands 4–11× slower than 2-row ones (XLA handles a unit dimension differently)."""
     per_row = max(1, batch * width * per_pixel * itemsize)
-    budget = E4_BAND_BYTES if budget is None else budget
+    budget = BAND_BYTES if budget is None else budget
     return int(min(height, max(2, budget // per_row)))
 
 
