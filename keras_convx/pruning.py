@@ -33,6 +33,8 @@ from keras_convx.layers.synaptic import SynapticConv2D
 from keras_convx.prunable import make_prunable  # noqa: F401  (any model: keras_convx.prunable)
 from keras_convx.prunable import masked_layers  # noqa: F401
 from keras_convx.pruning_masks import SCOPES as MASK_SCOPES  # noqa: F401
+from keras_convx.pruning_masks import check_normalization
+from keras_convx.pruning_masks import mask_counts
 from keras_convx.pruning_masks import sparsity_report  # noqa: F401
 from keras_convx.pruning_masks import update_masks  # noqa: F401
 from keras_convx.ops import synaptic as syn
@@ -243,13 +245,6 @@ def check_criterion(criterion):
     return criterion
 
 
-def check_normalization(normalization):
-    if normalization not in syn.NORMALIZATIONS:
-        raise ValueError(f"Expected normalization to be one of {list(syn.NORMALIZATIONS)}. "
-                         f"Received: normalization={normalization!r}")
-    return normalization
-
-
 def prune(model, sparsity, scope="global", criterion="strength", layers=None,
           normalization=None):
     """Sets the connection masks so that `sparsity` of the connections are pruned (one shot).
@@ -309,9 +304,7 @@ def sparsity(model):
         per = int(np.prod(layer.kernel_size)) if masked else 1
         pruned, total = pruned + zeros * per, total + mask.size * per
     for layer in masked:
-        masks = [to_numpy(m) for m in layer.pruning_masks.values()]
-        zeros = sum(int(np.sum(m == 0)) for m in masks)
-        size = sum(m.size for m in masks)
+        zeros, size = mask_counts(layer)
         report[layer.name] = zeros / size if size else 0.0
         pruned, total = pruned + zeros, total + size
     report["total"] = pruned / total if total else 0.0

@@ -147,12 +147,7 @@ class Pruning(_ScheduledPruning):
                 "criterion(layer) for SynapticConv2D); this model has both "
                 f"({masked} and {[layer.name for layer in self._synaptic]}). Use "
                 "criterion='magnitude'.")
-        whole = [layer.name for layer in self._masked if layer.granularity == "channel"]
-        if self.normalization == "channel" and whole:
-            raise ValueError(
-                f"{self.name}: normalization='channel' ranks units within their output "
-                f"channel; the layers {whole} prune whole channels. Use normalization=None "
-                "or 'layer'.")
+        pruning.check_normalization(self.normalization, self._masked)
         if not (self._masked or self._synaptic):
             raise ValueError(
                 f"{self.name} expects a model from keras_convx.pruning.make_prunable or one "

@@ -11,11 +11,13 @@ import numpy as np
 from keras_convx import arguments
 from keras_convx import keras_compat
 from keras_convx.ops.core import to_numpy
+from keras_convx.ops.synaptic import NORMALIZATIONS
 from keras_convx.prunable import masked_layers
 from keras_convx.prunable import parse_granularity
 from keras_convx.prunable import prunable_weights
 
-__all__ = ["layer_scores", "sparsity_report", "update_masks"]
+__all__ = ["check_normalization", "layer_scores", "mask_counts", "sparsity_report",
+           "update_masks"]
 
 
 # -- masks -------------------------------------------------------------------------------------
@@ -99,7 +101,19 @@ def _keep_count(total, sparsity, round_to):
 SCOPES = ("layer", "global")
 
 
-NORMALIZATIONS = (None, "channel", "layer")
+def check_normalization(normalization, layers=()):
+    """`normalization` if it is one of `keras_convx.ops.synaptic.NORMALIZATIONS` and, for
+    "channel", none of the `make_prunable` `layers` prunes whole channels; ValueError
+    otherwise (before any mask changes)."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"Expected normalization to be one of {list(NORMALIZATIONS)}. "
+                         f"Received: normalization={normalization!r}")
+    whole = [layer.name for layer in layers if layer.granularity == "channel"]
+    if normalization == "channel" and whole:
+        raise ValueError("normalization='channel' ranks units within their output channel; "
+                         f"the layers {whole} prune whole channels (granularity "
+                         "'channel'). Use normalization=None or 'layer'.")
+    return normalization
 
 
 def update_masks(model, sparsity, criterion="magnitude", layers=None, scope="layer",
@@ -133,19 +147,11 @@ def update_masks(model, sparsity, criterion="magnitude", layers=None, scope="lay
     if not (criterion == "magnitude" or callable(criterion)):
         raise ValueError("Expected criterion to be 'magnitude' or a callable. "
                          f"Received: criterion={criterion!r}")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"Expected normalization to be one of {list(NORMALIZATIONS)}. "
-                         f"Received: normalization={normalization!r}")
     layers = list(layers) if layers is not None else masked_layers(model)
     if not layers:
         raise ValueError("Expected a model from keras_convx.pruning.make_prunable (it has no "
                          "prunable layer).")
-    if normalization == "channel":
-        whole = [layer.name for layer in layers if layer.granularity == "channel"]
-        if whole:
-            raise ValueError("normalization='channel' ranks units within their output channel; "
-                             f"the layers {whole} prune whole channels (granularity "
-                             "'channel'). Use normalization=None or 'layer'.")
+    check_normalization(normalization, layers)
     if scope == "global":
         kinds = {layer.granularity for layer in layers}
         if len(kinds) > 1 or ":" in next(iter(kinds)):
@@ -227,13 +233,17 @@ def _apply(layer, name, mask, optimizer):
             slot.assign(to_numpy(slot) * mask.astype(to_numpy(slot).dtype))
 
 
+def mask_counts(layer):
+    """`(pruned entries, entries)` over a `make_prunable` layer's masks."""
+    masks = [to_numpy(m) for m in layer.pruning_masks.values()]
+    return sum(int(np.sum(m == 0)) for m in masks), sum(m.size for m in masks)
+
+
 def sparsity_report(model):
     """`{layer name: pruned fraction of its prunable entries}` and `"total"`."""
     report, pruned, total = {}, 0, 0
     for layer in masked_layers(model):
-        masks = [to_numpy(m) for m in layer.pruning_masks.values()]
-        zeros = sum(int(np.sum(m == 0)) for m in masks)
-        size = sum(m.size for m in masks)
+        zeros, size = mask_counts(layer)
         report[layer.name] = zeros / size if size else 0.0
         pruned, total = pruned + zeros, total + size
     report["total"] = pruned / total if total else 0.0
