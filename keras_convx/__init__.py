@@ -22,6 +22,7 @@ from keras_convx import focus  # noqa: E402,F401
 from keras_convx import folding  # noqa: E402,F401
 from keras_convx import initializers  # noqa: E402,F401
 from keras_convx import layers  # noqa: E402,F401
+from keras_convx import multi_process  # noqa: E402,F401
 from keras_convx import ops  # noqa: E402,F401
 from keras_convx import pruning  # noqa: E402,F401
 from keras_convx import regularizers  # noqa: E402,F401

@@ -79,3 +79,86 @@ def optimizer_slots(optimizer, variable):
     prefix = variable.path.replace("/", "_") + "_"
     return [slot for slot in optimizer.variables
             if slot.name.startswith(prefix) and tuple(slot.shape) == tuple(variable.shape)]
+
+
+def batch_normalization_with_moments(moments, **kwargs):
+    """A `keras.layers.BatchNormalization(**kwargs)` whose batch moments (unmasked) come
+    from `moments(inputs, axes)`, e.g. moments all-reduced over `torch.distributed`
+    processes where Keras accepts `synchronized=True` on TensorFlow only.
+
+    Overrides `BatchNormalization._moments(inputs, mask)` (Keras 3's hook for the batch
+    statistics); the layer's variables, config and saved form are Keras' own."""
+
+    class _Moments(keras.layers.BatchNormalization):
+        def _moments(self, inputs, mask):
+            if mask is not None:
+                return super()._moments(inputs, mask)
+            rank = len(inputs.shape)
+            axes = [a for a in range(rank) if a != self.axis % rank]
+            return moments(inputs, axes)
+
+    return _Moments(**kwargs)
+
+
+def train_step_loss(model, x, y, y_pred, sample_weight):
+    """The loss of one training step, as Keras' own `train_step` computes and tracks it.
+
+    Calls `Trainer._compute_loss` (which passes `training=True` to a `compute_loss` that
+    takes it) and updates `Trainer._loss_tracker` with the batch size as weight: a train step
+    written for `DistributedDataParallel` reports the same "loss" as Keras' own."""
+    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
+                               training=True)
+    first = next(t for t in keras.tree.flatten(x) if t is not None)
+    model._loss_tracker.update_state(loss, sample_weight=first.shape[0])
+    return loss
+
+
+def jax_initialize_rng():
+    """Keras' `initialize_rng` for multi-process JAX (what `keras.distribution.initialize`
+    does after `jax.distributed.initialize`): one random seed for every process when none
+    was set, so that every process initialises the same weights."""
+    from keras.src.backend.jax import distribution_lib  # noqa: PLC0415
+
+    distribution_lib.initialize_rng()
+
+
+def fix_tensorflow_multi_worker(is_distributed_value):
+    """Make `model.fit` run under `tf.distribute.MultiWorkerMirroredStrategy` (Keras 3.15,
+    keras-team/keras#20585). Idempotent; changes nothing for other strategies.
+
+    Two places of `keras.src.backend.tensorflow.trainer` pass a structure Keras'
+    multi-worker path cannot take: `TensorFlowTrainer._maybe_symbolic_build` reduces the
+    whole `(x, y)` batch at once (the collective strategy reduces one value at a time: here
+    each leaf is reduced), and `reduce_per_replica` reduces the step's scalar logs with
+    `axis=0` (here `axis=None`, the mean over replicas). `is_distributed_value(v)`: whether
+    `v` is a `tf.distribute.DistributedValues` (the caller imports TensorFlow)."""
+    from keras.src import tree  # noqa: PLC0415
+    from keras.src.backend.tensorflow import trainer  # noqa: PLC0415
+
+    if getattr(trainer, "_keras_convx_multi_worker", False):
+        return
+    reduce_per_replica = trainer.reduce_per_replica
+    symbolic_build = trainer.TensorFlowTrainer._maybe_symbolic_build
+
+    def is_multi_worker(strategy):
+        return trainer._collective_all_reduce_multi_worker(strategy)
+
+    def fixed_reduce(values, strategy, reduction):
+        if reduction in ("auto", "mean") and is_multi_worker(strategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return reduce_per_replica(values, strategy, reduction)
+
+    def fixed_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if strategy is None or iterator is None or not is_multi_worker(strategy):
+            return symbolic_build(self, iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            batch = tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None)
+                if is_distributed_value(v) else v, next(it))
+            break
+        return symbolic_build(self, data_batch=batch)
+
+    trainer.reduce_per_replica = fixed_reduce
+    trainer.TensorFlowTrainer._maybe_symbolic_build = fixed_build
+    trainer._keras_convx_multi_worker = True

@@ -32,50 +32,11 @@ if BACKEND == "tensorflow":
 import keras  # noqa: E402
 
 from keras_convx import callbacks  # noqa: E402
-from keras_convx import layers  # noqa: E402
 from keras_convx import pruning  # noqa: E402
 from keras_convx import training  # noqa: E402
-
-BATCH = 16  # global batch: 4 per device
-
-
-def every_family_model():
-    """Every layer family: one shared FilterBasis (with the globally normalised
-    orthonormality penalty), synaptic masks, group batch norm; the group layers in
-    channels_first, the others in channels_last."""
-    basis = layers.FilterBasis(4, 3, name="basis")
-    layers.apply_global_orthonormal([basis], 1.0)
-    inputs = keras.Input((12, 12, 1))
-    x = layers.LogPolarConv2D(6, 5, rings=2, sectors=4, growth_rate=2.0)(inputs)
-    x = layers.SharedBasisConv2D(6, basis, unique_bases=1, activation="relu",
-                                 basis_bn_synchronized=True)(x)
-    x = layers.SharedBasisConv2D(6, basis, unique_bases=1, activation="relu",
-                                 basis_bn_synchronized=True)(x)
-    x = layers.DiffusionConv2D(kernel_size=3, stable=True)(x)
-    x = layers.SynapticConv2D(8, 3, strides=2, padding="same", activation="relu",
-                              name="synaptic")(x)
-    # The group layers run channels_first (both data formats are trained distributed).
-    df = "channels_first"
-    x = keras.layers.Permute((3, 1, 2))(x)
-    x = layers.GroupLiftConv2D(2, 3, group="p4", padding="same", data_format=df)(x)
-    x = layers.GroupBatchNormalization(group="p4", synchronized=True, data_format=df,
-                                       name="group_bn")(x)
-    x = keras.layers.ReLU()(x)
-    x = layers.E4Conv2D(2, 3, group="p4", reduction_ratio=1, slices=2, data_format=df)(x)
-    x = layers.GroupConv2D(2, 3, group="p4", padding="same", activation="relu",
-                           data_format=df)(x)
-    x = layers.GroupPooling(group="p4", data_format=df)(x)
-    x = keras.layers.GlobalAveragePooling2D(data_format=df)(x)
-    outputs = keras.layers.Dense(5)(x)
-    return keras.Model(inputs, outputs)
-
-
-def data(seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((2 * BATCH, 12, 12, 1)).astype("float32")
-    y = rng.integers(0, 5, 2 * BATCH).astype("int32")
-    return x, y
-
+from tests.family_model import BATCH  # noqa: E402  (global batch: 4 per device)
+from tests.family_model import data  # noqa: E402
+from tests.family_model import every_family_model  # noqa: E402
 
 _STRATEGY = {}
 

@@ -110,7 +110,7 @@ def test_leaf_modules_import_nothing_of_keras_convx():
 
 ABOVE_LAYERS = ("graph", "focus", "folding", "applications", "training", "callbacks",
                 "pruning", "prunable", "pruning_masks", "pruning_callbacks", "compaction", "analysis", "export",
-                "demo")
+                "demo", "multi_process")
 
 
 def _reaches(imported, name, names):

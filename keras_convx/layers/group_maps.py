@@ -10,6 +10,7 @@ import keras
 from keras_convx import arguments
 from keras_convx._registry import register
 from keras_convx.layers import _common
+from keras_convx.ops import core as ops_core
 from keras_convx.ops import group as gops
 
 
@@ -45,9 +46,11 @@ class GroupBatchNormalization(keras.layers.Layer):
         scale: bool, learn `gamma`.
         data_format: `"channels_last"` or `"channels_first"`; default
             `keras.config.image_data_format()`.
-        synchronized: bool. Under `tf.distribute` (TensorFlow), compute the batch statistics
-            over all replicas' batches (one all-reduce per step) instead of each replica's
-            own, as `keras.layers.BatchNormalization(synchronized=True)` does. JAX's
+        synchronized: bool. In data-parallel training, compute the batch statistics over
+            all replicas' batches (one all-reduce per step) instead of each replica's own:
+            under `tf.distribute` (TensorFlow, as `keras.layers.BatchNormalization(
+            synchronized=True)`) and under `torch.distributed` (PyTorch with
+            `DistributedDataParallel`, see `keras_convx.multi_process`). JAX's
             `keras.distribution.DataParallel` always uses the global batch; elsewhere no
             effect.
         beta_initializer, gamma_initializer, moving_mean_initializer,
@@ -175,10 +178,9 @@ class GroupBatchNormalization(keras.layers.Layer):
         fields = gops.split_fields(keras.ops.cast(inputs, "float32"), self.order, self.data_format)
         axes = (0, 1, 2, 4) if self.data_format == "channels_last" else (0, 2, 3, 4)
         if training and self.trainable:
-            # only TensorFlow's moments all-reduce (and the others reject the flag); JAX's
-            # DataParallel computes global statistics anyway
-            synchronized = self.synchronized and keras.backend.backend() == "tensorflow"
-            mean, variance = keras.ops.moments(fields, axes=axes, synchronized=synchronized)
+            # all-reduced under tf.distribute / torch.distributed; JAX's DataParallel
+            # computes global statistics anyway
+            mean, variance = ops_core.moments(fields, axes, synchronized=self.synchronized)
             self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
             self.moving_variance.assign(
                 self.moving_variance * self.momentum + variance * (1.0 - self.momentum)

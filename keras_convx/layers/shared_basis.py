@@ -4,15 +4,19 @@ The basis it combines, `FilterBasis`, and `apply_global_orthonormal` are in
 `keras_convx.layers.filter_basis` (importable from here too).
 """
 
+import functools
+
 import keras
 from keras import ops
 
+from keras_convx import keras_compat
 from keras_convx._registry import register
 from keras_convx.layers import _common
 from keras_convx.layers._conv_base import BaseConv2D
 from keras_convx.layers.filter_basis import FilterBasis
 from keras_convx.layers.filter_basis import apply_global_orthonormal  # noqa: F401
 from keras_convx.layers.filter_basis import deserialize_basis
+from keras_convx.ops import core as ops_core
 from keras_convx.ops import shared_basis as sb
 from keras_convx.ops.core import conv2d
 
@@ -51,11 +55,13 @@ class SharedBasisConv2D(BaseConv2D):
         implementation: `"auto"`, `"basis_first"` or `"kernel_first"`.
         basis_bn_momentum, basis_bn_epsilon: of the basis batch norm (defaults 0.9 and 1e-5,
             PyTorch's 0.1 / 1e-5 as in the official code).
-        basis_bn_synchronized: bool (default False). Under `tf.distribute` (TensorFlow),
-            the basis batch norm's statistics come from all replicas' batches (one all-reduce
-            per step), as `keras.layers.BatchNormalization(synchronized=True)`; JAX's
-            `keras.distribution.DataParallel` always uses the global batch; elsewhere no
-            effect, so a config saved with it loads on every backend.
+        basis_bn_synchronized: bool (default False). In data-parallel training, the basis
+            batch norm's statistics come from all replicas' batches (one all-reduce per
+            step): under `tf.distribute` (TensorFlow, as `keras.layers.BatchNormalization(
+            synchronized=True)`) and under `torch.distributed` (PyTorch with
+            `DistributedDataParallel`); JAX's `keras.distribution.DataParallel` always uses
+            the global batch; elsewhere no effect, so a config saved with it loads on every
+            backend.
         kernel_initializer: for the unique basis and the coefficients (default He normal
             with fan_out, as the official code).
         bias_initializer, kernel_regularizer, bias_regularizer, activity_regularizer,
@@ -130,17 +136,18 @@ class SharedBasisConv2D(BaseConv2D):
                                                      basis_bn_synchronized)
         self.basis_bn = None
         if self.basis_batch_norm:
-            self.basis_bn = keras.layers.BatchNormalization(
-                axis=_common.channel_axis(self.data_format),
-                momentum=self.basis_bn_momentum,
-                epsilon=self.basis_bn_epsilon,
-                # Keras refuses synchronized=True off TensorFlow; the setting is kept in
-                # this layer's config either way.
-                synchronized=(self.basis_bn_synchronized
-                              and keras.backend.backend() == "tensorflow"),
-                dtype=self.dtype_policy,
-                name="basis_bn",
-            )
+            options = dict(axis=_common.channel_axis(self.data_format),
+                           momentum=self.basis_bn_momentum, epsilon=self.basis_bn_epsilon,
+                           dtype=self.dtype_policy, name="basis_bn")
+            if self.basis_bn_synchronized and keras.backend.backend() == "tensorflow":
+                self.basis_bn = keras.layers.BatchNormalization(synchronized=True, **options)
+            elif self.basis_bn_synchronized and keras.backend.backend() == "torch":
+                # Keras refuses synchronized=True off TensorFlow: the same batch norm with
+                # its moments summed over the torch.distributed processes.
+                self.basis_bn = keras_compat.batch_normalization_with_moments(
+                    functools.partial(ops_core.moments, synchronized=True), **options)
+            else:
+                self.basis_bn = keras.layers.BatchNormalization(**options)
 
     @property
     def rank(self):

@@ -1,5 +1,7 @@
 """Small `keras.ops` building blocks shared by every layer family."""
 
+import math
+
 import keras
 import numpy as np
 
@@ -180,3 +182,30 @@ def replicas_in_sync():
     is reported). JAX's `keras.distribution` computes one global loss: 1 there, as on torch.
     """
     return dispatcher.backend_query("replicas_in_sync", 1)
+
+
+def moments(x, axes, synchronized=False):
+    """Mean and variance of `x` over `axes` (removed), as `keras.ops.moments`.
+
+    With `synchronized=True` the statistics cover the whole global batch of a data-parallel
+    step: under `tf.distribute` through Keras' own all-reduce (`keras.ops.moments(...,
+    synchronized=True)`); under `torch.distributed` (a process group of more than one
+    process, e.g. `DistributedDataParallel` training) the per-process sums, sums of squares
+    and counts are summed by torch's differentiable `all_reduce`, so the gradients flow
+    through the global statistics; JAX's `keras.distribution` computes on global arrays, so
+    its plain moments are already global. Elsewhere the local moments.
+    """
+    if not synchronized or keras.backend.backend() == "jax":
+        return keras.ops.moments(x, axes=axes)
+    if keras.backend.backend() == "tensorflow":
+        return keras.ops.moments(x, axes=axes, synchronized=True)
+    if dispatcher.backend_query("process_count", 1) == 1:
+        return keras.ops.moments(x, axes=axes)
+    shape = keras.ops.shape(x)
+    total = keras.ops.sum(x, axis=axes)
+    squares = keras.ops.sum(keras.ops.square(x), axis=axes)
+    count = keras.ops.full_like(total, math.prod(shape[a] for a in axes))
+    summed = dispatcher.backend_query("cross_process_sum", None,
+                                      args=(keras.ops.stack([total, squares, count]),))
+    mean = summed[0] / summed[2]
+    return mean, keras.ops.maximum(summed[1] / summed[2] - keras.ops.square(mean), 0.0)

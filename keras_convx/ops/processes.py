@@ -1,0 +1,142 @@
+"""The engines' own multi-process machinery, one function per engine call.
+
+`keras_convx.multi_process` validates and documents; this module makes the calls (the
+backends are imported here, lazily, only the one in use): `jax.distributed.initialize`,
+`torch.distributed.init_process_group` with `DistributedDataParallel`, and
+`tf.distribute.MultiWorkerMirroredStrategy` configured by `TF_CONFIG`.
+"""
+
+import datetime
+import faulthandler
+import json
+import os
+import sys
+
+import keras
+
+
+def join_jax(coordinator, num_processes, process_id, timeout):
+    """`jax.distributed.initialize` (the call `keras.distribution.initialize` makes), with
+    its `initialization_timeout`: a process that cannot reach its peers fails, never hangs."""
+    import jax  # noqa: PLC0415
+
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id, initialization_timeout=int(timeout))
+
+
+def join_torch(coordinator, num_processes, process_id, timeout, backend=None):
+    """`torch.distributed.init_process_group` over TCP (gloo on CPU, nccl with CUDA)."""
+    import torch  # noqa: PLC0415
+
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(
+        backend, init_method=f"tcp://{coordinator}", world_size=num_processes,
+        rank=process_id, timeout=datetime.timedelta(seconds=timeout))
+
+
+def join_tensorflow(addresses, process_id, timeout):
+    """A `tf.distribute.MultiWorkerMirroredStrategy` over `addresses` (written to
+    `TF_CONFIG`, TensorFlow's cluster description), collectives bounded by `timeout`."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": list(addresses)},
+                                          "task": {"type": "worker", "index": process_id}})
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=float(timeout))
+    # The constructor waits for every worker with no deadline, holding the interpreter
+    # lock (TensorFlow 2.21 enforces none while the service leader waits for the others),
+    # so nothing in Python can interrupt it: past `timeout`, the standard library's
+    # faulthandler watchdog prints where it waited and ends the process (exit status 1).
+    sys.stderr.write(
+        f"keras_convx.multi_process: waiting up to {timeout:g} s for the workers "
+        f"{list(addresses)}; a worker still waiting then exits with its traceback.\n")
+    faulthandler.dump_traceback_later(timeout, exit=True)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def is_tensorflow_distributed_value(value):
+    """Whether `value` is a `tf.distribute.DistributedValues` (e.g. a `PerReplica`)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    return isinstance(value, tf.distribute.DistributedValues)
+
+
+def process_index(backend=None):
+    """This process' index in the job (0 on a single process)."""
+    backend = backend or keras.backend.backend()
+    if backend == "jax":
+        import jax  # noqa: PLC0415
+
+        return jax.process_index()
+    if backend == "torch":
+        import torch  # noqa: PLC0415
+
+        distributed = torch.distributed
+        return distributed.get_rank() if distributed.is_initialized() else 0
+    resolver = _tensorflow_cluster()
+    return int(resolver.task_id or 0) if resolver is not None else 0
+
+
+def process_count(backend=None):
+    """How many processes train together (1 on a single process)."""
+    backend = backend or keras.backend.backend()
+    if backend == "jax":
+        import jax  # noqa: PLC0415
+
+        return jax.process_count()
+    if backend == "torch":
+        import torch  # noqa: PLC0415
+
+        distributed = torch.distributed
+        return distributed.get_world_size() if distributed.is_initialized() else 1
+    resolver = _tensorflow_cluster()
+    if resolver is None:
+        return 1
+    return len(resolver.cluster_spec().as_dict().get("worker", [])) or 1
+
+
+def _tensorflow_cluster():
+    """TensorFlow's reading of `TF_CONFIG` (what a MultiWorkerMirroredStrategy joins), or
+    None without one."""
+    if not os.environ.get("TF_CONFIG"):
+        return None
+    import tensorflow as tf  # noqa: PLC0415
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    return resolver if resolver.task_type else None
+
+
+def torch_process_group_size():
+    """The world size of torch's default process group, 0 when none is initialised."""
+    import torch  # noqa: PLC0415
+
+    distributed = torch.distributed
+    return distributed.get_world_size() if distributed.is_initialized() else 0
+
+
+def torch_data_parallel(module, options):
+    """`torch.nn.parallel.DistributedDataParallel(module, **options)`."""
+    import torch  # noqa: PLC0415
+
+    return torch.nn.parallel.DistributedDataParallel(module, **options)
+
+
+def torch_no_grad():
+    import torch  # noqa: PLC0415
+
+    return torch.no_grad()
+
+
+def torch_sum_over_processes(values):
+    """Each tensor summed over the processes (`torch.distributed.all_reduce`), as copies."""
+    import torch  # noqa: PLC0415
+
+    summed = []
+    for value in values:
+        copy = value.detach().clone()
+        torch.distributed.all_reduce(copy)
+        summed.append(copy)
+    return summed

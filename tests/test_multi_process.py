@@ -1,0 +1,195 @@
+"""Multi-process training through each engine's own machinery equals single-process
+training on the same global batches (tests/multi_process.py, real processes on localhost):
+JAX `jax.distributed` (2 processes × 2 CPU devices, `DataParallel`), TensorFlow
+`MultiWorkerMirroredStrategy` (2 workers), PyTorch `torch.distributed` (gloo) with
+`DistributedDataParallel`. Weights, batch-norm statistics, masks, penalty and losses of the
+every-family model and of the same model inside `PairwiseConsistency`; the chief's
+checkpoint restores on one process; bad set-ups fail fast with a clear error.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from keras_convx import multi_process
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKEND = keras.backend.backend()
+LIMIT = 600  # seconds for a whole run; each process is killed past it
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _addresses(world):
+    ports = _free_ports(world)
+    if BACKEND != "tensorflow":
+        ports = ports[:1]  # the coordinator's
+    return ",".join(f"localhost:{p}" for p in ports)
+
+
+def _launch(out, world, rank=0, addresses="", timeout=120):
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("XLA_FLAGS", None)
+    env.pop("TF_CONFIG", None)
+    command = [sys.executable, "-m", "tests.multi_process", "--out", str(out),
+               "--world", str(world), "--rank", str(rank), "--timeout", str(timeout)]
+    if addresses:
+        command += ["--addresses", addresses]
+    log = open(os.path.join(out, f"log_{world}_{rank}.txt"), "w")
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_all(procs, limit):
+    """Wait for every process; kill them all (and say so) past `limit` seconds or as soon
+    as one fails, so that no process outlives the test."""
+    deadline = time.monotonic() + limit
+    try:
+        while any(p.poll() is None for p in procs):
+            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    return [p.returncode for p in procs]
+
+
+def _log(out, world, rank):
+    with open(os.path.join(out, f"log_{world}_{rank}.txt")) as handle:
+        return handle.read()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("multi_process")
+    addresses = _addresses(2)
+    procs = [_launch(out, 2, rank, addresses) for rank in (0, 1)] + [_launch(out, 1)]
+    codes = _wait_all(procs, LIMIT)
+    for (world, rank), code in zip(((2, 0), (2, 1), (1, 0)), codes):
+        assert code == 0, (world, rank, code, _log(out, world, rank))
+
+    def load(world, rank):
+        stem = os.path.join(out, f"world{world}_rank{rank}")
+        with open(stem + ".json") as handle:
+            return dict(np.load(stem + ".npz")), json.load(handle)
+
+    return {"out": out, "single": load(1, 0), "ranks": [load(2, 0), load(2, 1)]}
+
+
+def _largest(a, b, prefix):
+    keys = [k for k in a if k.startswith(prefix)]
+    assert keys, prefix
+    return max(float(np.max(np.abs(a[k] - b[k]))) for k in keys)
+
+
+def test_two_processes_train_as_one(run):
+    single_arrays, single = run["single"]
+    for arrays, report in run["ranks"]:
+        assert report["process_count"] == 2
+        if BACKEND == "jax":
+            assert report["devices"] == 4  # 2 processes × 2 local devices
+        assert _largest(single_arrays, arrays, "weights_") < 1e-5
+        assert _largest(single_arrays, arrays, "group_bn_") < 1e-5  # synchronized statistics
+        assert np.array_equal(single_arrays["mask"], arrays["mask"])
+        assert float(np.mean(arrays["mask"] == 0)) == 0.5  # the callback pruned, once
+        assert abs(report["loss"] - single["loss"]) < 1e-5  # the global batch's loss
+        assert abs(report["regularization"] - single["regularization"]) < 1e-6
+        assert _largest(single_arrays, arrays, "pairwise_") < 1e-5
+        for key in ("loss", "erased_loss", "consistency", "erased_area"):
+            assert abs(report[f"pairwise_{key}"] - single[f"pairwise_{key}"]) < 1e-5, key
+
+
+def test_the_processes_hold_identical_state(run):
+    (a, _), (b, _) = run["ranks"]
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert [report["chief"] for _, report in run["ranks"]] == [True, False]
+
+
+def test_the_chief_checkpoint_restores_on_one_process(run):
+    path = os.path.join(run["out"], "model_2.keras")
+    assert os.path.exists(path)
+    assert not [f for f in os.listdir(run["out"]) if f.endswith(".keras") and "model_" not in f]
+    restored = keras.saving.load_model(path)
+    arrays, _ = run["ranks"][0]
+    for i, w in enumerate(restored.get_weights()):
+        np.testing.assert_array_equal(w, arrays[f"weights_{i}"])
+
+
+def test_a_missing_process_fails_within_the_timeout(tmp_path):
+    # One process of two: the engine's own deadline (5 s) ends it, with its error.
+    start = time.monotonic()
+    codes = _wait_all([_launch(tmp_path, 2, 0, _addresses(2), timeout=5)], 120)
+    assert codes[0] != 0
+    assert time.monotonic() - start < 120
+    assert "world2_rank0.json" not in os.listdir(tmp_path)
+    log = _log(tmp_path, 2, 0).lower()
+    assert any(word in log for word in ("deadline", "timed out", "timeout")), log
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ((None, 2, 0), "job_addresses"),
+    (("localhost", 2, 0), "host:port"),
+    (("localhost:99999", 2, 0), "host:port"),
+    (("localhost:1234,localhost:1235", 3, 0), "lists 2 processes"),
+    (("localhost:1234", 2, 2), "process_id"),
+    (("localhost:1234", 2, None), "process_id"),
+    (("localhost:1234", 0, 0), "num_processes"),
+])
+def test_bad_set_ups_are_refused_before_anything_starts(arguments, message, monkeypatch):
+    for name in multi_process.ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match=message):
+        multi_process.initialize(*arguments)
+
+
+def test_a_port_in_use_is_refused():
+    with socket.socket() as taken:
+        taken.bind(("localhost", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        addresses = f"localhost:{port}" + (f",localhost:{port + 1}"
+                                           if BACKEND == "tensorflow" else "")
+        with pytest.raises(ValueError, match="in use"):
+            multi_process.initialize(addresses, 2, 0, timeout=5)
+
+
+def test_tensorflow_needs_every_address():
+    if BACKEND != "tensorflow":
+        pytest.skip("JAX and PyTorch take the coordinator's address alone")
+    with pytest.raises(ValueError, match="every process"):
+        multi_process.initialize("localhost:1234", 2, 0)
+
+
+def test_distributed_data_parallel_refuses_what_it_cannot_train():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    if BACKEND != "torch":
+        with pytest.raises(ValueError, match="DataParallel|strategy"):
+            multi_process.distributed_data_parallel(model)
+        return
+    with pytest.raises(ValueError, match="process group"):
+        multi_process.distributed_data_parallel(model)
+    with pytest.raises(TypeError, match="keras.Model"):
+        multi_process.distributed_data_parallel(keras.layers.Dense(2))
+
+
+def test_one_process_is_its_own_chief():
+    assert multi_process.process_count() == 1
+    assert multi_process.is_chief()
