@@ -42,12 +42,17 @@ def test_there_are_guides_and_examples():
 #   tests do on all three backends; its own run (training, timing, plot) is shown once, on
 #   the backend its "Run:" line names;
 # - the any-model pruning guide's steps (make_prunable, the schedule, strip, compact) are
-#   swept by tests/test_prunable.py on every backend; its run is shown once, on torch.
+#   swept by tests/test_prunable.py on every backend; its run is shown once, on torch;
+# - the multi-process guide's three routes are tests/test_multi_process.py's, on every
+#   backend; its run is shown once, on torch.
 RUNS_ON = {
     "guides/distributed_training.py": ("jax", "tensorflow"),
     "guides/export_and_deploy.py": ("torch",),
     # tests/test_prunable.py runs every step of it on all three backends
     "guides/pruning_any_model.py": ("torch",),
+    # tests/test_multi_process.py trains the every-family model over processes on all
+    # three backends; the guide's run (digits, the control, the plot) is shown once
+    "guides/multi_process_training.py": ("torch",),
 }
 
 
