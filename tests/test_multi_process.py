@@ -55,13 +55,14 @@ def _launch(out, world, rank=0, addresses="", timeout=120):
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait_all(procs, limit):
-    """Wait for every process; kill them all (and say so) past `limit` seconds or as soon
-    as one fails, so that no process outlives the test."""
+def _wait_all(procs, limit, stop_on_failure=True):
+    """Wait for every process; kill them all past `limit` seconds (or as soon as one fails),
+    so that no process outlives the test."""
     deadline = time.monotonic() + limit
     try:
         while any(p.poll() is None for p in procs):
-            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+            failed = any(p.poll() not in (None, 0) for p in procs)
+            if time.monotonic() > deadline or (stop_on_failure and failed):
                 break
             time.sleep(0.2)
     finally:
@@ -133,15 +134,27 @@ def test_the_chief_checkpoint_restores_on_one_process(run):
         np.testing.assert_array_equal(w, arrays[f"weights_{i}"])
 
 
-def test_a_missing_process_fails_within_the_timeout(tmp_path):
-    # One process of two: the engine's own deadline (5 s) ends it, with its error.
-    start = time.monotonic()
-    codes = _wait_all([_launch(tmp_path, 2, 0, _addresses(2), timeout=5)], 120)
-    assert codes[0] != 0
-    assert time.monotonic() - start < 120
-    assert "world2_rank0.json" not in os.listdir(tmp_path)
-    log = _log(tmp_path, 2, 0).lower()
-    assert any(word in log for word in ("deadline", "timed out", "timeout")), log
+@pytest.mark.parametrize("case", ["missing", "mismatched"])
+def test_a_missing_or_mismatched_process_fails_within_the_timeout(case, tmp_path):
+    # "missing": one process of two; "mismatched": process 1 believes in 3 processes. The
+    # engine's own deadline (5 s) or the count check ends them, with an error, never a hang.
+    addresses = _addresses(3 if BACKEND == "tensorflow" else 1)
+    if BACKEND == "tensorflow":  # worker 0 lists 2 workers, worker 1 lists 3
+        two = ",".join(addresses.split(",")[:2])
+        procs = [_launch(tmp_path, 2, 0, two, timeout=5)]
+        if case == "mismatched":
+            procs.append(_launch(tmp_path, 3, 1, addresses, timeout=5))
+    else:
+        procs = [_launch(tmp_path, 2, 0, addresses, timeout=5)]
+        if case == "mismatched":
+            procs.append(_launch(tmp_path, 3, 1, addresses, timeout=5))
+    codes = _wait_all(procs, 120, stop_on_failure=False)
+    assert all(code not in (0, -9) for code in codes), codes  # -9: killed at the limit
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    for (world, rank), _ in zip(((2, 0), (3, 1)), procs):
+        log = _log(tmp_path, world, rank).lower()
+        assert any(word in log for word in ("deadline", "timed out", "timeout", "disagree",
+                                            "num_processes", "group with size")), log
 
 
 @pytest.mark.parametrize("arguments, message", [

@@ -13,15 +13,27 @@ import os
 import sys
 
 import keras
+import numpy as np
 
 
 def join_jax(coordinator, num_processes, process_id, timeout):
     """`jax.distributed.initialize` (the call `keras.distribution.initialize` makes), with
-    its `initialization_timeout`: a process that cannot reach its peers fails, never hangs."""
+    its `initialization_timeout` and `heartbeat_timeout_seconds`: a process that cannot reach
+    its peers, or loses one, fails instead of hanging. Then every process' `num_processes`
+    is compared (`multihost_utils.process_allgather`): the coordinator accepts a process
+    that was given another count, which would fail later, or wait forever, mid-training."""
     import jax  # noqa: PLC0415
+    from jax.experimental import multihost_utils  # noqa: PLC0415
 
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id, initialization_timeout=int(timeout))
+                               process_id=process_id, initialization_timeout=int(timeout),
+                               heartbeat_timeout_seconds=max(10, int(timeout)))
+    counts = sorted({int(n) for n in np.ravel(multihost_utils.process_allgather(
+        np.asarray([num_processes], np.int32)))} | {jax.process_count()})
+    if counts != [num_processes]:
+        raise ValueError(
+            f"The processes of this job disagree on num_processes: {counts} (this one was "
+            f"given {num_processes}); start every process with the same count.")
 
 
 def join_torch(coordinator, num_processes, process_id, timeout, backend=None):
