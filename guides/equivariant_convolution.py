@@ -15,7 +15,7 @@ This guide:
 3. trains on upright digits and tests at 0/90/180/270°: a plain CNN collapses on rotated
    digits, the p4 G-CNN and the E4 net keep their accuracy at every angle.
 
-Run: `KERAS_BACKEND=jax python guides/equivariant_convolution.py` (plots go to
+Run: `KERAS_BACKEND=jax python guides/equivariant_convolution.py` (or tensorflow, torch; plots go to
 $KERAS_CONVX_OUT, default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`).
 
 A full run (jax, 2-core CPU, 2026-11-25; digits upsampled to 32×32, 1,347 train / 450 test,

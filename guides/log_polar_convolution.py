@@ -16,7 +16,7 @@ This guide:
    dots in the image 4 pixels apart or 7? — where a 9×9 LPSC (13 weights per channel pair)
    succeeds and a 3×3 conv (9 weights per pair) cannot, because it never sees both dots.
 
-Run: `KERAS_BACKEND=jax python guides/log_polar_convolution.py` (plots go to
+Run: `KERAS_BACKEND=jax python guides/log_polar_convolution.py` (or tensorflow, torch; plots go to
 $KERAS_CONVX_OUT, default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`).
 
 A full run (jax, 2-core CPU, 2026-11-25; 3,000 training / 1,000 test images, 20 epochs) gave

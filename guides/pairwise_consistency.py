@@ -21,7 +21,7 @@ under the noise. The same small CNN (3 conv-BN-ReLU blocks, global average pooli
 is trained plainly, with the erased view only (β = 1, λ = 0), and with the full scheme
 (β = 1, λ = 1); we compare test accuracy and the focus area (τ = 0.2, 0.5) over seeds.
 
-Run: `KERAS_BACKEND=jax python guides/pairwise_consistency.py` (plots go to
+Run: `KERAS_BACKEND=jax python guides/pairwise_consistency.py` (or tensorflow, torch; plots go to
 $KERAS_CONVX_OUT, default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`). Results of a full run are in the README's
 pairwise-consistency section (numbers printed by this script; nothing below is asserted).
 """

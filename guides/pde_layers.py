@@ -15,7 +15,8 @@ weights) — PDE-GCN (Eliasof, Haber & Treister, NeurIPS 2021) on an image grid,
 This guide shows both theorems numerically against plain residual stacks that blow up, then
 trains PDE networks 1 to 64 layers deep on the digits.
 
-Run: `KERAS_BACKEND=jax python guides/pde_layers.py` (plots go to $KERAS_CONVX_OUT, default
+Run: `KERAS_BACKEND=jax python guides/pde_layers.py` (or tensorflow, torch;
+plots go to $KERAS_CONVX_OUT, default
 a folder under the system temp dir; `--out DIR`, `--fast`, `--help`).
 
 A full run (jax, 2-core CPU, 2026-11-26) gave — see the table printed at the end; the numbers

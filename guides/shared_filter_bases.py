@@ -15,7 +15,8 @@ This guide
    `callbacks.GradientFlow`;
 3. trains the SxUy ResNet on the digits next to the unshared one.
 
-Run: `KERAS_BACKEND=jax python guides/shared_filter_bases.py` (plots go to $KERAS_CONVX_OUT,
+Run: `KERAS_BACKEND=jax python guides/shared_filter_bases.py` (or tensorflow, torch;
+plots go to $KERAS_CONVX_OUT,
 default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`).
 
 A full run (jax, 2-core CPU, 2026-11-26; one seed) printed:

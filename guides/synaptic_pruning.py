@@ -18,7 +18,8 @@ This guide, on scikit-learn's bundled digits (16×16):
    accuracy vs sparsity;
 3. compacts the 90% models and times them against the unpruned one.
 
-Run: `KERAS_BACKEND=jax python guides/synaptic_pruning.py` (plots go to $KERAS_CONVX_OUT,
+Run: `KERAS_BACKEND=jax python guides/synaptic_pruning.py` (or tensorflow, torch;
+plots go to $KERAS_CONVX_OUT,
 default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`).
 
 Results of a full run are in the README's synaptic-strength section (numbers printed by this

@@ -34,31 +34,42 @@ def test_there_are_guides_and_examples():
     assert any(s.startswith(os.path.join(ROOT, "examples")) for s in SCRIPTS), names
 
 
-# Scripts whose run would repeat, on some backends, what another backend's run or a test
-# already covers, with the backends they run on in the suite:
-# - the distributed guide demonstrates with JAX under torch (Keras has no torch distribution
-#   API), the very run of the jax job;
-# - the export guide exports the every-family model the way test_export's every-family
-#   tests do on all three backends; its own run (training, timing, plot) is shown once, on
-#   the backend its "Run:" line names;
-# - the any-model pruning guide's steps (make_prunable, the schedule, strip, compact) are
-#   swept by tests/test_prunable.py on every backend; its run is shown once, on torch;
-# - the multi-process guide's three routes are tests/test_multi_process.py's, on every
-#   backend; its run is shown once, on torch.
+# Each script runs once in the suite (fast mode: a smoke run that keeps it from rotting), on
+# the backend named here, except getting_started, the README's first steps, on all three.
+# What a script does on the other backends is covered there by the tests: every layer is
+# swept on every backend (tests/test_robustness.py, the layer contracts), every application
+# trains and round-trips on every backend (tests/applications/), and the demo (jax) trains
+# the models the family guides train. Where a guide's full run is documented on a backend,
+# that backend is chosen when the critical path allows (jax runs the longest suite):
+# - jax: the distributed guide (Keras has no torch distribution API; its TensorFlow route is
+#   tests/test_distribution.py's), the equivariant and log-polar guides;
+# - torch (no compile step: the cheapest runs): the others. The export guide exports what
+#   test_export's every-family tests export on all three backends; the pruning guides'
+#   steps are swept by tests/test_pruning.py and tests/test_prunable.py on every backend; the
+#   multi-process guide's three routes are tests/test_multi_process.py's.
 RUNS_ON = {
-    "guides/distributed_training.py": ("jax", "tensorflow"),
+    "guides/distributed_training.py": ("jax",),
+    "guides/equivariant_convolution.py": ("jax",),
     "guides/export_and_deploy.py": ("torch",),
-    # tests/test_prunable.py runs every step of it on all three backends
-    "guides/pruning_any_model.py": ("torch",),
-    # tests/test_multi_process.py trains the every-family model over processes on all
-    # three backends; the guide's run (digits, the control, the plot) is shown once
+    "guides/getting_started.py": ("jax", "tensorflow", "torch"),
+    "guides/log_polar_convolution.py": ("jax",),
     "guides/multi_process_training.py": ("torch",),
+    "guides/pairwise_consistency.py": ("torch",),
+    "guides/pde_layers.py": ("torch",),
+    "guides/pruning_any_model.py": ("torch",),
+    "guides/shared_filter_bases.py": ("torch",),
+    "guides/synaptic_pruning.py": ("torch",),
+    "examples/rotated_digits.py": ("torch",),
 }
+
+
+def test_every_script_says_where_it_runs():
+    assert sorted(RUNS_ON) == sorted(os.path.relpath(s, ROOT) for s in SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_script_runs_and_writes_a_plot(script, tmp_path):
-    backends = RUNS_ON.get(os.path.relpath(script, ROOT), (keras.backend.backend(),))
+    backends = RUNS_ON[os.path.relpath(script, ROOT)]
     if keras.backend.backend() not in backends:
         pytest.skip(f"runs on {backends} in the suite (see RUNS_ON)")
     _run([sys.executable, script], tmp_path)
