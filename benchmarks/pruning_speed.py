@@ -37,20 +37,31 @@ BATCH = 32
 # 30.7 → 21.5 ms with these two settings, the dense one's 37 → 37). TensorFlow and PyTorch
 # keep their CPU buffers. The same jax run is repeated with the settings fixed.
 ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
-VARIANTS = [("jax, MALLOC_MMAP/TRIM_THRESHOLD_ set", "jax", ALLOCATOR)]
+# The same measurement on a model twice as wide (PRUNING_SPEED_WIDTH=2: Conv2D 128 → 256 →
+# pool → 256, Dense 256): a model where the convolutions dominate more.
+WIDE = {"PRUNING_SPEED_WIDTH": "2"}
+VARIANTS = [("jax, MALLOC_MMAP/TRIM_THRESHOLD_ set", "jax", ALLOCATOR),
+            ("jax, widths ×2", "jax", WIDE), ("tensorflow, widths ×2", "tensorflow", WIDE),
+            ("torch, widths ×2", "torch", WIDE)]
+
+
+def _widths():
+    w = int(os.environ.get("PRUNING_SPEED_WIDTH", "1"))
+    return 64 * w, 128 * w
 
 
 def _model():
     import keras
 
+    narrow, wide = _widths()
     keras.utils.set_random_seed(0)
     x = keras.Input((32, 32, 3))
-    y = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv1")(x)
-    y = keras.layers.Conv2D(128, 3, padding="same", activation="relu", name="conv2")(y)
+    y = keras.layers.Conv2D(narrow, 3, padding="same", activation="relu", name="conv1")(x)
+    y = keras.layers.Conv2D(wide, 3, padding="same", activation="relu", name="conv2")(y)
     y = keras.layers.MaxPooling2D()(y)
-    y = keras.layers.Conv2D(128, 3, padding="same", activation="relu", name="conv3")(y)
+    y = keras.layers.Conv2D(wide, 3, padding="same", activation="relu", name="conv3")(y)
     y = keras.layers.GlobalAveragePooling2D()(y)
-    y = keras.layers.Dense(128, activation="relu", name="hidden")(y)
+    y = keras.layers.Dense(wide, activation="relu", name="hidden")(y)
     return keras.Model(x, keras.layers.Dense(10, name="classes")(y))
 
 
@@ -80,7 +91,9 @@ def worker(repeats):
     prunable = pruning.make_prunable(dense, granularity="channel")
     pruning.update_masks(prunable, 0.5)
     small, report = pruning.compact(prunable, return_report=True)
-    row = {"params": (report["params_before"], report["params_after"]),
+    row = {"model": "Conv2D %d → %d → pool → %d, Dense %d" % (*_widths(), _widths()[1],
+                                                              _widths()[1]),
+           "params": (report["params_before"], report["params_after"]),
            "macs": (report["macs_before"], report["macs_after"])}
     row["keras"] = [_median_ms(lambda m=m: m.predict_on_batch(x), repeats) for m in (dense, small)]
     with tempfile.TemporaryDirectory() as folder:
@@ -108,7 +121,8 @@ def _section(results):
         f"{os.cpu_count()}-core {platform.machine()})",
         "",
         "Written by `python benchmarks/pruning_speed.py`. A conv-dominated CNN on 32×32×3 "
-        "(Conv2D 64 → 128 → pool → 128 → GAP → Dense 128 → 10), 50% of every conv's and the "
+        "(Conv2D 64 → 128 → pool → 128 → GAP → Dense 128 → 10; the \"widths ×2\" rows: "
+        "every width doubled), 50% of every conv's and the "
         "hidden Dense's outputs pruned (`make_prunable(granularity=\"channel\")`, "
         "`update_masks`) and `compact`ed; median ms at batch 32, same process. Speed-up = "
         "dense / compact; training overhead = `make_prunable` model's `train_on_batch` / the "
@@ -118,9 +132,9 @@ def _section(results):
         "every call, and the page faults cost the compacted model a third of its forward "
         "time (see README, 'Pruning any Keras 3 model').",
         "",
-        "| backend | parameters | MACs | Keras predict_on_batch ms (speed-up) | ONNX Runtime ms "
+        "| backend | model | parameters | MACs | Keras predict_on_batch ms (speed-up) | ONNX Runtime ms "
         "(speed-up) | train step ms: plain → prunable (overhead) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for backend, row in results.items():
         (pb, pa), (mb, ma) = row["params"], row["macs"]
@@ -128,7 +142,7 @@ def _section(results):
         od, os_ = row["onnx"]
         tp, tq = row["train"]
         lines.append(
-            f"| {backend} | {pb:,} → {pa:,} | {mb:,} → {ma:,} | {kd:.2f} → {ks:.2f} "
+            f"| {backend} | {row.get('model', '')} | {pb:,} → {pa:,} | {mb:,} → {ma:,} | {kd:.2f} → {ks:.2f} "
             f"({kd / ks:.2f}×) | {od:.2f} → {os_:.2f} ({od / os_:.2f}×) | {tp:.2f} → {tq:.2f} "
             f"({tq / tp:.2f}×) |")
     lines.append(END)

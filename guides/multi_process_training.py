@@ -45,8 +45,12 @@ In `train.py`, `multi_process.initialize(addresses, world, rank)`. Keras'
 `KERAS_DISTRIBUTION_JOB_ADDRESSES` / `..._NUM_PROCESSES` / `..._PROCESS_ID` environment
 variables work instead of arguments. Changes from localhost:
 - the ports must be open between the hosts;
-- on GPUs, JAX and torch use every local GPU (torch: one process per GPU, with
-  `distributed_data_parallel(model, device_ids=[local_rank])`).
+- on GPUs: JAX uses every local GPU; torch runs one process per GPU, each with
+  `KERAS_TORCH_DEVICE=cuda:<local rank>` set before Keras starts and
+  `distributed_data_parallel(model, device_ids=[local_rank])`. Under `torchrun`
+  (`torchrun --nnodes 2 --nproc-per-node 1 --rdzv-endpoint 10.0.0.1:1234 train.py`),
+  `initialize()` without arguments reads its `MASTER_ADDR`/`MASTER_PORT`, `WORLD_SIZE`
+  and `RANK`.
 
 A process whose peers do not come gives up after `timeout` seconds with the engine's error.
 It never hangs.

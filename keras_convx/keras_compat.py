@@ -152,6 +152,7 @@ def fix_tensorflow_multi_worker(is_distributed_value):
         strategy = self._distribute_strategy
         if strategy is None or iterator is None or not is_multi_worker(strategy):
             return symbolic_build(self, iterator=iterator, data_batch=data_batch)
+        batch = data_batch
         for _, _, it in iterator:
             batch = tree.map_structure(
                 lambda v: strategy.reduce("MEAN", v, axis=None)

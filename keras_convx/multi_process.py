@@ -72,12 +72,28 @@ def _check_port_free(host, port):
                 "choose a free port for job_addresses.") from None
 
 
+def _environment_int(names):
+    """The first of the environment variables `names` that is set, as an int, or None."""
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            if not value.strip().isdigit():
+                raise ValueError(f"Expected ${name} to be a non-negative int. Received: "
+                                 f"{value!r}")
+            return int(value)
+    return None
+
+
 def _settings(job_addresses, num_processes, process_id):
+    # Keras' variables; on torch also torchrun's (MASTER_ADDR:MASTER_PORT, WORLD_SIZE, RANK).
+    torchrun = keras.backend.backend() == "torch"
     job_addresses = job_addresses or os.environ.get(ENVIRONMENT[0])
-    if num_processes is None and os.environ.get(ENVIRONMENT[1]):
-        num_processes = int(os.environ[ENVIRONMENT[1]])
-    if process_id is None and os.environ.get(ENVIRONMENT[2]):
-        process_id = int(os.environ[ENVIRONMENT[2]])
+    if not job_addresses and torchrun and os.environ.get("MASTER_ADDR"):
+        job_addresses = f"{os.environ['MASTER_ADDR']}:{os.environ.get('MASTER_PORT', '')}"
+    if num_processes is None:
+        num_processes = _environment_int([ENVIRONMENT[1]] + (["WORLD_SIZE"] if torchrun else []))
+    if process_id is None:
+        process_id = _environment_int([ENVIRONMENT[2]] + (["RANK"] if torchrun else []))
     if not job_addresses or not isinstance(job_addresses, str):
         raise ValueError(
             "Expected job_addresses to be 'host:port' of the coordinator (process 0) or a "
@@ -106,10 +122,14 @@ def initialize(job_addresses=None, num_processes=None, process_id=None, *, timeo
     first thing, before any model is built, on every process.
 
     - JAX: `jax.distributed.initialize` with the first address as coordinator, then Keras'
-      seed agreement; use `keras.distribution.DataParallel` over
+      seed agreement: what `keras.distribution.initialize` does, plus the timeouts it
+      does not pass and a check that every process was given the same count; use `keras.distribution.DataParallel` over
       `keras.distribution.list_devices()` (every process' devices).
     - PyTorch: `torch.distributed.init_process_group` over TCP at the first address (gloo on
-      CPU, nccl with CUDA); then `distributed_data_parallel(model)`.
+      CPU, nccl with CUDA); then `distributed_data_parallel(model)`. Under `torchrun` the
+      arguments may be left out: its `MASTER_ADDR`/`MASTER_PORT`, `WORLD_SIZE` and `RANK`
+      are read. On GPUs, one process per GPU: set `KERAS_TORCH_DEVICE=cuda:<local rank>`
+      (or `torch.cuda.set_device(local_rank)`) before Keras creates any variable.
     - TensorFlow: `TF_CONFIG` from the addresses (every worker's, each process listening on
       its own) and a `tf.distribute.MultiWorkerMirroredStrategy`, returned. Keras 3.15's
       `fit` cannot run under it as is (keras-team/keras#20585): two of its reductions are
@@ -183,6 +203,12 @@ def save_model(model, filepath, **options):
     computations on every process, so a save on the chief alone would leave the others
     one collective behind. The file loads on one process (`keras.saving.load_model`).
 
+    Example:
+
+    ```python
+    multi_process.save_model(model, "checkpoint.keras")  # every process; one file
+    ```
+
     Returns:
         The path the chief wrote, on every process.
     """
@@ -216,6 +242,19 @@ def distributed_data_parallel(model, **options):
     Feed each process its share of the data (`torch.utils.data.DistributedSampler`) with
     the per-process batch size: DDP averages the per-process gradients, which equals the
     gradient of the global batch's mean loss when every process has the same batch size.
+    Every process must take part in `fit` and `evaluate` alike (each metric read is a
+    collective); metrics whose state adds up over processes (Keras' means, accuracies,
+    counts) are exact, a metric keeping a maximum would not be.
+
+    Example (on every process, after `initialize`):
+
+    ```python
+    model = build_model()  # built: DDP broadcasts process 0's weights
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    multi_process.distributed_data_parallel(model)
+    sampler = torch.utils.data.distributed.DistributedSampler(dataset)
+    model.fit(torch.utils.data.DataLoader(dataset, batch_size=32, sampler=sampler))
+    ```
 
     Args:
         model: a built `keras.Model`, after `initialize` (or any
@@ -235,6 +274,13 @@ def distributed_data_parallel(model, **options):
     if not model.built or not model.weights:
         raise ValueError("Expected a built model with weights (DistributedDataParallel "
                          "broadcasts them when it wraps the model): build it first.")
+    if "train_step" in vars(model):
+        raise ValueError("This model already trains through distributed_data_parallel.")
+    if type(model).train_step is not keras.Model.train_step:
+        raise ValueError(
+            f"{type(model).__name__} defines its own train_step, which would not go through "
+            "DistributedDataParallel: override compute_loss (as "
+            "training.PairwiseConsistency does) instead of train_step.")
     if processes.torch_process_group_size() == 0:
         raise ValueError("No torch.distributed process group: call "
                          "keras_convx.multi_process.initialize(...) first.")

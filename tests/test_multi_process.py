@@ -51,8 +51,9 @@ def _launch(out, world, rank=0, addresses="", timeout=120):
                "--world", str(world), "--rank", str(rank), "--timeout", str(timeout)]
     if addresses:
         command += ["--addresses", addresses]
-    log = open(os.path.join(out, f"log_{world}_{rank}.txt"), "w")
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(os.path.join(out, f"log_{world}_{rank}.txt"), "w") as log:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
 
 
 def _wait_all(procs, limit, stop_on_failure=True):
@@ -107,15 +108,16 @@ def test_two_processes_train_as_one(run):
         assert report["process_count"] == 2
         if BACKEND == "jax":
             assert report["devices"] == 4  # 2 processes × 2 local devices
-        assert _largest(single_arrays, arrays, "weights_") < 1e-5
-        assert _largest(single_arrays, arrays, "group_bn_") < 1e-5  # synchronized statistics
+        # float32: measured ≤ 7.2e-7 (TensorFlow), ≤ 1.2e-7 (JAX, torch) for the weights
+        assert _largest(single_arrays, arrays, "weights_") < 2e-6
+        assert _largest(single_arrays, arrays, "group_bn_") < 2e-7  # synchronized statistics
         assert np.array_equal(single_arrays["mask"], arrays["mask"])
         assert float(np.mean(arrays["mask"] == 0)) == 0.5  # the callback pruned, once
-        assert abs(report["loss"] - single["loss"]) < 1e-5  # the global batch's loss
-        assert abs(report["regularization"] - single["regularization"]) < 1e-6
-        assert _largest(single_arrays, arrays, "pairwise_") < 1e-5
+        assert abs(report["loss"] - single["loss"]) < 1e-6  # the global batch's loss
+        assert abs(report["regularization"] - single["regularization"]) < 1e-8
+        assert _largest(single_arrays, arrays, "pairwise_") < 2e-6
         for key in ("loss", "erased_loss", "consistency", "erased_area"):
-            assert abs(report[f"pairwise_{key}"] - single[f"pairwise_{key}"]) < 1e-5, key
+            assert abs(report[f"pairwise_{key}"] - single[f"pairwise_{key}"]) < 1e-6, key
 
 
 def test_the_processes_hold_identical_state(run):
@@ -151,10 +153,27 @@ def test_a_missing_or_mismatched_process_fails_within_the_timeout(case, tmp_path
     codes = _wait_all(procs, 120, stop_on_failure=False)
     assert all(code not in (0, -9) for code in codes), codes  # -9: killed at the limit
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".json")]
+    # Each engine's own words for it (or the count check's): never an unrelated crash.
+    expected = {"jax": ("deadline_exceeded", "disagree on num_processes"),
+                "torch": ("timed out", "timeout after", "connect timeout",
+                          "disagree on num_processes"),
+                "tensorflow": ("timeout (0:00:05)!", "group with size")}[BACKEND]
     for (world, rank), _ in zip(((2, 0), (3, 1)), procs):
         log = _log(tmp_path, world, rank).lower()
-        assert any(word in log for word in ("deadline", "timed out", "timeout", "disagree",
-                                            "num_processes", "group with size")), log
+        assert any(words in log for words in expected), log
+
+
+def test_save_model_writes_on_the_chief_only(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    path = str(tmp_path / "m.keras")
+    monkeypatch.setattr(multi_process, "is_chief", lambda: False)
+    assert multi_process.save_model(model, path) == path
+    assert not os.path.exists(path)  # another process' file: only the chief writes it
+    monkeypatch.setattr(multi_process, "is_chief", lambda: True)
+    multi_process.save_model(model, path)
+    restored = keras.saving.load_model(path)
+    for a, b in zip(restored.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -171,6 +190,13 @@ def test_bad_set_ups_are_refused_before_anything_starts(arguments, message, monk
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match=message):
         multi_process.initialize(*arguments)
+
+
+def test_bad_environment_values_name_the_variable(monkeypatch):
+    monkeypatch.setenv("KERAS_DISTRIBUTION_JOB_ADDRESSES", "localhost:1234")
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match="KERAS_DISTRIBUTION_NUM_PROCESSES"):
+        multi_process.initialize()
 
 
 def test_a_port_in_use_is_refused():
@@ -201,6 +227,14 @@ def test_distributed_data_parallel_refuses_what_it_cannot_train():
         multi_process.distributed_data_parallel(model)
     with pytest.raises(TypeError, match="keras.Model"):
         multi_process.distributed_data_parallel(keras.layers.Dense(2))
+
+    class OwnStep(keras.Model):
+        def train_step(self, data):
+            return {}
+
+    inputs = keras.Input((3,))
+    with pytest.raises(ValueError, match="own train_step"):
+        multi_process.distributed_data_parallel(OwnStep(inputs, keras.layers.Dense(2)(inputs)))
 
 
 def test_one_process_is_its_own_chief():

@@ -194,6 +194,20 @@ def moments(x, axes, synchronized=False):
     and counts are summed by torch's differentiable `all_reduce`, so the gradients flow
     through the global statistics; JAX's `keras.distribution` computes on global arrays, so
     its plain moments are already global. Elsewhere the local moments.
+
+    Args:
+        x: a tensor.
+        axes: the axes reduced (a list or tuple of ints).
+        synchronized: bool, the global batch's statistics in data-parallel training.
+
+    Returns:
+        `(mean, variance)`, the shape of `x` without `axes`.
+
+    Example:
+
+    ```python
+    mean, variance = moments(fields, (0, 1, 2, 4), synchronized=True)
+    ```
     """
     if not synchronized or keras.backend.backend() == "jax":
         return keras.ops.moments(x, axes=axes)

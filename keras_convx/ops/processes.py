@@ -26,8 +26,9 @@ def join_jax(coordinator, num_processes, process_id, timeout):
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id, initialization_timeout=int(timeout),
-                               heartbeat_timeout_seconds=max(10, int(timeout)))
+                               process_id=process_id,
+                               initialization_timeout=max(1, int(timeout)),
+                               heartbeat_timeout_seconds=max(10, min(int(timeout), 100)))
     counts = sorted({int(n) for n in np.ravel(multihost_utils.process_allgather(
         np.asarray([num_processes], np.int32)))} | {jax.process_count()})
     if counts != [num_processes]:
@@ -37,7 +38,8 @@ def join_jax(coordinator, num_processes, process_id, timeout):
 
 
 def join_torch(coordinator, num_processes, process_id, timeout, backend=None):
-    """`torch.distributed.init_process_group` over TCP (gloo on CPU, nccl with CUDA)."""
+    """`torch.distributed.init_process_group` over TCP (gloo on CPU, nccl with CUDA), then
+    every process' `num_processes` compared."""
     import torch  # noqa: PLC0415
 
     if backend is None:
@@ -45,6 +47,15 @@ def join_torch(coordinator, num_processes, process_id, timeout, backend=None):
     torch.distributed.init_process_group(
         backend, init_method=f"tcp://{coordinator}", world_size=num_processes,
         rank=process_id, timeout=datetime.timedelta(seconds=timeout))
+    # The rendezvous can accept a process given another world size (seen with gloo): the
+    # counts are compared (one all-reduce, bounded by the group's timeout).
+    counts = torch.tensor([num_processes, -num_processes])
+    torch.distributed.all_reduce(counts, op=torch.distributed.ReduceOp.MAX)
+    if int(counts[0]) != num_processes or -int(counts[1]) != num_processes:
+        raise ValueError(
+            f"The processes of this job disagree on num_processes: between "
+            f"{-int(counts[1])} and {int(counts[0])} (this one was given {num_processes}); "
+            "start every process with the same count.")
 
 
 def join_tensorflow(addresses, process_id, timeout):
@@ -137,6 +148,7 @@ def torch_data_parallel(module, options):
 
 
 def torch_no_grad():
+    """`torch.no_grad()`, the context of an optimizer update."""
     import torch  # noqa: PLC0415
 
     return torch.no_grad()
