@@ -183,7 +183,7 @@ def accuracy(model, x_test, y_test):
 def digits():
     """The bundled digits, whole global batches only."""
     x_train, y_train, x_test, y_test = demo.load_digits_data(size=SIZE,
-                                                             limit=512 if FAST else None)
+                                                             limit=256 if FAST else None)
     n_train = len(x_train) // BATCH * BATCH
     return x_train[:n_train], y_train[:n_train], x_test, y_test
 

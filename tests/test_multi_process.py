@@ -136,31 +136,33 @@ def test_the_chief_checkpoint_restores_on_one_process(run):
         np.testing.assert_array_equal(w, arrays[f"weights_{i}"])
 
 
-@pytest.mark.parametrize("case", ["missing", "mismatched"])
-def test_a_missing_or_mismatched_process_fails_within_the_timeout(case, tmp_path):
-    # "missing": one process of two; "mismatched": process 1 believes in 3 processes. The
-    # engine's own deadline (5 s) or the count check ends them, with an error, never a hang.
-    addresses = _addresses(3 if BACKEND == "tensorflow" else 1)
-    if BACKEND == "tensorflow":  # worker 0 lists 2 workers, worker 1 lists 3
-        two = ",".join(addresses.split(",")[:2])
-        procs = [_launch(tmp_path, 2, 0, two, timeout=5)]
+def test_a_missing_or_mismatched_process_fails_within_the_timeout(tmp_path):
+    # Two bad jobs at once (their waits overlap): "missing", one process of two;
+    # "mismatched", process 1 believes in 3 processes. The engine's own deadline (5 s) or
+    # the count check ends every process with an error, never a hang.
+    jobs = []  # (folder, world, rank, addresses)
+    for case in ("missing", "mismatched"):
+        folder = tmp_path / case
+        folder.mkdir()
+        addresses = _addresses(3 if BACKEND == "tensorflow" else 1)
+        # TensorFlow: worker 0 lists 2 workers, worker 1 lists 3.
+        first = ",".join(addresses.split(",")[:2])
+        jobs.append((folder, 2, 0, first))
         if case == "mismatched":
-            procs.append(_launch(tmp_path, 3, 1, addresses, timeout=5))
-    else:
-        procs = [_launch(tmp_path, 2, 0, addresses, timeout=5)]
-        if case == "mismatched":
-            procs.append(_launch(tmp_path, 3, 1, addresses, timeout=5))
+            jobs.append((folder, 3, 1, addresses))
+    procs = [_launch(folder, world, rank, addresses, timeout=5)
+             for folder, world, rank, addresses in jobs]
     codes = _wait_all(procs, 120, stop_on_failure=False)
     assert all(code not in (0, -9) for code in codes), codes  # -9: killed at the limit
-    assert not [f for f in os.listdir(tmp_path) if f.endswith(".json")]
     # Each engine's own words for it (or the count check's): never an unrelated crash.
     expected = {"jax": ("deadline_exceeded", "disagree on num_processes"),
                 "torch": ("timed out", "timeout after", "connect timeout",
                           "disagree on num_processes"),
                 "tensorflow": ("timeout (0:00:05)!", "group with size")}[BACKEND]
-    for (world, rank), _ in zip(((2, 0), (3, 1)), procs):
-        log = _log(tmp_path, world, rank).lower()
-        assert any(words in log for words in expected), log
+    for folder, world, rank, _ in jobs:
+        assert not [f for f in os.listdir(folder) if f.endswith(".json")]
+        log = _log(folder, world, rank).lower()
+        assert any(words in log for words in expected), (folder.name, log)
 
 
 def test_save_model_writes_on_the_chief_only(tmp_path, monkeypatch):
@@ -235,6 +237,22 @@ def test_distributed_data_parallel_refuses_what_it_cannot_train():
     inputs = keras.Input((3,))
     with pytest.raises(ValueError, match="own train_step"):
         multi_process.distributed_data_parallel(OwnStep(inputs, keras.layers.Dense(2)(inputs)))
+
+
+@pytest.mark.parametrize("task, chief, count", [
+    ({"type": "worker", "index": 0}, True, 2), ({"type": "worker", "index": 1}, False, 2),
+    ({"type": "chief", "index": 0}, True, 3), ({"type": "worker", "index": 0}, False, 3)])
+def test_tensorflow_reads_its_cluster_from_tf_config(task, chief, count, monkeypatch):
+    # A TF_CONFIG written by a launcher (a chief task or workers only), read as
+    # MultiWorkerMirroredStrategy reads it: the chief, else worker 0, writes.
+    if BACKEND != "tensorflow":
+        pytest.skip("TF_CONFIG is TensorFlow's cluster description")
+    cluster = {"worker": ["localhost:1", "localhost:2"]}
+    if count == 3:
+        cluster["chief"] = ["localhost:3"]
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+    assert multi_process.is_chief() is chief
+    assert multi_process.process_count() == count
 
 
 def test_one_process_is_its_own_chief():

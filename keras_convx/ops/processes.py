@@ -100,7 +100,12 @@ def process_index(backend=None):
         distributed = torch.distributed
         return distributed.get_rank() if distributed.is_initialized() else 0
     resolver = _tensorflow_cluster()
-    return int(resolver.task_id or 0) if resolver is not None else 0
+    if resolver is None:
+        return 0
+    # MultiWorkerMirroredStrategy's order: the chief (when the cluster names one) first.
+    chiefs = len(resolver.cluster_spec().as_dict().get("chief", []))
+    task_id = int(resolver.task_id or 0)
+    return task_id if resolver.task_type == "chief" else chiefs + task_id
 
 
 def process_count(backend=None):
@@ -118,7 +123,8 @@ def process_count(backend=None):
     resolver = _tensorflow_cluster()
     if resolver is None:
         return 1
-    return len(resolver.cluster_spec().as_dict().get("worker", [])) or 1
+    jobs = resolver.cluster_spec().as_dict()
+    return len(jobs.get("chief", [])) + len(jobs.get("worker", [])) or 1
 
 
 def _tensorflow_cluster():
@@ -129,7 +135,7 @@ def _tensorflow_cluster():
     import tensorflow as tf  # noqa: PLC0415
 
     resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    return resolver if resolver.task_type else None
+    return resolver if resolver.task_type in ("chief", "worker") else None
 
 
 def torch_process_group_size():
