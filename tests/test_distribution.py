@@ -23,7 +23,8 @@ BACKEND = keras.backend.backend()
 
 needs_distribution_api = pytest.mark.skipif(
     BACKEND == "torch",
-    reason="Keras' distribution API has no PyTorch backend (see the README: DDP around the model)",
+    reason="Keras' distribution API has no PyTorch backend (torch: multi_process, one process per "
+           "device, tests/test_multi_process.py)",
 )
 
 
