@@ -53,10 +53,10 @@ with strategy.scope():
 model.fit(dataset_with_global_batch, ...)
 ```
 
-PyTorch: Keras 3 has no distribution API for its torch backend. A Keras model there is a
-`torch.nn.Module`, so it can be wrapped in `torch.nn.parallel.DistributedDataParallel` and
-trained with a torch loop, but keras_convx does not test that route and `model.fit` does not
-use it. Run on torch, this guide demonstrates with JAX.
+PyTorch: Keras 3 has no distribution API for its torch backend. Run one process per device
+with torch's `DistributedDataParallel` instead: `keras_convx.multi_process` puts DDP into
+`model.fit`'s training step (guides/multi_process_training.py, tested with real processes).
+Run on torch, this guide demonstrates with JAX.
 
 Run: `KERAS_BACKEND=jax python guides/distributed_training.py` (or tensorflow; plot in
 $KERAS_CONVX_OUT, default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`). Each training runs in a subprocess, because the
