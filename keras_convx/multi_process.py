@@ -185,13 +185,13 @@ def initialize(job_addresses=None, num_processes=None, process_id=None, *, timeo
 
 def process_count():
     """How many processes train together (1 without `initialize`)."""
-    return processes.process_count()
+    return processes.job()[1]
 
 
 def is_chief():
     """True on the process that writes checkpoints and logs (process 0; the only one
     without `initialize`)."""
-    return processes.process_index() == 0
+    return processes.job()[0] == 0
 
 
 def save_model(model, filepath, **options):
@@ -215,7 +215,7 @@ def save_model(model, filepath, **options):
     if is_chief():
         model.save(filepath, **options)
         return filepath
-    folder = tempfile.mkdtemp(prefix=f"keras_convx_process{processes.process_index()}_")
+    folder = tempfile.mkdtemp(prefix=f"keras_convx_process{processes.job()[0]}_")
     try:
         model.save(os.path.join(folder, os.path.basename(filepath)), **options)
     finally:
@@ -281,7 +281,7 @@ def distributed_data_parallel(model, **options):
             f"{type(model).__name__} defines its own train_step, which would not go through "
             "DistributedDataParallel: override compute_loss (as "
             "training.PairwiseConsistency does) instead of train_step.")
-    if processes.torch_process_group_size() == 0:
+    if not processes.torch_process_group_ready():
         raise ValueError("No torch.distributed process group: call "
                          "keras_convx.multi_process.initialize(...) first.")
     parallel = processes.torch_data_parallel(model, options)

@@ -52,14 +52,6 @@ def _traced(x):
     return torch.compiler.is_compiling() or (isinstance(x, torch.Tensor) and x.device.type == "meta")
 
 
-def _process_count():
-    """The world size of the default `torch.distributed` process group (1 when none)."""
-    distributed = torch.distributed
-    if distributed.is_available() and distributed.is_initialized():
-        return distributed.get_world_size()
-    return 1
-
-
 def _cross_process_sum(x):
     """`x` summed over the processes of the default group, differentiably (torch's
     `torch.distributed.nn.functional.all_reduce`: its backward all-reduces the gradient)."""
@@ -68,8 +60,7 @@ def _cross_process_sum(x):
     return distributed_functional.all_reduce(x)
 
 
-QUERIES = {"platform": _platform, "traced": _traced, "process_count": _process_count,
-           "cross_process_sum": _cross_process_sum}
+QUERIES = {"platform": _platform, "traced": _traced, "cross_process_sum": _cross_process_sum}
 
 
 @register_fast_path(FAST_PATHS, portable=True)  # not opt-in; torch.onnx traces it

@@ -7,6 +7,7 @@ import numpy as np
 
 from keras_convx.arguments import pair as normalize_pair  # noqa: F401  (re-exported)
 from keras_convx.ops import dispatcher
+from keras_convx.ops import processes
 
 
 def to_numpy(x, dtype=None):
@@ -213,7 +214,7 @@ def moments(x, axes, synchronized=False):
         return keras.ops.moments(x, axes=axes)
     if keras.backend.backend() == "tensorflow":
         return keras.ops.moments(x, axes=axes, synchronized=True)
-    if dispatcher.backend_query("process_count", 1) == 1:
+    if keras.backend.backend() != "torch" or processes.job("torch")[1] == 1:
         return keras.ops.moments(x, axes=axes)
     shape = keras.ops.shape(x)
     total = keras.ops.sum(x, axis=axes)

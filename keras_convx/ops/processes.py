@@ -87,44 +87,30 @@ def is_tensorflow_distributed_value(value):
     return isinstance(value, tf.distribute.DistributedValues)
 
 
-def process_index(backend=None):
-    """This process' index in the job (0 on a single process)."""
+def job(backend=None):
+    """`(this process' index, the number of processes)` of the job: `(0, 1)` on a single
+    process. The index orders the processes as the engine does (TensorFlow's
+    MultiWorkerMirroredStrategy: the chief, when the cluster names one, first)."""
     backend = backend or keras.backend.backend()
     if backend == "jax":
         import jax  # noqa: PLC0415
 
-        return jax.process_index()
+        return jax.process_index(), jax.process_count()
     if backend == "torch":
         import torch  # noqa: PLC0415
 
         distributed = torch.distributed
-        return distributed.get_rank() if distributed.is_initialized() else 0
+        if distributed.is_available() and distributed.is_initialized():
+            return distributed.get_rank(), distributed.get_world_size()
+        return 0, 1
     resolver = _tensorflow_cluster()
     if resolver is None:
-        return 0
-    # MultiWorkerMirroredStrategy's order: the chief (when the cluster names one) first.
-    chiefs = len(resolver.cluster_spec().as_dict().get("chief", []))
-    task_id = int(resolver.task_id or 0)
-    return task_id if resolver.task_type == "chief" else chiefs + task_id
-
-
-def process_count(backend=None):
-    """How many processes train together (1 on a single process)."""
-    backend = backend or keras.backend.backend()
-    if backend == "jax":
-        import jax  # noqa: PLC0415
-
-        return jax.process_count()
-    if backend == "torch":
-        import torch  # noqa: PLC0415
-
-        distributed = torch.distributed
-        return distributed.get_world_size() if distributed.is_initialized() else 1
-    resolver = _tensorflow_cluster()
-    if resolver is None:
-        return 1
+        return 0, 1
     jobs = resolver.cluster_spec().as_dict()
-    return len(jobs.get("chief", [])) + len(jobs.get("worker", [])) or 1
+    chiefs = len(jobs.get("chief", []))
+    task_id = int(resolver.task_id or 0)
+    index = task_id if resolver.task_type == "chief" else chiefs + task_id
+    return index, chiefs + len(jobs.get("worker", []))
 
 
 def _tensorflow_cluster():
@@ -138,12 +124,12 @@ def _tensorflow_cluster():
     return resolver if resolver.task_type in ("chief", "worker") else None
 
 
-def torch_process_group_size():
-    """The world size of torch's default process group, 0 when none is initialised."""
+def torch_process_group_ready():
+    """Whether torch's default process group is initialised (a group of one included)."""
     import torch  # noqa: PLC0415
 
     distributed = torch.distributed
-    return distributed.get_world_size() if distributed.is_initialized() else 0
+    return distributed.is_available() and distributed.is_initialized()
 
 
 def torch_data_parallel(module, options):
