@@ -51,6 +51,15 @@ def _auto_output(obj, y):
     return "image" if isinstance(layers[-1], GroupPooling) else "group"
 
 
+def _inscribed_disc(shape, data_format):
+    """1 inside the disc inscribed in a 4-D map's square spatial extent, 0 outside (broadcastable)."""
+    size = shape[1] if data_format == "channels_last" else shape[2]
+    c = (size - 1) / 2
+    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    disc = ((i - c) ** 2 + (j - c) ** 2 <= c**2 + 1e-9).astype(np.float64)
+    return disc[None, :, :, None] if data_format == "channels_last" else disc[None, None]
+
+
 def equivariance_error(
     layer_or_model,
     inputs,
@@ -59,19 +68,25 @@ def equivariance_error(
     output_type="auto",
     data_format=None,
     per_element=False,
+    elements="all",
 ):
-    """Relative equivariance error of a layer or model over all group elements.
+    """Relative equivariance error of a layer or model over the group's elements.
 
-    For every element g of p4 (4 rotations) or p4m (8 rotations/mirrors) it computes
-    `‖f(g·x) − g·f(x)‖ / ‖f(x)‖` (Frobenius norm over the whole batch) and returns the
-    largest. The action on a group feature map rotates/mirrors it spatially and permutes each
+    For every element g (p4: 4 rotations, p4m: 8 rotations/mirrors, cN/dN: N rotations and
+    the N mirrors) it computes `‖f(g·x) − g·f(x)‖ / ‖f(x)‖` (Frobenius norm over the whole
+    batch) and returns the largest. Elements that move pixels exactly (rotations by
+    multiples of 90°, the grid mirrors) are compared everywhere; for the other angles the
+    images are rotated by bilinear interpolation and the two sides are compared inside the
+    disc inscribed in the output (both norms over the disc): give such elements smooth
+    inputs that are zero outside the inscribed disc, or the interpolation and the corners
+    dominate the error. The action on a group feature map rotates/mirrors it spatially and permutes each
     field's |G| channels; on an image it is spatial only; an "invariant" output (e.g. logits)
     is left unchanged, so the error measures invariance.
 
     Args:
         layer_or_model: a callable Keras layer or model mapping one 4-D tensor to one tensor.
         inputs: NumPy batch `(B, N, N, C)` (channels_last) with square spatial size.
-        group: `"p4"` or `"p4m"`.
+        group: `"p4"`, `"p4m"`, `"cN"` or `"dN"` (N >= 1).
         input_type: `"auto"` (group map if the first layer is a keras_convx group layer that
             takes one, else image), `"image"` or `"group"`.
         output_type: `"auto"` (rank-2 outputs are invariant; a 4-D output is a group map
@@ -79,6 +94,8 @@ def equivariance_error(
             `"invariant"`.
         data_format: default `keras.config.image_data_format()` (or the layer's own).
         per_element: return a dict {element word: error} instead of the maximum.
+        elements: `"all"` (default) or `"exact"` (only the elements that move pixels
+            exactly: the subgroup of 90° rotations and grid mirrors).
 
     Returns:
         float (or dict): 0 up to rounding for an equivariant map; float32 layers reach ~1e-6.
@@ -92,6 +109,7 @@ def equivariance_error(
     """
     group = gops.check_group(group)
     input_type = arguments.choice("input_type", input_type, _INPUT_TYPES)
+    elements = arguments.choice("elements", elements, ("all", "exact"))
     output_type = arguments.choice("output_type", output_type, _OUTPUT_TYPES)
     if not callable(layer_or_model):
         raise TypeError(f"Expected layer_or_model to be a Keras layer or model. Received: {layer_or_model!r}")
@@ -104,6 +122,11 @@ def equivariance_error(
         raise ValueError(f"Expected inputs with square spatial size (rotations). Received: {x.shape}")
     if input_type == "auto":
         input_type = _auto_input(layer_or_model)
+    order = gops.group_order(group)
+    channels = x.shape[3] if data_format == "channels_last" else x.shape[1]
+    if input_type == "group" and channels % order:
+        raise ValueError(f"A group feature map of group={group!r} has a multiple of |G| = {order} "
+                         f"channels. Received: inputs.shape={x.shape}")
 
     def f(v):
         return keras.ops.convert_to_numpy(layer_or_model(v)).astype(np.float64)
@@ -113,12 +136,18 @@ def equivariance_error(
         output_type = _auto_output(layer_or_model, y)
     if output_type != "invariant" and y.ndim != 4:
         raise ValueError(f"output_type={output_type!r} needs a 4-D output. Received: shape {y.shape}")
-    scale = max(np.linalg.norm(y), np.finfo(np.float64).tiny)
+    words = group_elements(group)
+    exact = set(gops.exact_elements(group))
+    disc = 1.0 if output_type == "invariant" else _inscribed_disc(y.shape, data_format)
     errors = {}
-    for element in group_elements(group):
+    for index, element in enumerate(words):
+        if elements == "exact" and index not in exact:
+            continue
+        mask = 1.0 if index in exact else disc
         moved_in = transform(x, element, group, input_type, data_format).astype(x.dtype)
         expected = transform(y, element, group, output_type, data_format)
-        errors[element] = float(np.linalg.norm(f(moved_in) - expected) / scale)
+        scale = max(np.linalg.norm(mask * y), np.finfo(np.float64).tiny)
+        errors[element] = float(np.linalg.norm(mask * (f(moved_in) - expected)) / scale)
     return errors if per_element else max(errors.values())
 
 

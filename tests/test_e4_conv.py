@@ -241,7 +241,7 @@ def test_layer_contract(kwargs, shape):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(filters=4, kernel_size=3, group="c4"), "group"),
+        (dict(filters=4, kernel_size=3, group="c0"), "group"),
         (dict(filters=4, kernel_size=3, slices=3), "slices"),
         (dict(filters=4, kernel_size=3, reduction_ratio=0.5), "reduction_ratio"),
         (dict(filters=4, kernel_size=4), "kernel_size"),

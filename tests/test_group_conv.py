@@ -8,6 +8,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from keras_convx import analysis
+from keras_convx.layers import E4Conv2D
 from keras_convx.layers import GroupBatchNormalization
 from keras_convx.layers import GroupConv2D
 from keras_convx.layers import GroupLiftConv2D
@@ -296,7 +297,11 @@ def test_equivariance_error_bad_arguments():
     layer = GroupConv2D(2, 3)
     x = np.zeros((1, 5, 5, 4), "float32")
     with pytest.raises(ValueError, match="group"):
+        analysis.equivariance_error(layer, x, "q8")
+    with pytest.raises(ValueError, match=r"group='c8'.*multiple of \|G\| = 8"):
         analysis.equivariance_error(layer, x, "c8")
+    with pytest.raises(ValueError, match="elements"):
+        analysis.equivariance_error(layer, x, "p4", elements="some")
     with pytest.raises(ValueError, match="square"):
         analysis.equivariance_error(layer, np.zeros((1, 5, 6, 4), "float32"), "p4")
     with pytest.raises(ValueError, match="output_type"):
@@ -326,7 +331,12 @@ def test_layer_contract(cls, kwargs, shape, params):
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: GroupConv2D(4, 3, group="c4"), "group"),
+        (lambda: GroupConv2D(4, 3, group="c0"), r"group 'cN' or 'dN' with N >= 1"),
+        (lambda: GroupConv2D(4, 3, group="d-2"), r"'cN' .*'dN' .*N >= 1.*group='d-2'"),
+        (lambda: GroupConv2D(4, 3, group="e8"), "group='e8'"),
+        (lambda: GroupLiftConv2D(4, 3, group=8), "group=8"),
+        (lambda: E4Conv2D(4, 3, group="c8.5"), "group"),
+        (lambda: GroupBatchNormalization("x4"), "group"),
         (lambda: GroupConv2D(4, 4), "kernel_size"),
         (lambda: GroupLiftConv2D(4, (3, 5)), "kernel_size"),
         (lambda: GroupConv2D(0, 3), "filters"),

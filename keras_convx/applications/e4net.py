@@ -24,7 +24,16 @@ _MNIST_SIZES = {
     "normal": (16, 5, 1, 8),
     "large": (24, 5, 2, 2),
 }
-_RESNET_WIDTHS = {"p4": (32, 64, 128, 256), "p4m": (22, 44, 88, 176)}
+_RESNET_WIDTHS = {(4, False): (32, 64, 128, 256), (4, True): (22, 44, 88, 176)}
+
+
+def _resnet_widths(group):
+    """The official widths for p4 (= c4) and p4m (= d4); other groups scale p4's by
+    sqrt(4 / |G|) (to even numbers), which keeps the parameter count near p4's."""
+    if gops.group_spec(group) in _RESNET_WIDTHS:
+        return _RESNET_WIDTHS[gops.group_spec(group)]
+    scale = (4 / gops.group_order(group)) ** 0.5
+    return tuple(max(2, 2 * round(w * scale / 2)) for w in _RESNET_WIDTHS[(4, False)])
 
 
 def _bn(group, name):
@@ -53,7 +62,7 @@ def e4net_mnist_rot(
         input_shape: channels_last `(rows, cols, channels)`; square with rows divisible by 4
             for exact invariance.
         num_classes: int.
-        group: `"p4"` (the official networks) or `"p4m"`.
+        group: `"p4"` (the official networks), `"p4m"`, or any `"cN"` / `"dN"`.
         dropout: float, dropout rate.
         official_compat: bool, untied GroupNorm affine in the E4 layers (the official
             parameterisation; not exactly equivariant once trained).
@@ -109,7 +118,8 @@ def e4_resnet18(
     """Group-equivariant CIFAR ResNet-18, with (`e4=True`) or without E4 layers.
 
     Stem: lifting 3×3 conv → group BN → ReLU. Four stages of two basic blocks (stage widths
-    32/64/128/256 fields for p4, 22/44/88/176 for p4m; strides 1, 2, 2, 2). Block: group
+    32/64/128/256 fields for p4, 22/44/88/176 for p4m, p4's scaled by sqrt(4/|G|) for
+    other groups; strides 1, 2, 2, 2). Block: group
     3×3 conv → Dropout → BN → ReLU → [group 3×3 conv, or E4(k, r, `fields_per_slice`)] → BN,
     plus the shortcut (1×1 group conv + BN where the shape changes), then ReLU. As in the
     official code a strided group conv is a stride-1 conv followed by 2×2 max pooling, which
@@ -117,7 +127,7 @@ def e4_resnet18(
     Dense. Reported CIFAR-10: p4-R18 92.47, p4-E4R18 93.58, p4m-R18 94.17, p4m-E4R18 95.04.
 
     Args:
-        group: `"p4"` or `"p4m"`.
+        group: `"p4"`, `"p4m"` (the official networks), or any `"cN"` / `"dN"`.
         num_classes: int.
         e4: bool, E4 layers as each block's second conv (E4R18) or group convs (R18).
         input_shape: channels_last `(rows, cols, channels)`.
@@ -132,7 +142,7 @@ def e4_resnet18(
         An uncompiled `keras.Model` producing logits.
     """
     group = gops.check_group(group)
-    widths = tuple(widths or _RESNET_WIDTHS[group])
+    widths = tuple(widths or _resnet_widths(group))
     if len(widths) != 4:
         raise ValueError(f"Expected widths to be 4 stage widths. Received: widths={widths!r}")
     df = "channels_last"

@@ -136,7 +136,8 @@ class E4Conv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
         # Static NumPy tables, built here (eagerly) and read as constants by `call`:
         # torch.compile ignores `functools.lru_cache` and would trace their construction.
-        self._one_by_one_table = gops.group_gather_table(self.group, 1)
+        self._one_by_one_table = gops.kernel_tables("group", self.group, 1)
+        self._kernel_maps = gops.kernel_maps(self.group, self.kernel_size)
         self._generator_columns = gops.steered_generator_columns(self.group, self.kernel_size, self.slices)
         self._encoder_columns = gops.encoder_columns(self.order, self.slices, self.filters // self.slices)
 
@@ -191,6 +192,12 @@ class E4Conv2D(keras.layers.Layer):
         cols = self._generator_columns
         kernel = keras.ops.cast(self.generator_kernel, dtype)
         bias = keras.ops.cast(self.generator_bias, dtype)
+        if self._kernel_maps is not None:  # the stack of steered kernels, (slices, S·k²) per row
+            kernel = keras.ops.reshape(kernel, (self.reduced * slices, k2))
+            kernel = keras.ops.transpose(gops.stack_kernels(keras.ops.transpose(kernel), self._kernel_maps))
+            kernel = keras.ops.reshape(kernel, (self.reduced, -1))
+            bias = gops.stack_kernels(keras.ops.transpose(keras.ops.reshape(bias, (slices, k2))), self._kernel_maps)
+            bias = keras.ops.reshape(keras.ops.transpose(bias), (-1,))
         w = gops.static_take(kernel, cols.T.reshape(-1), axis=1)  # (C_r, G·k2s)
         w = keras.ops.reshape(w, (self.reduced, n, k2 * slices))
         b = keras.ops.reshape(gops.static_take(bias, cols.reshape(-1), axis=0), (k2 * slices, n))

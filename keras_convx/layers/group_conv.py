@@ -41,7 +41,8 @@ class _GroupConvBase(BaseConv2D):
         self.kernel_size = _common.odd_kernel_size(kernel_size)
         self.group = gops.check_group(group)
         self.order = gops.group_order(self.group)
-        # Static NumPy gather table, built here (eagerly) and read as a constant by `call`.
+        # Static NumPy gather table and kernel maps, built here (eagerly) and read as
+        # constants by `call`.
         self._table = self._gather_table()
 
     @property
@@ -142,7 +143,7 @@ class GroupLiftConv2D(_GroupConvBase):
     group_input = False  # an image in, a group feature map out
 
     def _gather_table(self):
-        return gops.lift_gather_table(self.group, self.kernel_size)
+        return gops.kernel_tables("lift", self.group, self.kernel_size)
 
     def _expand(self, kernel):
         return gops.lift_kernel(kernel, self.group, self._table)
@@ -191,7 +192,7 @@ class GroupConv2D(_GroupConvBase):
         return channels
 
     def _gather_table(self):
-        return gops.group_gather_table(self.group, self.kernel_size)
+        return gops.kernel_tables("group", self.group, self.kernel_size)
 
     def _expand(self, kernel):
         return gops.group_kernel(kernel, self.group, self._table)

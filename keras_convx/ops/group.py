@@ -15,8 +15,6 @@ Tensor maths uses `keras.ops`; the E4 aggregation has a patch reference and a
 shift-and-accumulate form, chosen by the ops dispatch point (`e4_aggregate`).
 """
 
-import functools
-
 import keras
 import numpy as np
 
@@ -29,115 +27,71 @@ from keras_convx.ops.core import window_slice
 from keras_convx.ops.core import zero_pad
 from keras_convx.ops.dispatcher import dispatch
 
-GROUPS = ("p4", "p4m")
-
-# The spec's D4 table: input group axis permutation of element i.
-_P8 = np.array(
-    [
-        [0, 1, 2, 3, 4, 5, 6, 7],
-        [3, 0, 1, 2, 5, 6, 7, 4],
-        [2, 3, 0, 1, 6, 7, 4, 5],
-        [1, 2, 3, 0, 7, 4, 5, 6],
-        [4, 5, 6, 7, 0, 1, 2, 3],
-        [5, 6, 7, 4, 3, 0, 1, 2],
-        [6, 7, 4, 5, 2, 3, 0, 1],
-        [7, 4, 5, 6, 1, 2, 3, 0],
-    ]
-)
-
-
-def check_group(group):
-    """Returns the normalised group name; ValueError naming `group` otherwise."""
-    if not isinstance(group, str) or group.lower() not in GROUPS:
-        raise ValueError(f"Expected group to be one of {list(GROUPS)}. Received: group={group!r}")
-    return group.lower()
+from keras_convx.ops.group_tables import GROUPS  # noqa: F401
+from keras_convx.ops.group_tables import check_group  # noqa: F401
+from keras_convx.ops.group_tables import compose  # noqa: F401
+from keras_convx.ops.group_tables import element as element_parts
+from keras_convx.ops.group_tables import encoder_columns  # noqa: F401
+from keras_convx.ops.group_tables import exact_elements  # noqa: F401
+from keras_convx.ops.group_tables import group_gather_table  # noqa: F401
+from keras_convx.ops.group_tables import group_order  # noqa: F401
+from keras_convx.ops.group_tables import group_permutation  # noqa: F401
+from keras_convx.ops.group_tables import group_spec  # noqa: F401
+from keras_convx.ops.group_tables import kernel_maps  # noqa: F401
+from keras_convx.ops.group_tables import kernel_permutation  # noqa: F401
+from keras_convx.ops.group_tables import lift_gather_table  # noqa: F401
+from keras_convx.ops.group_tables import steered_generator_columns  # noqa: F401
+from keras_convx.ops.group_tables import steering_table  # noqa: F401
 
 
-def group_order(group):
-    """|G|: 4 for p4, 8 for p4m."""
-    return 4 if check_group(group) == "p4" else 8
+def kernel_tables(kind, group, k):
+    """`(gather table, kernel maps or None)` of a lifting (`kind="lift"`) or group
+    (`kind="group"`) convolution: the constants `lift_kernel` / `group_kernel` read. Layers
+    build them in `__init__`: torch.compile (dynamo) ignores `functools.lru_cache` and would
+    trace the NumPy construction into every compiled step."""
+    table = lift_gather_table(group, k) if kind == "lift" else group_gather_table(group, k)
+    return table, kernel_maps(group, k)
 
 
-def transform_kernel(w, g, axes=(0, 1)):
-    """Applies element g's spatial transform to the two `axes` of the NumPy array `w`."""
-    if g < 4:
-        return np.rot90(w, g, axes=axes)
-    return np.rot90(np.swapaxes(w, *axes), 7 - g, axes=axes)
+def stack_kernels(flat, maps):
+    """The kernel stack: `maps @ flat` over the first axis (k² → S·k² rows), or `flat` itself
+    when `maps` is None (every element an exact grid transform)."""
+    if maps is None:
+        return flat
+    rows = flat.shape[0]
+    product = keras.ops.matmul(keras.ops.cast(maps, flat.dtype), keras.ops.reshape(flat, (rows, -1)))
+    return keras.ops.reshape(product, (maps.shape[0], *flat.shape[1:]))
 
 
-def _readonly(a):
-    a = np.ascontiguousarray(a)
-    a.setflags(write=False)
-    return a
-
-
-@functools.lru_cache(maxsize=None)
-def kernel_permutation(group, k):
-    """(|G|, k²) int array: `T_g(w).flat[s] == w.flat[table[g, s]]` for a k×k kernel."""
-    positions = np.arange(k * k).reshape(k, k)
-    return _readonly([transform_kernel(positions, g).reshape(-1) for g in range(group_order(group))])
-
-
-@functools.lru_cache(maxsize=None)
-def group_permutation(group):
-    """(|G|, |G|) int array P: output element g reads input element P[g, h] at slot h."""
-    n = group_order(group)
-    if n == 4:
-        return _readonly([[(h - g) % 4 for h in range(4)] for g in range(4)])
-    return _readonly(_P8)
-
-
-@functools.lru_cache(maxsize=None)
-def lift_gather_table(group, k):
-    """(k², |G|) indices into a kernel's k² axis: `table[s, g] = kernel_permutation[g, s]`."""
-    return _readonly(kernel_permutation(group, k).T)
-
-
-@functools.lru_cache(maxsize=None)
-def group_gather_table(group, k):
-    """(k², |G|_in, |G|_out) indices into a kernel's flattened (k², |G|) axes.
-
-    `table[s, h, g] = src_g(s)·|G| + P[g, h]`: the dense group kernel at position s, input
-    element h, output element g is the stored kernel at position `src_g(s)` and element
-    `P[g, h]`.
-    """
-    n = group_order(group)
-    src = kernel_permutation(group, k)  # (G, k²)
-    p = group_permutation(group)  # (G, G)
-    table = src.T[:, None, :] * n + p.T[None, :, :]  # [s, h, g]
-    return _readonly(table)
-
-
-def lift_kernel(kernel, group, table=None):
+def lift_kernel(kernel, group, tables=None):
     """Dense kernel of a lifting convolution.
 
     Args:
         kernel: (k, k, C_in, F) tensor.
-        group: "p4" or "p4m".
-        table: `lift_gather_table(group, k)`, precomputed. Layers pass the table they built
-            in `__init__`: torch.compile (dynamo) ignores `functools.lru_cache` and would
-            trace the NumPy table construction into every compiled step.
+        group: a group name (`check_group`).
+        tables: `kernel_tables("lift", group, k)`, precomputed (layers pass theirs).
 
     Returns:
         (k, k, C_in, F·|G|) tensor, output channel `f·|G| + g` holding `T_g(kernel[..., f])`.
     """
     k, _, cin, f = kernel.shape
     n = group_order(group)
-    flat = keras.ops.reshape(kernel, (k * k, cin, f))
-    idx = (lift_gather_table(group, k) if table is None else table).reshape(-1)
+    table, maps = kernel_tables("lift", group, k) if tables is None else tables
+    flat = stack_kernels(keras.ops.reshape(kernel, (k * k, cin, f)), maps)
+    idx = table.reshape(-1)
     dense = static_take(flat, idx, axis=0)  # (k²·G, cin, f)
     dense = keras.ops.reshape(dense, (k, k, n, cin, f))
     dense = keras.ops.transpose(dense, (0, 1, 3, 4, 2))
     return keras.ops.reshape(dense, (k, k, cin, f * n))
 
 
-def group_kernel(kernel, group, table=None):
+def group_kernel(kernel, group, tables=None):
     """Dense kernel of a group convolution.
 
     Args:
         kernel: (k, k, C_in·|G|, F) tensor, input channel index `c·|G| + h`.
-        group: "p4" or "p4m".
-        table: `group_gather_table(group, k)`, precomputed (see `lift_kernel`).
+        group: a group name (`check_group`).
+        tables: `kernel_tables("group", group, k)`, precomputed (layers pass theirs).
 
     Returns:
         (k, k, C_in·|G|, F·|G|) tensor: `W[s, c·|G|+h, f·|G|+g] = kernel[src_g(s), c·|G|+P[g,h], f]`.
@@ -145,9 +99,11 @@ def group_kernel(kernel, group, table=None):
     k, _, cin_g, f = kernel.shape
     n = group_order(group)
     cin = cin_g // n
+    table, maps = kernel_tables("group", group, k) if tables is None else tables
     flat = keras.ops.reshape(kernel, (k * k, cin, n, f))
-    flat = keras.ops.reshape(keras.ops.transpose(flat, (0, 2, 1, 3)), (k * k * n, cin, f))
-    idx = (group_gather_table(group, k) if table is None else table).reshape(-1)
+    flat = stack_kernels(keras.ops.transpose(flat, (0, 2, 1, 3)), maps)  # (S·k², n, cin, f)
+    flat = keras.ops.reshape(flat, (-1, cin, f))
+    idx = table.reshape(-1)
     dense = static_take(flat, idx, axis=0)  # (k²·G·G, cin, f)
     dense = keras.ops.reshape(dense, (k, k, n, n, cin, f))  # s, h, g, c, f
     dense = keras.ops.transpose(dense, (0, 1, 4, 2, 5, 3))  # s, c, h, f, g
@@ -179,42 +135,6 @@ def merge_fields(x, data_format):
 
 
 # ------------------------------------------------------------------------------ E4 layer
-
-
-@functools.lru_cache(maxsize=None)
-def steering_table(group, k, slices):
-    """(slices·k²·|G|,) indices steering the generator's kernels.
-
-    The generator output for element g, viewed as (slices, k², |G|) and flattened, is gathered
-    with this table so that slot (σ, s, g) holds `κ[σ, src_g(s), g]`, i.e. `T_g(κ[σ, :, :, g])`.
-    """
-    n = group_order(group)
-    src = kernel_permutation(group, k)  # (G, k²)
-    sigma = np.arange(slices)[:, None, None]
-    s = np.arange(k * k)[None, :, None]
-    g = np.arange(n)[None, None, :]
-    table = (sigma * k * k + src[g, s]) * n + g
-    return _readonly(table.reshape(-1))
-
-
-@functools.lru_cache(maxsize=None)
-def steered_generator_columns(group, k, slices, steering=True):
-    """(k²·slices, |G|) source columns of the generator kernel, slots ordered (s, σ).
-
-    Row `s·slices + σ`, column g holds the stored generator column `σ·k² + src_g(s)` (the
-    steering folded into the weights); `steering=False` (a negative control) keeps `σ·k² + s`.
-    """
-    n, k2 = group_order(group), k * k
-    table = steering_table(group, k, slices) if steering else np.arange(k2 * slices * n)
-    cols = table.reshape(k2 * slices, n) // n
-    return _readonly(cols[(np.arange(slices)[None, :] * k2 + np.arange(k2)[:, None]).reshape(-1)])
-
-
-@functools.lru_cache(maxsize=None)
-def encoder_columns(order, slices, fields_per_slice):
-    """Column order taking output channel `(σ·M + m)·|G| + g` to the slot `(m, σ, g)`."""
-    mm, ss, gg = np.meshgrid(np.arange(fields_per_slice), np.arange(slices), np.arange(order), indexing="ij")
-    return _readonly(((ss * fields_per_slice + mm) * order + gg).reshape(-1))
 
 
 def _shift_windows(v, k, strides, counts=(None, None)):
@@ -377,13 +297,41 @@ def band_rows(batch, height, width, per_pixel, itemsize=4, budget=None):
 def group_elements(group):
     """The group's elements as words in the generators, applied left to right.
 
-    `"r"` is the 90° counter-clockwise rotation (`np.rot90` over (rows, cols)), `"m"` the
-    mirror (flip along cols). p4: `"", "r", "rr", "rrr"`; p4m adds `"m", "mr", "mrr", "mrrr"`.
+    `"r"` is the rotation by 360°/N counter-clockwise (for N = 4, `np.rot90` over (rows,
+    cols)), `"m"` the mirror (flip along cols). p4: `"", "r", "rr", "rrr"`; p4m adds `"m",
+    "mr", "mrr", "mrrr"`; cN has `"r"·a` for a < N and dN adds `"m" + "r"·a`.
     """
-    words = ["", "r", "rr", "rrr"]
-    if group_order(group) == 8:
-        words += ["m" + w for w in words]
-    return words
+    n, mirrored = group_spec(group)
+    words = ["r" * a for a in range(n)]
+    return words + ["m" + w for w in words] if mirrored else words
+
+
+def _element_of(word, group):
+    """The index of a word's element (its generators applied left to right)."""
+    n, mirrored = group_spec(group)
+    g = 0
+    for generator in word:
+        if generator not in "rm":
+            raise ValueError(f"Unknown generator {generator!r} in element {word!r}.")
+        if generator == "m" and not mirrored:
+            raise ValueError(f"The mirror is not an element of {group!r}.")
+        g = compose(group, 1 % n if generator == "r" else n, g)
+    return g
+
+
+def rotate_images(x, angle):
+    """Rotates a channels_last NumPy batch by `angle` radians counter-clockwise about its
+    centre, bilinear, zeros outside (`keras.ops.image.affine_transform`)."""
+    h, w = x.shape[1:3]
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    cos, sin = np.cos(angle), np.sin(angle)
+    # output pixel (col u, row v) reads the input at R(−angle) of it (y up).
+    matrix = [cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, 0.0, 0.0]
+    matrix = np.tile(np.asarray(matrix, "float32"), (x.shape[0], 1))
+    y = keras.ops.image.affine_transform(keras.ops.convert_to_tensor(x.astype("float32")), matrix,
+                                         interpolation="bilinear", fill_mode="constant",
+                                         data_format="channels_last")
+    return keras.ops.convert_to_numpy(y).astype(x.dtype)
 
 
 def transform(x, element, group, kind="group", data_format=None):
@@ -392,34 +340,36 @@ def transform(x, element, group, kind="group", data_format=None):
     Args:
         x: NumPy array `(B, H, W, C)` (channels_last) or `(B, C, H, W)`.
         element: a word from `group_elements(group)`.
-        group: `"p4"` or `"p4m"`.
+        group: a group name (`"p4"`, `"p4m"`, `"cN"`, `"dN"`).
         kind: `"group"` (a group feature map: the spatial transform AND the permutation of
             each field's |G| channels), `"image"` (spatial transform only) or `"invariant"`
             (left unchanged).
         data_format: default `keras.config.image_data_format()`.
+
+    Rotations by multiples of 90° and the mirrors move pixels exactly; other angles
+    interpolate (`rotate_images`: bilinear, so compare such results inside a disc).
     """
     n = group_order(group)
     data_format = arguments.data_format(data_format)
+    g = _element_of(element, group)
     if kind == "invariant":
         return x
     x = np.asarray(x)
     if data_format == "channels_first":
         x = np.moveaxis(x, 1, -1)
-    for generator in element:
-        if kind == "group":
-            b, h, w, c = x.shape
-            # The channels move as the group table's row of the generator (element 1 = r,
-            # element 4 = m): the regular representation the layers' kernels are built with.
-            perm = group_permutation(group)[1 if generator == "r" else 4]
-            x = x.reshape(b, h, w, c // n, n)[..., perm].reshape(b, h, w, c)
-        if generator == "r":
-            x = np.rot90(x, 1, axes=(1, 2))
-        elif generator == "m":
-            if n != 8:
-                raise ValueError(f"The mirror is not an element of {group!r}.")
-            x = x[:, :, ::-1]
-        else:
-            raise ValueError(f"Unknown generator {generator!r} in element {element!r}.")
+    if kind == "group":
+        b, h, w, c = x.shape
+        # The channels move as the group table's row of the element: the regular
+        # representation the layers' kernels are built with.
+        x = x.reshape(b, h, w, c // n, n)[..., group_permutation(group)[g]].reshape(b, h, w, c)
+    rotations, _ = group_spec(group)
+    a, mirror = element_parts(group, g)
+    if mirror:
+        x = x[:, :, ::-1]
+    if (a * 4) % rotations == 0:
+        x = np.rot90(x, (a * 4) // rotations, axes=(1, 2))
+    else:
+        x = rotate_images(np.ascontiguousarray(x), 2 * np.pi * a / rotations)
     if data_format == "channels_first":
         x = np.moveaxis(x, -1, 1)
     return np.ascontiguousarray(x)

@@ -140,6 +140,6 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="size"):
         e4net_mnist_rot("huge")
     with pytest.raises(ValueError, match="group"):
-        e4_resnet18("c8")
+        e4_resnet18("q8")
     with pytest.raises(ValueError, match="fields_per_slice"):
         e4_resnet18("p4", fields_per_slice=3)
