@@ -11,7 +11,7 @@ from keras_convx.ops import group as gops
 from tests import harness
 from tests.oracles import group as oracle
 
-ORDER = {"p4": 4, "p4m": 8}
+ORDER = {"p4": 4, "p4m": 8, "c8": 8, "d8": 16, "c3": 3, "d3": 6}
 
 
 def _randomize(layer, seed=0):
@@ -38,6 +38,9 @@ CASES = [
     ("p4", dict(filters=4, kernel_size=5, reduction_ratio=2, slices=1, strides=2), (1, 8, 8, 4)),
     ("p4m", dict(filters=2, kernel_size=3, reduction_ratio=2, slices=2), (1, 5, 5, 2)),
     ("p4m", dict(filters=2, kernel_size=3, reduction_ratio=1, slices=1, strides=2, official_compat=True), (1, 6, 6, 2)),
+    # rotations off the 90° grid (steered through the basis), with and without the mirror
+    ("c8", dict(filters=4, kernel_size=3, reduction_ratio=1, slices=2), (1, 5, 5, 2)),
+    ("d3", dict(filters=2, kernel_size=5, reduction_ratio=2, slices=1, strides=2), (1, 6, 6, 2)),
 ]
 
 
@@ -56,10 +59,11 @@ def test_matches_oracle_forward_and_gradients(case, data_format):
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("group", ["p4", "p4m"])
+@pytest.mark.parametrize("group", ["p4", "p4m", "c8", "d3"])
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=5, reduction_ratio=1, slices=2),
                                     dict(kernel_size=3, reduction_ratio=2, slices=4)])
 def test_exactly_equivariant(group, kwargs, data_format):
+    # On the exact subgroup (90° rotations, grid mirrors) of every group.
     n = ORDER[group]
     layer = E4Conv2D(4, group=group, data_format=data_format, **kwargs)
     x = np.random.default_rng(2).standard_normal((2, 11, 11, 4 * n)).astype("float32")
@@ -67,8 +71,8 @@ def test_exactly_equivariant(group, kwargs, data_format):
         x = np.ascontiguousarray(np.moveaxis(x, -1, 1))
     layer.build(x.shape)
     _randomize(layer)  # random tied GroupNorm γ, β included
-    errors = analysis.equivariance_error(layer, x, group, per_element=True)
-    assert len(errors) == n
+    errors = analysis.equivariance_error(layer, x, group, per_element=True, elements="exact")
+    assert len(errors) == len(gops.exact_elements(group)) == {"c8": 4, "d3": 2}.get(group, n)
     assert max(errors.values()) <= 1e-5, errors
 
 
@@ -86,7 +90,7 @@ def test_negative_control_untied_group_norm_breaks_equivariance(group):
     assert analysis.equivariance_error(layer, x, group) <= 1e-5
 
 
-@pytest.mark.parametrize("group", ["p4", "p4m"])
+@pytest.mark.parametrize("group", ["p4", "p4m", "c8"])
 def test_negative_control_without_steering_breaks_equivariance(group):
     n = ORDER[group]
     layer = E4Conv2D(4, 3, group=group, reduction_ratio=1, slices=2)
@@ -95,7 +99,7 @@ def test_negative_control_without_steering_breaks_equivariance(group):
     _randomize(layer)
     # The generator's columns without the steering (the layer reads its table as a constant).
     layer._generator_columns = gops.steered_generator_columns(group, 3, 2, steering=False)
-    assert analysis.equivariance_error(layer, x, group) > 0.05
+    assert analysis.equivariance_error(layer, x, group, elements="exact") > 0.05
 
 
 @pytest.mark.parametrize("strides", [1, 2])
@@ -232,6 +236,7 @@ def test_parameter_count_official_compat_and_tied(group, cin, cout, k, r, gc):
     [
         (dict(filters=4, kernel_size=3, group="p4", reduction_ratio=2, slices=2), (2, 6, 6, 16)),
         (dict(filters=2, kernel_size=3, group="p4m", reduction_ratio=1, slices=1, strides=2), (2, 6, 6, 16)),
+        (dict(filters=2, kernel_size=3, group="c8", reduction_ratio=1, slices=2), (2, 5, 5, 16)),
     ],
 )
 def test_layer_contract(kwargs, shape):

@@ -17,8 +17,11 @@ from keras_convx.ops import group as gops
 from tests import harness
 from tests.oracles import adjoint
 from tests.oracles import group as oracle
+from tests.oracles import group_any
 
-ORDER = {"p4": 4, "p4m": 8}
+ORDER = {"p4": 4, "p4m": 8, "c4": 4, "d4": 8, "c8": 8, "d8": 16, "c3": 3, "d3": 6, "c6": 6, "d1": 2}
+# Groups with angles off the 90° grid (kernels steered through the basis) or with odd N.
+ANY_GROUPS = ["c8", "d8", "c3", "d3", "c6", "d1"]
 
 
 def _randomize(layer, seed=0):
@@ -44,6 +47,44 @@ def test_tables_match_spec(group):
     for g in range(n):
         np.testing.assert_array_equal(w.reshape(-1)[gops.kernel_permutation(group, 5)[g]],
                                       oracle.transform(w, g).reshape(-1))
+
+
+@pytest.mark.parametrize("group", ANY_GROUPS + ["c1", "d2", "c4", "d4", "c5"])
+def test_group_table_matches_the_matrix_definition(group):
+    np.testing.assert_array_equal(gops.group_permutation(group), group_any.table(group))
+    assert gops.group_order(group) == group_any.order(group)
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_steered_kernels_form_an_exact_orbit(k):
+    # The kernels of all elements are one group orbit: T_g(T_h(w)) = T_{gh}(w) (float64),
+    # element g + 2 of c8 is rot90 of element g, and the mirror commutes as in the group.
+    for group in ("c8", "d8", "d3"):
+        n = gops.group_order(group)
+        maps, src = gops.kernel_maps(group, k), gops.kernel_permutation(group, k)
+        w = np.random.default_rng(k).standard_normal(k * k)
+        moved = [(maps @ w)[src[g]] for g in range(n)]
+        for g in range(n):
+            for h in range(n):
+                twice = (maps @ moved[h])[src[g]]
+                np.testing.assert_allclose(twice, moved[gops.compose(group, g, h)], atol=1e-12)
+        if group == "c8":
+            for g in range(n):
+                np.testing.assert_array_equal(moved[(g + 2) % n], np.rot90(moved[g].reshape(k, k)).reshape(-1))
+
+
+@pytest.mark.parametrize("cls, fields", [(GroupLiftConv2D, 2), (GroupConv2D, 2)])
+@pytest.mark.parametrize("alias, group", [("c4", "p4"), ("d4", "p4m")])
+def test_c4_and_d4_are_p4_and_p4m_bit_for_bit(cls, fields, alias, group):
+    channels = fields if cls is GroupLiftConv2D else fields * ORDER[group]
+    x = np.random.default_rng(11).standard_normal((2, 7, 7, channels)).astype("float32")
+    a, b = cls(3, 3, group=alias), cls(3, 3, group=group)
+    a.build(x.shape)
+    b.build(x.shape)
+    _randomize(a)
+    b.set_weights(a.get_weights())
+    np.testing.assert_array_equal(harness.to_numpy(a(x)), harness.to_numpy(b(x)))
+    assert a.get_config()["group"] == alias
 
 
 # Hand-computed goldens, independent of every table in the package and in the oracle.
@@ -123,6 +164,8 @@ LIFT_CASES = [
     ("p4m", dict(kernel_size=3), (2, 6, 6, 1)),
     ("p4", dict(kernel_size=5, strides=2), (1, 8, 9, 2)),
     ("p4m", dict(kernel_size=3, padding="valid", use_bias=False), (2, 6, 7, 2)),
+    ("c8", dict(kernel_size=3), (1, 6, 6, 2)),
+    ("d3", dict(kernel_size=5, strides=2, padding="valid"), (1, 9, 8, 1)),
 ]
 GCONV_CASES = [
     ("p4", dict(kernel_size=3), (2, 6, 6, 2 * 4)),
@@ -131,6 +174,9 @@ GCONV_CASES = [
     ("p4m", dict(kernel_size=1, use_bias=False), (1, 4, 4, 2 * 8)),
     ("p4", dict(kernel_size=5, strides=2, padding="valid"), (1, 9, 8, 2 * 4)),
     ("p4m", dict(kernel_size=3, strides=2), (1, 6, 7, 1 * 8)),
+    ("c8", dict(kernel_size=3), (1, 5, 5, 1 * 8)),
+    ("d3", dict(kernel_size=5, strides=2), (1, 6, 6, 1 * 6)),
+    ("c6", dict(kernel_size=1, use_bias=False), (1, 4, 4, 2 * 6)),
 ]
 
 
@@ -161,7 +207,7 @@ def test_conv_matches_oracle(cls, fn, case, data_format):
     harness.assert_matches_oracle(layer, x, fn_, atol=1e-4, rtol=1e-5, grad_rtol=1e-3, grad_atol=1e-3)
 
 
-@pytest.mark.parametrize("group", ["p4", "p4m"])
+@pytest.mark.parametrize("group", ["p4", "p4m", "c8", "d3"])
 def test_equivalent_conv_folds_into_conv2d(group):
     n = ORDER[group]
     layer = GroupConv2D(3, 3, group=group)
@@ -232,7 +278,7 @@ def test_analysis_transform_matches_the_spec_actions():
                                   oracle.rotate_group_map(oracle.rotate_group_map(y4, "p4"), "p4"))
 
 
-@pytest.mark.parametrize("group", ["p4", "p4m"])
+@pytest.mark.parametrize("group", ["p4", "p4m", "c8", "d3"])
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize(
     "make, fields_in",
@@ -255,13 +301,14 @@ def test_every_group_layer_is_equivariant(make, fields_in, group, data_format):
     _randomize(layer)
     if isinstance(layer, GroupBatchNormalization):
         layer.moving_variance.assign(np.abs(harness.to_numpy(layer.moving_variance)) + 0.5)
-    errors = analysis.equivariance_error(layer, x, group, per_element=True)
-    assert len(errors) == n
+    # every element for p4/p4m; the exact subgroup (90° rotations, grid mirrors) of c8/d3
+    errors = analysis.equivariance_error(layer, x, group, per_element=True, elements="exact")
+    assert len(errors) == {"c8": 4, "d3": 2}.get(group, n)
     assert max(errors.values()) <= 1e-5, errors
 
 
 @settings(max_examples=12, deadline=None, derandomize=True)
-@given(group=st.sampled_from(["p4", "p4m"]), lift=st.booleans(), size=st.integers(3, 9),
+@given(group=st.sampled_from(["p4", "p4m"] + ANY_GROUPS), lift=st.booleans(), size=st.integers(3, 9),
        fields=st.integers(1, 3), kernel_size=st.sampled_from([1, 3, 5]),
        padding=st.sampled_from(["same", "valid"]), seed=st.integers(0, 2**16))
 def test_group_convs_are_equivariant_for_drawn_shapes_and_weights(group, lift, size, fields,
@@ -275,7 +322,7 @@ def test_group_convs_are_equivariant_for_drawn_shapes_and_weights(group, lift, s
     x = rng.standard_normal((2, size, size, fields if lift else fields * n)).astype("float32")
     layer.build(x.shape)
     _randomize(layer, seed)
-    assert analysis.equivariance_error(layer, x, group) <= 1e-5
+    assert analysis.equivariance_error(layer, x, group, elements="exact") <= 1e-5
 
 
 def test_equivariance_error_detects_a_plain_conv():

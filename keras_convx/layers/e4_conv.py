@@ -13,7 +13,7 @@ from keras_convx.ops.core import matmul_last
 
 @register
 class E4Conv2D(keras.layers.Layer):
-    """E4 layer (He et al., "Efficient Equivariant Network", NeurIPS 2021), p4 or p4m.
+    """E4 layer (He et al., "Efficient Equivariant Network", NeurIPS 2021), on p4, p4m or any cN / dN.
 
     An equivariant, input-dependent k×k convolution. For a group feature map f with C_in
     fields, C_r = ⌊C_in / reduction_ratio⌋ and `slices` groups of `filters / slices` output
@@ -25,7 +25,9 @@ class E4Conv2D(keras.layers.Layer):
        viewed as (slices, k, k, |G|) per pixel. With strides > 1 the generator sees the
        average-pooled input.
     2. Steering: `K[σ, g] = T_g(κ[σ, :, :, g])`, the spatial transform of element g — a
-       static permutation of the k² axis (folded into `W_gen`'s columns, so it costs nothing).
+       static permutation of the k² axis (folded into `W_gen`'s columns, so it costs nothing);
+       for angles off the 90° grid (cN/dN with N not dividing 4) the rotation through the
+       steerable basis of `GroupConv2D`, also folded into `W_gen` and `b_gen`.
     3. Encoder: `V = GroupConv1x1(C_in → filters)(f)`, no bias.
     4. Aggregation: `y[σ·M + m, g, x] = Σ_{i,j} K[σ, g, x][i, j] · V[σ·M + m, g, x·s + (i − p, j − p)]`,
        zero padding p = (k − 1)/2, M = filters / slices.
@@ -42,7 +44,9 @@ class E4Conv2D(keras.layers.Layer):
     Args:
         filters: int, output fields (`filters·|G|` channels); divisible by `slices`.
         kernel_size: odd int, the generated kernel's size k.
-        group: `"p4"` (default) or `"p4m"`.
+        group: `"p4"` (4 rotations, default), `"p4m"` (4 rotations × mirror, |G| = 8),
+            `"cN"` (N rotations, |G| = N) or `"dN"` (N rotations × mirror, |G| = 2N), N ≥ 1;
+            `"c4"` and `"d4"` give p4's and p4m's results.
         reduction_ratio: number ≥ 1, the generator's channel reduction r (C_r = ⌊C_in / r⌋ ≥ 1).
         slices: int ≥ 1 dividing `filters`, the number of generated kernels per pixel
             (the official code's `groups` argument is `filters / slices`, the fields per slice).

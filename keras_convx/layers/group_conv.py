@@ -1,4 +1,4 @@
-"""Group-equivariant convolutions for p4 and p4m.
+"""Group-equivariant convolutions for p4, p4m and the groups cN, dN of any order.
 
 `GroupLiftConv2D` (image → group feature map) and `GroupConv2D` (group → group, any odd
 kernel size; `kernel_size=1` is the 1×1 group convolution); `GroupBatchNormalization` and
@@ -8,7 +8,11 @@ A group feature map is an ordinary 4-D tensor: channels_last `(B, H, W, fields·
 channel index `field·|G| + g` (channels_first `(B, fields·|G|, H, W)`), so ReLU, Dropout,
 Add, MaxPooling2D and friends compose with these layers unchanged. `filters` counts fields.
 The group elements are `rot90^g` (g = 0..3, NumPy's counter-clockwise `rot90`) and, for p4m,
-their mirrored versions g = 4..7 (see `keras_convx.ops.group`).
+their mirrored versions g = 4..7; cN has the N rotations by 360°/N and dN adds their
+mirrored versions (see `keras_convx.ops.group_tables`). Rotations by multiples of 90° and
+the mirrors move a kernel exactly; other angles rotate it through a steerable basis
+(circular harmonics × Gaussian rings, band limit |m| ≤ 2ρ on the ring of radius ρ, Weiler &
+Cesa 2019) onto which every element's kernel is projected, so the 90° subgroup stays exact.
 """
 
 import warnings
@@ -93,7 +97,11 @@ _CONV_ARGS_DOC = """
     Args:
         filters: int, the number of output fields (the output has `filters·|G|` channels).
         kernel_size: odd int (or a pair of equal odd ints).
-        group: `"p4"` (4 rotations, default) or `"p4m"` (4 rotations × mirror, |G| = 8).
+        group: `"p4"` (4 rotations, default), `"p4m"` (4 rotations × mirror, |G| = 8),
+            `"cN"` (N rotations, |G| = N) or `"dN"` (N rotations × mirror, |G| = 2N), N ≥ 1;
+            `"c4"` and `"d4"` give p4's and p4m's results. Kernel sizes above 1 in a group with
+            angles off the 90° grid (N not dividing 4) use the steerable basis: a k×k
+            kernel keeps 6 (k = 3), 15 (k = 5) or 28 (k = 7) degrees of freedom.
         strides: int or tuple of 2 ints. Stride 1 with `"same"` padding is exactly
             equivariant; larger strides are only equivariant on inputs whose size makes the
             sampling grid symmetric.
@@ -114,10 +122,11 @@ _CONV_ARGS_DOC = """
 @register
 class GroupLiftConv2D(_GroupConvBase):
     __doc__ = (
-        """Lifting convolution: an ordinary image → a p4/p4m group feature map.
+        """Lifting convolution: an ordinary image → a group feature map (p4, p4m, cN, dN).
 
     `y[f·|G| + g] = x ⋆ T_g(w[f])` (cross-correlation), where `T_g` is the spatial transform
-    of group element g (`rot90^g`; for p4m the mirrored elements `rot90^(7-g)(wᵀ)` for g ≥ 4).
+    of group element g (`rot90^g`; for p4m the mirrored elements `rot90^(7-g)(wᵀ)` for g ≥ 4;
+    for cN/dN the rotation by 360°·g/N, through the steerable basis off the 90° grid).
     Rotating (or, for p4m, mirroring) the input rotates the output spatially and permutes
     its group axis (`keras_convx.analysis.equivariance_error` measures it).
 """
@@ -152,13 +161,15 @@ class GroupLiftConv2D(_GroupConvBase):
 @register
 class GroupConv2D(_GroupConvBase):
     __doc__ = (
-        """Group convolution on p4/p4m group feature maps (group → group).
+        """Group convolution on group feature maps (group → group; p4, p4m, cN, dN).
 
     For output element g the filter applied to input element h is
-    `T_g(w[:, :, P[g, h]])`, with `P` the group's permutation table (p4: `(h − g) mod 4`).
+    `T_g(w[:, :, P[g, h]])`, with `P` the group's permutation table (`P[g, h] = g⁻¹h`;
+    p4: `(h − g) mod 4`).
     `kernel_size=1` gives the 1×1 group convolution `W[f, g, c, h] = w[f, c, P[g, h]]`.
     The kernel expansion is one static gather from NumPy tables built once per config
-    (`keras_convx.ops.group.group_kernel`), followed by one ordinary convolution.
+    (`keras_convx.ops.group.group_kernel`; off the 90° grid, after one small matrix product
+    with the representative rotations), followed by one ordinary convolution.
 """
         + _CONV_ARGS_DOC
         + """

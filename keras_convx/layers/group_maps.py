@@ -1,4 +1,4 @@
-"""Layers on p4/p4m group feature maps: `GroupBatchNormalization` (one statistic and affine
+"""Layers on group feature maps (p4, p4m, cN, dN): `GroupBatchNormalization` (one statistic and affine
 per field) and `GroupPooling` (group map → ordinary features).
 
 The layout is `keras_convx.layers.group_conv`'s: channels_last `(B, H, W, fields·|G|)`,
@@ -28,7 +28,7 @@ _BN_OBJECTS = (
 
 @register
 class GroupBatchNormalization(keras.layers.Layer):
-    """Batch normalization of a p4/p4m group feature map, one statistic and affine per field.
+    """Batch normalization of a group feature map, one statistic and affine per field.
 
     Mean and variance of field f are taken over the batch, the spatial axes AND the field's
     |G| orientation channels, and its |G| channels share one `gamma` and one `beta`, so the
@@ -39,7 +39,9 @@ class GroupBatchNormalization(keras.layers.Layer):
     (`keras_convx.export.fold`).
 
     Args:
-        group: `"p4"` or `"p4m"`.
+        group: `"p4"` (4 rotations, default), `"p4m"` (4 rotations × mirror, |G| = 8),
+            `"cN"` (N rotations, |G| = N) or `"dN"` (N rotations × mirror, |G| = 2N), N ≥ 1;
+            `"c4"` and `"d4"` give p4's and p4m's results.
         momentum: float in [0, 1), momentum of the moving statistics.
         epsilon: float > 0 added to the variance.
         center: bool, learn `beta`.
@@ -218,14 +220,16 @@ class GroupBatchNormalization(keras.layers.Layer):
 
 @register
 class GroupPooling(keras.layers.Layer):
-    """Pools a p4/p4m group feature map over its |G| orientation channels.
+    """Pools a group feature map over its |G| orientation channels.
 
     `y[f] = max_g x[f·|G| + g]` (or the mean): the result is an ordinary feature map that
     is equivariant to rotating (and mirroring) the input in the plain spatial sense, and
     becomes invariant after a global spatial pool.
 
     Args:
-        group: `"p4"` or `"p4m"`.
+        group: `"p4"` (4 rotations, default), `"p4m"` (4 rotations × mirror, |G| = 8),
+            `"cN"` (N rotations, |G| = N) or `"dN"` (N rotations × mirror, |G| = 2N), N ≥ 1;
+            `"c4"` and `"d4"` give p4's and p4m's results.
         pooling: `"max"` (default) or `"mean"`.
         data_format: `"channels_last"` or `"channels_first"`; default
             `keras.config.image_data_format()`.

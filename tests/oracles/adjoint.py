@@ -13,6 +13,7 @@ central differences of its own forward.
 import numpy as np
 
 from tests.oracles import group as group_oracle
+from tests.oracles import group_any
 from tests.oracles import log_polar as lp_oracle
 from tests.oracles import synaptic as syn_oracle
 from tests.oracles.shared_basis import same_padding
@@ -57,7 +58,10 @@ def group_conv_vjp(x, weights, cotangent, group, lifting, strides=(1, 1), paddin
     dense_of = group_oracle.lift_dense if lifting else group_oracle.group_dense
     dense = dense_of(weights["kernel"], group)
     dx, d_dense = correlate_vjp(x, dense, cotangent, strides, padding)
-    grads = {"kernel": selection_vjp(lambda w: dense_of(w, group), weights["kernel"], d_dense)}
+    if group in group_oracle.SPEC_GROUPS:
+        grads = {"kernel": selection_vjp(lambda w: dense_of(w, group), weights["kernel"], d_dense)}
+    else:  # rotations off the 90° grid mix entries: the transposed linear maps
+        grads = {"kernel": group_any.dense_vjp(d_dense, weights["kernel"].shape, group, lifting)}
     if "bias" in weights:  # y += repeat(bias, |G|)
         n = group_oracle.order(group)
         grads["bias"] = cotangent.sum(axis=(0, 1, 2)).reshape(-1, n).sum(axis=1)
