@@ -28,14 +28,14 @@ def every_family_model():
     # The group layers run channels_first (both data formats are trained distributed).
     df = "channels_first"
     x = keras.layers.Permute((3, 1, 2))(x)
-    x = layers.GroupLiftConv2D(2, 3, group="p4", padding="same", data_format=df)(x)
-    x = layers.GroupBatchNormalization(group="p4", synchronized=True, data_format=df,
+    x = layers.GroupLiftConv2D(2, 3, group="c8", padding="same", data_format=df)(x)
+    x = layers.GroupBatchNormalization(group="c8", synchronized=True, data_format=df,
                                        name="group_bn")(x)
     x = keras.layers.ReLU()(x)
-    x = layers.E4Conv2D(2, 3, group="p4", reduction_ratio=1, slices=2, data_format=df)(x)
-    x = layers.GroupConv2D(2, 3, group="p4", padding="same", activation="relu",
+    x = layers.E4Conv2D(2, 3, group="c8", reduction_ratio=1, slices=2, data_format=df)(x)
+    x = layers.GroupConv2D(2, 3, group="c8", padding="same", activation="relu",
                            data_format=df)(x)
-    x = layers.GroupPooling(group="p4", data_format=df)(x)
+    x = layers.GroupPooling(group="c8", data_format=df)(x)
     x = keras.layers.GlobalAveragePooling2D(data_format=df)(x)
     outputs = keras.layers.Dense(5)(x)
     return keras.Model(inputs, outputs)

@@ -33,13 +33,14 @@ CASES = {
     "GroupLiftConv2D": Case(lambda df: layers.GroupLiftConv2D(2, 3, group="p4", data_format=df), 3),
     "GroupConv2D-p4m-s2": Case(
         lambda df: layers.GroupConv2D(2, 3, group="p4m", strides=2, data_format=df), 16),
+    "GroupConv2D-c8": Case(lambda df: layers.GroupConv2D(2, 3, group="c8", data_format=df), 16),
     "GroupBatchNormalization": Case(
         lambda df: layers.GroupBatchNormalization("p4", data_format=df), 8),
     "GroupPooling": Case(lambda df: layers.GroupPooling("p4", data_format=df), 8),
     "E4Conv2D": Case(lambda df: layers.E4Conv2D(2, 3, group="p4", reduction_ratio=1, slices=2,
                                                 data_format=df), 8),
-    "E4Conv2D-s2": Case(lambda df: layers.E4Conv2D(2, 3, group="p4", reduction_ratio=1, slices=2,
-                                                   strides=2, data_format=df), 8),
+    "E4Conv2D-d3-s2": Case(lambda df: layers.E4Conv2D(2, 3, group="d3", reduction_ratio=1, slices=2,
+                                                      strides=2, data_format=df), 12),
     "FilterBasis": Case(lambda df: layers.FilterBasis(4, 3, data_format=df), 3),
     "SharedBasisConv2D": Case(
         lambda df: layers.SharedBasisConv2D(4, layers.FilterBasis(4, 3), unique_bases=1,

@@ -25,11 +25,11 @@ def _log_polar(x):
 def _group(x):
     from keras_convx import layers
 
-    x = layers.GroupLiftConv2D(3, 3, group="p4m", padding="same", use_bias=True)(x)
-    x = layers.GroupBatchNormalization(group="p4m")(x)
-    x = layers.GroupConv2D(2, 3, group="p4m", strides=2)(x)
-    x = layers.E4Conv2D(2, 3, group="p4m", reduction_ratio=1, slices=2)(x)
-    return layers.GroupPooling(group="p4m")(x)
+    x = layers.GroupLiftConv2D(3, 3, group="d8", padding="same", use_bias=True)(x)
+    x = layers.GroupBatchNormalization(group="d8")(x)
+    x = layers.GroupConv2D(2, 3, group="d8", strides=2)(x)
+    x = layers.E4Conv2D(2, 3, group="d8", reduction_ratio=1, slices=2)(x)
+    return layers.GroupPooling(group="d8")(x)
 
 
 def _shared_basis(x):

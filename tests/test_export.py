@@ -67,7 +67,7 @@ def test_log_polar_max_pooling_is_kept():
     _check_fold(model, _rand(2, 12, 12, 3), kept=["LogPolarConv2D"])
 
 
-@pytest.mark.parametrize("group", ["p4", "p4m"])
+@pytest.mark.parametrize("group", ["p4", "p4m", "c8"])
 def test_group_layers_fold_and_e4_stays(group):
     def body(x):
         x = layers.GroupLiftConv2D(3, 3, group=group, padding="same", use_bias=True)(x)
@@ -131,8 +131,8 @@ def test_fold_rejects_subclassed_models():
 def _every_family_model(shape=(None, None, 3)):
     """Every layer family in one classifier: the ones fold turns into core layers (synaptic,
     log-polar mean, shared basis, lifting/group conv, group BN) and the ones it keeps
-    (max-pooling log-polar, both grid PDE layers with 3×3 K, E4 p4m at stride 2, group
-    pooling)."""
+    (max-pooling log-polar, both grid PDE layers with 3×3 K, E4 d8 at stride 2, group
+    pooling); p4 and d8 (rotations off the 90° grid, through the steerable basis)."""
     def body(x):
         x = layers.SynapticConv2D(4, 3, padding="same")(x)
         x = layers.LogPolarConv2D(6, 5, rings=2, sectors=4, growth_rate=2.0, strides=2)(x)
@@ -147,9 +147,9 @@ def _every_family_model(shape=(None, None, 3)):
         x = layers.LogPolarConv2D(4, 5, rings=2, sectors=4, growth_rate=2.0, pooling="max")(x)
         x = layers.DiffusionConv2D(kernel_size=3, stable=True)(x)
         x = layers.HyperbolicConv2D(3, kernel_size=3)(x)
-        x = layers.GroupLiftConv2D(2, 3, group="p4m", padding="same")(x)
-        x = layers.E4Conv2D(2, 3, group="p4m", reduction_ratio=1, slices=2, strides=2)(x)
-        x = layers.GroupPooling(group="p4m")(x)
+        x = layers.GroupLiftConv2D(2, 3, group="d8", padding="same")(x)
+        x = layers.E4Conv2D(2, 3, group="d8", reduction_ratio=1, slices=2, strides=2)(x)
+        x = layers.GroupPooling(group="d8")(x)
         x = keras.layers.GlobalAveragePooling2D()(x)
         return keras.layers.Dense(3)(x)
 
@@ -198,11 +198,11 @@ def _channels_first_model():
         x = layers.SharedBasisConv2D(4, basis, unique_bases=1, data_format=df)(x)
         x = layers.DiffusionConv2D(kernel_size=3, stable=True, data_format=df)(x)
         x = layers.HyperbolicConv2D(kernel_size=3, data_format=df)(x)
-        x = layers.GroupLiftConv2D(2, 3, group="p4", padding="same", data_format=df)(x)
-        x = layers.GroupBatchNormalization(group="p4", data_format=df)(x)
-        x = layers.GroupConv2D(2, 3, group="p4", padding="same", data_format=df)(x)
-        x = layers.E4Conv2D(2, 3, group="p4", reduction_ratio=1, slices=2, data_format=df)(x)
-        x = layers.GroupPooling(group="p4", data_format=df)(x)
+        x = layers.GroupLiftConv2D(2, 3, group="c8", padding="same", data_format=df)(x)
+        x = layers.GroupBatchNormalization(group="c8", data_format=df)(x)
+        x = layers.GroupConv2D(2, 3, group="c8", padding="same", data_format=df)(x)
+        x = layers.E4Conv2D(2, 3, group="c8", reduction_ratio=1, slices=2, data_format=df)(x)
+        x = layers.GroupPooling(group="c8", data_format=df)(x)
         x = keras.layers.GlobalAveragePooling2D(data_format=df)(x)
         return keras.layers.Dense(3)(x)
 

@@ -50,6 +50,7 @@ def test_there_are_guides_and_examples():
 #   multi-process guide's three routes are tests/test_multi_process.py's.
 RUNS_ON = {
     "guides/distributed_training.py": ("jax",),
+    "guides/equivariance_any_angle.py": ("torch",),
     "guides/equivariant_convolution.py": ("torch",),
     "guides/export_and_deploy.py": ("torch",),
     "guides/getting_started.py": ("jax",),
