@@ -33,6 +33,16 @@ def e4(fields, k, r, slices, implementation="auto", group="p4"):
                             implementation=implementation)
 
 
+def on_first(total, channels, factory):
+    """`factory()`'s layer reading only the first `channels` of a `total`-channel input: a
+    smaller group's baseline with the same fields, fed the same (wider) tensor."""
+    def model():
+        inputs = keras.Input((None, None, total))
+        return keras.Model(inputs, factory()(inputs[..., :channels]))
+
+    return model
+
+
 def diffusion(k, stable=False):
     return lambda: DiffusionConv2D(kernel_size=k, stable=stable)
 
@@ -181,6 +191,39 @@ CASES = [
             "GroupConv2D 3×3": gconv(32, 3),
             "E4 patch reference": e4(32, 3, 2, 16, "patches"),
             "E4 keras.ops shifts": e4(32, 3, 2, 16, "shifts"),
+        },
+    },
+    {
+        # c8 against p4 with the same fields (4× the multiply-adds: both channel counts double)
+        # and with the same channels (half the fields, the same multiply-adds).
+        "name": "GroupConv2D c8 16→16 k3",
+        "family": "equivariant",
+        "input_shape": (16, 28, 28, 16 * 8),
+        "layer": gconv(16, 3, "c8"),
+        "baselines": {
+            "GroupConv2D p4 16→16 k3 (same fields)": on_first(128, 64, gconv(16, 3)),
+            "GroupConv2D p4 32→32 k3 (same channels)": gconv(32, 3),
+            "Conv2D 3×3 128→128": conv2d(128, 3),
+        },
+    },
+    {
+        "name": "GroupConv2D d8 8→8 k5",
+        "family": "equivariant",
+        "input_shape": (16, 28, 28, 8 * 16),
+        "layer": gconv(8, 5, "d8"),
+        "baselines": {
+            "GroupConv2D p4m 8→8 k5 (same fields)": on_first(128, 64, gconv(8, 5, "p4m")),
+            "GroupConv2D p4m 16→16 k5 (same channels)": gconv(16, 5, "p4m"),
+        },
+    },
+    {
+        "name": "E4Conv2D c8 16→16 k5 r1 s2",
+        "family": "equivariant",
+        "input_shape": (16, 28, 28, 16 * 8),
+        "layer": e4(16, 5, 1, 2, group="c8"),
+        "baselines": {
+            "GroupConv2D c8 5×5": gconv(16, 5, "c8"),
+            "E4Conv2D p4 16→16 k5 (same fields)": on_first(128, 64, e4(16, 5, 1, 2)),
         },
     },
     {

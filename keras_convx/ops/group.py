@@ -1,13 +1,11 @@
-"""Maths of the group-equivariant convolutions (p4, p4m) and of the E4 layer.
+"""Maths of the group-equivariant convolutions (p4, p4m, cN, dN) and of the E4 layer.
 
-Static tables (NumPy, computed once per configuration and cached):
-
-- `kernel_permutation(group, k)`: for each group element g, the permutation of the k×k
-  kernel positions that applies the element's spatial transform (`rot90^g` for g < 4, the
-  mirrored ones `rot90^(7-g)(transpose(w))` for g ≥ 4, NumPy's `rot90` convention).
-- `group_permutation(group)`: P[g][h], the input group element that output element g reads
-  at slot h (p4: `(h − g) mod 4`; p4m: the D4 table of the spec).
-- gather tables that expand a lifting or group kernel into the ordinary dense kernel.
+The static tables (NumPy, computed once per configuration) are in
+`keras_convx.ops.group_tables` and re-exported here: the group algebra, `group_permutation`
+(`P[g, h] = g⁻¹h`, the input element output element g reads at slot h), `kernel_maps` (the
+steerable-basis rotations of groups with angles off the 90° grid, or None) and
+`kernel_permutation` (each element's source rows in the kernel stack), and the gather tables
+that expand a lifting or group kernel into the ordinary dense kernel.
 
 Group feature maps are plain 4-D tensors whose channel index is `field·|G| + g`.
 
