@@ -73,8 +73,8 @@ def lift_kernel(kernel, group, tables=None):
         (k, k, C_in, F·|G|) tensor, output channel `f·|G| + g` holding `T_g(kernel[..., f])`.
     """
     k, _, cin, f = kernel.shape
-    n = group_order(group)
     table, maps = kernel_tables("lift", group, k) if tables is None else tables
+    n = table.shape[-1]  # |G| (no group lookup in a traced step)
     flat = stack_kernels(keras.ops.reshape(kernel, (k * k, cin, f)), maps)
     idx = table.reshape(-1)
     dense = static_take(flat, idx, axis=0)  # (k²·G, cin, f)
@@ -95,9 +95,9 @@ def group_kernel(kernel, group, tables=None):
         (k, k, C_in·|G|, F·|G|) tensor: `W[s, c·|G|+h, f·|G|+g] = kernel[src_g(s), c·|G|+P[g,h], f]`.
     """
     k, _, cin_g, f = kernel.shape
-    n = group_order(group)
-    cin = cin_g // n
     table, maps = kernel_tables("group", group, k) if tables is None else tables
+    n = table.shape[-1]  # |G| (no group lookup in a traced step)
+    cin = cin_g // n
     flat = keras.ops.reshape(kernel, (k * k, cin, n, f))
     flat = stack_kernels(keras.ops.transpose(flat, (0, 2, 1, 3)), maps)  # (S·k², n, cin, f)
     flat = keras.ops.reshape(flat, (-1, cin, f))
