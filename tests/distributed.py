@@ -36,7 +36,13 @@ from keras_convx import pruning  # noqa: E402
 from keras_convx import training  # noqa: E402
 from tests.family_model import BATCH  # noqa: E402  (global batch: 4 per device)
 from tests.family_model import data  # noqa: E402
-from tests.family_model import every_family_model  # noqa: E402
+from tests.family_model import every_family_model as family_model  # noqa: E402
+
+
+def every_family_model():
+    """The every-family model with c8 group layers (steered kernels off the 90° grid)."""
+    return family_model("c8")
+
 
 _STRATEGY = {}
 

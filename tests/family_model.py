@@ -10,10 +10,10 @@ from keras_convx import layers
 BATCH = 16  # the global batch
 
 
-def every_family_model():
+def every_family_model(group="p4"):
     """Every layer family: one shared FilterBasis (with the globally normalised
-    orthonormality penalty), synaptic masks, group batch norm; the group layers in
-    channels_first, the others in channels_last."""
+    orthonormality penalty), synaptic masks, group batch norm; the group layers (of `group`)
+    in channels_first, the others in channels_last."""
     basis = layers.FilterBasis(4, 3, name="basis")
     layers.apply_global_orthonormal([basis], 1.0)
     inputs = keras.Input((12, 12, 1))
@@ -28,14 +28,14 @@ def every_family_model():
     # The group layers run channels_first (both data formats are trained distributed).
     df = "channels_first"
     x = keras.layers.Permute((3, 1, 2))(x)
-    x = layers.GroupLiftConv2D(2, 3, group="c8", padding="same", data_format=df)(x)
-    x = layers.GroupBatchNormalization(group="c8", synchronized=True, data_format=df,
+    x = layers.GroupLiftConv2D(2, 3, group=group, padding="same", data_format=df)(x)
+    x = layers.GroupBatchNormalization(group=group, synchronized=True, data_format=df,
                                        name="group_bn")(x)
     x = keras.layers.ReLU()(x)
-    x = layers.E4Conv2D(2, 3, group="c8", reduction_ratio=1, slices=2, data_format=df)(x)
-    x = layers.GroupConv2D(2, 3, group="c8", padding="same", activation="relu",
+    x = layers.E4Conv2D(2, 3, group=group, reduction_ratio=1, slices=2, data_format=df)(x)
+    x = layers.GroupConv2D(2, 3, group=group, padding="same", activation="relu",
                            data_format=df)(x)
-    x = layers.GroupPooling(group="c8", data_format=df)(x)
+    x = layers.GroupPooling(group=group, data_format=df)(x)
     x = keras.layers.GlobalAveragePooling2D(data_format=df)(x)
     outputs = keras.layers.Dense(5)(x)
     return keras.Model(inputs, outputs)
