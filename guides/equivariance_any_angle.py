@@ -3,8 +3,8 @@
 Every group layer of keras_convx takes `group="cN"` (N rotations by 360°/N) or `"dN"` (the N
 rotations and N mirrors) for any N ≥ 1, next to `"p4"` (= `"c4"`) and `"p4m"` (= `"d4"`).
 Rotations by multiples of 90° and the grid mirrors move a kernel exactly; the other angles
-rotate it through a steerable basis (circular harmonics × Gaussian rings, band limit
-|m| ≤ 2ρ on the ring of radius ρ, as in Weiler & Cesa's steerable CNNs), onto which every
+rotate it through a steerable basis (circular harmonics × Gaussian rings with escnn's
+band limit, as in Weiler & Cesa's steerable CNNs), onto which every
 element's kernel is projected, so the 90° subgroup stays exact and the kernels of all
 elements form one exact group orbit. A rotation by 45° of an image is not a move of pixels,
 so a c8 network is only approximately invariant to it: this guide measures how close.

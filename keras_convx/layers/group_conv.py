@@ -11,8 +11,8 @@ The group elements are `rot90^g` (g = 0..3, NumPy's counter-clockwise `rot90`) a
 their mirrored versions g = 4..7; cN has the N rotations by 360°/N and dN adds their
 mirrored versions (see `keras_convx.ops.group_tables`). Rotations by multiples of 90° and
 the mirrors move a kernel exactly; other angles rotate it through a steerable basis
-(circular harmonics × Gaussian rings, band limit |m| ≤ 2ρ on the ring of radius ρ, Weiler &
-Cesa 2019) onto which every element's kernel is projected, so the 90° subgroup stays exact.
+(circular harmonics × Gaussian rings with escnn's band limit, Weiler & Cesa 2019; see
+`keras_convx.ops.group_tables`) onto which every element's kernel is projected, so the 90° subgroup stays exact.
 """
 
 import warnings
@@ -101,7 +101,7 @@ _CONV_ARGS_DOC = """
             `"cN"` (N rotations, |G| = N) or `"dN"` (N rotations × mirror, |G| = 2N), N ≥ 1;
             `"c4"` and `"d4"` give p4's and p4m's results. Kernel sizes above 1 in a group with
             angles off the 90° grid (N not dividing 4) use the steerable basis: a k×k
-            kernel keeps 6 (k = 3), 15 (k = 5) or 28 (k = 7) degrees of freedom.
+            kernel keeps 4 (k = 3), 9 (k = 5) or 16 (k = 7) degrees of freedom.
         strides: int or tuple of 2 ints. Stride 1 with `"same"` padding is exactly
             equivariant; larger strides are only equivariant on inputs whose size makes the
             sampling grid symmetric.

@@ -12,7 +12,10 @@ Kernels. An element whose angle is a multiple of 90° moves a k×k kernel exactl
 permutation of its k² positions. The other angles rotate it through a steerable basis
 (Weiler & Cesa, *General E(2)-Equivariant Steerable CNNs*, 2019): circular harmonics
 `cos(mφ)`, `sin(mφ)` times Gaussian rings of radius ρ = 0, 1, ..., (k−1)/2 (width 0.6 px,
-0.4 on the outermost ring), band limit `|m| ≤ 2ρ` (only m = 0 at the centre). A kernel is
+0.4 on the outermost ring), with the band limit of escnn's default: m = 0 at the centre,
+|m| ≤ 1 on the outermost ring, |m| ≤ 2ρ − ((ρ + 1) mod 2) on the rings between (4, 9 and 16
+functions for k = 3, 5, 7). A higher limit (|m| ≤ 2ρ everywhere) aliases on the grid: it
+doubled a c8 network's change under 45° rotations of digits. A kernel is
 projected onto that basis (least squares) and rotated exactly there. In a group with such
 angles (N not dividing 4, k > 1) every element uses the projected kernel, so the kernels of
 all elements form one exact group orbit, and element `g + N/gcd(N, 4)` is `rot90` of
@@ -128,6 +131,13 @@ def transform_kernel(w, g, group="p4m", axes=(0, 1)):
     return np.rot90(w, (a * 4) // n, axes=axes)
 
 
+def band_limit(rho, outer):
+    """The highest circular frequency on the ring of radius `rho` (`outer`: the last ring's)."""
+    if rho == 0:
+        return 0
+    return 1 if rho == outer else int(2 * rho - (rho + 1) % 2)
+
+
 @functools.lru_cache(maxsize=None)
 def steerable_basis(k):
     """(k², B) float64 basis sampled on the k×k grid, and its continuous form.
@@ -135,7 +145,7 @@ def steerable_basis(k):
     Returns `(basis, evaluate)` where `evaluate(x, y)` gives the (len, B) values at points
     (x right, y up, origin at the kernel's centre)."""
     radii = np.arange((k - 1) // 2 + 1, dtype=np.float64)
-    terms = [(rho, m) for rho in radii for m in range(int(2 * rho) + 1)]
+    terms = [(rho, m) for rho in radii for m in range(band_limit(rho, radii[-1]) + 1)]
 
     def evaluate(x, y):
         r, phi = np.hypot(x, y), np.arctan2(y, x)

@@ -9,8 +9,9 @@ A kernel moves as `T_g(w)(p) = w(g⁻¹p)`. When every element maps the pixel gr
 itself (N divides 4, or a 1×1 kernel) that is an exact move of pixels. Otherwise every
 element acts on the kernel's least-squares coefficients in the steerable basis — circular
 harmonics `cos mφ`, `sin mφ` times Gaussian rings `exp(−(r − ρ)²/(2σ²))` of radius
-ρ = 0, 1, ..., (k − 1)/2 (σ = 0.6, 0.4 on the outermost ring), `0 ≤ m ≤ 2ρ`, the m > 0
-harmonics 0 at the centre — through the harmonics' analytic rotation (φ → φ − θ) and
+ρ = 0, 1, ..., (k − 1)/2 (σ = 0.6, 0.4 on the outermost ring), m = 0 at the centre, m ≤ 1
+on the outermost ring and m ≤ 2ρ − ((ρ + 1) mod 2) between, the m > 0 harmonics 0 at the
+centre — through the harmonics' analytic rotation (φ → φ − θ) and
 reflection (φ → π − φ): `T_g(w) = B · D_g · B⁺ w`.
 """
 
@@ -68,8 +69,12 @@ def _coordinates(k):
 
 def _terms(k):
     radii = list(range((k - 1) // 2 + 1))
+
+    def top(rho):
+        return 0 if rho == 0 else 1 if rho == radii[-1] else 2 * rho - (rho + 1) % 2
+
     return [(rho, m, kind, rho == radii[-1] and rho > 0)
-            for rho in radii for m in range(2 * rho + 1) for kind in (("cos", "sin") if m else ("cos",))]
+            for rho in radii for m in range(top(rho) + 1) for kind in (("cos", "sin") if m else ("cos",))]
 
 
 def basis(k):
