@@ -19,9 +19,16 @@ so a c8 network is only approximately invariant to it: this guide measures how c
 Run: `KERAS_BACKEND=torch python guides/equivariance_any_angle.py` (or jax, tensorflow; plots go to
 $KERAS_CONVX_OUT, default a folder under the system temp dir; `--out DIR`, `--fast`, `--help`).
 
-A full run (torch, 2-core CPU, 2026-12-05; digits 16×16 padded to 24×24, 1,347 train / 450
-test, 10 epochs, seed 0) gave: see the numbers printed at the end of the run and recorded in
-the README's "Groups past 90°" section.
+A full run (torch, 2-core CPU, 2026-12-05; digits 16×16 in 24×24 images, rotated at 4× that
+resolution, 1,347 train / 450 test, 10 epochs, seed 0) gave, accuracy at 0° / at 45° / mean
+over the 24 angles / lowest: plain CNN 0.977 / 0.250 / 0.306 / 0.111 (29,610 parameters,
+14.8 ms a step); p4 G-CNN 0.957 / 0.245 / 0.546 / 0.245 (7,410, 25.8 ms); c8 G-CNN
+0.925 / 0.448 / 0.598 / 0.366 (14,322, 59.2 ms); d8 G-CNN 0.784 / 0.436 / 0.510 / 0.391
+(28,146, 105.3 ms); c8 E4 net 0.955 / 0.764 / 0.786 / 0.693 (11,204, 78.6 ms). Every group
+net is exact at 0/90/180/270°. Invariant features moved by 0.079 (plain), 0.042 (p4), 0.014
+(c8), 0.015 (d8), 0.017 (E4 c8) at the 45° elements, on smooth disc inputs. The trained nets
+are less invariant at 45° than these random ones (a c8 net's features moved 0.2 on digits):
+the c8 nets keep 48–80% of their 0° accuracy there, against 25% for p4 and the plain CNN.
 """
 
 import os
@@ -50,11 +57,16 @@ def randomize(layer, shape):
     return layer
 
 
-def rotate(images, degrees):
+def rotate(images, degrees, factor=4):
     """Rotates channels_last images counter-clockwise by a multiple of 15° (the group c24's
-    element `r^(degrees / 15)`; exact for multiples of 90°, bilinear otherwise)."""
-    return analysis.transform(images, "r" * (degrees // 15), "c24", kind="image",
-                              data_format="channels_last")
+    element `r^(degrees / 15)`: exact for multiples of 90°, bilinear otherwise) at `factor`×
+    the final resolution, then averages `factor`×`factor` blocks: every angle, 0° included,
+    gets the same smoothing, and the bilinear blur of a rotation at the final resolution
+    (which alone cost a c8 network 0.3 of accuracy on these sharp digits) stays out of it."""
+    moved = analysis.transform(images, "r" * (degrees // 15), "c24", kind="image",
+                               data_format="channels_last")
+    b, h, w, c = moved.shape
+    return moved.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
 
 
 # ## 1. Equivariance error per element
@@ -120,10 +132,11 @@ for label, errors in invariance.items():
     print(f"{label:10} {odd:16.4f} {even:17.2e}")
 
 # ## 3. Train upright, test at every 15°
-# Strided pooling samples a grid that only 90° rotations map onto itself, so these networks
-# keep the full resolution and pool once, globally: lifting 5×5 → [group conv 3×3 or E4 5×5]
-# → group conv 3×3, each followed by group batch norm and ReLU; group max pool, global max
-# pool, softmax. The plain CNN has the same layout with Conv2D and BatchNormalization.
+# Max pooling picks one pixel of a grid that only 90° rotations map onto itself; a 2×2
+# average is a low-pass filter first, so it stays close to equivariant at 45° too. The
+# networks: lifting 5×5 → 2×2 average pool → [group conv 3×3 or E4 5×5] → group conv 3×3,
+# each conv followed by group batch norm and ReLU; group max pool, global max pool, softmax.
+# The plain CNN has the same layout with Conv2D and BatchNormalization.
 def classifier(group, e4=False, size=24, fields=(8, 8, 16)):
     from keras_convx.layers import GroupBatchNormalization
     from keras_convx.layers import GroupPooling
@@ -135,10 +148,12 @@ def classifier(group, e4=False, size=24, fields=(8, 8, 16)):
     inputs = keras.Input((size, size, 1))
     if group is None:
         x = norm_relu(keras.layers.Conv2D(fields[0] * 4, 5, padding="same", use_bias=False)(inputs))
+        x = keras.layers.AveragePooling2D(2)(x)
         x = norm_relu(keras.layers.Conv2D(fields[1] * 4, 3, padding="same", use_bias=False)(x))
         x = norm_relu(keras.layers.Conv2D(fields[2] * 4, 3, padding="same", use_bias=False)(x))
     else:
         x = norm_relu(GroupLiftConv2D(fields[0], 5, group=group, use_bias=False)(inputs))
+        x = keras.layers.AveragePooling2D(2)(x)
         x = norm_relu(E4Conv2D(fields[1], 5, group=group, reduction_ratio=1, slices=2)(x) if e4
                       else GroupConv2D(fields[1], 3, group=group, use_bias=False)(x))
         x = GroupPooling(group)(norm_relu(GroupConv2D(fields[2], 3, group=group, use_bias=False)(x)))
@@ -146,8 +161,10 @@ def classifier(group, e4=False, size=24, fields=(8, 8, 16)):
     return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
 
 
-x_train, y_train, x_test, y_test = demo.load_digits_data(size=16, limit=300 if FAST else None)
-x_train, x_test = (np.pad(a, ((0, 0), (4, 4), (4, 4), (0, 0))) for a in (x_train, x_test))
+# Digits at 64×64 padded to 96×96 (16×16 in 24×24 after the 4× reduction of `rotate`).
+x_train, y_train, x_test, y_test = demo.load_digits_data(size=64, limit=300 if FAST else None)
+x_train, x_test = (np.pad(a, ((0, 0), (16, 16), (16, 16), (0, 0))) for a in (x_train, x_test))
+x_train = rotate(x_train, 0)
 epochs = 1 if FAST else 10
 angles = list(range(0, 360, 15))
 builders = {
@@ -165,14 +182,14 @@ for label, builder in builders.items():
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
-    batch = (x_train[:32], y_train[:32])
+    curve = [float(model.evaluate(rotated[d], y_test, verbose=0, return_dict=True)["accuracy"])
+             for d in angles]
+    batch = (x_train[:32], y_train[:32])  # step time, measured after the evaluation
     model.train_on_batch(*batch)  # warm
     start = time.perf_counter()
     for _ in range(3 if FAST else 10):
         model.train_on_batch(*batch)
     step = (time.perf_counter() - start) / (3 if FAST else 10)
-    curve = [float(model.evaluate(rotated[d], y_test, verbose=0, return_dict=True)["accuracy"])
-             for d in angles]
     results[label] = (model.count_params(), step, curve)
     print(f"{label:10} {model.count_params():6,} params  step {step * 1e3:6.1f} ms  "
           f"mean acc {np.mean(curve):.3f}  min {min(curve):.3f}  at 0° {curve[0]:.3f}  "
@@ -204,4 +221,7 @@ for label in ("p4 G-CNN", "c8 G-CNN", "d8 G-CNN", "c8 E4 net"):
     curve = results[label][2]
     assert max(curve[::6]) - min(curve[::6]) <= 0.01, (label, curve[::6])  # 0/90/180/270°
 assert results["c8 E4 net"][0] < results["c8 G-CNN"][0]  # E4 keeps its parameter saving
+if not FAST:  # at 45° (an element of c8, not of p4) the c8 nets beat p4 and the plain CNN
+    for label in ("c8 G-CNN", "d8 G-CNN", "c8 E4 net"):
+        assert results[label][2][3] > max(results["p4 G-CNN"][2][3], results["plain CNN"][2][3])
 print(f"wrote {OUT}/equivariance_any_angle.png")
