@@ -3,8 +3,8 @@
 Every group layer of keras_convx takes `group="cN"` (N rotations by 360°/N) or `"dN"` (the N
 rotations and N mirrors) for any N ≥ 1, next to `"p4"` (= `"c4"`) and `"p4m"` (= `"d4"`).
 Rotations by multiples of 90° and the grid mirrors move a kernel exactly; the other angles
-rotate it through a steerable basis (circular harmonics × Gaussian rings with escnn's
-band limit, as in Weiler & Cesa's steerable CNNs), onto which every
+rotate it through a steerable basis (circular harmonics × Gaussian rings with the band limit
+of escnn's `_manual_fco2`, as in Weiler & Cesa's steerable CNNs), onto which every
 element's kernel is projected, so the 90° subgroup stays exact and the kernels of all
 elements form one exact group orbit. A rotation by 45° of an image is not a move of pixels,
 so a c8 network is only approximately invariant to it: this guide measures how close.
@@ -24,7 +24,9 @@ resolution, 1,347 train / 450 test, 10 epochs, seed 0) gave, accuracy at 0° / a
 over the 24 angles / lowest: plain CNN 0.977 / 0.250 / 0.306 / 0.111 (29,610 parameters,
 14.8 ms a step); p4 G-CNN 0.957 / 0.245 / 0.546 / 0.245 (7,410, 25.8 ms); c8 G-CNN
 0.925 / 0.448 / 0.598 / 0.366 (14,322, 59.2 ms); d8 G-CNN 0.784 / 0.436 / 0.510 / 0.391
-(28,146, 105.3 ms); c8 E4 net 0.955 / 0.764 / 0.786 / 0.693 (11,204, 78.6 ms). Every group
+(28,146, 105.3 ms); c8 E4 net 0.955 / 0.764 / 0.786 / 0.693 (11,204, 78.6 ms; its middle
+layer is an E4 k = 5 where the G-CNNs have a 3×3 group conv). Parameters are the stored
+weights; a steered 3×3 kernel has 4 effective degrees of freedom. Every group
 net is exact at 0/90/180/270°. Invariant features moved by 0.079 (plain), 0.042 (p4), 0.014
 (c8), 0.015 (d8), 0.017 (E4 c8) at the 45° elements, on smooth disc inputs. The trained nets
 are less invariant at 45° than these random ones (a c8 net's features moved 0.2 on digits):

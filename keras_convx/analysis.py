@@ -98,7 +98,10 @@ def equivariance_error(
             exactly: the subgroup of 90° rotations and grid mirrors).
 
     Returns:
-        float (or dict): 0 up to rounding for an equivariant map; float32 layers reach ~1e-6.
+        float (or dict): on exact elements 0 up to rounding for an equivariant map (float32
+        layers reach ~1e-6); on interpolated elements (cN/dN off the 90° grid) a small
+        positive number even for an equivariant layer (about 0.015 for a random c8 network
+        on smooth disc inputs).
 
     Example:
 
@@ -140,7 +143,8 @@ def equivariance_error(
     exact = set(gops.exact_elements(group))
     disc = 1.0 if output_type == "invariant" else _inscribed_disc(y.shape, data_format)
     errors = {}
-    for index, element in enumerate(words):
+    for element in words:
+        index = gops.word_element(element, group)
         if elements == "exact" and index not in exact:
             continue
         mask = 1.0 if index in exact else disc

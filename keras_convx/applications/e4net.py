@@ -123,7 +123,7 @@ def e4_resnet18(
     3×3 conv → Dropout → BN → ReLU → [group 3×3 conv, or E4(k, r, `fields_per_slice`)] → BN,
     plus the shortcut (1×1 group conv + BN where the shape changes), then ReLU. As in the
     official code a strided group conv is a stride-1 conv followed by 2×2 max pooling, which
-    keeps the network exactly equivariant. Head: group max pool, global average pool,
+    keeps the network exactly equivariant (for cN/dN: on the 90° subgroup). Head: group max pool, global average pool,
     Dense. Reported CIFAR-10: p4-R18 92.47, p4-E4R18 93.58, p4m-R18 94.17, p4m-E4R18 95.04.
 
     Args:

@@ -11,7 +11,8 @@ The group elements are `rot90^g` (g = 0..3, NumPy's counter-clockwise `rot90`) a
 their mirrored versions g = 4..7; cN has the N rotations by 360°/N and dN adds their
 mirrored versions (see `keras_convx.ops.group_tables`). Rotations by multiples of 90° and
 the mirrors move a kernel exactly; other angles rotate it through a steerable basis
-(circular harmonics × Gaussian rings with escnn's band limit, Weiler & Cesa 2019; see
+(circular harmonics × Gaussian rings with the band limit of escnn's `_manual_fco2`,
+Weiler & Cesa 2019; see
 `keras_convx.ops.group_tables`) onto which every element's kernel is projected, so the 90° subgroup stays exact.
 """
 

@@ -304,7 +304,7 @@ def group_elements(group):
     return words + ["m" + w for w in words] if mirrored else words
 
 
-def _element_of(word, group):
+def word_element(word, group):
     """The index of a word's element (its generators applied left to right)."""
     n, mirrored = group_spec(group)
     g = 0
@@ -349,7 +349,7 @@ def transform(x, element, group, kind="group", data_format=None):
     """
     n = group_order(group)
     data_format = arguments.data_format(data_format)
-    g = _element_of(element, group)
+    g = word_element(element, group)
     if kind == "invariant":
         return x
     x = np.asarray(x)

@@ -12,14 +12,15 @@ Kernels. An element whose angle is a multiple of 90° moves a k×k kernel exactl
 permutation of its k² positions. The other angles rotate it through a steerable basis
 (Weiler & Cesa, *General E(2)-Equivariant Steerable CNNs*, 2019): circular harmonics
 `cos(mφ)`, `sin(mφ)` times Gaussian rings of radius ρ = 0, 1, ..., (k−1)/2 (width 0.6 px,
-0.4 on the outermost ring), with the band limit of escnn's default: m = 0 at the centre,
-|m| ≤ 1 on the outermost ring, |m| ≤ 2ρ − ((ρ + 1) mod 2) on the rings between (4, 9 and 16
-functions for k = 3, 5, 7). A higher limit (|m| ≤ 2ρ everywhere) aliases on the grid: it
+0.4 on the outermost ring, 0.6 at the centre too), with the band limit of escnn's
+`_manual_fco2` rule: m = 0 at the centre, |m| ≤ 1 on the outermost ring,
+|m| ≤ 2ρ − ((ρ + 1) mod 2) on the rings between (4, 9 and 16 functions for k = 3, 5, 7: a
+stored k×k kernel keeps that many degrees of freedom). A higher limit (|m| ≤ 2ρ everywhere) aliases on the grid: it
 doubled a c8 network's change under 45° rotations of digits. A kernel is
 projected onto that basis (least squares) and rotated exactly there. In a group with such
 angles (N not dividing 4, k > 1) every element uses the projected kernel, so the kernels of
-all elements form one exact group orbit, and element `g + N/gcd(N, 4)` is `rot90` of
-element g: the 90° subgroup stays exact on the pixel grid. Only the `q = N / gcd(N, 4)`
+all elements form one exact group orbit, and element `g + N/gcd(N, 4)` is element g turned
+by 360°/gcd(N, 4) (`rot90^(4/gcd(N, 4))`): the 90° subgroup stays exact on the pixel grid. Only the `q = N / gcd(N, 4)`
 representative rotations (times the mirror, for dN) are dense k²×k² maps; the other
 elements are permutations of their outputs.
 """
@@ -32,7 +33,9 @@ import numpy as np
 
 # p4 and p4m, the names of the spec, are c4 and d4.
 ALIASES = {"p4": (4, False), "p4m": (4, True)}
+# The accepted forms (for messages and docs): "cN" and "dN" stand for any 1 <= N <= MAX_N.
 GROUPS = ("p4", "p4m", "cN", "dN")
+MAX_N = 256  # |G|² tables; a typo such as "c100000" would otherwise build billions of entries
 _PATTERN = re.compile(r"^([cd])(\d+)$")
 
 
@@ -44,8 +47,9 @@ def check_group(group):
             return name
         match = _PATTERN.match(name)
         if match:
-            if int(match.group(2)) < 1:
-                raise ValueError(f"Expected group 'cN' or 'dN' with N >= 1. Received: group={group!r}")
+            if not 1 <= int(match.group(2)) <= MAX_N:
+                raise ValueError(f"Expected group 'cN' or 'dN' with N >= 1 and N <= {MAX_N}. "
+                                 f"Received: group={group!r}")
             return f"{match.group(1)}{int(match.group(2))}"
     raise ValueError(
         "Expected group to be 'p4', 'p4m', 'cN' (N rotations) or 'dN' (N rotations and N "
@@ -118,17 +122,6 @@ def _steered(group, k):
     """True when the group has angles off the 90° grid and the kernel is larger than 1×1."""
     n, _ = group_spec(group)
     return k > 1 and 4 % n != 0
-
-
-def transform_kernel(w, g, group="p4m", axes=(0, 1)):
-    """Applies exact element g's grid transform to the two `axes` of the NumPy array `w`."""
-    n, _ = group_spec(group)
-    a, m = element(group, g)
-    if (a * 4) % n:
-        raise ValueError(f"Element {g} of {group!r} is not a multiple of 90°; use kernel_maps.")
-    if m:
-        w = np.flip(w, axis=axes[1])
-    return np.rot90(w, (a * 4) // n, axes=axes)
 
 
 def band_limit(rho, outer):
