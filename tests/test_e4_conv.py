@@ -236,7 +236,6 @@ def test_parameter_count_official_compat_and_tied(group, cin, cout, k, r, gc):
     [
         (dict(filters=4, kernel_size=3, group="p4", reduction_ratio=2, slices=2), (2, 6, 6, 16)),
         (dict(filters=2, kernel_size=3, group="p4m", reduction_ratio=1, slices=1, strides=2), (2, 6, 6, 16)),
-        (dict(filters=2, kernel_size=3, group="c8", reduction_ratio=1, slices=2), (2, 5, 5, 16)),
     ],
 )
 def test_layer_contract(kwargs, shape):

@@ -131,8 +131,9 @@ def test_fold_rejects_subclassed_models():
 def _every_family_model(shape=(None, None, 3)):
     """Every layer family in one classifier: the ones fold turns into core layers (synaptic,
     log-polar mean, shared basis, lifting/group conv, group BN) and the ones it keeps
-    (max-pooling log-polar, both grid PDE layers with 3×3 K, E4 d8 at stride 2, group
-    pooling); p4 and d8 (rotations off the 90° grid, through the steerable basis)."""
+    (max-pooling log-polar, both grid PDE layers with 3×3 K, E4 p4m at stride 2, group
+    pooling). The channels_first model below carries c8 (kernels through the steerable
+    basis)."""
     def body(x):
         x = layers.SynapticConv2D(4, 3, padding="same")(x)
         x = layers.LogPolarConv2D(6, 5, rings=2, sectors=4, growth_rate=2.0, strides=2)(x)
@@ -147,9 +148,9 @@ def _every_family_model(shape=(None, None, 3)):
         x = layers.LogPolarConv2D(4, 5, rings=2, sectors=4, growth_rate=2.0, pooling="max")(x)
         x = layers.DiffusionConv2D(kernel_size=3, stable=True)(x)
         x = layers.HyperbolicConv2D(3, kernel_size=3)(x)
-        x = layers.GroupLiftConv2D(2, 3, group="d8", padding="same")(x)
-        x = layers.E4Conv2D(2, 3, group="d8", reduction_ratio=1, slices=2, strides=2)(x)
-        x = layers.GroupPooling(group="d8")(x)
+        x = layers.GroupLiftConv2D(2, 3, group="p4m", padding="same")(x)
+        x = layers.E4Conv2D(2, 3, group="p4m", reduction_ratio=1, slices=2, strides=2)(x)
+        x = layers.GroupPooling(group="p4m")(x)
         x = keras.layers.GlobalAveragePooling2D()(x)
         return keras.layers.Dense(3)(x)
 

@@ -115,8 +115,7 @@ def test_mnist_net_is_invariant(group):
     _assert_invariant_and_informative(model, x, group, control=group == "p4")
 
 
-@pytest.mark.parametrize("group, e4", [("p4", True), ("p4", False), ("p4m", True), ("p4m", False),
-                                       ("d8", True)])
+@pytest.mark.parametrize("group, e4", [("p4", True), ("p4", False), ("p4m", True), ("p4m", False)])
 def test_resnet18_is_invariant(group, e4):
     model = e4_resnet18(group, 5, e4=e4, input_shape=(16, 16, 3), widths=(4, 4, 6, 6))
     x = np.random.default_rng(1).standard_normal((2, 16, 16, 3)).astype("float32")

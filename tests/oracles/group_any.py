@@ -15,6 +15,7 @@ centre — through the harmonics' analytic rotation (φ → φ − θ) and
 reflection (φ → π − φ): `T_g(w) = B · D_g · B⁺ w`.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -49,6 +50,7 @@ def element(group, g):
     return rotation(theta) @ MIRROR, theta, True
 
 
+@functools.lru_cache(maxsize=None)
 def table(group):
     """P[g][h]: the index of g⁻¹h, found by matching matrices."""
     count = order(group)
@@ -116,8 +118,10 @@ def steered(group, k):
     return k > 1 and 4 % n != 0
 
 
+@functools.lru_cache(maxsize=None)
 def transform_matrix(group, g, k):
-    """(k², k²) matrix of T_g on a flattened k×k kernel."""
+    """(k², k²) matrix of T_g on a flattened k×k kernel (cached: the oracles call it per
+    filter)."""
     if steered(group, k):
         b = basis(k)
         return b @ coefficient_action(group, g, k) @ np.linalg.pinv(b)
