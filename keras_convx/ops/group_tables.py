@@ -124,6 +124,13 @@ def _steered(group, k):
     return k > 1 and 4 % n != 0
 
 
+def grid_points(k):
+    """The k×k pixel centres as flat (x, y) arrays: x right, y up, origin at the centre."""
+    c = (k - 1) / 2
+    i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+    return (j - c).reshape(-1), (c - i).reshape(-1)
+
+
 def band_limit(rho, outer):
     """The highest circular frequency on the ring of radius `rho` (`outer`: the last ring's)."""
     if rho == 0:
@@ -153,10 +160,7 @@ def steerable_basis(k):
             columns.append(ring * np.cos(m * phi))
         return np.stack(columns, axis=-1)
 
-    c = (k - 1) / 2
-    i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-    x, y = (j - c).reshape(-1), (c - i).reshape(-1)
-    return evaluate(x, y), evaluate
+    return evaluate(*grid_points(k)), evaluate
 
 
 @functools.lru_cache(maxsize=None)
@@ -164,9 +168,7 @@ def rotation_map(k, angle):
     """(k², k²) float64 map rotating a flattened k×k kernel by `angle` radians (counter-clockwise)
     through the steerable basis: `B(R₋θ p) · B⁺`, the projection followed by the exact rotation."""
     basis, evaluate = steerable_basis(k)
-    c = (k - 1) / 2
-    i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-    x, y = (j - c).reshape(-1), (c - i).reshape(-1)
+    x, y = grid_points(k)
     cos, sin = math.cos(angle), math.sin(angle)
     rotated = evaluate(cos * x + sin * y, -sin * x + cos * y)
     return rotated @ np.linalg.pinv(basis)
