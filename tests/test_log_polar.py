@@ -316,8 +316,18 @@ def test_auto_follows_cost_model():
             for filters in (16, 32):
                 assert lp.choose_implementation((9, 9), filters, 1, 13, backend, True,
                                                 "cpu") == "pool"
-        # Without a fast pooling path the dense kernel always wins.
-        assert lp.choose_implementation((11, 11), 64, 1, 25, backend, False, "cpu") == "dense"
+        if backend != "torch":
+            # Without a fast pooling path jax and tensorflow always take the dense kernel.
+            assert lp.choose_implementation((11, 11), 64, 1, 25, backend, False, "cpu") == "dense"
+    # Torch's reference pooling (no opt-in), measured on 16–64 px (RESULTS.md, "Log-polar
+    # auto"): faster from 64 channels on at every size, never at 16; at 32 channels dense is
+    # faster on 16 and 48–64 px, at 48 channels pooling on 24–32 px (up to 1.5×).
+    for filters, expected in ((16, "dense"), (32, "dense"), (48, "pool"), (64, "pool"), (128, "pool")):
+        assert lp.choose_implementation((9, 9), filters, 1, 13, "torch", False, "cpu") == expected
+        assert lp.choose_implementation((9, 9), 2 * filters, 2, 13, "torch", False, "cpu") == expected
+    assert lp.choose_implementation((9, 9), 128, 1, 13, "torch", False, "gpu") == "dense"
+    with ops.reference_mode():
+        assert lp.choose_implementation((9, 9), 128, 1, 13, "torch", False, "cpu") == "dense"
     # GPU (measured on jax): pooling for 9×9 (2,6,3) at every width, dense for 11×11 (3,8,2).
     for filters in (16, 64, 256):
         assert lp.choose_implementation((9, 9), filters, 1, 13, "jax", True, "gpu") == "pool"

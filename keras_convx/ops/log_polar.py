@@ -305,8 +305,18 @@ def mix_regions(pooled, kernel, center_kernel, groups=1):
 #   auto"): tensorflow's pooling was faster at every point, 0.72–0.77× the dense path at 16
 #   channels and 0.42–0.48× at 32 (the fitted break-even ≈ 9), where the old 40 picked dense:
 #   now 12.
-# A backend without a fast pooling path always takes the dense path.
+# A backend without a fast pooling path takes the dense path, unless its reference pooling
+# (the depthwise convolution) was measured to pay: REFERENCE_POOL_COST.
 POOL_COST = {"jax": 8.0, "tensorflow": 12.0, "torch": 60.0}
+
+# Torch without the opt-in compiled pooling (issue 27 item 2; run of 2026-12-05, AVX-512 2-core
+# CPU, `fit`'s eager steps, batch 8, 9×9 (2,6,3), 16–128 channels × 16–64 px; benchmarks/
+# RESULTS.md, "Log-polar auto"): the reference pooling was faster from 64 channels on at every
+# size (0.50–0.84× dense), never at 16, and at 32–48 channels only on 24–32 px images. No
+# size-independent rule is right at 32–48 channels; the break-even at 40 filters per group
+# (cost 34) keeps the worst pick within 1.14× of the faster path on that grid (a break-even
+# at 56 picked dense at 48 channels, 32 px: 1.54× slower; at 32, dense at 48 px: 1.32×).
+REFERENCE_POOL_COST = {"torch": 34.0}
 
 # On a GPU the count model does not hold: at these sizes both paths are memory- and
 # launch-bound and their times grow alike with the channel count. Measured on an H100 (jax,
@@ -329,9 +339,14 @@ def choose_implementation(kernel_size, filters, groups, n_pooled, backend=None, 
     adds at `POOL_COST[backend]` multiply-adds each. Both costs scale with the number of input
     channels, so it does not enter the comparison. On a GPU (jax) "pool" when
     R' ≤ `GPU_MAX_REGION_FRACTION`·k_h·k_w; on other accelerators, and on GPU backends not
-    measured, "dense". Without a usable fast pooling path (reference mode, or torch without
-    opt-in) the answer is always "dense": the reference pooling is a depthwise convolution,
-    which measured slower than the dense path on every backend and device.
+    measured, "dense". Without a usable fast pooling path (torch without the opt-in compiled
+    pooling) "pool" runs the reference pooling, a depthwise convolution, priced at
+    `REFERENCE_POOL_COST[backend]` where it was measured (torch's CPU) and never chosen
+    elsewhere; in reference mode (`KERAS_CONVX_REFERENCE`) the answer is always "dense".
+
+    Example: on a CPU with torch's default (eager, no opt-in) paths, a 9×9 (2,6,3) layer
+    pools from 40 filters per group on: `choose_implementation((9, 9), 64, 1, 13, "torch",
+    False, "cpu")` is "pool", with 32 filters "dense".
 
     Args:
         kernel_size: pair of ints; filters, groups: of the layer; n_pooled: R', the pooled
@@ -341,18 +356,22 @@ def choose_implementation(kernel_size, filters, groups, n_pooled, backend=None, 
         platform: "cpu", "gpu" or "tpu"; default: where the backend computes.
     """
     backend = backend or keras.backend.backend()
-    if has_fast_pool is None:
-        has_fast_pool = not reference_only() and fast_path("log_polar_region_pool", backend) is not None
-    if not has_fast_pool:
+    if reference_only():
         return "dense"
+    if has_fast_pool is None:
+        has_fast_pool = fast_path("log_polar_region_pool", backend) is not None
+    shift_cost = POOL_COST.get(backend, max(POOL_COST.values())) if has_fast_pool else (
+        REFERENCE_POOL_COST.get(backend))
     if platform is None:
         platform = backend_query("platform", "cpu", backend)
     kh, kw = kernel_size
     taps = kh * kw
     if platform != "cpu":
-        fits = platform == "gpu" and backend in GPU_POOL_BACKENDS
+        fits = has_fast_pool and platform == "gpu" and backend in GPU_POOL_BACKENDS
         return "pool" if fits and n_pooled <= GPU_MAX_REGION_FRACTION * taps else "dense"
+    if shift_cost is None:
+        return "dense"
     per_group_out = filters / groups
     dense = taps * per_group_out
-    pool = n_pooled * per_group_out + taps * POOL_COST.get(backend, max(POOL_COST.values()))
+    pool = n_pooled * per_group_out + taps * shift_cost
     return "pool" if pool < dense else "dense"
