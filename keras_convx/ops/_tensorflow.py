@@ -65,3 +65,103 @@ def _xla_aggregate(kernel_size, strides):
 def e4_aggregate(v, kernels, k, strides):
     """E4 aggregation: the k² shifted multiply-adds XLA-compiled into one fused kernel."""
     return _xla_aggregate(k, tuple(strides))(v, kernels)
+
+
+def _band_kernels(features, block, k):
+    """(B, rows, W', k², A) kernels of one band: `features @ block`."""
+    shape = tf.shape(features)
+    flat = tf.matmul(tf.reshape(features, (-1, features.shape[-1])), block)
+    return tf.reshape(flat, (shape[0], shape[1], shape[2], k * k, block.shape[-1] // (k * k)))
+
+
+def _band_window(vh, i, j, rows, width):
+    return vh[:, i:i + rows, j:j + width]
+
+
+@functools.lru_cache(maxsize=32)
+def _xla_band_forward(k):
+    def forward(vh, features, block):
+        kernels = _band_kernels(features, block, k)
+        rows, width = features.shape[1], features.shape[2]
+        out = 0.0
+        for i in range(k):
+            for j in range(k):
+                out += _band_window(vh, i, j, rows, width) * kernels[:, :, :, i * k + j, None]
+        return out
+
+    return tf.function(forward, jit_compile=True)
+
+
+@functools.lru_cache(maxsize=32)
+def _xla_band_backward(k):
+    def backward(vh, features, block, dy):
+        kernels = _band_kernels(features, block, k)
+        rows, width = features.shape[1], features.shape[2]
+        halo_rows, halo_cols = vh.shape[1], vh.shape[2]
+        dvh, dkernels = 0.0, []
+        for i in range(k):
+            for j in range(k):
+                part = dy * kernels[:, :, :, i * k + j, None]
+                dvh += tf.pad(part, [[0, 0], [i, halo_rows - rows - i], [j, halo_cols - width - j],
+                                     [0, 0], [0, 0]])
+                dkernels.append(tf.reduce_sum(dy * _band_window(vh, i, j, rows, width), axis=3))
+        dkernels = tf.reshape(tf.stack(dkernels, axis=3), (-1, block.shape[-1]))
+        flat = tf.reshape(features, (-1, features.shape[-1]))
+        dfeatures = tf.reshape(tf.matmul(dkernels, block, transpose_b=True), tf.shape(features))
+        dblock = tf.matmul(tf.cast(flat, tf.float32), tf.cast(dkernels, tf.float32), transpose_a=True)
+        return dvh, dfeatures, dblock
+
+    return tf.function(backward, jit_compile=True)
+
+
+def _banded(v, features, block, k, rows):
+    """Stride-1 generation + aggregation by bands of `rows` output rows, each band one
+    XLA-compiled call that generates its kernels, uses and drops them; the backward pass
+    regenerates them band by band and adds the overlapping halo rows of dv (no autodiff
+    through slices, which pads every band's gradient to the whole input)."""
+    p, height = (k - 1) // 2, features.shape[1]
+    bands = [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
+
+    @tf.custom_gradient
+    def fn(v, features, block):
+        vp = tf.pad(v, [[0, 0], [p, p], [p, p], [0, 0], [0, 0]])
+        forward = _xla_band_forward(k)
+        y = tf.concat([forward(vp[:, r0:r1 + 2 * p], features[:, r0:r1], block) for r0, r1 in bands], 1)
+
+        def grad(dy):
+            backward = _xla_band_backward(k)
+            pieces, dfeatures, dblock, carry = [], [], None, None
+            for r0, r1 in bands:
+                dvh, df, db = backward(vp[:, r0:r1 + 2 * p], features[:, r0:r1], block, dy[:, r0:r1])
+                if carry is not None:  # rows r0 … r0+2p−1 (padded) were also the last band's
+                    dvh = tf.concat([dvh[:, :2 * p] + carry, dvh[:, 2 * p:]], 1)
+                pieces.append(dvh[:, :r1 - r0])
+                carry = dvh[:, r1 - r0:]
+                dfeatures.append(df)
+                dblock = db if dblock is None else dblock + db
+            dvp = tf.concat([*pieces, carry], 1)
+            dv = dvp[:, p:p + v.shape[1], p:p + v.shape[2]]
+            return dv, tf.concat(dfeatures, 1), tf.cast(dblock, block.dtype)
+
+        return y, grad
+
+    return fn(v, features, block)
+
+
+@fast
+def e4_generate_aggregate(v, features, block, k, strides):
+    """E4 kernel generation + aggregation. On the CPU at stride 1, with a static image height,
+    once one image's kernels pass 2 bands (`ops.group.BAND_BYTES` per image): by bands of
+    rows (`_banded`), so neither all the kernels nor their cotangent exist; otherwise the whole
+    kernel tensor and the XLA-compiled aggregation (`e4_aggregate`). Bands are sized per image
+    because `fit` traces with an unknown batch size."""
+    v, features, block = (tf.convert_to_tensor(t) for t in (v, features, block))
+    _, height, width, _ = features.shape
+    per_pixel = block.shape[-1]
+    if (tuple(strides) == (1, 1) and _platform() == "cpu" and height is not None
+            and width is not None and v.shape[1] is not None and v.shape[2] is not None
+            and height * width * per_pixel * block.dtype.size > 2 * gops.BAND_BYTES):
+        rows = gops.band_rows(1, height, width, per_pixel, block.dtype.size)
+        if rows < height:
+            return _banded(v, features, block, k, rows)
+    return e4_aggregate(v, _band_kernels(features, block, k), k, strides)

@@ -309,7 +309,7 @@ def mix_regions(pooled, kernel, center_kernel, groups=1):
 # (the depthwise convolution) was measured to pay: REFERENCE_POOL_COST.
 POOL_COST = {"jax": 8.0, "tensorflow": 12.0, "torch": 60.0}
 
-# Torch without the opt-in compiled pooling (issue 27 item 2; run of 2026-12-05, AVX-512 2-core
+# Torch without the opt-in compiled pooling (run of 2026-12-05, AVX-512 2-core
 # CPU, `fit`'s eager steps, batch 8, 9×9 (2,6,3), 16–128 channels × 16–64 px; benchmarks/
 # RESULTS.md, "Log-polar auto"): the reference pooling was faster from 64 channels on at every
 # size (0.50–0.84× dense), never at 16, and at 32–48 channels only on 24–32 px images. No
