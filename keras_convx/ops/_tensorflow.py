@@ -80,9 +80,8 @@ def _band_window(vh, i, j, rows, width):
 
 @functools.lru_cache(maxsize=32)
 def _xla_band_forward(k):
-    def forward(vh, features, block):
-        kernels = _band_kernels(features, block, k)
-        rows, width = features.shape[1], features.shape[2]
+    def forward(vh, kernels):
+        rows, width = kernels.shape[1], kernels.shape[2]
         out = 0.0
         for i in range(k):
             for j in range(k):
@@ -94,9 +93,8 @@ def _xla_band_forward(k):
 
 @functools.lru_cache(maxsize=32)
 def _xla_band_backward(k):
-    def backward(vh, features, block, dy):
-        kernels = _band_kernels(features, block, k)
-        rows, width = features.shape[1], features.shape[2]
+    def backward(vh, kernels, dy):
+        rows, width = kernels.shape[1], kernels.shape[2]
         halo_rows, halo_cols = vh.shape[1], vh.shape[2]
         dvh, dkernels = 0.0, []
         for i in range(k):
@@ -105,40 +103,54 @@ def _xla_band_backward(k):
                 dvh += tf.pad(part, [[0, 0], [i, halo_rows - rows - i], [j, halo_cols - width - j],
                                      [0, 0], [0, 0]])
                 dkernels.append(tf.reduce_sum(dy * _band_window(vh, i, j, rows, width), axis=3))
-        dkernels = tf.reshape(tf.stack(dkernels, axis=3), (-1, block.shape[-1]))
-        flat = tf.reshape(features, (-1, features.shape[-1]))
-        dfeatures = tf.reshape(tf.matmul(dkernels, block, transpose_b=True), tf.shape(features))
-        dblock = tf.matmul(tf.cast(flat, tf.float32), tf.cast(dkernels, tf.float32), transpose_a=True)
-        return dvh, dfeatures, dblock
+        return dvh, tf.stack(dkernels, axis=3)
 
     return tf.function(backward, jit_compile=True)
 
 
+def _after(previous, fn):
+    """`fn()` built to run after `previous` (graph mode): the bands one at a time, or the
+    executor starts every band's ready kernel product at once and holds them all."""
+    if previous is None:
+        return fn()
+    with tf.control_dependencies([previous]):
+        return fn()
+
+
 def _banded(v, features, block, k, rows):
-    """Stride-1 generation + aggregation by bands of `rows` output rows, each band one
-    XLA-compiled call that generates its kernels, uses and drops them; the backward pass
-    regenerates them band by band and adds the overlapping halo rows of dv (no autodiff
-    through slices, which pads every band's gradient to the whole input)."""
+    """Stride-1 generation + aggregation by bands of `rows` output rows: a band's kernels are
+    one matrix product, used by one XLA-compiled aggregation call and dropped; the backward
+    pass regenerates them band by band (the kernel and weight gradients as matrix products
+    outside XLA, multi-threaded) and adds the overlapping halo rows of dv (no autodiff through
+    slices, which pads every band's gradient to the whole input)."""
     p, height = (k - 1) // 2, features.shape[1]
     bands = [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
 
     @tf.custom_gradient
     def fn(v, features, block):
         vp = tf.pad(v, [[0, 0], [p, p], [p, p], [0, 0], [0, 0]])
-        forward = _xla_band_forward(k)
-        y = tf.concat([forward(vp[:, r0:r1 + 2 * p], features[:, r0:r1], block) for r0, r1 in bands], 1)
+        forward, ys = _xla_band_forward(k), []
+        for r0, r1 in bands:
+            ys.append(_after(ys[-1] if ys else None, lambda r0=r0, r1=r1: forward(
+                vp[:, r0:r1 + 2 * p], _band_kernels(features[:, r0:r1], block, k))))
+        y = tf.concat(ys, 1)
 
         def grad(dy):
             backward = _xla_band_backward(k)
             pieces, dfeatures, dblock, carry = [], [], None, None
             for r0, r1 in bands:
-                dvh, df, db = backward(vp[:, r0:r1 + 2 * p], features[:, r0:r1], block, dy[:, r0:r1])
+                f = features[:, r0:r1]
+                dvh, dk = _after(dblock, lambda f=f, r0=r0, r1=r1: backward(
+                    vp[:, r0:r1 + 2 * p], _band_kernels(f, block, k), dy[:, r0:r1]))
+                dk = tf.reshape(dk, (-1, block.shape[-1]))
+                dfeatures.append(tf.reshape(tf.matmul(dk, block, transpose_b=True), tf.shape(f)))
+                db = tf.matmul(tf.cast(tf.reshape(f, (-1, f.shape[-1])), tf.float32),
+                               tf.cast(dk, tf.float32), transpose_a=True)
+                dblock = db if dblock is None else dblock + db
                 if carry is not None:  # rows r0 … r0+2p−1 (padded) were also the last band's
                     dvh = tf.concat([dvh[:, :2 * p] + carry, dvh[:, 2 * p:]], 1)
                 pieces.append(dvh[:, :r1 - r0])
                 carry = dvh[:, r1 - r0:]
-                dfeatures.append(df)
-                dblock = db if dblock is None else dblock + db
             dvp = tf.concat([*pieces, carry], 1)
             dv = dvp[:, p:p + v.shape[1], p:p + v.shape[2]]
             return dv, tf.concat(dfeatures, 1), tf.cast(dblock, block.dtype)
