@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	# E4 and log-polar as images and widths grow, compiled the way `fit` does by default
 	$(PY) benchmarks/size_sweep.py --backends jax tensorflow torch --no-jit --sizes 32 64 128 \
-		--channels 16 32 64 --out benchmarks/_raw/size_sweep $(SWEEP_ARGS)
+		--channels 32 64 128 --memory --out benchmarks/_raw/size_sweep $(SWEEP_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out guide_out .pytest_cache

@@ -14,8 +14,10 @@ Python floats, so every call is synchronised).
   implementation "auto" (also "dense" and "pool" as extra columns) vs `Conv2D(32, 9,
   padding="same")`; ratio = auto / Conv2D 9x9.
 
-`--memory` (GPU only, else null): peak device memory of one training step above what was
-allocated before it. torch: `reset_peak_memory_stats` after warm-up, in the timing process.
+`--memory`: peak memory of one training step above what was allocated before it (null where
+not measured). tensorflow, on the CPU too: its allocator's peak after `reset_memory_stats`,
+after warm-up (no XLA compile scratch in it). On a GPU only — torch: `reset_peak_memory_stats`
+after warm-up, in the timing process.
 jax: `peak_bytes_in_use` never resets, so each model runs in a fresh subprocess; its peak is
 over the whole process (compilation, e.g. XLA autotuning scratch, included): best effort.
 
@@ -96,6 +98,18 @@ def _torch_peak_mb(model, x, y):
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
+def _tf_peak_mb(model, x, y, gpu):
+    """TensorFlow's allocator peak during one step above what was allocated before it (after
+    warm-up: no compile scratch, which XLA takes outside the allocator). On the CPU too."""
+    import tensorflow as tf
+
+    device = "GPU:0" if gpu else "CPU:0"
+    tf.config.experimental.reset_memory_stats(device)
+    before = tf.config.experimental.get_memory_info(device)["current"]
+    model.train_on_batch(x, y)
+    return (tf.config.experimental.get_memory_info(device)["peak"] - before) / 2**20
+
+
 def worker(args):
     sys.path[:0] = [HERE, ROOT]
     import keras
@@ -142,6 +156,8 @@ def worker(args):
         peak = {v: None for v in variants}
         if args.memory and gpu and backend == "torch":
             peak = {v: _torch_peak_mb(m, x, y) for v, (m, x, y, _) in built.items()}
+        if args.memory and backend == "tensorflow":
+            peak = {v: _tf_peak_mb(m, x, y, gpu) for v, (m, x, y, _) in built.items()}
         row = {"backend": backend, "device": device, "case": case, "size": size,
                "channels": channels,
                "batch": BATCH, "layer_ms": ms["layer"], "baseline_ms": ms["baseline"],
@@ -195,7 +211,8 @@ def main():
                         help="input channels (E4: channels/4 p4 fields; LPSC: filters too)")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--out", default=".")
-    parser.add_argument("--memory", action="store_true", help="peak device memory (GPU only)")
+    parser.add_argument("--memory", action="store_true",
+                        help="peak memory of a step: tensorflow (CPU or GPU), jax and torch on a GPU")
     parser.add_argument("--no-jit", action="store_true", help='compile with jit_compile="auto"')
     parser.add_argument("--fast", action="store_true", help="smoke run: sizes 16 24, 2 repeats")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -225,6 +242,8 @@ def main():
             row["peak_memory_note"] = None if all(v is None for v in row["peak_mb"].values()) else (
                 "jax: process peak above pre-step usage, fresh process per model (compile "
                 "scratch included)" if backend == "jax" else
+                "tensorflow: allocator peak of one step above allocated before it (after "
+                "warm-up; no compile scratch)" if backend == "tensorflow" else
                 "torch: peak of one step above allocated before it (after warm-up)")
         rows += result["rows"]
         print(f"# {backend} on {result['device']}: {time.time() - t0:.0f} s", file=sys.stderr,
