@@ -201,7 +201,7 @@ def test_tensorflow_banded_step_never_holds_all_the_kernels(monkeypatch):
 
     if tf.config.list_logical_devices("GPU"):
         pytest.skip("the bands are a CPU path")
-    monkeypatch.setattr(gops, "BAND_BYTES", 2**18)  # tiles from 4 MiB per image: 7.4 MiB here
+    monkeypatch.setattr(gops, "BAND_BYTES", 2**15)  # 256 KiB of kernels per image and band
     rng = np.random.default_rng(0)
     k, a, f, b, s = 5, 8, 9, 4, 96
     args = [tf.constant(rng.standard_normal(shape), tf.float32)
