@@ -274,7 +274,7 @@ def generate_and_aggregate(v, features, block, k, strides, implementation="auto"
 
 
 # Bytes of one band's largest tensor in the tiled paths (E4's kernels, the log-polar pooled
-# maps) on jax; torch's eager E4 bands are 8× this.
+# maps) on jax; torch's eager E4 bands are 8× this, tensorflow's 8× this per image.
 BAND_BYTES = 2**19
 
 
