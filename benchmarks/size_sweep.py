@@ -104,7 +104,10 @@ def _tf_peak_mb(model, x, y, gpu):
     import tensorflow as tf
 
     device = "GPU:0" if gpu else "CPU:0"
-    tf.config.experimental.reset_memory_stats(device)
+    try:  # TensorFlow documents the statistics for GPUs and TPUs; the x86 CPU build tracks them
+        tf.config.experimental.reset_memory_stats(device)
+    except ValueError:
+        return None
     before = tf.config.experimental.get_memory_info(device)["current"]
     model.train_on_batch(x, y)
     return (tf.config.experimental.get_memory_info(device)["peak"] - before) / 2**20
@@ -129,8 +132,9 @@ def worker(args):
     if args.mem_worker:  # jax, GPU: one model in this fresh process
         import jax
 
-        case, variant, size = args.mem_worker[0], args.mem_worker[1], int(args.mem_worker[2])
-        model, x, y, _ = _model(case, variant, size, jit)
+        case, variant = args.mem_worker[0], args.mem_worker[1]
+        size, channels = int(args.mem_worker[2]), int(args.mem_worker[3])
+        model, x, y, _ = _model(case, variant, size, jit, channels=channels)
         stats = lambda: jax.devices()[0].memory_stats() or {}  # None on CPU
         before = stats().get("bytes_in_use")
         for _ in range(WARMUP):
@@ -216,7 +220,7 @@ def main():
     parser.add_argument("--no-jit", action="store_true", help='compile with jit_compile="auto"')
     parser.add_argument("--fast", action="store_true", help="smoke run: sizes 16 24, 2 repeats")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mem-worker", nargs=3, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--mem-worker", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -234,7 +238,8 @@ def main():
             if args.memory and result["gpu"] and backend == "jax":
                 for row in result["rows"]:
                     row["peak_mb"] = {v: _spawn(backend, common + [
-                        "--mem-worker", row["case"], v, str(row["size"])]) for v in row["peak_mb"]}
+                        "--mem-worker", row["case"], v, str(row["size"]), str(row["channels"])])
+                        for v in row["peak_mb"]}
         except subprocess.CalledProcessError as e:  # keep the other backends' rows
             rows.append({"backend": backend, "error": f"worker exited with {e.returncode}"})
             continue

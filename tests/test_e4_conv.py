@@ -218,7 +218,10 @@ def test_tensorflow_banded_step_never_holds_all_the_kernels(monkeypatch):
             return tape.gradient(loss, x)
 
         step(*args)  # trace and compile first
-        tf.config.experimental.reset_memory_stats("CPU:0")
+        try:  # documented for GPUs and TPUs; the x86 CPU build tracks the CPU allocator too
+            tf.config.experimental.reset_memory_stats("CPU:0")
+        except ValueError:
+            pytest.skip("this TensorFlow build does not track CPU memory")
         before = tf.config.experimental.get_memory_info("CPU:0")["current"]
         step(*args)
         return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before

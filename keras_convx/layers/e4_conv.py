@@ -227,10 +227,12 @@ class E4Conv2D(keras.layers.Layer):
         shape = keras.ops.shape(t)
         t = keras.ops.cast(t, "float32")
         # Normalised over (H', W', |G|) per image and reduced channel, then the affine map, as
-        # ONE scale and shift per (image, channel): t·a + b with a = γ/σ, b = β − μ·a. The
-        # statistics come from sums over the image axes first (contiguous rows), then over
-        # |G| on the small result. Same values as moments over (1, 2, 4), (t − μ)/σ·γ + β to
-        # float32 rounding; on eager torch the block's forward + backward took 22 → 6 ms
+        # ONE scale and shift per (image, channel) (per element too with untied γ, β): t·a + b
+        # with a = γ/σ, b = β − μ·a. The statistics come from sums over the image axes first
+        # (contiguous rows), then over |G| on the small result; the variance in one pass,
+        # E[t²] − μ², as Keras' torch moments (its rounding error grows with (μ/σ)²). Same
+        # values as moments over (1, 2, 4), (t − μ)/σ·γ + β to float32 rounding for the 1×1
+        # conv's outputs here; on eager torch the block's forward + backward took 22 → 6 ms
         # (batch 8, 64 px, 8 channels × p4), the moments over strided axes and five full passes.
         flat = keras.ops.reshape(t, (shape[0], -1, self.reduced * n))
         mean = keras.ops.mean(keras.ops.reshape(keras.ops.mean(flat, axis=1), (-1, self.reduced, n)), axis=2)

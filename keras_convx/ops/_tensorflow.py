@@ -120,7 +120,7 @@ def _after(previous, fn):
 def _banded(v, features, block, k, rows):
     """Stride-1 generation + aggregation by bands of `rows` output rows: a band's kernels are
     one matrix product, used by one XLA-compiled aggregation call and dropped; the backward
-    pass regenerates them band by band (the kernel and weight gradients as matrix products
+    pass regenerates them band by band (the feature and weight gradients as matrix products
     outside XLA, multi-threaded) and adds the overlapping halo rows of dv (no autodiff through
     slices, which pads every band's gradient to the whole input)."""
     p, height = (k - 1) // 2, features.shape[1]
@@ -163,7 +163,7 @@ def _banded(v, features, block, k, rows):
 # TensorFlow's E4 bands hold this many `ops.group.BAND_BYTES` of kernels per image (4 MiB), and
 # an image's kernels are tiled once they pass two bands (8 MiB: ~100 px at k 5, 2 slices, p4).
 # Measured (fit's default graph mode, batch 8, k 5, 8/16/32 p4 fields; benchmarks/RESULTS.md,
-# "E4 as images grow"): at 128 px the step's allocator peak 740/952/1234 → 275/413/745 MB for
+# "E4 as images grow"): at 128 px the step's allocator peak 740/952/1234 → 279/429/736 MB for
 # +5–11% time; tiling smaller images too (one band at 32–64 px) saved 30–45% of their memory
 # (57 → 32 MB at 32 px) for +5–24%, and bands of 512 KiB per image cost +11–49% a step at 64 px.
 IMAGE_BAND_FACTOR = 8
