@@ -98,6 +98,15 @@ def _torch_peak_mb(model, x, y):
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
+MEMORY_NOTES = {
+    "jax": "jax: process peak above pre-step usage, fresh process per model (compile scratch "
+           "included)",
+    "tensorflow": "tensorflow: allocator peak of one step above allocated before it (after "
+                  "warm-up; no compile scratch)",
+    "torch": "torch: peak of one step above allocated before it (after warm-up)",
+}
+
+
 def _tf_peak_mb(model, x, y, gpu):
     """TensorFlow's allocator peak during one step above what was allocated before it (after
     warm-up: no compile scratch, which XLA takes outside the allocator). On the CPU too."""
@@ -244,12 +253,8 @@ def main():
             rows.append({"backend": backend, "error": f"worker exited with {e.returncode}"})
             continue
         for row in result["rows"]:
-            row["peak_memory_note"] = None if all(v is None for v in row["peak_mb"].values()) else (
-                "jax: process peak above pre-step usage, fresh process per model (compile "
-                "scratch included)" if backend == "jax" else
-                "tensorflow: allocator peak of one step above allocated before it (after "
-                "warm-up; no compile scratch)" if backend == "tensorflow" else
-                "torch: peak of one step above allocated before it (after warm-up)")
+            measured = any(v is not None for v in row["peak_mb"].values())
+            row["peak_memory_note"] = MEMORY_NOTES[backend] if measured else None
         rows += result["rows"]
         print(f"# {backend} on {result['device']}: {time.time() - t0:.0f} s", file=sys.stderr,
               flush=True)

@@ -235,9 +235,11 @@ class E4Conv2D(keras.layers.Layer):
         # conv's outputs here; on eager torch the block's forward + backward took 22 → 6 ms
         # (batch 8, 64 px, 8 channels × p4), the moments over strided axes and five full passes.
         flat = keras.ops.reshape(t, (shape[0], -1, self.reduced * n))
-        mean = keras.ops.mean(keras.ops.reshape(keras.ops.mean(flat, axis=1), (-1, self.reduced, n)), axis=2)
-        square = keras.ops.mean(keras.ops.reshape(keras.ops.mean(keras.ops.square(flat), axis=1),
-                                                  (-1, self.reduced, n)), axis=2)
+
+        def channel_mean(u):  # (B, H'·W', C_r·|G|) → (B, C_r)
+            return keras.ops.mean(keras.ops.reshape(keras.ops.mean(u, axis=1), (-1, self.reduced, n)), axis=2)
+
+        mean, square = channel_mean(flat), channel_mean(keras.ops.square(flat))
         inv = keras.ops.rsqrt(keras.ops.maximum(square - mean * mean, 0.0) + self.epsilon)
         gamma = keras.ops.reshape(keras.ops.cast(self.norm_gamma, "float32"), (self.reduced, -1))
         beta = keras.ops.reshape(keras.ops.cast(self.norm_beta, "float32"), (self.reduced, -1))

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
+from keras_convx.ops.core import window_slice
 from keras_convx.ops.dispatcher import register_fast_path
 
 FAST_PATHS = {}
@@ -74,18 +75,13 @@ def _band_kernels(features, block, k):
     return tf.reshape(flat, (shape[0], shape[1], shape[2], k * k, block.shape[-1] // (k * k)))
 
 
-def _band_window(vh, i, j, rows, width):
-    return vh[:, i:i + rows, j:j + width]
-
-
 @functools.lru_cache(maxsize=32)
 def _xla_band_forward(k):
-    def forward(vh, kernels):
-        rows, width = kernels.shape[1], kernels.shape[2]
+    def forward(vh, kernels):  # vh: the band's padded rows, its windows the band's outputs
         out = 0.0
         for i in range(k):
             for j in range(k):
-                out += _band_window(vh, i, j, rows, width) * kernels[:, :, :, i * k + j, None]
+                out += window_slice(vh, (i, j), (k, k)) * kernels[:, :, :, i * k + j, None]
         return out
 
     return tf.function(forward, jit_compile=True)
@@ -102,7 +98,7 @@ def _xla_band_backward(k):
                 part = dy * kernels[:, :, :, i * k + j, None]
                 dvh += tf.pad(part, [[0, 0], [i, halo_rows - rows - i], [j, halo_cols - width - j],
                                      [0, 0], [0, 0]])
-                dkernels.append(tf.reduce_sum(dy * _band_window(vh, i, j, rows, width), axis=3))
+                dkernels.append(tf.reduce_sum(dy * window_slice(vh, (i, j), (k, k)), axis=3))
         return dvh, tf.stack(dkernels, axis=3)
 
     return tf.function(backward, jit_compile=True)

@@ -363,8 +363,6 @@ def choose_implementation(kernel_size, filters, groups, n_pooled, backend=None, 
         return "dense"
     if has_fast_pool is None:
         has_fast_pool = fast_path("log_polar_region_pool", backend) is not None
-    shift_cost = POOL_COST.get(backend, max(POOL_COST.values())) if has_fast_pool else (
-        REFERENCE_POOL_COST.get(backend))
     if platform is None:
         platform = backend_query("platform", "cpu", backend)
     kh, kw = kernel_size
@@ -372,6 +370,8 @@ def choose_implementation(kernel_size, filters, groups, n_pooled, backend=None, 
     if platform != "cpu":
         fits = has_fast_pool and platform == "gpu" and backend in GPU_POOL_BACKENDS
         return "pool" if fits and n_pooled <= GPU_MAX_REGION_FRACTION * taps else "dense"
+    shift_cost = POOL_COST.get(backend, max(POOL_COST.values())) if has_fast_pool else (
+        REFERENCE_POOL_COST.get(backend))
     if shift_cost is None:
         return "dense"
     per_group_out = filters / groups
