@@ -126,12 +126,13 @@ def test_shift_aggregation_equals_patch_reference(strides):
 
 
 @pytest.mark.parametrize("band_bytes", [None, 64])
-@pytest.mark.parametrize("strides, size", [(1, (7, 5)), (1, (9, 4)), (2, (8, 6))])
+@pytest.mark.parametrize("strides, size", [(1, (7, 5)), (1, (9, 4)), (2, (8, 6)), (2, (9, 6))])
 def test_generated_and_aggregated_equals_the_kernels_then_patches(strides, size, band_bytes,
                                                                   monkeypatch):
     """The fused generation + aggregation (on a CPU tiled by bands of rows, kernels
     regenerated in the backward pass; `band_bytes=64` forces 2-row bands on every backend
-    that tiles, and heights 7 and 9 leave a partial band) equals building every kernel
+    that tiles, and heights 7 and 9 leave a partial band, at stride 2 too: 5 output rows)
+    equals building every kernel
     (`features @ block`) and the patch reference, forward and all three gradients."""
     if band_bytes is not None:
         monkeypatch.setattr(gops, "BAND_BYTES", band_bytes)
@@ -229,6 +230,46 @@ def test_tensorflow_banded_step_never_holds_all_the_kernels(monkeypatch):
     fused, whole = peak_bytes("auto"), peak_bytes("shifts")
     assert whole > 2 * kernel_bytes, (whole, kernel_bytes)
     assert fused < kernel_bytes / 2, (fused, kernel_bytes)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("jit_compile", [False, True], ids=lambda j: f"jit={j}")
+def test_tiled_paths_train_like_the_reference(jit_compile, policy, monkeypatch):
+    """One `train_on_batch` step of an E4Conv2D model (fixed image size, unknown batch: how
+    `fit` traces) with the bands forced on (`BAND_BYTES=64`: 2-row bands, 11 rows leave a
+    partial one) moves every weight as the `keras.ops` reference step does: tensorflow's bands
+    (`jit_compile` False and True), jax's tiled loop, eager torch's planar bands; float32 and
+    mixed bfloat16 (the bands' float32 accumulations cast back)."""
+    if keras.backend.backend() == "torch" and jit_compile:
+        pytest.skip("torch.compile traces the whole-kernel form (the bands are eager torch)")
+    monkeypatch.setattr(gops, "BAND_BYTES", 64)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 11, 9, 16)).astype("float32")
+    target = rng.standard_normal((2, 11, 9, 16)).astype("float32")
+    values = None
+
+    def step():
+        nonlocal values
+        inputs = keras.Input((11, 9, 16))
+        layer = E4Conv2D(4, 3, group="p4", reduction_ratio=1, slices=2, dtype=policy)
+        model = keras.Model(inputs, layer(inputs))
+        if values is None:
+            _randomize(layer)
+            values = [0.3 * w for w in layer.get_weights()]
+        layer.set_weights(values)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit_compile)
+        loss = model.train_on_batch(x, target)
+        return loss, [w - v for w, v in zip(layer.get_weights(), values)]
+
+    loss, deltas = step()
+    with ops.reference_mode():
+        ref_loss, ref_deltas = step()
+    tol = 1e-4 if policy == "float32" else 3e-2
+    np.testing.assert_allclose(loss, ref_loss, rtol=tol)
+    for got, want in zip(deltas, ref_deltas):
+        assert np.linalg.norm(want) > 0
+        error = np.linalg.norm(got - want) / np.linalg.norm(want)
+        assert error < tol, (error, got.shape)
 
 
 def test_dispatched_layer_equals_reference_mode(opt_in_fast_paths):
