@@ -14,6 +14,10 @@ Python floats, so every call is synchronised).
   implementation "auto" (also "dense" and "pool" as extra columns) vs `Conv2D(32, 9,
   padding="same")`; ratio = auto / Conv2D 9x9.
 
+`--input-gradient`: a 1×1 `Conv2D(C, 1)` before the layer and before each baseline, so that
+the step also computes the layer's input gradient, as every layer but the first of a network
+does (a one-layer model's step skips it: on jax XLA drops it).
+
 `--memory`: peak memory of one training step above what was allocated before it (null where
 not measured). tensorflow, on the CPU too: its allocator's peak after `reset_memory_stats`,
 after warm-up (no XLA compile scratch in it). On a GPU only — torch: `reset_peak_memory_stats`
@@ -59,14 +63,16 @@ def _factory(case, variant, channels=CHANNELS):
     return LogPolarConv2D(channels, 9, rings=2, sectors=6, growth_rate=3.0, implementation=impl)
 
 
-def _model(case, variant, size, jit, seed=0, channels=CHANNELS):
-    """(compiled model, x, y, layer), x and y already device tensors."""
+def _model(case, variant, size, jit, seed=0, channels=CHANNELS, stem=False):
+    """(compiled model, x, y, layer), x and y already device tensors. `stem`: a 1×1 Conv2D
+    before the layer, so that the step computes the layer's input gradient."""
     import keras
     import numpy as np
 
     inputs = keras.Input((size, size, channels))
     layer = _factory(case, variant, channels)
-    model = keras.Model(inputs, layer(inputs))
+    hidden = keras.layers.Conv2D(channels, 1)(inputs) if stem else inputs
+    model = keras.Model(inputs, layer(hidden))
     model.compile(optimizer=keras.optimizers.SGD(), loss="mse", jit_compile=jit)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((BATCH, size, size, channels)).astype("float32")
@@ -143,7 +149,8 @@ def worker(args):
 
         case, variant = args.mem_worker[0], args.mem_worker[1]
         size, channels = int(args.mem_worker[2]), int(args.mem_worker[3])
-        model, x, y, _ = _model(case, variant, size, jit, channels=channels)
+        model, x, y, _ = _model(case, variant, size, jit, channels=channels,
+                                stem=args.input_gradient)
         stats = lambda: jax.devices()[0].memory_stats() or {}  # None on CPU
         before = stats().get("bytes_in_use")
         for _ in range(WARMUP):
@@ -155,7 +162,8 @@ def worker(args):
     for size, channels, case in [(s, c, case) for s in args.sizes for c in args.channels
                                  for case in args.cases]:
         variants = CASES[case]
-        built = {v: _model(case, v, size, jit, channels=channels) for v in variants}
+        built = {v: _model(case, v, size, jit, channels=channels, stem=args.input_gradient)
+                 for v in variants}
         for model, x, y, _ in built.values():
             for _ in range(WARMUP):
                 model.train_on_batch(x, y)
@@ -176,7 +184,8 @@ def worker(args):
                "batch": BATCH, "layer_ms": ms["layer"], "baseline_ms": ms["baseline"],
                "ratio": ms["layer"] / ms["baseline"],
                "jit": str(built["layer"][0].jit_compile), "repeats": args.repeats,
-               "keras": keras.__version__, "peak_mb": peak}
+               "keras": keras.__version__, "peak_mb": peak,
+               "input_gradient": args.input_gradient}
         if case == "lpsc":
             row.update(dense_ms=ms["dense"], pool_ms=ms["pool"],
                        auto_path=built["layer"][3].resolved_implementation())
@@ -227,6 +236,9 @@ def main():
     parser.add_argument("--memory", action="store_true",
                         help="peak memory of a step: tensorflow (CPU or GPU), jax and torch on a GPU")
     parser.add_argument("--no-jit", action="store_true", help='compile with jit_compile="auto"')
+    parser.add_argument("--input-gradient", action="store_true",
+                        help="a 1x1 Conv2D stem before the layer and its baselines: the step "
+                             "computes the layer's input gradient, as inside a network")
     parser.add_argument("--fast", action="store_true", help="smoke run: sizes 16 24, 2 repeats")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mem-worker", nargs=4, default=None, help=argparse.SUPPRESS)
@@ -238,7 +250,8 @@ def main():
     common = ["--sizes", *map(str, args.sizes), "--repeats", str(args.repeats),
               "--channels", *map(str, args.channels),
               "--cases", *args.cases]
-    common += ["--memory"] * args.memory + ["--no-jit"] * args.no_jit
+    common += (["--memory"] * args.memory + ["--no-jit"] * args.no_jit
+               + ["--input-gradient"] * args.input_gradient)
     rows = []
     for backend in args.backends:
         t0 = time.time()

@@ -92,17 +92,19 @@ def _pool_depthwise(x, pmatrix, kernel_size, strides, mode):
 def pool_by_slices(x, pmatrix, kernel_size, strides, mode, offsets=None, written_gradient=False):
     """Region pooling as shifted strided slices: sum (mean/sum) or maximum (max) per region.
 
-    Every window pixel belongs to exactly one region, so this is k_h·k_w slice-adds in all;
+    Every window pixel belongs to one region (the centre pixel also to the centre column), so
+    this is about k_h·k_w slice-adds in all;
     compiled (XLA, torch.compile) it becomes one fused pass over the input. The backends'
     fast paths compile this function; called as it is, it is the eager reference for "max".
 
     With `written_gradient=True`, for "mean"/"sum" at stride 1, the gradient is written out
-    (`unpool_by_slices`, the adjoint: again k_h·k_w slice-adds, over the once-padded
-    cotangent) instead of autodiff's, which pads every slice's cotangent back to the input's
-    size and adds k_h·k_w full-size tensors. TensorFlow's XLA-compiled pooling uses it (with
-    `matmul_last` for the mixing, a 9×9 64→64 layer's training step went from 56.6 to 36.8 ms
-    on a 2-core CPU); jax's XLA and torch.compile measured as fast or faster with autodiff's
-    form (11×11: 1.3× and 1.6× slower with the written one), so they keep it.
+    (`unpool_by_slices`, the adjoint: again k_h·k_w slice-adds) instead of autodiff's, which
+    pads every slice's cotangent back to the input's size and adds k_h·k_w full-size tensors.
+    TensorFlow's and jax's XLA-compiled poolings use it: a 9×9 64→64 TensorFlow step went
+    from 56.6 to 36.8 ms on a 2-core CPU (with `matmul_last` for the mixing), and jax's
+    9×9 (2,6,3) 32→32 step with the input gradient (batch 8, 32 px) from 50 to 19 ms.
+    torch.compile measured as fast or faster with autodiff's form (11×11: 1.6× slower with
+    the written one, which then padded both axes), so it keeps it.
 
     Returns (B, H_out, W_out, R', C).
     """
@@ -122,16 +124,22 @@ def pool_by_slices(x, pmatrix, kernel_size, strides, mode, offsets=None, written
     return fn(x)
 
 
-def unpool_by_slices(dy, offsets, kernel_size):
+def unpool_by_slices(dy, offsets, kernel_size, materialize=None):
     """The adjoint of stride-1 region pooling ("mean"/"sum"): the input gradient.
 
-    `dx[i] = Σ_r w_r Σ_{q ∈ Ω_r} dy_r[i − q]`: the cotangent is zero-padded by k − 1 on each
-    side once, and every window offset q reads one slice of its region's map.
+    `dx[i] = Σ_r w_r Σ_{q ∈ Ω_r} dy_r[i − q]`, one window row at a time: the k_w offsets of
+    window row q_y add up over the cotangent padded along the width only (H_out rows each),
+    then the k_h row sums are added at their row offsets. (Padding both axes at once let every
+    output pixel sum all k_h·k_w offsets, mostly padding on short bands: on jax's CPU, a 128 px
+    image's input gradient by 2-row bands took 3× as long.)
 
     Args:
         dy: (B, H_out, W_out, R', C) cotangent of the pooled maps.
         offsets: `region_offsets(pmatrix)`.
         kernel_size: pair of ints.
+        materialize: optional function applied to the stacked (k_h, B, H_out, W_out + k_w − 1,
+            C) row sums before they are added (jax: `lax.optimization_barrier`, so that XLA
+            does not fuse them back into one k_h·k_w-offset loop).
 
     Returns:
         (B, H_out + k_h − 1, W_out + k_w − 1, C): the gradient w.r.t. the padded input.
@@ -141,16 +149,30 @@ def unpool_by_slices(dy, offsets, kernel_size):
     if np.any(weights != 1.0):
         scale = keras.ops.convert_to_tensor(weights.reshape(-1, 1), dtype=dy.dtype)
         dy = dy * scale
-    dyp = zero_pad(dy, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0), (0, 0)))
-    dx = None
+    dyp = zero_pad(dy, ((0, 0), (0, 0), (kw - 1, kw - 1), (0, 0), (0, 0)))
+    regions_of = {}  # window offset -> the regions holding it (the centre can be in two)
     for r, (region, _) in enumerate(offsets):
         for q in region:
-            qy, qx = divmod(q, kw)
-            # rows a .. a + H_out + k_h − 2 of the (H_out + 2(k_h − 1))-row padded cotangent
-            part = window_slice(dyp[:, :, :, r, :], (kh - 1 - qy, kw - 1 - qx), (kh, kw))
-            dx = part if dx is None else dx + part
-    if dx is None:  # every region empty: no pixel reaches the output
-        dx = keras.ops.zeros_like(window_slice(dyp[:, :, :, 0, :], (0, 0), (kh, kw)))
+            regions_of.setdefault(q, []).append(r)
+    rows = []
+    for qy in range(kh):
+        row = None
+        for qx in range(kw):
+            for r in regions_of.get(qy * kw + qx, ()):
+                part = window_slice(dyp[:, :, :, r, :], (0, kw - 1 - qx), (1, kw))
+                row = part if row is None else row + part
+        rows.append(row)
+    used = [qy for qy in range(kh) if rows[qy] is not None]
+    if not used:  # every region empty: no pixel reaches the output
+        zeros = keras.ops.zeros_like(window_slice(dyp[:, :, :, 0, :], (0, 0), (1, kw)))
+        return zero_pad(zeros, ((0, 0), (kh - 1, 0), (0, 0), (0, 0)))
+    if materialize is not None:
+        stacked = materialize(keras.ops.stack([rows[qy] for qy in used]))
+        rows = dict(zip(used, keras.ops.unstack(stacked)))
+    dx = None
+    for qy in used:
+        part = zero_pad(rows[qy], ((0, 0), (qy, kh - 1 - qy), (0, 0), (0, 0)))
+        dx = part if dx is None else dx + part
     return dx
 
 
