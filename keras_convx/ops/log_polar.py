@@ -331,17 +331,14 @@ def mix_regions(pooled, kernel, center_kernel, groups=1):
 # (the depthwise convolution) was measured to pay: REFERENCE_POOL_COST.
 POOL_COST = {"jax": 8.0, "tensorflow": 12.0, "torch": 60.0}
 
-# Torch without the opt-in compiled pooling (run of 2026-12-05, AVX-512 2-core
-# CPU, `fit`'s eager steps, batch 8, 9×9 (2,6,3), 16–128 channels × 16–64 px; benchmarks/
-# RESULTS.md, "Log-polar auto"): the reference pooling was faster from 64 channels on at every
-# size (0.50–0.84× dense), never at 16, and at 32–48 channels only on 24–32 px images. No
-# size-independent rule is right at 32–48 channels; a break-even at 40 filters per group
-# (cost 34: pooling from 41 on) keeps the worst pick within 1.14× of the faster path on that
-# grid (a break-even at 56 picked dense at 48 channels, 32 px: 1.54× slower; at 32, dense at
-# 48 px: 1.32×), and within 1.11× on a second grid of 16–64 px × 32–64 channels. The opt-in
-# compiled pooling's POOL_COST (60, fitted on other runs) is higher than this: with the opt-in,
-# "auto" pools from more filters than without it; not re-measured.
-REFERENCE_POOL_COST = {"torch": 34.0}
+# Backends whose reference pooling (the depthwise convolution) was measured to pay, and its
+# cost. None now. Torch without the opt-in compiled pooling was priced at 34 (pooling from 41
+# filters per group, fitted on one-layer models: 0.50–0.84× dense from 64 channels on), but a
+# one-layer step never computes the layer's input gradient; inside a network (benchmarks/
+# size_sweep.py --input-gradient, batch 8, 9×9 (2,6,3)) the depthwise convolution's input
+# gradient made the pooling 2.0–2.4× slower than dense at 48 and 64 channels on 32 and 64 px
+# (e.g. 149 vs 77 ms), so "auto" takes dense there again.
+REFERENCE_POOL_COST = {}
 
 # On a GPU the count model does not hold: at these sizes both paths are memory- and
 # launch-bound and their times grow alike with the channel count. Measured on an H100 (jax,
@@ -366,12 +363,12 @@ def choose_implementation(kernel_size, filters, groups, n_pooled, backend=None, 
     R' ≤ `GPU_MAX_REGION_FRACTION`·k_h·k_w; on other accelerators, and on GPU backends not
     measured, "dense". Without a usable fast pooling path (torch without the opt-in compiled
     pooling) "pool" runs the reference pooling, a depthwise convolution, priced at
-    `REFERENCE_POOL_COST[backend]` where it was measured (torch's CPU) and never chosen
-    elsewhere; in reference mode (`KERAS_CONVX_REFERENCE`) the answer is always "dense".
+    `REFERENCE_POOL_COST[backend]` where it was measured to pay (nowhere now) and otherwise
+    never chosen; in reference mode (`KERAS_CONVX_REFERENCE`) the answer is always "dense".
 
-    Example: on a CPU with torch's default (eager, no opt-in) paths, a 9×9 (2,6,3) layer
-    pools from 41 filters per group on: `choose_implementation((9, 9), 64, 1, 13, "torch",
-    False, "cpu")` is "pool", with 32 filters "dense".
+    Example: on a CPU with tensorflow's fast pooling, a 9×9 (2,6,3) layer pools from 15
+    filters per group on: `choose_implementation((9, 9), 16, 1, 13, "tensorflow", True,
+    "cpu")` is "pool"; torch without its opt-in pooling always takes "dense".
 
     Args:
         kernel_size: pair of ints; filters, groups: of the layer; n_pooled: R', the pooled
