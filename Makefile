@@ -31,6 +31,9 @@ bench: $(STAMP)
 	# E4 and log-polar as images and widths grow, compiled the way `fit` does by default
 	$(PY) benchmarks/size_sweep.py --backends jax tensorflow torch --no-jit --sizes 32 64 128 \
 		--channels 32 64 128 --memory --out benchmarks/_raw/size_sweep $(SWEEP_ARGS)
+	# the same with the layer's input gradient, as inside a network (a 1x1 Conv2D before it)
+	$(PY) benchmarks/size_sweep.py --backends jax tensorflow torch --no-jit --sizes 32 64 128 \
+		--channels 32 64 128 --input-gradient --out benchmarks/_raw/size_sweep_input_gradient $(SWEEP_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out guide_out .pytest_cache

@@ -235,35 +235,37 @@ def test_tensorflow_banded_step_never_holds_all_the_kernels(monkeypatch):
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("jit_compile", [False, True], ids=lambda j: f"jit={j}")
 def test_tiled_paths_train_like_the_reference(jit_compile, policy, monkeypatch):
-    """One `train_on_batch` step of an E4Conv2D model (fixed image size, unknown batch: how
-    `fit` traces) with the bands forced on (`BAND_BYTES=64`: 2-row bands, 11 rows leave a
-    partial one) moves every weight as the `keras.ops` reference step does: tensorflow's bands
-    (`jit_compile` False and True), jax's tiled loop, eager torch's planar bands; float32 and
-    mixed bfloat16 (the bands' float32 accumulations cast back)."""
+    """One `fit` epoch (3 images in batches of 2: the partial batch makes TensorFlow retrace
+    with an unknown batch size) of a 1×1 Conv2D → E4Conv2D model (so the E4 layer's input
+    gradient is computed too) with the bands forced on (`BAND_BYTES=64`: 2-row bands, 11 rows
+    leave a partial one) moves every weight as the `keras.ops` reference does: tensorflow's
+    bands (`jit_compile` False and True), jax's tiled loop, eager torch's planar bands;
+    float32 and mixed bfloat16 (the bands' float32 accumulations cast back)."""
     if keras.backend.backend() == "torch" and jit_compile:
         pytest.skip("torch.compile traces the whole-kernel form (the bands are eager torch)")
     monkeypatch.setattr(gops, "BAND_BYTES", 64)
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 11, 9, 16)).astype("float32")
-    target = rng.standard_normal((2, 11, 9, 16)).astype("float32")
+    x = rng.standard_normal((3, 11, 9, 16)).astype("float32")
+    target = rng.standard_normal((3, 11, 9, 16)).astype("float32")
     values = None
 
-    def step():
+    def fit():
         nonlocal values
         inputs = keras.Input((11, 9, 16))
+        stem = keras.layers.Conv2D(16, 1, dtype=policy)
         layer = E4Conv2D(4, 3, group="p4", reduction_ratio=1, slices=2, dtype=policy)
-        model = keras.Model(inputs, layer(inputs))
+        model = keras.Model(inputs, layer(stem(inputs)))
         if values is None:
-            _randomize(layer)
-            values = [0.3 * w for w in layer.get_weights()]
-        layer.set_weights(values)
+            values = [0.3 * w for w in
+                      (rng.standard_normal(v.shape).astype("float32") for v in model.get_weights())]
+        model.set_weights(values)
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit_compile)
-        loss = model.train_on_batch(x, target)
-        return loss, [w - v for w, v in zip(layer.get_weights(), values)]
+        history = model.fit(x, target, batch_size=2, shuffle=False, epochs=1, verbose=0)
+        return history.history["loss"][-1], [w - v for w, v in zip(model.get_weights(), values)]
 
-    loss, deltas = step()
+    loss, deltas = fit()
     with ops.reference_mode():
-        ref_loss, ref_deltas = step()
+        ref_loss, ref_deltas = fit()
     tol = 1e-4 if policy == "float32" else 3e-2
     np.testing.assert_allclose(loss, ref_loss, rtol=tol)
     for got, want in zip(deltas, ref_deltas):

@@ -180,7 +180,7 @@ def test_stride_one_pool_path_equals_reference_forward_and_gradients(pooling, ba
 @pytest.mark.parametrize("pooling", ["mean", "sum"])
 @pytest.mark.parametrize("kernel_size, rings, sectors, g", [((5, 7), 3, 8, 2.0), (9, 2, 6, 3.0)])
 def test_written_pool_gradient_is_the_oracle_poolings_adjoint(pooling, kernel_size, rings, sectors, g):
-    """The written-out stride-1 gradient of region pooling (TensorFlow's fast path) equals the
+    """The written-out stride-1 gradient of region pooling (TensorFlow's and jax's fast paths) equals the
     adjoint of the oracle's pooling (tests/oracles/adjoint.py, itself checked against finite
     differences in tests/test_oracles.py), on every backend."""
     kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
@@ -316,9 +316,8 @@ def test_auto_follows_cost_model():
             for filters in (16, 32):
                 assert lp.choose_implementation((9, 9), filters, 1, 13, backend, True,
                                                 "cpu") == "pool"
-        if backend != "torch":
-            # Without a fast pooling path jax and tensorflow always take the dense kernel.
-            assert lp.choose_implementation((11, 11), 64, 1, 25, backend, False, "cpu") == "dense"
+        # Without a fast pooling path every backend takes the dense kernel.
+        assert lp.choose_implementation((11, 11), 64, 1, 25, backend, False, "cpu") == "dense"
     # Torch's reference pooling (no opt-in): faster than dense in one-layer steps from 64
     # channels on, but 2.0–2.4× slower with the input gradient a network computes (RESULTS.md,
     # "Log-polar auto"): never chosen.

@@ -65,17 +65,19 @@ def _pallas():
 
 
 @functools.lru_cache(maxsize=128)
-def _jitted_slice_pool(offsets, kernel_size, strides, mode):
+def _jitted_slice_pool(offsets, kernel_size, strides, mode, written_gradient):
     return jax.jit(functools.partial(lp.pool_by_slices, pmatrix=None, kernel_size=kernel_size,
                                      strides=strides, mode=mode, offsets=offsets,
-                                     written_gradient=True))
+                                     written_gradient=written_gradient))
 
 
 @fast
 def log_polar_region_pool(x, pmatrix, kernel_size, strides, mode):
-    """Region pooling as jitted shifted slices (XLA fuses them into one pass), with the
-    written-out stride-1 gradient (`lp.unpool_by_slices`)."""
-    return _jitted_slice_pool(lp.region_offsets(pmatrix), tuple(kernel_size), tuple(strides), mode)(x)
+    """Region pooling as jitted shifted slices (XLA fuses them into one pass); on the CPU with
+    the written-out stride-1 gradient (`lp.unpool_by_slices`: a 32 px step with the input
+    gradient 50 → 19 ms; not measured on a GPU, which keeps autodiff's)."""
+    return _jitted_slice_pool(lp.region_offsets(pmatrix), tuple(kernel_size), tuple(strides), mode,
+                              _platform() == "cpu")(x)
 
 
 @fast
@@ -161,9 +163,9 @@ def log_polar_pool_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, 
         height, width = x.shape[1] - kernel_size[0] + 1, x.shape[2] - kernel_size[1] + 1
         per_pixel = len(offsets) * x.shape[3]
         # Measured (batch 8, 32 channels, 9×9 (2,6,3)): with a 14 MB pooled tensor (32 px)
-        # the whole-image form was faster (6.8 vs 14.8 ms; with the input gradient 19 vs 18),
-        # from 54 MB (64 px) the bands (with the input gradient 57 vs 76 ms; 128 px 233 vs
-        # 310 ms, memory 384 → 76 MB).
+        # the whole-image form was faster (6.8 vs 14.8 ms; with the input gradient about equal,
+        # 19 vs 18), from 54 MB (64 px) the bands (with the input gradient 57 vs 76 ms; 128 px
+        # 233 vs 310 ms, memory 384 → 76 MB).
         if batch * height * width * per_pixel * x.dtype.itemsize > 64 * gops.BAND_BYTES:
             w = lp.mixing_weights(kernel, center_kernel)
             rows = gops.band_rows(batch, height, width, per_pixel, x.dtype.itemsize)

@@ -17,8 +17,8 @@ Execution paths (all exact, agreeing to float32 round-off):
 
 Region pooling has a reference implementation in `keras.ops` (a depthwise convolution with
 fixed 0/1 filters) and per-backend fast paths behind `keras_convx.ops.dispatch` (every pixel
-of the window belongs to exactly one region, so pooling is k_h·k_w shifted adds, which XLA
-and torch.compile fuse into one pass over the input).
+of the window belongs to one region, the centre also to the centre column, so pooling is
+about k_h·k_w shifted adds, which XLA and torch.compile fuse into one pass over the input).
 """
 
 import keras
@@ -137,8 +137,8 @@ def unpool_by_slices(dy, offsets, kernel_size, materialize=None):
         dy: (B, H_out, W_out, R', C) cotangent of the pooled maps.
         offsets: `region_offsets(pmatrix)`.
         kernel_size: pair of ints.
-        materialize: optional function applied to the stacked (k_h, B, H_out, W_out + k_w − 1,
-            C) row sums before they are added (jax: `lax.optimization_barrier`, so that XLA
+        materialize: optional function applied to the stacked (n, B, H_out, W_out + k_w − 1,
+            C) row sums (one per window row holding an offset, n ≤ k_h) before they are added (jax: `lax.optimization_barrier`, so that XLA
             does not fuse them back into one k_h·k_w-offset loop).
 
     Returns:
