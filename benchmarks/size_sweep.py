@@ -216,7 +216,8 @@ def render(rows):
             lines.append(f"| {r['backend']} | ERROR: {r['error']} |" + " |" * 11)
             continue
         lines.append(
-            f"| {r['backend']} | {r['device']} | {r['case']} | {r['size']} | "
+            f"| {r['backend']} | {r['device']} | {r['case']}"
+            f"{' (input gradient)' if r.get('input_gradient') else ''} | {r['size']} | "
             f"{r.get('channels', CHANNELS)} | {_fmt(r['layer_ms'])} | "
             f"{_fmt(r['baseline_ms'])} | **{_fmt(r['ratio'])}×** | {_fmt(r.get('dense_ms'))} | "
             f"{_fmt(r.get('pool_ms'))} | {r.get('auto_path', '—')} | "
