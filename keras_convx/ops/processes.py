@@ -18,17 +18,21 @@ import numpy as np
 
 def join_jax(coordinator, num_processes, process_id, timeout):
     """`jax.distributed.initialize` (the call `keras.distribution.initialize` makes), with
-    its `initialization_timeout` and `heartbeat_timeout_seconds`: a process that cannot reach
-    its peers, or loses one, fails instead of hanging. Then every process' `num_processes`
-    is compared (`multihost_utils.process_allgather`): the coordinator accepts a process
-    that was given another count, which would fail later, or wait forever, mid-training."""
+    its `initialization_timeout`, `heartbeat_timeout_seconds` and `shutdown_timeout_seconds`:
+    a process that cannot reach its peers, or loses one, fails instead of hanging, and one
+    that exits waits at most `timeout` for the others at jax's shutdown barrier (its default,
+    300 s, kept a failed job's surviving process alive for 5 minutes after a peer had gone).
+    Then every process' `num_processes` is compared (`multihost_utils.process_allgather`):
+    the coordinator accepts a process that was given another count, which would fail later,
+    or wait forever, mid-training."""
     import jax  # noqa: PLC0415
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id,
                                initialization_timeout=max(1, int(timeout)),
-                               heartbeat_timeout_seconds=max(10, min(int(timeout), 100)))
+                               heartbeat_timeout_seconds=max(10, min(int(timeout), 100)),
+                               shutdown_timeout_seconds=max(1, int(timeout)))
     counts = sorted({int(n) for n in np.ravel(multihost_utils.process_allgather(
         np.asarray([num_processes], np.int32)))} | {jax.process_count()})
     if counts != [num_processes]:
