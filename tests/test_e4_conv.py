@@ -256,8 +256,8 @@ def test_tiled_paths_train_like_the_reference(jit_compile, policy, monkeypatch):
         layer = E4Conv2D(4, 3, group="p4", reduction_ratio=1, slices=2, dtype=policy)
         model = keras.Model(inputs, layer(stem(inputs)))
         if values is None:
-            values = [0.3 * w for w in
-                      (rng.standard_normal(v.shape).astype("float32") for v in model.get_weights())]
+            values = [0.3 * rng.standard_normal(w.shape).astype("float32")
+                      for w in model.get_weights()]
         model.set_weights(values)
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit_compile)
         history = model.fit(x, target, batch_size=2, shuffle=False, epochs=1, verbose=0)

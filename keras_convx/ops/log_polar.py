@@ -138,8 +138,9 @@ def unpool_by_slices(dy, offsets, kernel_size, materialize=None):
         offsets: `region_offsets(pmatrix)`.
         kernel_size: pair of ints.
         materialize: optional function applied to the stacked (n, B, H_out, W_out + k_w − 1,
-            C) row sums (one per window row holding an offset, n ≤ k_h) before they are added (jax: `lax.optimization_barrier`, so that XLA
-            does not fuse them back into one k_h·k_w-offset loop).
+            C) row sums (one per window row holding an offset, n ≤ k_h) before they are
+            added (jax: `lax.optimization_barrier`, so that XLA does not fuse them back into
+            one k_h·k_w-offset loop).
 
     Returns:
         (B, H_out + k_h − 1, W_out + k_w − 1, C): the gradient w.r.t. the padded input.
@@ -154,24 +155,21 @@ def unpool_by_slices(dy, offsets, kernel_size, materialize=None):
     for r, (region, _) in enumerate(offsets):
         for q in region:
             regions_of.setdefault(q, []).append(r)
-    rows = []
+    rows = {}  # window row q_y -> the sum of its offsets' slices (rows holding one)
     for qy in range(kh):
-        row = None
         for qx in range(kw):
             for r in regions_of.get(qy * kw + qx, ()):
                 part = window_slice(dyp[:, :, :, r, :], (0, kw - 1 - qx), (1, kw))
-                row = part if row is None else row + part
-        rows.append(row)
-    used = [qy for qy in range(kh) if rows[qy] is not None]
-    if not used:  # every region empty: no pixel reaches the output
+                rows[qy] = rows[qy] + part if qy in rows else part
+    if not rows:  # every region empty: no pixel reaches the output
         zeros = keras.ops.zeros_like(window_slice(dyp[:, :, :, 0, :], (0, 0), (1, kw)))
         return zero_pad(zeros, ((0, 0), (kh - 1, 0), (0, 0), (0, 0)))
     if materialize is not None:
-        stacked = materialize(keras.ops.stack([rows[qy] for qy in used]))
-        rows = dict(zip(used, keras.ops.unstack(stacked)))
+        stacked = materialize(keras.ops.stack(list(rows.values())))
+        rows = dict(zip(rows, keras.ops.unstack(stacked)))
     dx = None
-    for qy in used:
-        part = zero_pad(rows[qy], ((0, 0), (qy, kh - 1 - qy), (0, 0), (0, 0)))
+    for qy, row in rows.items():
+        part = zero_pad(row, ((0, 0), (qy, kh - 1 - qy), (0, 0), (0, 0)))
         dx = part if dx is None else dx + part
     return dx
 
@@ -327,18 +325,14 @@ def mix_regions(pooled, kernel, center_kernel, groups=1):
 #   auto"): tensorflow's pooling was faster at every point, 0.72–0.77× the dense path at 16
 #   channels and 0.42–0.48× at 32 (the fitted break-even ≈ 9), where the old 40 picked dense:
 #   now 12.
-# A backend without a fast pooling path takes the dense path, unless its reference pooling
-# (the depthwise convolution) was measured to pay: REFERENCE_POOL_COST.
+# A backend without a fast pooling path takes the dense path. (Torch without the opt-in
+# compiled pooling, whose "pool" is the reference depthwise convolution, was priced at 34 for
+# a while: pooling from 41 filters per group, fitted on one-layer steps, where it was 0.50–
+# 0.84× dense from 64 channels on. A one-layer step never computes the layer's input gradient;
+# inside a network (benchmarks/size_sweep.py --input-gradient, batch 8, 9×9 (2,6,3)) the
+# depthwise convolution's input gradient made it 1.9–2.4× slower than dense at 48 and 64
+# channels on 32 and 64 px, e.g. 149 vs 77 ms.)
 POOL_COST = {"jax": 8.0, "tensorflow": 12.0, "torch": 60.0}
-
-# Backends whose reference pooling (the depthwise convolution) was measured to pay, and its
-# cost. None now. Torch without the opt-in compiled pooling was priced at 34 (pooling from 41
-# filters per group, fitted on one-layer models: 0.50–0.84× dense from 64 channels on), but a
-# one-layer step never computes the layer's input gradient; inside a network (benchmarks/
-# size_sweep.py --input-gradient, batch 8, 9×9 (2,6,3)) the depthwise convolution's input
-# gradient made the pooling 2.0–2.4× slower than dense at 48 and 64 channels on 32 and 64 px
-# (e.g. 149 vs 77 ms), so "auto" takes dense there again.
-REFERENCE_POOL_COST = {}
 
 # On a GPU the count model does not hold: at these sizes both paths are memory- and
 # launch-bound and their times grow alike with the channel count. Measured on an H100 (jax,
@@ -362,9 +356,9 @@ def choose_implementation(kernel_size, filters, groups, n_pooled, backend=None, 
     channels, so it does not enter the comparison. On a GPU (jax) "pool" when
     R' ≤ `GPU_MAX_REGION_FRACTION`·k_h·k_w; on other accelerators, and on GPU backends not
     measured, "dense". Without a usable fast pooling path (torch without the opt-in compiled
-    pooling) "pool" runs the reference pooling, a depthwise convolution, priced at
-    `REFERENCE_POOL_COST[backend]` where it was measured to pay (nowhere now) and otherwise
-    never chosen; in reference mode (`KERAS_CONVX_REFERENCE`) the answer is always "dense".
+    pooling) "pool" would run the reference pooling, a depthwise convolution, measured slower
+    than dense inside a network: "dense"; in reference mode (`KERAS_CONVX_REFERENCE`) the
+    answer is always "dense".
 
     Example: on a CPU with tensorflow's fast pooling, a 9×9 (2,6,3) layer pools from 15
     filters per group on: `choose_implementation((9, 9), 16, 1, 13, "tensorflow", True,
@@ -382,17 +376,16 @@ def choose_implementation(kernel_size, filters, groups, n_pooled, backend=None, 
         return "dense"
     if has_fast_pool is None:
         has_fast_pool = fast_path("log_polar_region_pool", backend) is not None
+    if not has_fast_pool:
+        return "dense"
     if platform is None:
         platform = backend_query("platform", "cpu", backend)
     kh, kw = kernel_size
     taps = kh * kw
     if platform != "cpu":
-        fits = has_fast_pool and platform == "gpu" and backend in GPU_POOL_BACKENDS
+        fits = platform == "gpu" and backend in GPU_POOL_BACKENDS
         return "pool" if fits and n_pooled <= GPU_MAX_REGION_FRACTION * taps else "dense"
-    shift_cost = POOL_COST.get(backend, max(POOL_COST.values())) if has_fast_pool else (
-        REFERENCE_POOL_COST.get(backend))
-    if shift_cost is None:
-        return "dense"
+    shift_cost = POOL_COST.get(backend, max(POOL_COST.values()))
     per_group_out = filters / groups
     dense = taps * per_group_out
     pool = n_pooled * per_group_out + taps * shift_cost
