@@ -16,14 +16,17 @@ Python floats, so every call is synchronised).
 
 `--input-gradient`: a 1×1 `Conv2D(C, 1)` before the layer and before each baseline, so that
 the step also computes the layer's input gradient, as every layer but the first of a network
-does (a one-layer model's step skips it: on jax XLA drops it).
+does (a one-layer model's step skips it: on jax XLA drops it). `--depth N`: N of the layer
+(and of each baseline) in a row, so that the step holds what a network keeps for its
+backward pass, layer after layer (a one-layer step's peak hides it).
 
 `--memory`: peak memory of one training step above what was allocated before it (null where
 not measured). tensorflow, on the CPU too: its allocator's peak after `reset_memory_stats`,
-after warm-up (no XLA compile scratch in it). On a GPU only — torch: `reset_peak_memory_stats`
-after warm-up, in the timing process.
-jax: `peak_bytes_in_use` never resets, so each model runs in a fresh subprocess; its peak is
-over the whole process (compilation, e.g. XLA autotuning scratch, included): best effort.
+after warm-up (no XLA compile scratch in it). jax on the CPU: XLA's temp bytes of the jitted
+value-and-grad (`_jax_temp_mb`: deterministic, no compile scratch, no optimizer update). On a
+GPU only — torch: `reset_peak_memory_stats` after warm-up, in the timing process.
+jax on a GPU: `peak_bytes_in_use` never resets, so each model runs in a fresh subprocess; its
+peak is over the whole process (compilation, e.g. XLA autotuning scratch, included): best effort.
 
     python benchmarks/size_sweep.py --backends jax torch --sizes 32 64 128 --repeats 10 \\
         --out DIR [--memory] [--no-jit] [--fast]
@@ -63,16 +66,20 @@ def _factory(case, variant, channels=CHANNELS):
     return LogPolarConv2D(channels, 9, rings=2, sectors=6, growth_rate=3.0, implementation=impl)
 
 
-def _model(case, variant, size, jit, seed=0, channels=CHANNELS, stem=False):
-    """(compiled model, x, y, layer), x and y already device tensors. `stem`: a 1×1 Conv2D
-    before the layer, so that the step computes the layer's input gradient."""
+def _model(case, variant, size, jit, seed=0, channels=CHANNELS, stem=False, depth=1):
+    """(compiled model, x, y, first layer), x and y already device tensors. `stem`: a 1×1
+    Conv2D before the layer, so that the step computes the layer's input gradient; `depth`:
+    that many of the layer in a row (what a network holds for its backward pass)."""
     import keras
     import numpy as np
 
     inputs = keras.Input((size, size, channels))
-    layer = _factory(case, variant, channels)
+    layers = [_factory(case, variant, channels) for _ in range(depth)]
     hidden = keras.layers.Conv2D(channels, 1)(inputs) if stem else inputs
-    model = keras.Model(inputs, layer(hidden))
+    for layer in layers:
+        hidden = layer(hidden)
+    model = keras.Model(inputs, hidden)
+    layer = layers[0]
     model.compile(optimizer=keras.optimizers.SGD(), loss="mse", jit_compile=jit)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((BATCH, size, size, channels)).astype("float32")
@@ -104,9 +111,29 @@ def _torch_peak_mb(model, x, y):
     return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
+def _jax_temp_mb(model, x, y):
+    """XLA's buffer assignment of the model's jitted value-and-grad of the "mse" loss (temp
+    bytes: every intermediate of the forward and backward passes at its peak; no inputs,
+    weights or compile scratch, and not the optimizer's update). Deterministic, CPU or GPU."""
+    import jax
+    import keras
+
+    trainable = [v.value for v in model.trainable_variables]
+    frozen = [v.value for v in model.non_trainable_variables]
+
+    def loss(weights, x, y):
+        out, _ = model.stateless_call(weights, frozen, x, training=True)
+        return keras.ops.mean(keras.losses.mean_squared_error(y, out))
+
+    step = jax.jit(jax.value_and_grad(loss)).lower(trainable, x, y).compile()
+    return step.memory_analysis().temp_size_in_bytes / 2**20
+
+
 MEMORY_NOTES = {
     "jax": "jax: process peak above pre-step usage, fresh process per model (compile scratch "
            "included)",
+    "jax-cpu": "jax: XLA temp bytes of the jitted value-and-grad (deterministic; no compile "
+               "scratch, no optimizer update)",
     "tensorflow": "tensorflow: allocator peak of one step above allocated before it (after "
                   "warm-up; no compile scratch)",
     "torch": "torch: peak of one step above allocated before it (after warm-up)",
@@ -150,7 +177,7 @@ def worker(args):
         case, variant = args.mem_worker[0], args.mem_worker[1]
         size, channels = int(args.mem_worker[2]), int(args.mem_worker[3])
         model, x, y, _ = _model(case, variant, size, jit, channels=channels,
-                                stem=args.input_gradient)
+                                stem=args.input_gradient, depth=args.depth)
         stats = lambda: jax.devices()[0].memory_stats() or {}  # None on CPU
         before = stats().get("bytes_in_use")
         for _ in range(WARMUP):
@@ -162,8 +189,8 @@ def worker(args):
     for size, channels, case in [(s, c, case) for s in args.sizes for c in args.channels
                                  for case in args.cases]:
         variants = CASES[case]
-        built = {v: _model(case, v, size, jit, channels=channels, stem=args.input_gradient)
-                 for v in variants}
+        built = {v: _model(case, v, size, jit, channels=channels, stem=args.input_gradient,
+                           depth=args.depth) for v in variants}
         for model, x, y, _ in built.values():
             for _ in range(WARMUP):
                 model.train_on_batch(x, y)
@@ -177,6 +204,8 @@ def worker(args):
         peak = {v: None for v in variants}
         if args.memory and gpu and backend == "torch":
             peak = {v: _torch_peak_mb(m, x, y) for v, (m, x, y, _) in built.items()}
+        if args.memory and backend == "jax" and not gpu:
+            peak = {v: _jax_temp_mb(m, x, y) for v, (m, x, y, _) in built.items()}
         if args.memory and backend == "tensorflow":
             peak = {v: _tf_peak_mb(m, x, y, gpu) for v, (m, x, y, _) in built.items()}
         row = {"backend": backend, "device": device, "case": case, "size": size,
@@ -185,7 +214,7 @@ def worker(args):
                "ratio": ms["layer"] / ms["baseline"],
                "jit": str(built["layer"][0].jit_compile), "repeats": args.repeats,
                "keras": keras.__version__, "peak_mb": peak,
-               "input_gradient": args.input_gradient}
+               "input_gradient": args.input_gradient, "depth": args.depth}
         if case == "lpsc":
             row.update(dense_ms=ms["dense"], pool_ms=ms["pool"],
                        auto_path=built["layer"][3].resolved_implementation())
@@ -215,9 +244,10 @@ def render(rows):
         if "error" in r:
             lines.append(f"| {r['backend']} | ERROR: {r['error']} |" + " |" * 11)
             continue
+        depth = f" ×{r['depth']} in a row" if r.get("depth", 1) > 1 else ""
         lines.append(
             f"| {r['backend']} | {r['device']} | {r['case']}"
-            f"{' (input gradient)' if r.get('input_gradient') else ''} | {r['size']} | "
+            f"{' (input gradient)' if r.get('input_gradient') else ''}{depth} | {r['size']} | "
             f"{r.get('channels', CHANNELS)} | {_fmt(r['layer_ms'])} | "
             f"{_fmt(r['baseline_ms'])} | **{_fmt(r['ratio'])}×** | {_fmt(r.get('dense_ms'))} | "
             f"{_fmt(r.get('pool_ms'))} | {r.get('auto_path', '—')} | "
@@ -235,11 +265,13 @@ def main():
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--out", default=".")
     parser.add_argument("--memory", action="store_true",
-                        help="peak memory of a step: tensorflow (CPU or GPU), jax and torch on a GPU")
+                        help="peak memory of a step: tensorflow and jax (CPU or GPU), torch on a GPU")
     parser.add_argument("--no-jit", action="store_true", help='compile with jit_compile="auto"')
     parser.add_argument("--input-gradient", action="store_true",
                         help="a 1x1 Conv2D stem before the layer and its baselines: the step "
                              "computes the layer's input gradient, as inside a network")
+    parser.add_argument("--depth", type=int, default=1,
+                        help="that many of the layer (and of each baseline) in a row")
     parser.add_argument("--fast", action="store_true", help="smoke run: sizes 16 24, 2 repeats")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mem-worker", nargs=4, default=None, help=argparse.SUPPRESS)
@@ -250,7 +282,7 @@ def main():
         args.sizes, args.repeats = [16, 24], 2
     common = ["--sizes", *map(str, args.sizes), "--repeats", str(args.repeats),
               "--channels", *map(str, args.channels),
-              "--cases", *args.cases]
+              "--cases", *args.cases, "--depth", str(args.depth)]
     common += (["--memory"] * args.memory + ["--no-jit"] * args.no_jit
                + ["--input-gradient"] * args.input_gradient)
     rows = []
@@ -268,7 +300,8 @@ def main():
             continue
         for row in result["rows"]:
             measured = any(v is not None for v in row["peak_mb"].values())
-            row["peak_memory_note"] = MEMORY_NOTES[backend] if measured else None
+            note = "jax-cpu" if backend == "jax" and not result["gpu"] else backend
+            row["peak_memory_note"] = MEMORY_NOTES[note] if measured else None
         rows += result["rows"]
         print(f"# {backend} on {result['device']}: {time.time() - t0:.0f} s", file=sys.stderr,
               flush=True)
