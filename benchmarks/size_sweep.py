@@ -18,7 +18,8 @@ Python floats, so every call is synchronised).
 the step also computes the layer's input gradient, as every layer but the first of a network
 does (a one-layer model's step skips it: on jax XLA drops it). `--depth N`: N of the layer
 (and of each baseline) in a row, so that the step holds what a network keeps for its
-backward pass, layer after layer (a one-layer step's peak hides it).
+backward pass, layer after layer (a one-layer step's peak hides it). `--recompute`:
+`E4Conv2D(recompute=True)`.
 
 `--memory`: peak memory of one training step above what was allocated before it (null where
 not measured). tensorflow, on the CPU too: its allocator's peak after `reset_memory_stats`,
@@ -51,14 +52,15 @@ BATCH, CHANNELS, WARMUP = 8, 32, 3
 CASES = {"e4": ["layer", "baseline"], "lpsc": ["layer", "dense", "pool", "baseline"]}
 
 
-def _factory(case, variant, channels=CHANNELS):
+def _factory(case, variant, channels=CHANNELS, recompute=False):
     import keras
 
     from keras_convx.layers import E4Conv2D, GroupConv2D, LogPolarConv2D
 
     if case == "e4":
         if variant == "layer":
-            return E4Conv2D(channels // 4, 5, group="p4", reduction_ratio=1, slices=2)
+            return E4Conv2D(channels // 4, 5, group="p4", reduction_ratio=1, slices=2,
+                            recompute=recompute)
         return GroupConv2D(channels // 4, 5, group="p4")
     if variant == "baseline":
         return keras.layers.Conv2D(channels, 9, padding="same")
@@ -66,7 +68,8 @@ def _factory(case, variant, channels=CHANNELS):
     return LogPolarConv2D(channels, 9, rings=2, sectors=6, growth_rate=3.0, implementation=impl)
 
 
-def _model(case, variant, size, jit, seed=0, channels=CHANNELS, stem=False, depth=1):
+def _model(case, variant, size, jit, seed=0, channels=CHANNELS, stem=False, depth=1,
+           recompute=False):
     """(compiled model, x, y, first layer), x and y already device tensors. `stem`: a 1×1
     Conv2D before the layer, so that the step computes the layer's input gradient; `depth`:
     that many of the layer in a row (what a network holds for its backward pass)."""
@@ -74,7 +77,7 @@ def _model(case, variant, size, jit, seed=0, channels=CHANNELS, stem=False, dept
     import numpy as np
 
     inputs = keras.Input((size, size, channels))
-    layers = [_factory(case, variant, channels) for _ in range(depth)]
+    layers = [_factory(case, variant, channels, recompute) for _ in range(depth)]
     hidden = keras.layers.Conv2D(channels, 1)(inputs) if stem else inputs
     for layer in layers:
         hidden = layer(hidden)
@@ -177,7 +180,8 @@ def worker(args):
         case, variant = args.mem_worker[0], args.mem_worker[1]
         size, channels = int(args.mem_worker[2]), int(args.mem_worker[3])
         model, x, y, _ = _model(case, variant, size, jit, channels=channels,
-                                stem=args.input_gradient, depth=args.depth)
+                                stem=args.input_gradient, depth=args.depth,
+                                recompute=args.recompute)
         stats = lambda: jax.devices()[0].memory_stats() or {}  # None on CPU
         before = stats().get("bytes_in_use")
         for _ in range(WARMUP):
@@ -190,7 +194,7 @@ def worker(args):
                                  for case in args.cases]:
         variants = CASES[case]
         built = {v: _model(case, v, size, jit, channels=channels, stem=args.input_gradient,
-                           depth=args.depth) for v in variants}
+                           depth=args.depth, recompute=args.recompute) for v in variants}
         for model, x, y, _ in built.values():
             for _ in range(WARMUP):
                 model.train_on_batch(x, y)
@@ -214,7 +218,8 @@ def worker(args):
                "ratio": ms["layer"] / ms["baseline"],
                "jit": str(built["layer"][0].jit_compile), "repeats": args.repeats,
                "keras": keras.__version__, "peak_mb": peak,
-               "input_gradient": args.input_gradient, "depth": args.depth}
+               "input_gradient": args.input_gradient, "depth": args.depth,
+               "recompute": args.recompute}
         if case == "lpsc":
             row.update(dense_ms=ms["dense"], pool_ms=ms["pool"],
                        auto_path=built["layer"][3].resolved_implementation())
@@ -245,6 +250,7 @@ def render(rows):
             lines.append(f"| {r['backend']} | ERROR: {r['error']} |" + " |" * 11)
             continue
         depth = f" ×{r['depth']} in a row" if r.get("depth", 1) > 1 else ""
+        depth += ", recompute" if r.get("recompute") and r["case"] == "e4" else ""
         lines.append(
             f"| {r['backend']} | {r['device']} | {r['case']}"
             f"{' (input gradient)' if r.get('input_gradient') else ''}{depth} | {r['size']} | "
@@ -270,6 +276,8 @@ def main():
     parser.add_argument("--input-gradient", action="store_true",
                         help="a 1x1 Conv2D stem before the layer and its baselines: the step "
                              "computes the layer's input gradient, as inside a network")
+    parser.add_argument("--recompute", action="store_true",
+                        help="E4Conv2D(recompute=True): each layer keeps only its input")
     parser.add_argument("--depth", type=int, default=1,
                         help="that many of the layer (and of each baseline) in a row")
     parser.add_argument("--fast", action="store_true", help="smoke run: sizes 16 24, 2 repeats")
@@ -283,6 +291,7 @@ def main():
     common = ["--sizes", *map(str, args.sizes), "--repeats", str(args.repeats),
               "--channels", *map(str, args.channels),
               "--cases", *args.cases, "--depth", str(args.depth)]
+    common += ["--recompute"] * args.recompute
     common += (["--memory"] * args.memory + ["--no-jit"] * args.no_jit
                + ["--input-gradient"] * args.input_gradient)
     rows = []

@@ -30,6 +30,9 @@ MAX_LINES = 450
 OVERSIZED = {}
 # The one module that may use Keras' private API (each use documented there).
 KERAS_PRIVATE = {"keras_convx/keras_compat.py"}
+# A backend's own privates where it has no public query, in its fast-path module only:
+# torch's dynamo frame callback (is a torch.compile'd call running, graph breaks included?).
+BACKEND_PRIVATE = {("keras_convx/ops/_torch.py", "_C"), ("keras_convx/ops/_torch.py", "_dynamo")}
 
 
 def _modules():
@@ -258,7 +261,7 @@ def test_private_keras_attributes_only_in_keras_compat():
     """`functional._nodes_by_depth`, `model._compile_loss`, ... are read in keras_compat only
     (a planted `model._compile_loss` in training.py fails this)."""
     outside = [f"{rel}:{line}: {name}" for rel, line, name in _foreign_private_attributes()
-               if rel not in KERAS_PRIVATE]
+               if rel not in KERAS_PRIVATE and (rel.replace(os.sep, "/"), name) not in BACKEND_PRIVATE]
     assert outside == []
     assert {name for rel, _, name in _foreign_private_attributes()} >= {
         "_nodes_by_depth", "_compile_loss", "_keras_history"}, "the scan finds nothing"

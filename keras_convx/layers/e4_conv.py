@@ -8,7 +8,7 @@ from keras_convx._registry import register
 from keras_convx.layers import _common
 from keras_convx.layers import group_conv
 from keras_convx.ops import group as gops
-from keras_convx.ops.core import matmul_last
+from keras_convx.ops.core import matmul_last, recompute
 
 
 @register
@@ -60,6 +60,13 @@ class E4Conv2D(keras.layers.Layer):
             backend's compiled shift-and-accumulate), `"shifts"` (k² shifted multiply-adds in
             `keras.ops`) or `"patches"` (the reference through the k²-times larger patch
             tensor). All are exact.
+        recompute: bool (default False). True keeps only the layer's input for the backward
+            pass and runs the layer's forward pass a second time there
+            (`keras_convx.ops.recompute`: `tf.recompute_grad`, `torch.utils.checkpoint`, a
+            custom VJP on jax). A network of E4 layers otherwise holds each layer's encoded
+            map, generator maps and pre-transpose output until its backward pass (several
+            times its output: benchmarks/RESULTS.md, "E4 as images grow"); with it, one more
+            forward pass per step. Same values and gradients.
         kernel_initializer: initializer of the three kernels (default `"he_normal"`).
         bias_initializer: initializer of the generator bias.
         kernel_regularizer, kernel_constraint: applied to the three kernels.
@@ -100,6 +107,7 @@ class E4Conv2D(keras.layers.Layer):
         official_compat=False,
         epsilon=1e-5,
         implementation="auto",
+        recompute=False,
         kernel_initializer="he_normal",
         bias_initializer="zeros",
         kernel_regularizer=None,
@@ -130,6 +138,7 @@ class E4Conv2D(keras.layers.Layer):
         self.official_compat = _common.boolean("official_compat", official_compat)
         self.epsilon = _common.number("epsilon", epsilon, 0, exclusive_minimum=True)
         self.implementation = _common.choice("implementation", implementation, gops.AGGREGATIONS)
+        self.recompute = _common.boolean("recompute", recompute)
         _common.set_objects(
             self,
             kernel_initializer=kernel_initializer,
@@ -264,6 +273,13 @@ class E4Conv2D(keras.layers.Layer):
         return keras.ops.concatenate([flat, ones], axis=-1), block
 
     def call(self, inputs):
+        if self.recompute:
+            return recompute(self.forward_pass, inputs, self.variables)
+        return self.forward_pass(inputs)
+
+    def forward_pass(self, inputs):
+        """The layer's computation (`call` runs it, through `ops.core.recompute` when the
+        layer recomputes)."""
         x = keras.ops.cast(inputs, self.compute_dtype)
         if self.data_format == "channels_first":
             x = keras.ops.transpose(x, (0, 2, 3, 1))
@@ -308,6 +324,7 @@ class E4Conv2D(keras.layers.Layer):
                 "official_compat": self.official_compat,
                 "epsilon": self.epsilon,
                 "implementation": self.implementation,
+                "recompute": self.recompute,
             }
         )
         config.update(

@@ -6,6 +6,7 @@ under that op's name. This is the only module allowed to import tensorflow.
 
 import functools
 
+import keras
 import tensorflow as tf
 
 from keras_convx.ops import group as gops
@@ -182,3 +183,19 @@ def e4_generate_aggregate(v, features, block, k, strides):
         rows = gops.band_rows(1, height, width, block.shape[-1], block.dtype.size, band)
         return _banded(v, features, block, k, rows)
     return e4_aggregate(v, _band_kernels(features, block, k), k, strides)
+
+
+@fast
+def recompute(fn, x, variables):
+    """`ops.core.recompute`: `tf.recompute_grad` of `fn` as a function of `x` and of the values
+    of `variables`, read under a `keras.StatelessScope`. Passed as inputs, the weights get
+    their gradients inside a stateless call too (`Model.stateless_call`, where they are
+    tensors that `tf.recompute_grad`, which watches only variables, would give none)."""
+    variables = list(variables)
+
+    @tf.recompute_grad
+    def run(x, *values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(x)
+
+    return run(x, *(v.value for v in variables))

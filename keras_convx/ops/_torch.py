@@ -15,6 +15,7 @@ import functools
 
 import keras
 import torch
+import torch.utils.checkpoint
 
 from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
@@ -210,3 +211,23 @@ def e4_generate_aggregate(v, features, block, k, strides):
     else:
         rows = gops.band_rows(batch, height, width, block.shape[-1], block.element_size(), budget)
     return _PlanarGenerateAggregate.apply(v, features, block, k, tuple(strides), rows)
+
+
+def _in_compiled_call():
+    """True while torch.compile traces or runs a compiled function, its graph-broken eager
+    parts included: dynamo's frame callback is set there. No public query covers those parts
+    (`torch.compiler.is_compiling()` is true while tracing only), hence torch's private one."""
+    frames = getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None)
+    query = getattr(frames, "get_eval_frame_callback", None)
+    return torch.compiler.is_compiling() or (query is not None and query() is not None)
+
+
+@register_fast_path(FAST_PATHS)  # not opt-in: nothing to compile
+def recompute(fn, x, variables):
+    """`ops.core.recompute`: non-reentrant `torch.utils.checkpoint` (it saves `x` and the
+    parameters `fn` reads, and reruns `fn` when the backward pass reaches it). Not inside a
+    torch.compile'd call (`jit_compile=True`), where `fn` runs as it is: there the rerun took
+    other paths than the forward pass (the saved tensors no longer matched)."""
+    if not torch.is_grad_enabled() or _traced(x) or _in_compiled_call():
+        return fn(x)
+    return torch.utils.checkpoint.checkpoint(fn, x, use_reentrant=False)

@@ -224,3 +224,30 @@ def moments(x, axes, synchronized=False):
                                       args=(keras.ops.stack([total, squares, count]),))
     mean = summed[0] / summed[2]
     return mean, keras.ops.maximum(summed[1] / summed[2] - keras.ops.square(mean), 0.0)
+
+
+def _keep_everything(fn, x, variables):
+    return fn(x)
+
+
+def recompute(fn, x, variables):
+    """`fn(x)` whose backward pass keeps only `x` and recomputes the rest of `fn`.
+
+    A layer's intermediates (E4's encoded and generated maps, the log-polar pooled maps) are
+    otherwise kept from its forward pass to its backward pass, layer after layer of a
+    network; with this, each layer keeps its input alone and runs its forward pass a second
+    time during the backward pass. Dispatch point `recompute`: tensorflow
+    `tf.recompute_grad`, torch `torch.utils.checkpoint` (non-reentrant), jax a custom VJP
+    whose recomputation depends on the cotangent (XLA's CPU scheduler was measured to move
+    `jax.checkpoint`'s recomputation into the forward pass, keeping everything). The
+    `keras.ops` reference path (`reference_mode()`, portable mode) keeps everything: the same
+    values and gradients, without the saving.
+
+    Args:
+        fn: a function of one tensor returning one tensor, reading no Keras variable but
+            `variables` (the layer's weights; it must not assign any).
+        x: its input tensor.
+        variables: the Keras variables `fn` reads; their gradients flow as without
+            recomputation.
+    """
+    return dispatcher.dispatch("recompute", _keep_everything)(fn, x, tuple(variables))
