@@ -467,3 +467,72 @@ class InterruptAtEpoch(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.epoch:
             raise RuntimeError("interrupted")
+
+
+# ------------------------------------------------------------------ recompute (ops.core.recompute)
+
+def recompute_stack(make_layer, recompute, channels, data_format="channels_last", depth=2,
+                    size=None, policy="float32"):
+    """A 1×1 Conv2D stem (so the first layer's input gradient is computed too), then `depth`
+    layers `make_layer(recompute, data_format, policy)`; `size` None: unknown rows and cols."""
+    shape = (size, size, channels) if data_format == "channels_last" else (channels, size, size)
+    inputs = keras.Input(shape)
+    h = keras.layers.Conv2D(channels, 1, data_format=data_format, dtype=policy)(inputs)
+    for _ in range(depth):
+        h = make_layer(recompute, data_format, policy)(h)
+    return keras.Model(inputs, h)
+
+
+def check_recompute_trains_alike(make_layer, channels, data_format, size, jit_compile, policy):
+    """Layers with `recompute=True` give the same outputs and, after one `fit` epoch (3 images
+    in batches of 2: the partial batch retraces TensorFlow with an unknown batch size), the
+    same weights as with `recompute=False`, per weight (float32 or mixed bfloat16: the rerun
+    reads the weights as the forward pass rounded them)."""
+    rng = np.random.default_rng(5)
+    rows, cols = (11, 9) if size is None else (size, size)
+    shape = (3, rows, cols, channels) if data_format == "channels_last" else (3, channels, rows, cols)
+    x, target = (rng.standard_normal(shape).astype("float32") for _ in range(2))
+    models = {flag: recompute_stack(make_layer, flag, channels, data_format, size=size,
+                                    policy=policy) for flag in (False, True)}
+    values = [0.3 * rng.standard_normal(w.shape).astype("float32")
+              for w in models[False].get_weights()]
+    outputs, deltas = {}, {}
+    for flag, model in models.items():
+        model.set_weights(values)
+        outputs[flag] = to_numpy(model(x))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit_compile)
+        model.fit(x, target, batch_size=2, shuffle=False, epochs=1, verbose=0)
+        deltas[flag] = [w - v for w, v in zip(model.get_weights(), values)]
+    tol = 1e-4 if policy == "float32" else 3e-2
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=tol, atol=tol)
+    for got, want in zip(deltas[True], deltas[False]):
+        assert np.linalg.norm(want) > 0, "a weight did not train"
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < tol, got.shape
+
+
+def kept_for_backward_bytes(model, x):
+    """Bytes a training step keeps from its forward pass for its backward pass: jax, XLA's temp
+    bytes of the jitted gradient; torch, the tensors autograd saves (counted by a hook)."""
+    if BACKEND == "jax":
+        import jax
+
+        frozen = [v.value for v in model.non_trainable_variables]
+
+        def loss(weights, x):
+            return keras.ops.mean(model.stateless_call(weights, frozen, x, training=True)[0] ** 2)
+
+        step = jax.jit(jax.grad(loss)).lower([v.value for v in model.trainable_variables], x)
+        return step.compile().memory_analysis().temp_size_in_bytes
+    if BACKEND == "torch":
+        import torch
+
+        seen = {}
+
+        def pack(t):
+            seen[(t.data_ptr(), tuple(t.shape))] = t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            keras.ops.mean(model(x, training=True) ** 2)
+        return sum(seen.values())
+    raise NotImplementedError(f"no deterministic measure on {BACKEND}")

@@ -354,16 +354,10 @@ def test_reduction_leaving_no_generator_channels_is_rejected():
         E4Conv2D(4, 3, reduction_ratio=4)(np.zeros((1, 5, 5, 2 * 4), "float32"))
 
 
-def _stack(recompute, data_format="channels_last", depth=2, size=None, policy="float32"):
-    """A 1×1 Conv2D stem (so the first E4 layer's input gradient is computed too), then
-    `depth` E4 layers; `size` None: unknown rows and columns."""
-    shape = (size, size, 16) if data_format == "channels_last" else (16, size, size)
-    inputs = keras.Input(shape)
-    h = keras.layers.Conv2D(16, 1, data_format=data_format, dtype=policy)(inputs)
-    for _ in range(depth):
-        h = E4Conv2D(4, 3, reduction_ratio=1, slices=2, data_format=data_format,
-                     recompute=recompute, dtype=policy)(h)
-    return keras.Model(inputs, h)
+
+def _e4(recompute, data_format, policy):
+    return E4Conv2D(4, 3, reduction_ratio=1, slices=2, data_format=data_format,
+                    recompute=recompute, dtype=policy)
 
 
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
@@ -371,63 +365,9 @@ def _stack(recompute, data_format="channels_last", depth=2, size=None, policy="f
 @pytest.mark.parametrize("jit_compile", [False, True], ids=lambda j: f"jit={j}")
 def test_recompute_trains_like_keeping_everything(jit_compile, data_format, size, policy):
     """`recompute=True` (each layer keeps its input alone and reruns its forward pass in the
-    backward pass) gives the same outputs and, after one `fit` epoch (3 images in batches of
-    2, unknown or fixed image size, both data formats, float32 and mixed bfloat16), the same
-    weights as keeping everything, `jit_compile` False and True (torch: the rerun is eager
-    only; under torch.compile the layer keeps everything)."""
-    rng = np.random.default_rng(5)
-    shape = (3, 11, 9, 16) if size is None else (3, 9, 9, 16)
-    if data_format == "channels_first":
-        shape = (shape[0], shape[3], shape[1], shape[2])
-    x = rng.standard_normal(shape).astype("float32")
-    target = rng.standard_normal(shape).astype("float32")
-    models = {flag: _stack(flag, data_format, size=size, policy=policy) for flag in (False, True)}
-    values = [0.3 * rng.standard_normal(w.shape).astype("float32")
-              for w in models[False].get_weights()]
-    outputs, deltas = {}, {}
-    for flag, model in models.items():
-        model.set_weights(values)
-        outputs[flag] = harness.to_numpy(model(x))
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit_compile)
-        model.fit(x, target, batch_size=2, shuffle=False, epochs=1, verbose=0)
-        deltas[flag] = [w - v for w, v in zip(model.get_weights(), values)]
-    tol = 1e-4 if policy == "float32" else 3e-2
-    np.testing.assert_allclose(outputs[True], outputs[False], rtol=tol, atol=tol)
-    for got, want in zip(deltas[True], deltas[False]):
-        assert np.linalg.norm(want) > 0
-        if policy == "float32":
-            assert np.linalg.norm(got - want) / np.linalg.norm(want) < tol, got.shape
-    # bfloat16: the whole update (eager torch's rerun rounds differently: one small update,
-    # the first layer's reduce kernel, was measured 9% off, the others 0.2-0.6%)
-    error = np.sqrt(sum(np.sum((g - w) ** 2) for g, w in zip(deltas[True], deltas[False])))
-    assert error / np.sqrt(sum(np.sum(w ** 2) for w in deltas[False])) < tol
-
-
-def _kept_bytes(model, x):
-    """Bytes kept from a training step's forward pass for its backward pass: jax, XLA's temp
-    bytes of the jitted value-and-grad; torch, the tensors autograd saves (hooks)."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        frozen = [v.value for v in model.non_trainable_variables]
-
-        def loss(weights, x):
-            return keras.ops.mean(model.stateless_call(weights, frozen, x, training=True)[0] ** 2)
-
-        step = jax.jit(jax.grad(loss)).lower([v.value for v in model.trainable_variables], x)
-        return step.compile().memory_analysis().temp_size_in_bytes
-    import torch
-
-    seen = {}
-
-    def pack(t):
-        seen[(t.data_ptr(), tuple(t.shape))] = t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        keras.ops.mean(model(x, training=True) ** 2)
-    return sum(seen.values())
+    backward pass) gives the same outputs and `fit` updates as keeping everything
+    (`harness.check_recompute_trains_alike`; torch reruns in eager mode only)."""
+    harness.check_recompute_trains_alike(_e4, 16, data_format, size, jit_compile, policy)
 
 
 @pytest.mark.skipif(keras.backend.backend() not in ("jax", "torch"),
@@ -435,8 +375,50 @@ def _kept_bytes(model, x):
 def test_recompute_keeps_less_for_the_backward_pass():
     """Four E4 layers in a row: with `recompute=True` the step keeps far less (jax: XLA's temp
     bytes; torch: the tensors autograd saves, measured 103 → 20 MB at 64 px)."""
-    x = np.random.default_rng(0).standard_normal((4, 24, 24, 16)).astype("float32")
-    x = keras.ops.convert_to_tensor(x)
-    kept = {flag: _kept_bytes(_stack(flag, depth=4, size=24), x) for flag in (False, True)}
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(0).standard_normal((4, 24, 24, 16)).astype("float32"))
+    kept = {flag: harness.kept_for_backward_bytes(
+        harness.recompute_stack(_e4, flag, 16, depth=4, size=24), x) for flag in (False, True)}
     limit = 0.8 if keras.backend.backend() == "jax" else 0.35
     assert kept[True] < limit * kept[False], kept
+
+
+def test_recompute_differentiates_the_weights_a_stateless_call_passes():
+    """`stateless_call` with weights other than the stored ones: the gradients with
+    `recompute=True` equal those without (the rerun reads the passed weights; a torch
+    checkpoint of the bare layer reran it with the stored ones)."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 7, 6, 16)).astype("float32")
+    cot = keras.ops.convert_to_tensor(rng.standard_normal((2, 7, 6, 16)).astype("float32"))
+    passed, grads = None, {}
+    for flag in (False, True):
+        layer = E4Conv2D(4, 3, reduction_ratio=1, slices=2, recompute=flag)
+        layer.build(x.shape)
+        _randomize(layer)
+        if passed is None:
+            passed = [w + rng.standard_normal(w.shape).astype("float32")
+                      for w in layer.get_weights()]
+
+        def loss(x_, *weights, layer=layer):
+            return keras.ops.sum(layer.stateless_call(list(weights), [], x_)[0] * cot)
+
+        grads[flag] = harness.backend_gradients(loss, [x, *passed])
+    for got, want in zip(grads[True], grads[False]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_recompute_runs_the_forward_pass_again_for_the_gradients(monkeypatch):
+    """The layer's forward pass runs more often for a gradient with `recompute=True` (the
+    rerun) than without, on every backend (the memory tests skip tensorflow)."""
+    calls, original = [], E4Conv2D.forward_pass
+    monkeypatch.setattr(E4Conv2D, "forward_pass",
+                        lambda self, x: calls.append(1) or original(self, x))
+    x = np.random.default_rng(2).standard_normal((2, 6, 6, 16)).astype("float32")
+    counts = {}
+    for flag in (False, True):
+        layer = E4Conv2D(4, 3, reduction_ratio=1, slices=2, recompute=flag)
+        layer.build(x.shape)
+        calls.clear()
+        harness.layer_gradients(layer, x, np.ones((2, 6, 6, 16), "float32"))
+        counts[flag] = len(calls)
+    assert counts[True] > counts[False] >= 1, counts

@@ -352,6 +352,8 @@ HARNESS_CASES = [
     dict(filters=4, kernel_size=5, rings=2, sectors=6, growth_rate=3.0, pooling="max", activation="relu"),
     dict(filters=4, kernel_size=(5, 3), rings=2, sectors=4, growth_rate=2.0, groups=2, padding="valid",
          kernel_regularizer="l2"),
+    dict(filters=4, kernel_size=5, rings=2, sectors=6, growth_rate=3.0, implementation="pool",
+         recompute=True),
 ]
 
 
@@ -404,7 +406,7 @@ def test_bad_arguments_raise_value_error(kwargs, match):
 @pytest.mark.parametrize(
     "kwargs, match",
     [(dict(rings=2.5), "rings"), (dict(kernel_size="9"), "kernel_size"), (dict(growth_rate="3"), "growth_rate"),
-     (dict(center=1), "center"), (dict(filters=4.0), "filters")],
+     (dict(center=1), "center"), (dict(filters=4.0), "filters"), (dict(recompute="yes"), "recompute")],
 )
 def test_bad_argument_types_raise_type_error(kwargs, match):
     args = dict(filters=4, kernel_size=5, rings=2, sectors=6, growth_rate=3.0)
@@ -423,3 +425,37 @@ def test_valid_padding_input_too_small():
     layer = LogPolarConv2D(4, 9, padding="valid")
     with pytest.raises(ValueError, match="kernel_size"):
         layer.compute_output_shape((None, 5, 12, 3))
+
+
+def _lpsc(implementation):
+    def make(recompute, data_format, policy):
+        return LogPolarConv2D(8, 5, rings=2, sectors=6, growth_rate=3.0, data_format=data_format,
+                              implementation=implementation, recompute=recompute, dtype=policy)
+
+    return make
+
+
+@pytest.mark.parametrize("implementation", ["pool", "dense"])
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("data_format, size", [("channels_last", None), ("channels_first", 9)])
+@pytest.mark.parametrize("jit_compile", [False, True], ids=lambda j: f"jit={j}")
+def test_recompute_trains_like_keeping_everything(jit_compile, data_format, size, policy,
+                                                  implementation):
+    """`recompute=True` gives the same outputs and `fit` updates as keeping the pooled maps
+    (`harness.check_recompute_trains_alike`), on the pool and the dense path."""
+    harness.check_recompute_trains_alike(_lpsc(implementation), 8, data_format, size,
+                                         jit_compile, policy)
+
+
+@pytest.mark.skipif(keras.backend.backend() not in ("jax", "torch"),
+                    reason="measured where it is deterministic (tensorflow: benchmarks)")
+def test_recompute_keeps_less_for_the_backward_pass():
+    """Four pool-path layers in a row keep their pooled maps (13 times their input) for the
+    backward pass; with `recompute=True` far less."""
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(0).standard_normal((4, 24, 24, 8)).astype("float32"))
+    kept = {flag: harness.kept_for_backward_bytes(
+        harness.recompute_stack(_lpsc("pool"), flag, 8, depth=4, size=24), x)
+        for flag in (False, True)}
+    limit = 0.8 if keras.backend.backend() == "jax" else 0.5  # jax: 5.2 → 3.6 MB measured
+    assert kept[True] < limit * kept[False], kept

@@ -62,11 +62,12 @@ class E4Conv2D(keras.layers.Layer):
             tensor). All are exact.
         recompute: bool (default False). True keeps only the layer's input for the backward
             pass and runs the layer's forward pass a second time there
-            (`keras_convx.ops.recompute`: `tf.recompute_grad`, `torch.utils.checkpoint`, a
-            custom VJP on jax). A network of E4 layers otherwise holds each layer's encoded
+            (`keras_convx.ops.core.recompute`: `tf.recompute_grad`, `torch.utils.checkpoint`,
+            a custom VJP on jax). A network of E4 layers otherwise holds each layer's encoded
             map, generator maps and pre-transpose output until its backward pass (several
             times its output: benchmarks/RESULTS.md, "E4 as images grow"); with it, one more
-            forward pass per step. Same values and gradients.
+            forward pass per step. Same values and gradients. Torch under `jit_compile=True`
+            and the `reference_mode()` / `portable_mode()` paths keep everything.
         kernel_initializer: initializer of the three kernels (default `"he_normal"`).
         bias_initializer: initializer of the generator bias.
         kernel_regularizer, kernel_constraint: applied to the three kernels.

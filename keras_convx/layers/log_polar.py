@@ -9,7 +9,7 @@ from keras_convx import arguments
 from keras_convx._registry import register
 from keras_convx.layers._conv_base import BaseConv2D
 from keras_convx.ops import log_polar as lp
-from keras_convx.ops.core import conv2d
+from keras_convx.ops.core import conv2d, recompute
 
 IMPLEMENTATIONS = ("auto", "dense", "pool", "max")
 
@@ -54,6 +54,12 @@ class LogPolarConv2D(BaseConv2D):
             convolution), `"pool"` (region pooling then 1×1 mixing) or `"max"` (the only
             path for `pooling="max"`). All are exact; `"auto"` picks the cheaper by the cost
             model `keras_convx.ops.log_polar.choose_implementation` (max → `"max"`).
+        recompute: bool (default False). True keeps only the layer's input for the backward
+            pass and runs the convolution a second time there
+            (`keras_convx.ops.core.recompute`), instead of keeping the pooled maps
+            (`rings·sectors + 1` times the input on the pool paths) until the backward pass,
+            layer after layer. Same values and gradients. Torch under `jit_compile=True` and
+            the `reference_mode()` / `portable_mode()` paths keep everything.
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
         activity_regularizer, kernel_constraint, bias_constraint: as in `keras.layers.Conv2D`;
             the kernel ones apply to the region kernel and to the centre kernel.
@@ -106,6 +112,7 @@ class LogPolarConv2D(BaseConv2D):
         activation=None,
         use_bias=True,
         implementation="auto",
+        recompute=False,
         **kwargs,
     ):
         super().__init__(filters, strides=strides, padding=padding, data_format=data_format,
@@ -120,6 +127,7 @@ class LogPolarConv2D(BaseConv2D):
         self.pooling = arguments.choice("pooling", pooling, lp.POOLINGS)
         self.center = arguments.boolean("center", center)
         self.implementation = arguments.choice("implementation", implementation, IMPLEMENTATIONS)
+        self.recompute = arguments.boolean("recompute", recompute)
         if self.pooling == "max" and self.implementation in ("dense", "pool"):
             raise ValueError(
                 f"pooling='max' has no {self.implementation!r} path; use implementation='max' or "
@@ -209,6 +217,13 @@ class LogPolarConv2D(BaseConv2D):
         return self.equivalent_conv()[0]
 
     def convolution_op(self, inputs):
+        if self.recompute:
+            return recompute(self.convolve, inputs, self.variables)
+        return self.convolve(inputs)
+
+    def convolve(self, inputs):
+        """The convolution without bias (`convolution_op` runs it, through
+        `ops.core.recompute` when the layer recomputes)."""
         x = keras.ops.cast(inputs, self.compute_dtype)
         kernel = keras.ops.cast(self.kernel, self.compute_dtype)
         center = None if self.center_kernel is None else keras.ops.cast(self.center_kernel, self.compute_dtype)
@@ -245,6 +260,7 @@ class LogPolarConv2D(BaseConv2D):
                 "center": self.center,
                 "initial_angle": self.initial_angle,
                 "implementation": self.implementation,
+                "recompute": self.recompute,
             }
         )
         return config

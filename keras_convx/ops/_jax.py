@@ -15,10 +15,10 @@ for tests of the GPU code path).
 import functools
 
 import jax
-import keras
 
 from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
+from keras_convx.ops.core import bind_variables
 from keras_convx.ops.dispatcher import opt_in_fast_paths
 from keras_convx.ops.dispatcher import register_fast_path
 
@@ -295,32 +295,28 @@ def e4_generate_aggregate(v, features, block, k, strides):
 
 @fast
 def recompute(fn, x, variables):
-    """`ops.core.recompute`: a custom VJP of `fn` as a function of `x` and of the values of
-    `variables` (read under a `keras.StatelessScope`, as Keras' own stateless calls do), which
-    saves them and recomputes `fn` in the backward pass from `x` plus a zero computed from the
-    cotangent. That data dependency keeps XLA from scheduling the recomputation before the
-    backward pass starts: with `jax.checkpoint` (Keras' `remat`), XLA's CPU scheduler ran it
-    during the forward pass and the step kept every intermediate (4 E4 layers at 64 px: 119
-    MB of temp vs 114 without; 76 MB with this)."""
+    """`ops.core.recompute`: a custom VJP of `fn` bound to its weights' values
+    (`ops.core.bind_variables`) that saves its arguments and
+    recomputes `fn` in the backward pass from `x` plus a zero computed from the cotangent.
+    That data dependency keeps XLA from scheduling the recomputation before the backward pass
+    starts: with `jax.checkpoint` (Keras' `remat`), XLA's CPU scheduler ran it during the
+    forward pass and the step kept every intermediate (4 E4 layers at 64 px: 119 MB of temp
+    vs 114 without; 76 MB with this)."""
     jnp = jax.numpy
-    variables = list(variables)
-
-    def pure(x, *values):
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            return fn(x)
+    fn, values = bind_variables(fn, variables)
 
     @jax.custom_vjp
     def run(x, *values):
-        return pure(x, *values)
+        return fn(x, *values)
 
     def forward(x, *values):
-        return pure(x, *values), (x, values)
+        return fn(x, *values), (x, values)
 
     def backward(saved, dy):
         x, values = saved
-        first = dy.reshape(-1)[0]
+        first = jnp.sum(dy.reshape(-1)[:1])  # an empty batch has no first element
         zero = jnp.where(jnp.isfinite(first), first * 0, 0).astype(x.dtype)  # 0, not NaN
-        return jax.vjp(pure, x + zero, *values)[1](dy)
+        return jax.vjp(fn, x + zero, *values)[1](dy)
 
     run.defvjp(forward, backward)
-    return run(x, *(v.value for v in variables))
+    return run(x, *values)

@@ -6,12 +6,11 @@ under that op's name. This is the only module allowed to import tensorflow.
 
 import functools
 
-import keras
 import tensorflow as tf
 
 from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
-from keras_convx.ops.core import window_slice
+from keras_convx.ops.core import bind_variables, window_slice
 from keras_convx.ops.dispatcher import register_fast_path
 
 FAST_PATHS = {}
@@ -187,15 +186,9 @@ def e4_generate_aggregate(v, features, block, k, strides):
 
 @fast
 def recompute(fn, x, variables):
-    """`ops.core.recompute`: `tf.recompute_grad` of `fn` as a function of `x` and of the values
-    of `variables`, read under a `keras.StatelessScope`. Passed as inputs, the weights get
-    their gradients inside a stateless call too (`Model.stateless_call`, where they are
-    tensors that `tf.recompute_grad`, which watches only variables, would give none)."""
-    variables = list(variables)
-
-    @tf.recompute_grad
-    def run(x, *values):
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            return fn(x)
-
-    return run(x, *(v.value for v in variables))
+    """`ops.core.recompute`: `tf.recompute_grad` of `fn` bound to its weights' values
+    (`ops.core.bind_variables`). Passed as inputs, the weights get their gradients inside a
+    stateless call too (`Model.stateless_call`, where they are tensors, which
+    `tf.recompute_grad` would not watch)."""
+    fn, values = bind_variables(fn, variables)
+    return tf.recompute_grad(fn)(x, *values)

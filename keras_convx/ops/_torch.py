@@ -19,6 +19,7 @@ import torch.utils.checkpoint
 
 from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
+from keras_convx.ops.core import bind_variables
 from keras_convx.ops.dispatcher import register_fast_path
 
 FAST_PATHS = {}
@@ -224,10 +225,12 @@ def _in_compiled_call():
 
 @register_fast_path(FAST_PATHS)  # not opt-in: nothing to compile
 def recompute(fn, x, variables):
-    """`ops.core.recompute`: non-reentrant `torch.utils.checkpoint` (it saves `x` and the
-    parameters `fn` reads, and reruns `fn` when the backward pass reaches it). Not inside a
-    torch.compile'd call (`jit_compile=True`), where `fn` runs as it is: there the rerun took
-    other paths than the forward pass (the saved tensors no longer matched)."""
+    """`ops.core.recompute`: non-reentrant `torch.utils.checkpoint` of `fn` bound to its
+    weights' values (`ops.core.bind_variables`: it saves them and `x`, and reruns `fn` when
+    the backward pass reaches it). Not inside a torch.compile'd call (`jit_compile=True`),
+    where `fn` runs as it is: there the rerun took other paths than the forward pass (the
+    saved tensors no longer matched)."""
     if not torch.is_grad_enabled() or _traced(x) or _in_compiled_call():
         return fn(x)
-    return torch.utils.checkpoint.checkpoint(fn, x, use_reentrant=False)
+    fn, values = bind_variables(fn, variables)
+    return torch.utils.checkpoint.checkpoint(fn, x, *values, use_reentrant=False)

@@ -230,24 +230,44 @@ def _keep_everything(fn, x, variables):
     return fn(x)
 
 
+def bind_variables(fn, variables):
+    """`(pure, values)`: `pure(x, *values)` runs `fn(x)` with `variables` read as `values`
+    (a `keras.StatelessScope`), and `values` are the variables' values now — in a stateless
+    call the ones it passed, in a layer's autocast scope rounded as it rounds them. What the
+    backends' `recompute` differentiates and reruns, so the rerun sees the forward pass's
+    weights and their gradients flow to whatever those came from."""
+    variables = tuple(variables)
+
+    def pure(x, *values):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(x)
+
+    return pure, tuple(v.value for v in variables)
+
+
 def recompute(fn, x, variables):
     """`fn(x)` whose backward pass keeps only `x` and recomputes the rest of `fn`.
 
     A layer's intermediates (E4's encoded and generated maps, the log-polar pooled maps) are
     otherwise kept from its forward pass to its backward pass, layer after layer of a
     network; with this, each layer keeps its input alone and runs its forward pass a second
-    time during the backward pass. Dispatch point `recompute`: tensorflow
-    `tf.recompute_grad`, torch `torch.utils.checkpoint` (non-reentrant), jax a custom VJP
-    whose recomputation depends on the cotangent (XLA's CPU scheduler was measured to move
+    time during the backward pass, as a function of `x` and of its weights' values
+    (`bind_variables`). Dispatch point
+    `recompute`: tensorflow `tf.recompute_grad`, torch `torch.utils.checkpoint`
+    (non-reentrant; not inside torch.compile, where `fn` runs as it is), jax a custom VJP whose
+    recomputation depends on the cotangent (XLA's CPU scheduler was measured to move
     `jax.checkpoint`'s recomputation into the forward pass, keeping everything). The
-    `keras.ops` reference path (`reference_mode()`, portable mode) keeps everything: the same
-    values and gradients, without the saving.
+    `keras.ops` reference path (`reference_mode()`, portable mode) and symbolic calls keep
+    everything: the same values and gradients, without the saving.
 
     Args:
-        fn: a function of one tensor returning one tensor, reading no Keras variable but
-            `variables` (the layer's weights; it must not assign any).
+        fn: a function of one tensor returning one tensor. It reads no Keras variable but
+            `variables`, assigns none, adds no loss and draws no random numbers (it runs
+            twice), casts the weights it reads itself (the rerun runs outside the layer's
+            autocast scope), and is differentiated in reverse mode only.
         x: its input tensor.
-        variables: the Keras variables `fn` reads; their gradients flow as without
-            recomputation.
+        variables: the Keras variables `fn` reads.
     """
+    if isinstance(x, keras.KerasTensor):
+        return fn(x)
     return dispatcher.dispatch("recompute", _keep_everything)(fn, x, tuple(variables))
