@@ -18,6 +18,7 @@ import tempfile
 
 import keras
 import numpy as np
+import pytest
 
 BACKEND = keras.backend.backend()
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
@@ -481,6 +482,30 @@ def recompute_stack(make_layer, recompute, channels, data_format="channels_last"
     for _ in range(depth):
         h = make_layer(recompute, data_format, policy)(h)
     return keras.Model(inputs, h)
+
+
+def recompute_cases(*extra):
+    """Cases for `check_recompute_trains_alike`: jit_compile × (data_format, size) × policy
+    (× an optional extra factor given as `name, (value0, value1)`), as a covering array in which
+    every pair of values of every two factors meets at least once (4 cases for three factors, 5
+    for four, instead of 8 and 16)."""
+    factors = [(False, True), (("channels_last", None), ("channels_first", 9)),
+               ("float32", "mixed_bfloat16")] + ([extra[1]] if extra else [])
+    rows = ([(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0)] if not extra else
+            [(0, 0, 0, 0), (0, 1, 1, 1), (1, 0, 1, 1), (1, 1, 0, 1), (1, 1, 1, 0)])
+    for a in range(len(factors)):
+        for b in range(a + 1, len(factors)):
+            assert len({(row[a], row[b]) for row in rows}) == 4, (a, b)
+    cases = []
+    for row in rows:
+        values = [factor[i] for factor, i in zip(factors, row)]
+        jit, (data_format, size), rest = values[0], values[1], values[2:]
+        cases.append(pytest.param(jit, data_format, size, *rest,
+                                  id="-".join([f"jit={jit}", data_format, str(size), *rest])))
+    return cases
+
+
+RECOMPUTE_CASES = recompute_cases()
 
 
 def check_recompute_trains_alike(make_layer, channels, data_format, size, jit_compile, policy):

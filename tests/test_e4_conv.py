@@ -360,13 +360,12 @@ def _e4(recompute, data_format, policy):
                     recompute=recompute, dtype=policy)
 
 
-@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-@pytest.mark.parametrize("data_format, size", [("channels_last", None), ("channels_first", 9)])
-@pytest.mark.parametrize("jit_compile", [False, True], ids=lambda j: f"jit={j}")
+@pytest.mark.parametrize("jit_compile, data_format, size, policy", harness.RECOMPUTE_CASES)
 def test_recompute_trains_like_keeping_everything(jit_compile, data_format, size, policy):
     """`recompute=True` (each layer keeps its input alone and reruns its forward pass in the
     backward pass) gives the same outputs and `fit` updates as keeping everything
-    (`harness.check_recompute_trains_alike`; torch reruns in eager mode only)."""
+    (`harness.check_recompute_trains_alike`; torch reruns in eager mode only), in every pair of
+    jit_compile × (format, size) × policy."""
     harness.check_recompute_trains_alike(_e4, 16, data_format, size, jit_compile, policy)
 
 

@@ -435,14 +435,13 @@ def _lpsc(implementation):
     return make
 
 
-@pytest.mark.parametrize("implementation", ["pool", "dense"])
-@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-@pytest.mark.parametrize("data_format, size", [("channels_last", None), ("channels_first", 9)])
-@pytest.mark.parametrize("jit_compile", [False, True], ids=lambda j: f"jit={j}")
+@pytest.mark.parametrize("jit_compile, data_format, size, policy, implementation",
+                         harness.recompute_cases("implementation", ("pool", "dense")))
 def test_recompute_trains_like_keeping_everything(jit_compile, data_format, size, policy,
                                                   implementation):
     """`recompute=True` gives the same outputs and `fit` updates as keeping the pooled maps
-    (`harness.check_recompute_trains_alike`), on the pool and the dense path."""
+    (`harness.check_recompute_trains_alike`), on the pool and the dense path, in every pair of
+    jit_compile × (format, size) × policy × implementation."""
     harness.check_recompute_trains_alike(_lpsc(implementation), 8, data_format, size,
                                          jit_compile, policy)
 
