@@ -537,7 +537,10 @@ def check_recompute_trains_alike(make_layer, channels, data_format, size, jit_co
 
 def kept_for_backward_bytes(model, x):
     """Bytes a training step keeps from its forward pass for its backward pass: jax, XLA's temp
-    bytes of the jitted gradient; torch, the tensors autograd saves (counted by a hook)."""
+    bytes of the jitted gradient; torch, the tensors autograd saves (counted by a hook);
+    tensorflow, the CPU allocator's peak during a graph-mode gradient step above what was
+    allocated before it (after a first step; repeatable to the byte on one machine), which
+    includes the backward pass's own temporaries."""
     if BACKEND == "jax":
         import jax
 
@@ -560,4 +563,23 @@ def kept_for_backward_bytes(model, x):
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             keras.ops.mean(model(x, training=True) ** 2)
         return sum(seen.values())
-    raise NotImplementedError(f"no deterministic measure on {BACKEND}")
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(model(x, training=True) ** 2)
+            return tape.gradient(loss, model.trainable_variables)
+
+        step(x)  # trace first
+        if tf.config.list_logical_devices("GPU"):
+            pytest.skip("measured on the CPU allocator")
+        try:  # documented for GPUs and TPUs; the x86 CPU build tracks the CPU allocator too
+            tf.config.experimental.reset_memory_stats("CPU:0")
+        except ValueError:
+            pytest.skip("this TensorFlow build does not track CPU memory")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        step(x)
+        return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+    raise NotImplementedError(f"no measure on {BACKEND}")

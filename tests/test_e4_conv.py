@@ -369,16 +369,16 @@ def test_recompute_trains_like_keeping_everything(jit_compile, data_format, size
     harness.check_recompute_trains_alike(_e4, 16, data_format, size, jit_compile, policy)
 
 
-@pytest.mark.skipif(keras.backend.backend() not in ("jax", "torch"),
-                    reason="measured where it is deterministic (tensorflow: benchmarks)")
 def test_recompute_keeps_less_for_the_backward_pass():
     """Four E4 layers in a row: with `recompute=True` the step keeps far less (jax: XLA's temp
-    bytes; torch: the tensors autograd saves, measured 103 → 20 MB at 64 px)."""
+    bytes; torch: the tensors autograd saves, measured 103 → 20 MB at 64 px; tensorflow: the
+    allocator's peak of the step, 7.9 → 2.1 MB here, 3.7 MB when the recomputed layers held
+    their whole kernel tensor instead of tiling it)."""
     x = keras.ops.convert_to_tensor(
         np.random.default_rng(0).standard_normal((4, 24, 24, 16)).astype("float32"))
     kept = {flag: harness.kept_for_backward_bytes(
         harness.recompute_stack(_e4, flag, 16, depth=4, size=24), x) for flag in (False, True)}
-    limit = 0.8 if keras.backend.backend() == "jax" else 0.35
+    limit = {"jax": 0.8, "torch": 0.35, "tensorflow": 0.37}[keras.backend.backend()]
     assert kept[True] < limit * kept[False], kept
 
 

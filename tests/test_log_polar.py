@@ -446,15 +446,14 @@ def test_recompute_trains_like_keeping_everything(jit_compile, data_format, size
                                          jit_compile, policy)
 
 
-@pytest.mark.skipif(keras.backend.backend() not in ("jax", "torch"),
-                    reason="measured where it is deterministic (tensorflow: benchmarks)")
 def test_recompute_keeps_less_for_the_backward_pass():
     """Four pool-path layers in a row keep their pooled maps (13 times their input) for the
-    backward pass; with `recompute=True` far less."""
+    backward pass; with `recompute=True` far less (tensorflow: the allocator's peak of the
+    step, 6.3 → 3.4 MB measured)."""
     x = keras.ops.convert_to_tensor(
         np.random.default_rng(0).standard_normal((4, 24, 24, 8)).astype("float32"))
     kept = {flag: harness.kept_for_backward_bytes(
         harness.recompute_stack(_lpsc("pool"), flag, 8, depth=4, size=24), x)
         for flag in (False, True)}
-    limit = 0.8 if keras.backend.backend() == "jax" else 0.5  # jax: 5.2 → 3.6 MB measured
+    limit = {"jax": 0.8, "torch": 0.5, "tensorflow": 0.7}[keras.backend.backend()]  # jax: 5.2 → 3.6 MB
     assert kept[True] < limit * kept[False], kept

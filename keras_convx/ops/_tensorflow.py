@@ -4,6 +4,7 @@ Each function here has the signature of the reference op it replaces and is regi
 under that op's name. This is the only module allowed to import tensorflow.
 """
 
+import contextvars
 import functools
 
 import tensorflow as tf
@@ -163,22 +164,31 @@ def _banded(v, features, block, k, rows):
 # +5–11% time; tiling smaller images too (one band at 32–64 px) saved 30–45% of their memory
 # (57 → 32 MB at 32 px) for +5–24%, and bands of 512 KiB per image cost +11–49% a step at 64 px.
 IMAGE_BAND_FACTOR = 8
+# Inside a recomputed layer (`recompute` below, which the caller chose to trade time for
+# memory) every image size is tiled, by bands of this many `BAND_BYTES` per image. Measured
+# (four 8-field E4 layers in a row after a 1×1 stem, batch 8, fit's graph mode; RESULTS.md,
+# "E4 as images grow"): the allocator peak at 64 px 236 → 80 MB (GroupConv2D 28) at the same
+# step time, at 128 px 307 → 209 MB; bands of 1 MiB per image kept 62 / 192 MB for +4–8%.
+RECOMPUTE_BAND_FACTOR = 2
+_RECOMPUTING = contextvars.ContextVar("keras_convx_tf_recomputing", default=False)
 
 
 @fast
 def e4_generate_aggregate(v, features, block, k, strides):
     """E4 kernel generation + aggregation. On the CPU at stride 1 with a static image size,
     once one image's kernels pass two bands (`IMAGE_BAND_FACTOR` · `ops.group.BAND_BYTES`
-    each): by bands of rows (`_banded`), the kernels regenerated in the backward pass, so
-    neither all the kernels nor their cotangent exist; otherwise the whole kernel tensor and
+    each), or at any size inside a recomputed layer (bands of `RECOMPUTE_BAND_FACTOR` ·
+    `BAND_BYTES`): by bands of rows (`_banded`), the kernels regenerated in the backward pass,
+    so neither all the kernels nor their cotangent exist; otherwise the whole kernel tensor and
     the XLA-compiled aggregation (`e4_aggregate`). Bands are sized per image because `fit`
     traces with an unknown batch size."""
     v, features, block = (tf.convert_to_tensor(t) for t in (v, features, block))
     _, height, width, _ = features.shape
-    band = IMAGE_BAND_FACTOR * gops.BAND_BYTES
+    recomputing = _RECOMPUTING.get()
+    band = (RECOMPUTE_BAND_FACTOR if recomputing else IMAGE_BAND_FACTOR) * gops.BAND_BYTES
     if (tuple(strides) == (1, 1) and _platform() == "cpu" and None not in (height, width)
             and None not in v.shape[1:3]
-            and height * width * block.shape[-1] * block.dtype.size > 2 * band):
+            and (recomputing or height * width * block.shape[-1] * block.dtype.size > 2 * band)):
         rows = gops.band_rows(1, height, width, block.shape[-1], block.dtype.size, band)
         return _banded(v, features, block, k, rows)
     return e4_aggregate(v, _band_kernels(features, block, k), k, strides)
@@ -189,6 +199,15 @@ def recompute(fn, x, variables):
     """`ops.core.recompute`: `tf.recompute_grad` of `fn` bound to its weights' values
     (`ops.core.bind_variables`). Passed as inputs, the weights get their gradients inside a
     stateless call too (`Model.stateless_call`, where they are tensors, which
-    `tf.recompute_grad` would not watch)."""
+    `tf.recompute_grad` would not watch). E4's generation + aggregation tiles every image size
+    inside it."""
     fn, values = bind_variables(fn, variables)
-    return tf.recompute_grad(fn)(x, *values)
+
+    def recomputing(*args):  # the forward pass and its rerun both tile (`e4_generate_aggregate`)
+        token = _RECOMPUTING.set(True)
+        try:
+            return fn(*args)
+        finally:
+            _RECOMPUTING.reset(token)
+
+    return tf.recompute_grad(recomputing)(x, *values)
