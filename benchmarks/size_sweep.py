@@ -19,7 +19,7 @@ the step also computes the layer's input gradient, as every layer but the first 
 does (a one-layer model's step skips it: on jax XLA drops it). `--depth N`: N of the layer
 (and of each baseline) in a row, so that the step holds what a network keeps for its
 backward pass, layer after layer (a one-layer step's peak hides it). `--recompute`:
-`E4Conv2D(recompute=True)`.
+`E4Conv2D(recompute=True)` and `LogPolarConv2D(recompute=True)` (every LPSC variant).
 
 `--memory`: peak memory of one training step above what was allocated before it (null where
 not measured). tensorflow, on the CPU too: its allocator's peak after `reset_memory_stats`,
@@ -65,7 +65,8 @@ def _factory(case, variant, channels=CHANNELS, recompute=False):
     if variant == "baseline":
         return keras.layers.Conv2D(channels, 9, padding="same")
     impl = "auto" if variant == "layer" else variant
-    return LogPolarConv2D(channels, 9, rings=2, sectors=6, growth_rate=3.0, implementation=impl)
+    return LogPolarConv2D(channels, 9, rings=2, sectors=6, growth_rate=3.0, implementation=impl,
+                          recompute=recompute)
 
 
 def _model(case, variant, size, jit, seed=0, channels=CHANNELS, stem=False, depth=1,
@@ -250,7 +251,7 @@ def render(rows):
             lines.append(f"| {r['backend']} | ERROR: {r['error']} |" + " |" * 11)
             continue
         depth = f" ×{r['depth']} in a row" if r.get("depth", 1) > 1 else ""
-        depth += ", recompute" if r.get("recompute") and r["case"] == "e4" else ""
+        depth += ", recompute" if r.get("recompute") else ""
         lines.append(
             f"| {r['backend']} | {r['device']} | {r['case']}"
             f"{' (input gradient)' if r.get('input_gradient') else ''}{depth} | {r['size']} | "
@@ -277,7 +278,8 @@ def main():
                         help="a 1x1 Conv2D stem before the layer and its baselines: the step "
                              "computes the layer's input gradient, as inside a network")
     parser.add_argument("--recompute", action="store_true",
-                        help="E4Conv2D(recompute=True): each layer keeps only its input")
+                        help="E4Conv2D / LogPolarConv2D(recompute=True): each layer keeps "
+                             "only its input")
     parser.add_argument("--depth", type=int, default=1,
                         help="that many of the layer (and of each baseline) in a row")
     parser.add_argument("--fast", action="store_true", help="smoke run: sizes 16 24, 2 repeats")

@@ -484,6 +484,40 @@ def recompute_stack(make_layer, recompute, channels, data_format="channels_last"
     return keras.Model(inputs, h)
 
 
+def check_fit_matches_reference(make_layer, shape, jit_compile, policy, reference):
+    """One `fit` epoch (3 images of `shape` (rows, cols, channels) in batches of 2: the partial
+    batch makes TensorFlow retrace with an unknown batch size) of a 1×1 Conv2D stem →
+    `make_layer(policy)` (so the layer's input gradient is computed too; its output has the
+    input's shape) gives the loss and moves every weight as it does inside the `reference()`
+    context, per weight (float32, or mixed bfloat16 whose accumulations are cast back)."""
+    rng = np.random.default_rng(3)
+    x, target = (rng.standard_normal((3, *shape)).astype("float32") for _ in range(2))
+    values = None
+
+    def fit():
+        nonlocal values
+        inputs = keras.Input(shape)
+        stem = keras.layers.Conv2D(shape[-1], 1, dtype=policy)
+        model = keras.Model(inputs, make_layer(policy)(stem(inputs)))
+        if values is None:
+            values = [0.3 * rng.standard_normal(w.shape).astype("float32")
+                      for w in model.get_weights()]
+        model.set_weights(values)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit_compile)
+        history = model.fit(x, target, batch_size=2, shuffle=False, epochs=1, verbose=0)
+        return history.history["loss"][-1], [w - v for w, v in zip(model.get_weights(), values)]
+
+    loss, deltas = fit()
+    with reference():
+        ref_loss, ref_deltas = fit()
+    tol = 1e-4 if policy == "float32" else 3e-2
+    np.testing.assert_allclose(loss, ref_loss, rtol=tol)
+    for got, want in zip(deltas, ref_deltas):
+        assert np.linalg.norm(want) > 0, "a weight did not train"
+        error = np.linalg.norm(got - want) / np.linalg.norm(want)
+        assert error < tol, (error, got.shape)
+
+
 def recompute_cases(*extra):
     """Cases for `check_recompute_trains_alike`: jit_compile × (data_format, size) × policy
     (× an optional extra factor given as `name, (value0, value1)`), as a covering array in which

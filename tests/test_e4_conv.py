@@ -244,34 +244,9 @@ def test_tiled_paths_train_like_the_reference(jit_compile, policy, monkeypatch):
     if keras.backend.backend() == "torch" and jit_compile:
         pytest.skip("torch.compile traces the whole-kernel form (the bands are eager torch)")
     monkeypatch.setattr(gops, "BAND_BYTES", 64)
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((3, 11, 9, 16)).astype("float32")
-    target = rng.standard_normal((3, 11, 9, 16)).astype("float32")
-    values = None
-
-    def fit():
-        nonlocal values
-        inputs = keras.Input((11, 9, 16))
-        stem = keras.layers.Conv2D(16, 1, dtype=policy)
-        layer = E4Conv2D(4, 3, group="p4", reduction_ratio=1, slices=2, dtype=policy)
-        model = keras.Model(inputs, layer(stem(inputs)))
-        if values is None:
-            values = [0.3 * rng.standard_normal(w.shape).astype("float32")
-                      for w in model.get_weights()]
-        model.set_weights(values)
-        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit_compile)
-        history = model.fit(x, target, batch_size=2, shuffle=False, epochs=1, verbose=0)
-        return history.history["loss"][-1], [w - v for w, v in zip(model.get_weights(), values)]
-
-    loss, deltas = fit()
-    with ops.reference_mode():
-        ref_loss, ref_deltas = fit()
-    tol = 1e-4 if policy == "float32" else 3e-2
-    np.testing.assert_allclose(loss, ref_loss, rtol=tol)
-    for got, want in zip(deltas, ref_deltas):
-        assert np.linalg.norm(want) > 0
-        error = np.linalg.norm(got - want) / np.linalg.norm(want)
-        assert error < tol, (error, got.shape)
+    harness.check_fit_matches_reference(
+        lambda policy: E4Conv2D(4, 3, group="p4", reduction_ratio=1, slices=2, dtype=policy),
+        (11, 9, 16), jit_compile, policy, ops.reference_mode)
 
 
 def test_dispatched_layer_equals_reference_mode(opt_in_fast_paths):

@@ -166,8 +166,8 @@ def _assert_dispatched_equals_reference(layer, x, seed):
 @pytest.mark.parametrize("pooling", ["mean", "sum"])
 def test_stride_one_pool_path_equals_reference_forward_and_gradients(pooling, band_bytes,
                                                                       monkeypatch):
-    """The stride-1 pooling + mixing (on the jax CPU by bands of rows, pooled maps made again in
-    the backward pass; `band_bytes=64` forces 2-row bands, and 9 rows leave a partial one)
+    """The stride-1 pooling + mixing (on the jax and tensorflow CPU by bands of rows, pooled maps
+    made again in the backward pass; `band_bytes=64` forces 2-row bands, and 9 rows leave a partial one)
     agrees with the keras.ops reference, forward and gradients."""
     if band_bytes is not None:
         monkeypatch.setattr(ops.group, "BAND_BYTES", band_bytes)
@@ -175,6 +175,35 @@ def test_stride_one_pool_path_equals_reference_forward_and_gradients(pooling, ba
                            implementation="pool")
     x = np.random.default_rng(6).standard_normal((2, 9, 7, 3)).astype("float32")
     _assert_dispatched_equals_reference(layer, x, seed=7)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch pools the whole image")
+def test_tiled_pool_path_never_holds_the_whole_pooled_tensor(monkeypatch):
+    """A training step through two pool-path layers (after a 1×1 stem) with the pooling +
+    mixing in bands keeps less than half of what it keeps with the whole pooled tensor (13
+    times the input per layer), on jax (XLA temp bytes: 1.9 against 8.7 MB measured) and
+    tensorflow (allocator peak: 0 against 11 MB above the bytes in use before the step)."""
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(0).standard_normal((4, 40, 40, 8)).astype("float32"))
+    kept = {}
+    for band_bytes in (2**14, 2**30):  # 2-row bands; never tiled
+        monkeypatch.setattr(ops.group, "BAND_BYTES", band_bytes)
+        kept[band_bytes] = harness.kept_for_backward_bytes(
+            harness.recompute_stack(_lpsc("pool"), False, 8, depth=2, size=40), x)
+    assert kept[2**14] < 0.5 * kept[2**30], kept
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch pools the whole image")
+@pytest.mark.parametrize("jit_compile, policy", [(False, "float32"), (True, "mixed_bfloat16")])
+def test_tiled_pool_path_trains_like_the_reference(jit_compile, policy, monkeypatch):
+    """`fit` with the pooling + mixing forced into 2-row bands (`BAND_BYTES=64`; 11 rows leave
+    a partial one: tensorflow's bands, jax's tiled loop) after a 1×1 stem moves every weight
+    as the `keras.ops` reference does (`harness.check_fit_matches_reference`)."""
+    monkeypatch.setattr(ops.group, "BAND_BYTES", 64)
+    harness.check_fit_matches_reference(
+        lambda policy: LogPolarConv2D(8, 5, rings=2, sectors=6, growth_rate=3.0,
+                                      implementation="pool", dtype=policy),
+        (11, 9, 8), jit_compile, policy, ops.reference_mode)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "sum"])
@@ -447,13 +476,15 @@ def test_recompute_trains_like_keeping_everything(jit_compile, data_format, size
 
 
 def test_recompute_keeps_less_for_the_backward_pass():
-    """Four pool-path layers in a row keep their pooled maps (13 times their input) for the
-    backward pass; with `recompute=True` far less (tensorflow: the allocator's peak of the
-    step, 6.3 → 3.4 MB measured)."""
+    """Four pool-path layers in a row keep their pooled maps (13 times their input; not tiled
+    at this size) for the backward pass; with `recompute=True` less. Measured: jax 14.1 →
+    9.6 MB of XLA temp, torch 12.1 → 1.2 MB saved, tensorflow's allocator peak 17.3 → 11.1 MB
+    in a fresh process (its allocator rounds chunks, so the ratio moves with what ran
+    before in the process: hence the wider margin)."""
     x = keras.ops.convert_to_tensor(
-        np.random.default_rng(0).standard_normal((4, 24, 24, 8)).astype("float32"))
+        np.random.default_rng(0).standard_normal((4, 40, 40, 8)).astype("float32"))
     kept = {flag: harness.kept_for_backward_bytes(
-        harness.recompute_stack(_lpsc("pool"), flag, 8, depth=4, size=24), x)
+        harness.recompute_stack(_lpsc("pool"), flag, 8, depth=4, size=40), x)
         for flag in (False, True)}
-    limit = {"jax": 0.8, "torch": 0.5, "tensorflow": 0.7}[keras.backend.backend()]  # jax: 5.2 → 3.6 MB
+    limit = {"jax": 0.8, "torch": 0.5, "tensorflow": 0.85}[keras.backend.backend()]
     assert kept[True] < limit * kept[False], kept

@@ -37,6 +37,15 @@ def _traced(x):
 
 QUERIES = {"replicas_in_sync": _replicas_in_sync, "platform": _platform, "traced": _traced}
 
+# Inside a recomputed layer (`recompute` at the end, which the caller chose to trade time
+# for memory) E4's generation tiles every image size, by bands of this many
+# `ops.group.BAND_BYTES` per image. Measured (four 8-field E4 layers in a row after a 1×1
+# stem, batch 8, fit's graph mode; RESULTS.md, "E4 as images grow"): the allocator peak at
+# 64 px 232 → 70–81 MB (GroupConv2D 28) for +6–10% step time, at 128 px 307 → 200 MB; bands
+# of 512 KiB per image kept 62 / 192 MB for a few % more.
+RECOMPUTE_BAND_FACTOR = 2
+_RECOMPUTING = contextvars.ContextVar("keras_convx_tf_recomputing", default=False)
+
 
 @functools.lru_cache(maxsize=128)
 def _xla_slice_pool(offsets, kernel_size, strides, mode):
@@ -55,6 +64,96 @@ def log_polar_region_pool(x, pmatrix, kernel_size, strides, mode):
 @fast
 def log_polar_region_max(x, pmatrix, kernel_size, strides, mode):
     return log_polar_region_pool(x, pmatrix, kernel_size, strides, mode)
+
+
+@functools.lru_cache(maxsize=128)
+def _xla_unpool(offsets, kernel_size):
+    return tf.function(functools.partial(lp.unpool_by_slices, offsets=offsets,
+                                         kernel_size=kernel_size), jit_compile=True)
+
+
+def _banded_pool_mix(x, w, offsets, kernel_size, mode, rows):
+    """Stride-1 region pooling ("mean"/"sum") and 1×1 mixing by bands of `rows` output rows:
+    each band's pooled maps (R' times the band's input) are made by the XLA-compiled slices,
+    mixed and dropped; the backward pass pools the band again and unpools its cotangent
+    (`lp.unpool_by_slices`, XLA-compiled), the halo rows adding up across bands. The pooled
+    tensor of the whole image never exists."""
+    kh = kernel_size[0]
+    height, n = x.shape[1] - kh + 1, w.shape[0]
+    bands = [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
+    pool = _xla_slice_pool(offsets, kernel_size, (1, 1), mode)
+
+    def mix(xb):  # (B, r + kh − 1, W_pad, C) → (B, r, W, F)
+        pooled = pool(xb)
+        out = tf.matmul(tf.reshape(pooled, (-1, n)), w)
+        return tf.reshape(out, tf.concat([tf.shape(pooled)[:3], [w.shape[1]]], 0))
+
+    @tf.custom_gradient
+    def fn(x, w):
+        ys = []
+        for r0, r1 in bands:
+            ys.append(_after(ys[-1] if ys else None,
+                             lambda r0=r0, r1=r1: mix(x[:, r0:r1 + kh - 1])))
+        y = tf.concat(ys, 1)
+
+        def grad(dy):
+            unpool = _xla_unpool(offsets, tuple(kernel_size))
+            pieces, dw, carry = [], None, None
+            for r0, r1 in bands:
+                def band(r0=r0, r1=r1):
+                    xb, g = x[:, r0:r1 + kh - 1], dy[:, r0:r1]
+                    flat = tf.reshape(pool(xb), (-1, n))
+                    g2 = tf.reshape(g, (-1, w.shape[1]))
+                    dpooled = tf.reshape(tf.matmul(g2, w, transpose_b=True), tf.concat(
+                        [tf.shape(g)[:3], [len(offsets), x.shape[3]]], 0))
+                    part = tf.matmul(tf.cast(flat, tf.float32), tf.cast(g2, tf.float32),
+                                     transpose_a=True)
+                    return unpool(dpooled), part
+
+                dxb, part = _after(dw, band)
+                dw = part if dw is None else dw + part
+                if carry is not None:  # padded rows r0 … r0+kh−2 were also the last band's
+                    dxb = tf.concat([dxb[:, :kh - 1] + carry, dxb[:, kh - 1:]], 1)
+                pieces.append(dxb[:, :r1 - r0])
+                carry = dxb[:, r1 - r0:]
+            return tf.concat([*pieces, carry], 1), tf.cast(dw, w.dtype)
+
+        return y, grad
+
+    return fn(x, w)
+
+
+# Region pooling + mixing is tiled by bands of this many `ops.group.BAND_BYTES` of pooled maps
+# per image (512 KiB) once one image's pass two bands. Measured (four 9×9 (2,6,3) 32-channel
+# layers after a 1×1 stem, batch 8, fit's graph mode; RESULTS.md): allocator peak at 32 / 64 /
+# 128 px 99 / 326 / 1305 MB whole → 40 / 56 / 163–175 MB (Conv2D 9×9: 7 / 28 / 142) at the
+# same step time within this machine's noise (−6 to +3%); bands of 2 MiB per image kept 91 /
+# 192 MB at 64 / 128 px, of 4 MiB took +23% at 128 px, of 256 KiB +4–9% at 32 px.
+POOL_BAND_FACTOR = 1
+
+
+@fast
+def log_polar_pool_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, groups):
+    """Pooling then mixing. On the CPU at stride 1, `groups=1`, "mean"/"sum" and a static
+    image size, once one image's pooled maps pass two bands (`POOL_BAND_FACTOR` ·
+    `ops.group.BAND_BYTES` each): by bands of rows (`_banded_pool_mix`), never holding the
+    whole pooled tensor (R' times the input); otherwise the XLA-compiled pooling, then the
+    mixing (`lp.pool_then_mix`). Bands are sized per image because `fit` traces with an
+    unknown batch size."""
+    x = tf.convert_to_tensor(x)
+    kh, kw = kernel_size
+    if (mode != "max" and groups == 1 and tuple(strides) == (1, 1) and _platform() == "cpu"
+            and None not in x.shape[1:]):
+        offsets = lp.region_offsets(pmatrix)
+        height, width = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+        per_pixel, itemsize = len(offsets) * x.shape[3], x.dtype.size
+        band = POOL_BAND_FACTOR * gops.BAND_BYTES
+        if height * width * per_pixel * itemsize > 2 * band:
+            w = lp.mixing_weights(kernel, center_kernel)
+            rows = gops.band_rows(1, height, width, per_pixel, itemsize, band)
+            return _banded_pool_mix(x, tf.reshape(w, (-1, w.shape[-1])), offsets,
+                                    tuple(kernel_size), mode, rows)
+    return lp.pool_then_mix(x, pmatrix, kernel, center_kernel, kernel_size, strides, mode, groups)
 
 
 @functools.lru_cache(maxsize=128)
@@ -164,13 +263,6 @@ def _banded(v, features, block, k, rows):
 # +5–11% time; tiling smaller images too (one band at 32–64 px) saved 30–45% of their memory
 # (57 → 32 MB at 32 px) for +5–24%, and bands of 512 KiB per image cost +11–49% a step at 64 px.
 IMAGE_BAND_FACTOR = 8
-# Inside a recomputed layer (`recompute` below, which the caller chose to trade time for
-# memory) every image size is tiled, by bands of this many `BAND_BYTES` per image. Measured
-# (four 8-field E4 layers in a row after a 1×1 stem, batch 8, fit's graph mode; RESULTS.md,
-# "E4 as images grow"): the allocator peak at 64 px 236 → 80 MB (GroupConv2D 28) at the same
-# step time, at 128 px 307 → 209 MB; bands of 1 MiB per image kept 62 / 192 MB for +4–8%.
-RECOMPUTE_BAND_FACTOR = 2
-_RECOMPUTING = contextvars.ContextVar("keras_convx_tf_recomputing", default=False)
 
 
 @fast
