@@ -573,8 +573,9 @@ def kept_for_backward_bytes(model, x):
     """Bytes a training step keeps from its forward pass for its backward pass: jax, XLA's temp
     bytes of the jitted gradient; torch, the tensors autograd saves (counted by a hook);
     tensorflow, the CPU allocator's peak during a graph-mode gradient step above what was
-    allocated before it (after a first step; repeatable to the byte on one machine), which
-    includes the backward pass's own temporaries."""
+    allocated before it (after a first step; repeatable to the byte in one process history),
+    which includes the backward pass's own temporaries; TensorFlow's oneDNN CPU allocator does
+    not count blocks under 256 KiB, so tensors measured there must be larger."""
     if BACKEND == "jax":
         import jax
 

@@ -232,20 +232,23 @@ def test_tensorflow_banded_step_never_holds_all_the_kernels(monkeypatch):
     assert fused < kernel_bytes / 2, (fused, kernel_bytes)
 
 
-@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-@pytest.mark.parametrize("jit_compile", [False, True], ids=lambda j: f"jit={j}")
-def test_tiled_paths_train_like_the_reference(jit_compile, policy, monkeypatch):
+@pytest.mark.parametrize("jit_compile, policy, recompute", [
+    (False, "float32", False), (False, "mixed_bfloat16", True), (True, "float32", True),
+    (True, "mixed_bfloat16", False)])
+def test_tiled_paths_train_like_the_reference(jit_compile, policy, recompute, monkeypatch):
     """One `fit` epoch (3 images in batches of 2: the partial batch makes TensorFlow retrace
     with an unknown batch size) of a 1×1 Conv2D → E4Conv2D model (so the E4 layer's input
     gradient is computed too) with the bands forced on (`BAND_BYTES=64`: 2-row bands, 11 rows
     leave a partial one) moves every weight as the `keras.ops` reference does: tensorflow's
     bands (`jit_compile` False and True), jax's tiled loop, eager torch's planar bands;
-    float32 and mixed bfloat16 (the bands' float32 accumulations cast back)."""
+    float32 and mixed bfloat16 (the bands' float32 accumulations cast back); with and without
+    `recompute` (tensorflow's bands inside a recomputed layer are 2 rows here too)."""
     if keras.backend.backend() == "torch" and jit_compile:
         pytest.skip("torch.compile traces the whole-kernel form (the bands are eager torch)")
     monkeypatch.setattr(gops, "BAND_BYTES", 64)
     harness.check_fit_matches_reference(
-        lambda policy: E4Conv2D(4, 3, group="p4", reduction_ratio=1, slices=2, dtype=policy),
+        lambda policy: E4Conv2D(4, 3, group="p4", reduction_ratio=1, slices=2,
+                                recompute=recompute, dtype=policy),
         (11, 9, 16), jit_compile, policy, ops.reference_mode)
 
 

@@ -83,7 +83,7 @@ def _banded_pool_mix(x, w, offsets, kernel_size, mode, rows):
     bands = [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
     pool = _xla_slice_pool(offsets, kernel_size, (1, 1), mode)
 
-    def mix(xb):  # (B, r + kh − 1, W_pad, C) → (B, r, W, F)
+    def mix(xb, w):  # (B, r + kh − 1, W_pad, C) → (B, r, W, F)
         pooled = pool(xb)
         out = tf.matmul(tf.reshape(pooled, (-1, n)), w)
         return tf.reshape(out, tf.concat([tf.shape(pooled)[:3], [w.shape[1]]], 0))
@@ -93,7 +93,7 @@ def _banded_pool_mix(x, w, offsets, kernel_size, mode, rows):
         ys = []
         for r0, r1 in bands:
             ys.append(_after(ys[-1] if ys else None,
-                             lambda r0=r0, r1=r1: mix(x[:, r0:r1 + kh - 1])))
+                             lambda r0=r0, r1=r1: mix(x[:, r0:r1 + kh - 1], w)))
         y = tf.concat(ys, 1)
 
         def grad(dy):
