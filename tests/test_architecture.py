@@ -33,6 +33,9 @@ KERAS_PRIVATE = {"keras_convx/keras_compat.py"}
 # A backend's own privates where it has no public query, in its fast-path module only:
 # torch's dynamo frame callback (is a torch.compile'd call running, graph breaks included?).
 BACKEND_PRIVATE = {("keras_convx/ops/_torch.py", "_C"), ("keras_convx/ops/_torch.py", "_dynamo")}
+# A backend's internal modules, by the same rule: tensorflow's control_flow_util (is an XLA
+# compilation of the whole function being traced?).
+BACKEND_INTERNAL = {("keras_convx/ops/_tensorflow.py", "tensorflow.python.ops")}
 
 
 def _modules():
@@ -286,3 +289,21 @@ def test_library_text_carries_no_process_tags():
                 if re.search(r"\bissue \d+\b", line, re.IGNORECASE):
                     tagged.append(f"{rel}:{number}: {line.strip()}")
     assert not tagged, "\n".join(tagged)
+
+
+def test_backend_internal_modules_only_where_allowed():
+    """`tensorflow.python...` (internal, unversioned) is imported only where BACKEND_INTERNAL
+    allows it (a planted `from tensorflow.python.ops import array_ops` in a layer fails this)."""
+    found = set()
+    for rel, _, tree in MODULES:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found |= {(rel.replace(os.sep, "/"), name) for name in names
+                      if name.startswith(("tensorflow.python", "jax._src", "torch._"))}
+    assert found <= BACKEND_INTERNAL, found - BACKEND_INTERNAL
+    assert ("keras_convx/ops/_tensorflow.py", "tensorflow.python.ops") in found, "the scan finds nothing"

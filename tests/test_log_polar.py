@@ -197,6 +197,29 @@ def test_tiled_pool_path_never_holds_the_whole_pooled_tensor(monkeypatch):
     assert kept[2**16] < 0.5 * kept[2**30], kept
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tensorflow's bands")
+def test_tensorflow_bands_step_aside_inside_a_whole_xla_compilation(monkeypatch):
+    """Traced for graph mode the pooling + mixing runs by bands; traced inside a function XLA
+    compiles whole (`jit_compile=True`) it does not (XLA scheduled the bands together: more
+    memory and time than the whole pooled tensor)."""
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("the bands are a CPU path")
+    monkeypatch.setattr(ops.group, "BAND_BYTES", 64)
+    calls, original = [], ops.group.band_rows
+    monkeypatch.setattr(ops.group, "band_rows", lambda *a, **k: calls.append(1) or original(*a, **k))
+    layer = LogPolarConv2D(8, 5, rings=2, sectors=6, growth_rate=3.0, implementation="pool")
+    x = tf.constant(np.random.default_rng(1).standard_normal((2, 11, 9, 8)).astype("float32"))
+    layer.build(x.shape)
+    counts = {}
+    for jit in (False, True):
+        calls.clear()
+        tf.function(lambda x: layer(x), jit_compile=jit)(x)
+        counts[jit] = len(calls)
+    assert counts[False] >= 1 and counts[True] == 0, counts
+
+
 @pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch pools the whole image")
 @pytest.mark.parametrize("jit_compile, policy, recompute",
                          [(False, "float32", True), (True, "mixed_bfloat16", False),
