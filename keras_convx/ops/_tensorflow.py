@@ -45,6 +45,23 @@ def _in_xla():
 
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
+def _row_bands(height, rows):
+    """(first, end) output rows of each band of `rows` rows (the last may be shorter)."""
+    return [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
+
+
+def _stitch_bands(parts, bands, halo):
+    """The padded input's gradient from each band's piece (its rows plus `halo` rows below):
+    the halo rows a band shares with the next add up."""
+    pieces, carry = [], None
+    for part, (r0, r1) in zip(parts, bands):
+        if carry is not None:
+            part = tf.concat([part[:, :halo] + carry, part[:, halo:]], 1)
+        pieces.append(part[:, :r1 - r0])
+        carry = part[:, r1 - r0:]
+    return tf.concat([*pieces, carry], 1)
+
+
 # Inside a recomputed layer (`recompute` at the end, which the caller chose to trade time
 # for memory) E4's generation tiles every image size, by bands of this many
 # `ops.group.BAND_BYTES` per image. Measured (four 8-field E4 layers in a row after a 1×1
@@ -88,7 +105,7 @@ def _banded_pool_mix(x, w, offsets, kernel_size, mode, rows):
     tensor of the whole image never exists."""
     kh = kernel_size[0]
     height, n = x.shape[1] - kh + 1, w.shape[0]
-    bands = [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
+    bands = _row_bands(height, rows)
     pool = _xla_slice_pool(offsets, kernel_size, (1, 1), mode)
 
     def mix(xb, w):  # (B, r + kh − 1, W_pad, C) → (B, r, W, F)
@@ -106,7 +123,7 @@ def _banded_pool_mix(x, w, offsets, kernel_size, mode, rows):
 
         def grad(dy):
             unpool = _xla_unpool(offsets, tuple(kernel_size))
-            pieces, dw, carry = [], None, None
+            parts, dw = [], None
             for r0, r1 in bands:
                 def band(r0=r0, r1=r1):
                     xb, g = x[:, r0:r1 + kh - 1], dy[:, r0:r1]
@@ -120,11 +137,8 @@ def _banded_pool_mix(x, w, offsets, kernel_size, mode, rows):
 
                 dxb, part = _after(dw, band)
                 dw = part if dw is None else dw + part
-                if carry is not None:  # padded rows r0 … r0+kh−2 were also the last band's
-                    dxb = tf.concat([dxb[:, :kh - 1] + carry, dxb[:, kh - 1:]], 1)
-                pieces.append(dxb[:, :r1 - r0])
-                carry = dxb[:, r1 - r0:]
-            return tf.concat([*pieces, carry], 1), tf.cast(dw, w.dtype)
+                parts.append(dxb)
+            return _stitch_bands(parts, bands, kh - 1), tf.cast(dw, w.dtype)
 
         return y, grad
 
@@ -230,7 +244,7 @@ def _banded(v, features, block, k, rows):
     outside XLA, multi-threaded) and adds the overlapping halo rows of dv (no autodiff through
     slices, which pads every band's gradient to the whole input)."""
     p, height = (k - 1) // 2, features.shape[1]
-    bands = [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
+    bands = _row_bands(height, rows)
 
     @tf.custom_gradient
     def fn(v, features, block):
@@ -243,7 +257,7 @@ def _banded(v, features, block, k, rows):
 
         def grad(dy):
             backward = _xla_band_backward(k)
-            pieces, dfeatures, dblock, carry = [], [], None, None
+            parts, dfeatures, dblock = [], [], None
             for r0, r1 in bands:
                 f = features[:, r0:r1]
                 dvh, dk = _after(dblock, lambda f=f, r0=r0, r1=r1: backward(
@@ -253,12 +267,8 @@ def _banded(v, features, block, k, rows):
                 db = tf.matmul(tf.cast(tf.reshape(f, (-1, f.shape[-1])), tf.float32),
                                tf.cast(dk, tf.float32), transpose_a=True)
                 dblock = db if dblock is None else dblock + db
-                if carry is not None:  # rows r0 … r0+2p−1 (padded) were also the last band's
-                    dvh = tf.concat([dvh[:, :2 * p] + carry, dvh[:, 2 * p:]], 1)
-                pieces.append(dvh[:, :r1 - r0])
-                carry = dvh[:, r1 - r0:]
-            dvp = tf.concat([*pieces, carry], 1)
-            dv = dvp[:, p:p + v.shape[1], p:p + v.shape[2]]
+                parts.append(dvh)
+            dv = _stitch_bands(parts, bands, 2 * p)[:, p:p + v.shape[1], p:p + v.shape[2]]
             return dv, tf.concat(dfeatures, 1), tf.cast(dblock, block.dtype)
 
         return y, grad
