@@ -8,7 +8,9 @@ measured 1.7× faster than the dense path at 64→64 channels on an AVX2 2-core 
 slower at 64 and 1.3× faster at 128 channels on an AVX-512 one (whose convolutions are ~4×
 faster; the cost model's POOL_COST covers both), and compiling costs seconds to tens of seconds
 per input shape, so it is opt-in (`keras_convx.ops.set_opt_in_fast_paths(True)` or
-`KERAS_CONVX_OPT_IN=1`). The E4 aggregation's device choice is not opt-in.
+`KERAS_CONVX_OPT_IN=1`). So is the compiled form of E4's banded aggregation on the CPU (each
+band's k² multiply-adds as one torch.compile'd loop, forward and backward); E4's planar bands
+and their device choice are not opt-in.
 """
 
 import functools
@@ -20,7 +22,7 @@ import torch.utils.checkpoint
 from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
 from keras_convx.ops.core import bind_variables
-from keras_convx.ops.dispatcher import register_fast_path
+from keras_convx.ops.dispatcher import opt_in_fast_paths, register_fast_path
 
 FAST_PATHS = {}
 fast = register_fast_path(FAST_PATHS, opt_in=True)
@@ -103,8 +105,9 @@ def e4_aggregate(v, kernels, k, strides):
     form's few large kernels are 1.3–1.6× faster per training step of the op
     (benchmarks/RESULTS_GPU.md), at the price of the k²-times larger patch tensor; on CPU
     the shifts are 3× faster, and at stride 1 they run as in-place fused multiply-adds
-    (`_ShiftAggregate`). (torch.compile of the shift loop measured 6× slower than eager on a
-    2-core CPU, so no compiled form.)
+    (`_ShiftAggregate`). (torch.compile of this in-place shift loop measured 6× slower than
+    eager on a 2-core CPU; the planar bands' opt-in compiled form writes the loop as one
+    out-of-place expression, which inductor fuses.)
     """
     v, kernels = keras.ops.convert_to_tensor(v), keras.ops.convert_to_tensor(kernels)
     if v.is_cuda:
@@ -126,13 +129,39 @@ def _planar_windows(k, strides, rows, width):
 
 def _planar_kernels(fq, wt, rows, width, k):
     """The kernels of output rows `rows`, (B, k², A, rows, W'): `wt` (k²·A, F) @ `fq`'s columns,
-    one product per image written in place (`wt @ fq[:, :, columns]` transposes through two
-    copies of the band: 40% of the step at 64 px)."""
+    one batched product over the images (`torch.bmm` of the broadcast `wt`: 70 µs per image at
+    64 px, 8 fields, against 280 µs for one `torch.mm` per image on a 2-core AVX-512 CPU)."""
     columns = slice(rows.start * width, rows.stop * width)
-    band = fq.new_empty((fq.shape[0], wt.shape[0], len(rows) * width))
-    for b in range(fq.shape[0]):
-        torch.mm(wt, fq[b, :, columns], out=band[b])
+    band = torch.bmm(wt.expand(fq.shape[0], -1, -1), fq[:, :, columns])
     return band.view(fq.shape[0], k * k, -1, len(rows), width)
+
+
+def _band_aggregate(vq_band, kernels, k):
+    """One stride-1 band's aggregation, Σ_s window_s(vq_band) · kernels[:, s], written as one
+    expression of k² terms (torch.compile fuses them into one loop over the output).
+    `vq_band`: the band's padded rows (B, M, A, rows + k - 1, W + k - 1)."""
+    rows, width = kernels.shape[-2:]
+    terms = (vq_band[:, :, :, i:i + rows, j:j + width] * kernels[:, i * k + j, None]
+             for i in range(k) for j in range(k))
+    return functools.reduce(torch.add, terms)
+
+
+def _band_aggregate_backward(vq_band, kernels, g, k):
+    """The gradients of `_band_aggregate` for the cotangent `g` (B, M, A, rows, W): (dv over
+    the band's padded rows, dkernels (B, k², A, rows, W)), each one expression."""
+    rows, width = kernels.shape[-2:]
+    dkernels = torch.stack([(g * vq_band[:, :, :, i:i + rows, j:j + width]).sum(1)
+                            for i in range(k) for j in range(k)], 1)
+    terms = (torch.nn.functional.pad(g * kernels[:, i * k + j, None], (j, k - 1 - j, i, k - 1 - i))
+             for i in range(k) for j in range(k))
+    return functools.reduce(torch.add, terms), dkernels
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_band(fn):
+    """`fn` compiled by torch.compile (inductor: C++ on the CPU), static shapes: one
+    compilation per band shape (a full band and the last one)."""
+    return torch.compile(fn, dynamic=False)
 
 
 class _PlanarGenerateAggregate(torch.autograd.Function):
@@ -146,10 +175,15 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
     1.2/3.4/29 ms at 32/64/128 px, the kernel-gradient sums 3.6/16/213 → 1.5/4.7/60 ms. The
     kernels are generated in that layout (`block`ᵀ @ features) `rows` output rows at a
     time; with one band they are kept for the backward pass, with several each band's are
-    dropped and regenerated there (neither all the kernels nor their cotangent exist)."""
+    dropped and regenerated there (neither all the kernels nor their cotangent exist).
+
+    `compiled` (stride 1, opt-in): each band's k² multiply-adds run as one torch.compile'd
+    expression (`_band_aggregate`, `_band_aggregate_backward`) instead of k² eager calls:
+    the op's band forward 4.5 → 2.4 ms and backward 16.6 → 4.9 ms (64 px, 8 fields, one
+    band); the E4 layer's step 2.6–2.9× → 2.2–2.4× a GroupConv2D's at 64 and 128 px."""
 
     @staticmethod
-    def forward(ctx, v, features, block, k, strides, rows):
+    def forward(ctx, v, features, block, k, strides, rows, compiled):
         batch, height, width, fields, slots = v.shape
         (out_h, out_w), p = features.shape[1:3], (k - 1) // 2
         vq = torch.nn.functional.pad(v.permute(0, 3, 4, 1, 2), (p, p, p, p))  # (B, M, A, H+2p, W+2p)
@@ -161,11 +195,14 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
             band = range(r0, min(out_h, r0 + rows))
             kernels = _planar_kernels(fq, wt, band, out_w, k)
             out = y[:, :, :, band.start:band.stop]
-            for s, ri, cj in _planar_windows(k, strides, band, out_w):
+            if compiled:
+                out.copy_(_compiled_band(_band_aggregate)(vq[:, :, :, r0:band.stop + k - 1], kernels, k))
+            for s, ri, cj in [] if compiled else _planar_windows(k, strides, band, out_w):
                 out.addcmul_(vq[:, :, :, ri, cj], kernels[:, s, None])
             kept = kernels if rows >= out_h else None
         ctx.save_for_backward(vq, fq, block, kept)
         ctx.k, ctx.strides, ctx.rows, ctx.size = k, strides, rows, (height, width, out_h, out_w)
+        ctx.compiled = compiled
         return y.permute(0, 3, 4, 1, 2)
 
     @staticmethod
@@ -180,18 +217,21 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
             band = range(r0, min(out_h, r0 + rows))
             kernels = kept if kept is not None else _planar_kernels(fq, wt, band, out_w, k)
             g, dkernels = dyq[:, :, :, band.start:band.stop], torch.empty_like(kernels)
-            for s, ri, cj in _planar_windows(k, strides, band, out_w):
+            if ctx.compiled:
+                dv_band, dkernels = _compiled_band(_band_aggregate_backward)(
+                    vq[:, :, :, r0:band.stop + k - 1], kernels, g, k)
+                dvq[:, :, :, r0:band.stop + k - 1] += dv_band  # the halo rows overlap the next band's
+            for s, ri, cj in [] if ctx.compiled else _planar_windows(k, strides, band, out_w):
                 dvq[:, :, :, ri, cj].addcmul_(g, kernels[:, s, None])
                 torch.sum(g * vq[:, :, :, ri, cj], dim=1, out=dkernels[:, s])
             columns = slice(band.start * out_w, band.stop * out_w)
             dkernels = dkernels.view(dkernels.shape[0], -1, len(band) * out_w)
-            for b in range(dkernels.shape[0]):  # per image, as `_planar_kernels`
-                dfq[b, :, columns] = block @ dkernels[b]
-                # the weight gradient summed over bands and images in float32 (one rounding)
-                dblock.addmm_(fq[b, :, columns].float(), dkernels[b].t().float())
+            torch.bmm(block.expand(dkernels.shape[0], -1, -1), dkernels, out=dfq[:, :, columns])
+            # the weight gradient summed over bands and images in float32 (one rounding)
+            dblock += torch.bmm(fq[:, :, columns].float(), dkernels.transpose(1, 2).float()).sum(0)
         dv = dvq[:, :, :, p:p + height, p:p + width].permute(0, 3, 4, 1, 2)
         dfeatures = dfq.view(*dfq.shape[:2], out_h, out_w).permute(0, 2, 3, 1)
-        return dv, dfeatures, dblock.to(block.dtype), None, None, None
+        return dv, dfeatures, dblock.to(block.dtype), None, None, None, None
 
 
 @register_fast_path(FAST_PATHS)  # not opt-in: nothing to compile
@@ -204,14 +244,17 @@ def e4_generate_aggregate(v, features, block, k, strides):
         kernels = (features @ block).view(*features.shape[:3], k * k, -1)
         return e4_aggregate(v, kernels, k, strides)
     # Eager torch runs ~3·k² operator calls per band: its bands are 8× jax's (measured at
-    # batch 8, 8 fields, k 5: 1 MiB bands 1.4-2.2× slower than 4 MiB ones at 64-128 px).
+    # batch 8, 8 fields, k 5: 1 MiB bands 1.4-2.2× slower than 4 MiB ones at 64-128 px). The
+    # compiled bands too: 0.5 / 1 / 8 / 32 MiB took 2.72 / 2.70 / 2.35 / 2.62× a GroupConv2D's
+    # step at 64 px, 2.84 / 2.69 / 2.41 / 2.47× at 128 px (in one process).
+    compiled = opt_in_fast_paths() and tuple(strides) == (1, 1)
     budget = 8 * gops.BAND_BYTES
     batch, height, width, _ = features.shape
     if batch * height * width * block.shape[-1] * block.element_size() <= 2 * budget:
         rows = height  # small enough to hold: one band, kept for the backward pass
     else:
         rows = gops.band_rows(batch, height, width, block.shape[-1], block.element_size(), budget)
-    return _PlanarGenerateAggregate.apply(v, features, block, k, tuple(strides), rows)
+    return _PlanarGenerateAggregate.apply(v, features, block, k, tuple(strides), rows, compiled)
 
 
 def _in_compiled_call():
