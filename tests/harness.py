@@ -618,3 +618,18 @@ def kept_for_backward_bytes(model, x):
         step(x)
         return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
     raise NotImplementedError(f"no measure on {BACKEND}")
+
+
+@contextlib.contextmanager
+def torch_compile_stays_compiled(caplog, limit):
+    """On torch: lowers torch.compile's per-function graph limit (`recompile_limit`, 8 by
+    default) to `limit` for the block, then fails if any function passed it (torch then
+    runs it uncompiled, logging a warning but raising nothing). Elsewhere: the block as is."""
+    if keras.backend.backend() != "torch":
+        yield
+        return
+    import torch  # noqa: PLC0415
+
+    with torch._dynamo.config.patch(recompile_limit=limit):
+        yield
+    assert "recompile_limit" not in caplog.text, caplog.text

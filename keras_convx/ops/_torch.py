@@ -14,6 +14,7 @@ and their device choice are not opt-in.
 """
 
 import functools
+import types
 
 import keras
 import torch
@@ -26,6 +27,18 @@ from keras_convx.ops.dispatcher import opt_in_fast_paths, register_fast_path
 
 FAST_PATHS = {}
 fast = register_fast_path(FAST_PATHS, opt_in=True)
+
+
+def _own_code(fn):
+    """A copy of `fn` with a code object of its own. torch.compile keeps the graphs it
+    compiles per code object, at most `torch._dynamo.config.recompile_limit` (8) of them, and
+    past that runs the function uncompiled (a logged warning, no error): one copy per
+    configuration and input shape keeps each compiled. (Measured: the ninth E4 band shape in
+    one process ran 3× slower than compiled. A compiled `functools.partial`, as the region
+    pooling's, gets a wrapper of its own from torch.compile: its configurations did not
+    share one limit.)"""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                              fn.__defaults__, fn.__closure__)
 
 
 @functools.lru_cache(maxsize=128)
@@ -157,11 +170,15 @@ def _band_aggregate_backward(vq_band, kernels, g, k):
     return functools.reduce(torch.add, terms), dkernels
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled_band(fn):
-    """`fn` compiled by torch.compile (inductor: C++ on the CPU), static shapes: one
-    compilation per band shape (a full band and the last one)."""
-    return torch.compile(fn, dynamic=False)
+@functools.lru_cache(maxsize=128)
+def _compiled_band(fn, *shapes):
+    """`fn` compiled by torch.compile (inductor: C++ on the CPU) for its arguments' `shapes`
+    (static): one compilation per band shape (a full band and the last one) and function."""
+    return torch.compile(_own_code(fn), dynamic=False)
+
+
+def _run_compiled_band(fn, *args):
+    return _compiled_band(fn, *(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))(*args)
 
 
 class _PlanarGenerateAggregate(torch.autograd.Function):
@@ -196,7 +213,7 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
             kernels = _planar_kernels(fq, wt, band, out_w, k)
             out = y[:, :, :, band.start:band.stop]
             if compiled:
-                out.copy_(_compiled_band(_band_aggregate)(vq[:, :, :, r0:band.stop + k - 1], kernels, k))
+                out.copy_(_run_compiled_band(_band_aggregate, vq[:, :, :, r0:band.stop + k - 1], kernels, k))
             for s, ri, cj in [] if compiled else _planar_windows(k, strides, band, out_w):
                 out.addcmul_(vq[:, :, :, ri, cj], kernels[:, s, None])
             kept = kernels if rows >= out_h else None
@@ -218,8 +235,8 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
             kernels = kept if kept is not None else _planar_kernels(fq, wt, band, out_w, k)
             g, dkernels = dyq[:, :, :, band.start:band.stop], torch.empty_like(kernels)
             if ctx.compiled:
-                dv_band, dkernels = _compiled_band(_band_aggregate_backward)(
-                    vq[:, :, :, r0:band.stop + k - 1], kernels, g, k)
+                dv_band, dkernels = _run_compiled_band(
+                    _band_aggregate_backward, vq[:, :, :, r0:band.stop + k - 1], kernels, g, k)
                 dvq[:, :, :, r0:band.stop + k - 1] += dv_band  # the halo rows overlap the next band's
             for s, ri, cj in [] if ctx.compiled else _planar_windows(k, strides, band, out_w):
                 dvq[:, :, :, ri, cj].addcmul_(g, kernels[:, s, None])
