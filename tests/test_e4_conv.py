@@ -279,6 +279,18 @@ def test_tiled_paths_train_like_the_reference(jit_compile, policy, recompute, mo
         (11, 9, 16), jit_compile, policy, ops.reference_mode)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's opt-in compiled bands")
+def test_torch_compiled_bands_train_like_the_reference(opt_in_fast_paths, monkeypatch):
+    """`fit` as above with torch's opt-in compiled bands (2-row bands and a partial one, a
+    partial batch), mixed bfloat16, inside a recomputed layer (torch.utils.checkpoint reruns
+    the compiled forward): every weight moves as with the `keras.ops` reference."""
+    monkeypatch.setattr(gops, "BAND_BYTES", 64)
+    harness.check_fit_matches_reference(
+        lambda policy: E4Conv2D(4, 3, group="p4", reduction_ratio=1, slices=2, recompute=True,
+                                dtype=policy),
+        (11, 9, 16), False, "mixed_bfloat16", ops.reference_mode)
+
+
 def test_dispatched_layer_equals_reference_mode(opt_in_fast_paths):
     """Whatever aggregation the dispatch point picks agrees with the patch reference."""
     layer = E4Conv2D(4, 5, group="p4", reduction_ratio=1, slices=2)
