@@ -262,8 +262,8 @@ def e4_generate_aggregate(v, features, block, k, strides):
         return e4_aggregate(v, kernels, k, strides)
     # Eager torch runs ~3·k² operator calls per band: its bands are 8× jax's (measured at
     # batch 8, 8 fields, k 5: 1 MiB bands 1.4-2.2× slower than 4 MiB ones at 64-128 px). The
-    # compiled bands too: 0.5 / 1 / 8 / 32 MiB took 2.72 / 2.70 / 2.35 / 2.62× a GroupConv2D's
-    # step at 64 px, 2.84 / 2.69 / 2.41 / 2.47× at 128 px (in one process).
+    # compiled bands' too: 0.5 / 1 / 8 / 32 MiB 2.72 / 2.70 / 2.62 / 2.81× a GroupConv2D's step
+    # at 64 px against 2.15-2.35× with 4 MiB (benchmarks/RESULTS.md, sixth pass).
     compiled = opt_in_fast_paths() and tuple(strides) == (1, 1)
     budget = 8 * gops.BAND_BYTES
     batch, height, width, _ = features.shape
