@@ -125,6 +125,38 @@ def test_shift_aggregation_equals_patch_reference(strides):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_group_norm_relu_matches_oracle_forward_and_gradients(per_channel):
+    """E4's generator normalisation (`ops.group.group_norm_relu`, dispatched: torch's fused
+    GroupNorm, `keras.ops` elsewhere) against the NumPy formula: forward, and the gradients
+    w.r.t. the input, γ and β against central differences of the oracle; γ, β one per group
+    (tied) or one per channel (the official code's untied form). Some outputs are clipped by
+    the relu (β < 0) and the input has a large mean (the variance's E[t²] − μ² form)."""
+    rng = np.random.default_rng(11)
+    groups, per = 3, 4
+    t = (rng.standard_normal((2, 5, 6, groups * per)) * 2 + 3).astype("float32")
+    shape = (groups, per if per_channel else 1)
+    gamma = rng.uniform(0.5, 1.5, shape).astype("float32")
+    beta = rng.uniform(-0.5, 0.5, shape).astype("float32")
+    cot = rng.standard_normal(t.shape)
+
+    def fn(*args):
+        return gops.group_norm_relu(*args, groups, 1e-3)
+
+    def want(*args):
+        return oracle.group_norm_relu(*args, groups, 1e-3)
+
+    np.testing.assert_allclose(harness.to_numpy(fn(t, gamma, beta)), want(t, gamma, beta),
+                               rtol=1e-5, atol=1e-5)
+    loss = lambda *args: keras.ops.sum(fn(*args) * keras.ops.convert_to_tensor(cot, "float32"))  # noqa: E731
+    got = harness.backend_gradients(loss, [t, gamma, beta])
+    for index, g in enumerate(got):
+        expected = harness.finite_difference_gradient(want, [t, gamma, beta], index, cot, eps=1e-4,
+                                                      max_coords=40)
+        known = ~np.isnan(expected)
+        np.testing.assert_allclose(np.asarray(g)[known], expected[known], rtol=1e-3, atol=2e-3)
+
+
 @pytest.mark.parametrize("band_bytes", [None, 64])
 @pytest.mark.parametrize("strides, size", [(1, (7, 5)), (1, (9, 4)), (2, (8, 6)), (2, (9, 6))])
 def test_generated_and_aggregated_equals_the_kernels_then_patches(strides, size, band_bytes,
@@ -280,15 +312,22 @@ def test_tiled_paths_train_like_the_reference(jit_compile, policy, recompute, mo
 
 
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's opt-in compiled bands")
-def test_torch_compiled_bands_train_like_the_reference(opt_in_fast_paths, monkeypatch):
+def test_torch_compiled_bands_train_like_the_reference(opt_in_fast_paths, monkeypatch, caplog):
     """`fit` as above with torch's opt-in compiled bands (2-row bands and a partial one, a
     partial batch), mixed bfloat16, inside a recomputed layer (torch.utils.checkpoint reruns
-    the compiled forward): every weight moves as with the `keras.ops` reference."""
+    the compiled forward): every weight moves as with the `keras.ops` reference; the
+    compiled band functions ran, each compiled once (torch's graph limit lowered to 1)."""
+    from keras_convx.ops import _torch  # noqa: PLC0415 (imports torch: torch backend only)
+
     monkeypatch.setattr(gops, "BAND_BYTES", 64)
-    harness.check_fit_matches_reference(
-        lambda policy: E4Conv2D(4, 3, group="p4", reduction_ratio=1, slices=2, recompute=True,
-                                dtype=policy),
-        (11, 9, 16), False, "mixed_bfloat16", ops.reference_mode)
+    _torch._compiled_band.cache_clear()
+    with harness.torch_compile_stays_compiled(caplog, limit=1):
+        harness.check_fit_matches_reference(
+            lambda policy: E4Conv2D(4, 3, group="p4", reduction_ratio=1, slices=2,
+                                    recompute=True, dtype=policy),
+            (11, 9, 16), False, "mixed_bfloat16", ops.reference_mode)
+    # forward and backward × (2-row, 1-row band) × (batch 2, batch 1)
+    assert _torch._compiled_band.cache_info().misses == 8, _torch._compiled_band.cache_info()
 
 
 def test_dispatched_layer_equals_reference_mode(opt_in_fast_paths):

@@ -135,18 +135,19 @@ def test_max_pooling_matches_oracle(strides, data_format):
     harness.assert_matches_oracle(layer, x, _oracle_for(layer), grad_rtol=1e-3, grad_atol=1e-3)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "max"])
-def test_fast_path_equals_reference_forward_and_gradients(pooling, opt_in_fast_paths, caplog):
-    """Every backend has a fast region-pooling path; it agrees with the keras.ops reference.
-    On torch (torch.compile) every configuration stays compiled: two graphs are allowed per
-    compiled function (without and with the gradient), so the second parameter's
-    configuration would pass torch's limit if it shared the first's compiled code."""
+def test_fast_path_equals_reference_forward_and_gradients(opt_in_fast_paths, caplog):
+    """Every backend has a fast region-pooling path; it agrees with the keras.ops reference
+    ("mean" and "max" pooling). On torch (torch.compile) both configurations, run in one
+    process, stay compiled with two graphs allowed per compiled function (without and with
+    the gradient): they would pass torch's limit if they shared one function."""
     assert {"log_polar_region_pool", "log_polar_region_max"} <= set(ops.available_fast_paths())
-    layer = LogPolarConv2D(5, 5, rings=2, sectors=6, growth_rate=3.0, strides=2, pooling=pooling,
-                           implementation="pool" if pooling == "mean" else "max")
     x = np.random.default_rng(3).standard_normal((2, 10, 11, 3)).astype("float32")
     with harness.torch_compile_stays_compiled(caplog, limit=2):
-        _assert_dispatched_equals_reference(layer, x, seed=4)
+        for pooling in ("mean", "max"):
+            layer = LogPolarConv2D(5, 5, rings=2, sectors=6, growth_rate=3.0, strides=2,
+                                   pooling=pooling,
+                                   implementation="pool" if pooling == "mean" else "max")
+            _assert_dispatched_equals_reference(layer, x, seed=4)
 
 
 def _assert_dispatched_equals_reference(layer, x, seed):

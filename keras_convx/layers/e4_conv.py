@@ -238,28 +238,11 @@ class E4Conv2D(keras.layers.Layer):
         t = self._group_1x1(x, keras.ops.cast(self.reduce_kernel, x.dtype))
         shape = keras.ops.shape(t)
         t = keras.ops.cast(t, "float32")
-        # Normalised over (H', W', |G|) per image and reduced channel, then the affine map, as
-        # ONE scale and shift per (image, channel) (per element too with untied γ, β): t·a + b
-        # with a = γ/σ, b = β − μ·a. The statistics come from sums over the image axes first
-        # (contiguous rows), then over |G| on the small result; the variance in one pass,
-        # E[t²] − μ², as Keras' torch moments (its rounding error grows with (μ/σ)²). Same
-        # values as moments over (1, 2, 4), (t − μ)/σ·γ + β to float32 rounding for the 1×1
-        # conv's outputs here; on eager torch the block's forward + backward took 22 → 6 ms
-        # (batch 8, 64 px, 8 channels × p4), the moments over strided axes and five full passes.
-        flat = keras.ops.reshape(t, (shape[0], -1, self.reduced * n))
-
-        def channel_mean(u):  # (B, H'·W', C_r·|G|) → (B, C_r)
-            return keras.ops.mean(keras.ops.reshape(keras.ops.mean(u, axis=1), (-1, self.reduced, n)), axis=2)
-
-        mean, square = channel_mean(flat), channel_mean(keras.ops.square(flat))
-        inv = keras.ops.rsqrt(keras.ops.maximum(square - mean * mean, 0.0) + self.epsilon)
+        # Normalised over (H', W', |G|) per image and reduced channel (`ops.group.group_norm_relu`,
+        # in float32), then the affine map and the relu.
         gamma = keras.ops.reshape(keras.ops.cast(self.norm_gamma, "float32"), (self.reduced, -1))
         beta = keras.ops.reshape(keras.ops.cast(self.norm_beta, "float32"), (self.reduced, -1))
-        scale = inv[:, :, None] * gamma  # (B, C_r, 1 or |G|)
-        shift = beta - mean[:, :, None] * scale
-        t = keras.ops.reshape(t, (shape[0], shape[1], shape[2], self.reduced, n))
-        scale_shape = (-1, 1, 1, self.reduced, gamma.shape[-1])
-        t = keras.ops.relu(t * keras.ops.reshape(scale, scale_shape) + keras.ops.reshape(shift, scale_shape))
+        t = gops.group_norm_relu(t, gamma, beta, self.reduced, self.epsilon)
         t = keras.ops.cast(t, x.dtype)
         w, b = self._steered_generator(x.dtype)
         # The per-element products t[..., :, g] @ w[:, g, :] as ONE matrix product with a
@@ -271,9 +254,8 @@ class E4Conv2D(keras.layers.Layer):
         eye = keras.ops.convert_to_tensor(np.eye(n)[None, :, None, :], dtype=w.dtype)
         block = keras.ops.reshape(w[:, :, :, None] * eye, (self.reduced * n, -1))
         block = keras.ops.concatenate([block, keras.ops.reshape(b, (1, -1))], axis=0)
-        flat = keras.ops.reshape(t, (shape[0], shape[1], shape[2], self.reduced * n))
-        ones = keras.ops.ones((shape[0], shape[1], shape[2], 1), dtype=flat.dtype)
-        return keras.ops.concatenate([flat, ones], axis=-1), block
+        ones = keras.ops.ones((shape[0], shape[1], shape[2], 1), dtype=t.dtype)
+        return keras.ops.concatenate([t, ones], axis=-1), block
 
     def call(self, inputs):
         if self.recompute:

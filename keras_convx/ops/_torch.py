@@ -33,18 +33,22 @@ def _own_code(fn):
     """A copy of `fn` with a code object of its own. torch.compile keeps the graphs it
     compiles per code object, at most `torch._dynamo.config.recompile_limit` (8) of them, and
     past that runs the function uncompiled (a logged warning, no error): one copy per
-    configuration and input shape keeps each compiled. (Measured: the ninth E4 band shape in
-    one process ran 3× slower than compiled. A compiled `functools.partial`, as the region
-    pooling's, gets a wrapper of its own from torch.compile: its configurations did not
-    share one limit.)"""
+    configuration (and, for the E4 bands, input shape) keeps each compiled. (Measured: the
+    ninth E4 band shape in one process ran 3× slower than compiled. A compiled
+    `functools.partial` does not help: torch.compile runs every partial through one shared
+    wrapper function, so all of them shared one limit.)"""
     return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
                               fn.__defaults__, fn.__closure__)
 
 
 @functools.lru_cache(maxsize=128)
 def _compiled_slice_pool(offsets, kernel_size, strides, mode):
-    return torch.compile(functools.partial(lp.pool_by_slices, pmatrix=None, kernel_size=kernel_size,
-                                           strides=strides, mode=mode, offsets=offsets))
+    """The region pooling compiled for one configuration, in a function of its own."""
+    def pool(x):
+        return lp.pool_by_slices(x, pmatrix=None, kernel_size=kernel_size, strides=strides,
+                                 mode=mode, offsets=offsets)
+
+    return torch.compile(_own_code(pool))
 
 
 @fast
@@ -85,6 +89,20 @@ def zero_pad(x, widths):
     """`torch.nn.functional.pad` (no Keras Operation per call: see `ops.core.zero_pad`)."""
     flat = [w for before_after in reversed(widths) for w in before_after]
     return torch.nn.functional.pad(keras.ops.convert_to_tensor(x), flat)
+
+
+@register_fast_path(FAST_PATHS)  # not opt-in: nothing to compile
+def group_norm_relu(t, gamma, beta, groups, epsilon):
+    """`ops.group.group_norm_relu` by `torch.nn.functional.group_norm` on the channels_last
+    tensor viewed as (B, C, H, W) (torch's channels-last GroupNorm kernels: one pass for the
+    statistics, one for the normalisation; a fused backward), then an in-place relu. E4's
+    generator block, forward + backward (batch 8, 64 px, 8 groups of 4 channels, 2-core
+    CPU): 14.6 → 4.4 ms against the reference's `keras.ops` passes in eager torch."""
+    t, gamma, beta = (keras.ops.convert_to_tensor(a) for a in (t, gamma, beta))
+    per = t.shape[-1] // groups
+    weight, bias = (a.expand(groups, per).reshape(-1) for a in (gamma, beta))
+    y = torch.nn.functional.group_norm(t.permute(0, 3, 1, 2), groups, weight, bias, epsilon)
+    return torch.relu_(y).permute(0, 2, 3, 1)
 
 
 def _addcmul(acc, a, b):
@@ -171,14 +189,18 @@ def _band_aggregate_backward(vq_band, kernels, g, k):
 
 
 @functools.lru_cache(maxsize=128)
-def _compiled_band(fn, *shapes):
-    """`fn` compiled by torch.compile (inductor: C++ on the CPU) for its arguments' `shapes`
-    (static): one compilation per band shape (a full band and the last one) and function."""
+def _compiled_band(fn, *layouts):
+    """`fn` compiled by torch.compile (inductor: C++ on the CPU) for its tensor arguments'
+    `layouts` (static shapes): one compilation per function (forward, backward) and band
+    layout (a full band and the last one, per image size, batch size and dtype)."""
     return torch.compile(_own_code(fn), dynamic=False)
 
 
 def _run_compiled_band(fn, *args):
-    return _compiled_band(fn, *(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))(*args)
+    """`fn(*args)` compiled for the tensors' shapes, strides and dtypes (what torch.compile
+    guards on), so that no copy is compiled twice."""
+    key = tuple((tuple(a.shape), a.stride(), a.dtype) for a in args if isinstance(a, torch.Tensor))
+    return _compiled_band(fn, *key)(*args)
 
 
 class _PlanarGenerateAggregate(torch.autograd.Function):
@@ -196,8 +218,9 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
 
     `compiled` (stride 1, opt-in): each band's k² multiply-adds run as one torch.compile'd
     expression (`_band_aggregate`, `_band_aggregate_backward`) instead of k² eager calls:
-    the op's band forward 4.5 → 2.4 ms and backward 16.6 → 4.9 ms (64 px, 8 fields, one
-    band); the E4 layer's step 2.6–2.9× → 2.2–2.4× a GroupConv2D's at 64 and 128 px."""
+    forward 4.5 → 2.4 ms and backward 16.6 → 4.9 ms for all 64 rows of 64 px images at 8
+    fields; the E4 layer's step at 8 fields 2.7–3.1× → 2.1–2.3× a GroupConv2D's at 64 px
+    (benchmarks/RESULTS.md, sixth pass)."""
 
     @staticmethod
     def forward(ctx, v, features, block, k, strides, rows, compiled):
@@ -233,11 +256,13 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
         for r0 in range(0, out_h, rows):
             band = range(r0, min(out_h, r0 + rows))
             kernels = kept if kept is not None else _planar_kernels(fq, wt, band, out_w, k)
-            g, dkernels = dyq[:, :, :, band.start:band.stop], torch.empty_like(kernels)
+            g = dyq[:, :, :, band.start:band.stop]
             if ctx.compiled:
                 dv_band, dkernels = _run_compiled_band(
                     _band_aggregate_backward, vq[:, :, :, r0:band.stop + k - 1], kernels, g, k)
                 dvq[:, :, :, r0:band.stop + k - 1] += dv_band  # the halo rows overlap the next band's
+            else:
+                dkernels = torch.empty_like(kernels)
             for s, ri, cj in [] if ctx.compiled else _planar_windows(k, strides, band, out_w):
                 dvq[:, :, :, ri, cj].addcmul_(g, kernels[:, s, None])
                 torch.sum(g * vq[:, :, :, ri, cj], dim=1, out=dkernels[:, s])

@@ -273,6 +273,48 @@ def generate_and_aggregate(v, features, block, k, strides, implementation="auto"
     return dispatch("e4_generate_aggregate", reference)(v, features, block, k, strides)
 
 
+def _group_norm_relu_reference(t, gamma, beta, groups, epsilon):
+    # The statistics come from sums over the image axes first (contiguous rows), then over
+    # the group's channels on the small result; the variance in one pass, E[t²] − μ², as
+    # Keras' torch moments (its rounding error grows with (μ/σ)²); then ONE scale and shift
+    # per (image, channel): t·a + b with a = γ/σ, b = β − μ·a. Same values as moments over
+    # (H, W, channels of the group) and (t − μ)/σ·γ + β to float32 rounding for E4's 1×1
+    # conv outputs; on eager torch its forward + backward took 22 → 6 ms (batch 8, 64 px, 8
+    # channels × p4) against moments over strided axes and five full passes.
+    t, gamma, beta = (keras.ops.convert_to_tensor(a) for a in (t, gamma, beta))
+    shape = keras.ops.shape(t)
+    per = t.shape[-1] // groups
+    flat = keras.ops.reshape(t, (shape[0], -1, groups * per))
+
+    def group_mean(u):  # (B, H·W, C) → (B, groups)
+        return keras.ops.mean(keras.ops.reshape(keras.ops.mean(u, axis=1), (-1, groups, per)), axis=2)
+
+    mean, square = group_mean(flat), group_mean(keras.ops.square(flat))
+    inv = keras.ops.rsqrt(keras.ops.maximum(square - mean * mean, 0.0) + epsilon)
+    scale = inv[:, :, None] * gamma  # (B, groups, 1 or C/groups)
+    shift = beta - mean[:, :, None] * scale
+    scale_shape = (-1, 1, 1, groups, gamma.shape[-1])
+    t = keras.ops.reshape(t, (shape[0], shape[1], shape[2], groups, per))
+    t = keras.ops.relu(t * keras.ops.reshape(scale, scale_shape) + keras.ops.reshape(shift, scale_shape))
+    return keras.ops.reshape(t, shape)
+
+
+def group_norm_relu(t, gamma, beta, groups, epsilon):
+    """`relu(GroupNorm(t))` for a channels_last `t` (B, H, W, C): each image's channels in
+    `groups` consecutive groups of C/groups, normalised over (H, W, the group's channels)
+    with the biased variance, then `γ·t̂ + β` with γ, β of shape `(groups, 1)` (one per
+    group) or `(groups, C/groups)` (one per channel). E4's generator normalisation (a group
+    is one reduced field's |G| channels). Dispatch point `group_norm_relu` (torch: its
+    fused GroupNorm kernels, 3.3× faster than the reference's passes in eager mode).
+
+    Example:
+
+    >>> t = keras.random.normal((2, 8, 8, 12))
+    >>> y = group_norm_relu(t, keras.ops.ones((3, 1)), keras.ops.zeros((3, 1)), 3, 1e-5)
+    """
+    return dispatch("group_norm_relu", _group_norm_relu_reference)(t, gamma, beta, groups, epsilon)
+
+
 # Bytes of one band's largest tensor in the tiled paths (E4's kernels, the log-polar pooled
 # maps) on jax; torch's eager E4 bands are 8× this, tensorflow's 8× this per image.
 BAND_BYTES = 2**19

@@ -136,6 +136,17 @@ def group_1x1(x, kernel, group):
     return out.reshape(b, hh, ww, fo * n)
 
 
+def group_norm_relu(t, gamma, beta, groups, epsilon):
+    """max(GroupNorm(t), 0) on channels_last t (B, H, W, C): per image and group of C/groups
+    consecutive channels, (t − mean) / sqrt(biased variance + ε) over (H, W, the group's
+    channels), then · γ + β with γ, β (groups, 1) or (groups, C/groups)."""
+    b, h, w, c = t.shape
+    u = t.reshape(b, h, w, groups, c // groups)
+    mean = u.mean(axis=(1, 2, 4), keepdims=True)
+    var = u.var(axis=(1, 2, 4), keepdims=True)
+    return np.maximum((u - mean) / np.sqrt(var + epsilon) * gamma + beta, 0.0).reshape(b, h, w, c)
+
+
 def e4(x, weights, group, kernel_size, slices, strides=1, epsilon=1e-5, steering=True):
     """The spec's E4 layer, step by step, on channels_last x."""
     n = order(group)
@@ -148,13 +159,9 @@ def e4(x, weights, group, kernel_size, slices, strides=1, epsilon=1e-5, steering
     # 1. generator
     t = group_1x1(gen_in, weights["reduce_kernel"], group)
     cr = weights["reduce_kernel"].shape[1]
-    t = t.reshape(b, t.shape[1], t.shape[2], cr, n)
-    mean = t.mean(axis=(1, 2, 4), keepdims=True)
-    var = t.var(axis=(1, 2, 4), keepdims=True)
-    t = (t - mean) / np.sqrt(var + epsilon)
     gamma = weights["norm_gamma"].reshape(cr, -1)
     beta = weights["norm_beta"].reshape(cr, -1)
-    t = np.maximum(t * gamma + beta, 0.0)
+    t = group_norm_relu(t, gamma, beta, cr, epsilon).reshape(b, t.shape[1], t.shape[2], cr, n)
     kappa = np.einsum("bxyog,on->bxyng", t, weights["generator_kernel"]) + weights["generator_bias"][:, None]
     oh, ow = kappa.shape[1], kappa.shape[2]
     kappa = kappa.reshape(b, oh, ow, slices, k, k, n)
