@@ -273,7 +273,8 @@ def generate_and_aggregate(v, features, block, k, strides, implementation="auto"
     return dispatch("e4_generate_aggregate", reference)(v, features, block, k, strides)
 
 
-def _group_norm_relu_reference(t, gamma, beta, groups, epsilon):
+def group_norm_relu_reference(t, gamma, beta, groups, epsilon):
+    """`group_norm_relu` in `keras.ops` (the dispatch point's reference)."""
     # The statistics come from sums over the image axes first (contiguous rows), then over
     # the group's channels on the small result; the variance in one pass, E[t²] − μ², as
     # Keras' torch moments (its rounding error grows with (μ/σ)²); then ONE scale and shift
@@ -305,14 +306,15 @@ def group_norm_relu(t, gamma, beta, groups, epsilon):
     with the biased variance, then `γ·t̂ + β` with γ, β of shape `(groups, 1)` (one per
     group) or `(groups, C/groups)` (one per channel). E4's generator normalisation (a group
     is one reduced field's |G| channels). Dispatch point `group_norm_relu` (torch: its
-    fused GroupNorm kernels, 3.3× faster than the reference's passes in eager mode).
+    fused GroupNorm kernels, 3.3× faster than the reference's passes in eager mode;
+    tensorflow: the reference XLA-compiled, 1.9× faster than in graph mode).
 
     Example:
 
     >>> t = keras.random.normal((2, 8, 8, 12))
     >>> y = group_norm_relu(t, keras.ops.ones((3, 1)), keras.ops.zeros((3, 1)), 3, 1e-5)
     """
-    return dispatch("group_norm_relu", _group_norm_relu_reference)(t, gamma, beta, groups, epsilon)
+    return dispatch("group_norm_relu", group_norm_relu_reference)(t, gamma, beta, groups, epsilon)
 
 
 # Bytes of one band's largest tensor in the tiled paths (E4's kernels, the log-polar pooled
