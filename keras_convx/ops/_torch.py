@@ -219,8 +219,8 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
     `compiled` (stride 1, opt-in): each band's k² multiply-adds run as one torch.compile'd
     expression (`_band_aggregate`, `_band_aggregate_backward`) instead of k² eager calls:
     forward 4.5 → 2.4 ms and backward 16.6 → 4.9 ms for all 64 rows of 64 px images at 8
-    fields; the E4 layer's step at 8 fields 2.7–3.1× → 2.1–2.3× a GroupConv2D's at 64 px
-    (benchmarks/RESULTS.md, sixth pass)."""
+    fields; the E4 layer's step at 8 fields (with torch's fused GroupNorm) 2.7–3.1× →
+    2.0–2.4× a GroupConv2D's at 64 px (benchmarks/RESULTS.md, sixth pass)."""
 
     @staticmethod
     def forward(ctx, v, features, block, k, strides, rows, compiled):

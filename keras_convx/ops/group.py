@@ -306,7 +306,7 @@ def group_norm_relu(t, gamma, beta, groups, epsilon):
     with the biased variance, then `γ·t̂ + β` with γ, β of shape `(groups, 1)` (one per
     group) or `(groups, C/groups)` (one per channel). E4's generator normalisation (a group
     is one reduced field's |G| channels). Dispatch point `group_norm_relu` (torch: its
-    fused GroupNorm kernels, 3.3× faster than the reference's passes in eager mode;
+    fused GroupNorm kernels, 2.2–3.3× faster than the reference's passes in eager mode;
     tensorflow: the reference XLA-compiled, 1.9× faster than in graph mode).
 
     Example:
