@@ -237,8 +237,9 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
             out = y[:, :, :, band.start:band.stop]
             if compiled:
                 out.copy_(_run_compiled_band(_band_aggregate, vq[:, :, :, r0:band.stop + k - 1], kernels, k))
-            for s, ri, cj in [] if compiled else _planar_windows(k, strides, band, out_w):
-                out.addcmul_(vq[:, :, :, ri, cj], kernels[:, s, None])
+            else:
+                for s, ri, cj in _planar_windows(k, strides, band, out_w):
+                    out.addcmul_(vq[:, :, :, ri, cj], kernels[:, s, None])
             kept = kernels if rows >= out_h else None
         ctx.save_for_backward(vq, fq, block, kept)
         ctx.k, ctx.strides, ctx.rows, ctx.size = k, strides, rows, (height, width, out_h, out_w)
@@ -263,9 +264,9 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
                 dvq[:, :, :, r0:band.stop + k - 1] += dv_band  # the halo rows overlap the next band's
             else:
                 dkernels = torch.empty_like(kernels)
-            for s, ri, cj in [] if ctx.compiled else _planar_windows(k, strides, band, out_w):
-                dvq[:, :, :, ri, cj].addcmul_(g, kernels[:, s, None])
-                torch.sum(g * vq[:, :, :, ri, cj], dim=1, out=dkernels[:, s])
+                for s, ri, cj in _planar_windows(k, strides, band, out_w):
+                    dvq[:, :, :, ri, cj].addcmul_(g, kernels[:, s, None])
+                    torch.sum(g * vq[:, :, :, ri, cj], dim=1, out=dkernels[:, s])
             columns = slice(band.start * out_w, band.stop * out_w)
             dkernels = dkernels.view(dkernels.shape[0], -1, len(band) * out_w)
             # into a fresh tensor, then copied: 0.61 against 0.94 ms with `out=` the strided slice
