@@ -45,6 +45,7 @@ def _in_xla():
 
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
+
 def _row_bands(height, rows):
     """(first, end) output rows of each band of `rows` rows (the last may be shorter)."""
     return [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]

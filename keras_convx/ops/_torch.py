@@ -172,20 +172,23 @@ def _band_aggregate(vq_band, kernels, k):
     expression of k² terms (torch.compile fuses them into one loop over the output).
     `vq_band`: the band's padded rows (B, M, A, rows + k - 1, W + k - 1)."""
     rows, width = kernels.shape[-2:]
-    terms = (vq_band[:, :, :, i:i + rows, j:j + width] * kernels[:, i * k + j, None]
-             for i in range(k) for j in range(k))
-    return functools.reduce(torch.add, terms)
+    windows = _planar_windows(k, (1, 1), range(rows), width)
+    return functools.reduce(torch.add, (vq_band[:, :, :, ri, cj] * kernels[:, s, None]
+                                        for s, ri, cj in windows))
 
 
 def _band_aggregate_backward(vq_band, kernels, g, k):
     """The gradients of `_band_aggregate` for the cotangent `g` (B, M, A, rows, W): (dv over
     the band's padded rows, dkernels (B, k², A, rows, W)), each one expression."""
     rows, width = kernels.shape[-2:]
-    dkernels = torch.stack([(g * vq_band[:, :, :, i:i + rows, j:j + width]).sum(1)
-                            for i in range(k) for j in range(k)], 1)
-    terms = (torch.nn.functional.pad(g * kernels[:, i * k + j, None], (j, k - 1 - j, i, k - 1 - i))
-             for i in range(k) for j in range(k))
-    return functools.reduce(torch.add, terms), dkernels
+    windows = list(_planar_windows(k, (1, 1), range(rows), width))
+    dkernels = torch.stack([(g * vq_band[:, :, :, ri, cj]).sum(1) for _, ri, cj in windows], 1)
+
+    def placed(s):  # window s's product at its offset (i, j) = divmod(s, k) in the padded rows
+        i, j = divmod(s, k)
+        return torch.nn.functional.pad(g * kernels[:, s, None], (j, k - 1 - j, i, k - 1 - i))
+
+    return functools.reduce(torch.add, (placed(s) for s, _, _ in windows)), dkernels
 
 
 @functools.lru_cache(maxsize=128)
