@@ -20,6 +20,7 @@ tests/test_multi_process.py launches these and compares.
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import os
 import sys
@@ -31,6 +32,10 @@ ARGS.add_argument("--rank", type=int, default=0)
 ARGS.add_argument("--addresses", default="")
 ARGS.add_argument("--timeout", type=float, default=120)
 OPTIONS = ARGS.parse_args()
+# A process that hangs (or aborts) leaves every thread's Python stack in its log: the tests
+# print the logs of a process they had to kill.
+faulthandler.enable()
+faulthandler.dump_traceback_later(OPTIONS.timeout + 45)
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 LOCAL_DEVICES = 2
 if BACKEND == "jax" and OPTIONS.world > 1:
