@@ -7,6 +7,7 @@ from keras_convx import arguments
 from keras_convx._registry import register
 from keras_convx.layers import _common
 from keras_convx.layers import group_conv
+from keras_convx.ops import e4 as e4ops
 from keras_convx.ops import group as gops
 from keras_convx.ops.core import matmul_last, recompute
 
@@ -195,11 +196,11 @@ class E4Conv2D(keras.layers.Layer):
 
     # -- pieces -------------------------------------------------------------------------------
 
-    def _group_1x1(self, x, kernel):
-        """1×1 group convolution of channels_last `x` with a `(C·|G|, F)` kernel."""
-        dense = gops.group_kernel(keras.ops.reshape(kernel, (1, 1, *kernel.shape)), self.group,
-                                  self._one_by_one_table)
-        return matmul_last(x, keras.ops.reshape(dense, dense.shape[2:]))
+    def _group_1x1(self, kernel, dtype):
+        """The dense (C·|G|, F·|G|) matrix of a 1×1 group convolution with a `(C·|G|, F)` kernel."""
+        kernel = keras.ops.reshape(keras.ops.cast(kernel, dtype), (1, 1, *kernel.shape))
+        dense = gops.group_kernel(kernel, self.group, self._one_by_one_table)
+        return keras.ops.reshape(dense, dense.shape[2:])
 
     def _steered_generator(self, dtype):
         """Generator weights `(C_r, |G|, k²·slices)` and bias `(k²·slices, |G|)` with the steering
@@ -229,33 +230,32 @@ class E4Conv2D(keras.layers.Layer):
         return keras.ops.reshape(matmul_last(flat, block), (
             shape[0], shape[1], shape[2], self.kernel_size**2, self.slices * self.order))
 
-    def generator_inputs(self, x):
-        """`(features, block)`: the kernels are `features @ block` (see `generate_kernels`);
-        features `(B, H', W', C_r·|G| + 1)`, the normalised reduced map and a column of ones."""
+    def generator_weights(self, dtype):
+        """`(reduce, gamma, beta, block)`: the generator's weights as `ops.e4` takes them — the
+        group 1×1 reduction (C_in·|G|, C_r·|G|), the normalisation's γ and β (C_r, 1 or |G|,
+        float32) and the steered block (C_r·|G| + 1, k²·slices·|G|), its last row the bias."""
         n = self.order
-        if self.strides > 1:
-            x = keras.ops.average_pool(x, self.strides, self.strides, "same", "channels_last")
-        t = self._group_1x1(x, keras.ops.cast(self.reduce_kernel, x.dtype))
-        shape = keras.ops.shape(t)
-        t = keras.ops.cast(t, "float32")
-        # Normalised over (H', W', |G|) per image and reduced channel (`ops.group.group_norm_relu`,
-        # in float32), then the affine map and the relu.
+        reduce = self._group_1x1(self.reduce_kernel, dtype)
         gamma = keras.ops.reshape(keras.ops.cast(self.norm_gamma, "float32"), (self.reduced, -1))
         beta = keras.ops.reshape(keras.ops.cast(self.norm_beta, "float32"), (self.reduced, -1))
-        t = gops.group_norm_relu(t, gamma, beta, self.reduced, self.epsilon)
-        t = keras.ops.cast(t, x.dtype)
-        w, b = self._steered_generator(x.dtype)
+        w, b = self._steered_generator(dtype)
         # The per-element products t[..., :, g] @ w[:, g, :] as ONE matrix product with a
         # block-diagonal (C_r·|G|, k²·slices·|G|) weight: |G| times the multiply-adds of the
         # batched form, but a single large GEMM whose output is already in (slot, g) order
-        # (with the batched einsum the generator's training step was 1.4× slower, jax CPU).
-        # The bias rides along as one more input row against a column of ones (no separate
-        # pass over the large kernel tensor).
+        # (with the batched einsum the generator's training step was 1.4× slower, jax CPU;
+        # per element on eager torch, the products were 1.8× faster but putting their output
+        # in slot order cost as much). The bias rides along as one more input row against a
+        # column of ones (no separate pass over the large kernel tensor).
         eye = keras.ops.convert_to_tensor(np.eye(n)[None, :, None, :], dtype=w.dtype)
         block = keras.ops.reshape(w[:, :, :, None] * eye, (self.reduced * n, -1))
         block = keras.ops.concatenate([block, keras.ops.reshape(b, (1, -1))], axis=0)
-        ones = keras.ops.ones((shape[0], shape[1], shape[2], 1), dtype=t.dtype)
-        return keras.ops.concatenate([t, ones], axis=-1), block
+        return reduce, gamma, beta, block
+
+    def generator_inputs(self, x):
+        """`(features, block)`: the kernels are `features @ block` (see `generate_kernels`);
+        features `(B, H', W', C_r·|G| + 1)`, the normalised reduced map and a column of ones."""
+        reduce, gamma, beta, block = self.generator_weights(x.dtype)
+        return e4ops.generator_features(x, reduce, gamma, beta, self.strides, self.epsilon), block
 
     def call(self, inputs):
         if self.recompute:
@@ -268,16 +268,11 @@ class E4Conv2D(keras.layers.Layer):
         x = keras.ops.cast(inputs, self.compute_dtype)
         if self.data_format == "channels_first":
             x = keras.ops.transpose(x, (0, 2, 3, 1))
-        features, block = self.generator_inputs(x)
-        encoder = keras.ops.reshape(keras.ops.cast(self.encoder_kernel, x.dtype), (1, 1, *self.encoder_kernel.shape))
-        encoder = gops.group_kernel(encoder, self.group, self._one_by_one_table)
-        encoder = gops.static_take(keras.ops.reshape(encoder, encoder.shape[2:]), self._encoder_columns, axis=1)
-        v = matmul_last(x, encoder)
+        reduce, gamma, beta, block = self.generator_weights(x.dtype)
+        encoder = gops.static_take(self._group_1x1(self.encoder_kernel, x.dtype), self._encoder_columns, axis=1)
         n, slices, m = self.order, self.slices, self.filters // self.slices
-        shape = keras.ops.shape(v)
-        v = keras.ops.reshape(v, (shape[0], shape[1], shape[2], m, slices * n))
-        y = gops.generate_and_aggregate(v, features, block, self.kernel_size,
-                                        (self.strides, self.strides), self.implementation)
+        y = e4ops.e4_apply(x, reduce, gamma, beta, block, encoder, self.kernel_size, self.strides,
+                           self.epsilon, self.implementation)
         shape = keras.ops.shape(y)
         y = keras.ops.reshape(y, (shape[0], shape[1], shape[2], m, slices, n))
         y = keras.ops.transpose(y, (0, 1, 2, 4, 3, 5))

@@ -16,8 +16,11 @@ import functools
 
 import jax
 
+from keras_convx.ops import e4 as e4ops
 from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
+from keras_convx.ops._jax_e4 import band_products
+from keras_convx.ops._jax_e4 import fused_e4
 from keras_convx.ops.core import bind_variables
 from keras_convx.ops.dispatcher import opt_in_fast_paths
 from keras_convx.ops.dispatcher import register_fast_path
@@ -193,17 +196,6 @@ def e4_aggregate(v, kernels, k, strides):
     return _jitted_aggregate(k, tuple(strides))(v, kernels)
 
 
-def _band_products(vp, kernels, k, h, w):
-    """Σ_s vp[rows i.., cols j..] · kernels[..., s, :]: one band of the stride-1 aggregation
-    over its padded features `vp` (B, h+2p, w+2p, M, A)."""
-    out = None
-    for i in range(k):
-        for j in range(k):
-            term = vp[:, i:i + h, j:j + w] * kernels[:, :, :, i * k + j, None, :]
-            out = term if out is None else out + term
-    return out
-
-
 @functools.lru_cache(maxsize=128)
 def _tiled_generate_aggregate(k, rows):
     """`generate_and_aggregate` at stride 1, `rows` output rows at a time in a `fori_loop`
@@ -236,7 +228,7 @@ def _tiled_generate_aggregate(k, rows):
         def body(b, y):
             r0 = b * rows
             kernels = kernels_of(band(fp, r0, rows), block)
-            out = _band_products(band(vp, r0, rows + 2 * p), kernels, k, rows, width)
+            out = band_products(band(vp, r0, rows + 2 * p), kernels, k, rows, width)
             return lax.dynamic_update_slice_in_dim(y, out, r0, axis=1)
 
         y = jnp.zeros((v.shape[0], count * rows, width, *v.shape[3:]), v.dtype)
@@ -291,6 +283,21 @@ def e4_generate_aggregate(v, features, block, k, strides):
     batch, height, width, _ = features.shape
     rows = gops.band_rows(batch, height, width, block.shape[-1], block.dtype.itemsize)
     return _tiled_generate_aggregate(k, rows)(v, features, block)
+
+
+@fast
+def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
+    """E4's whole computation from its input: on the CPU at stride 1 with a static size (and
+    without Pallas), one custom VJP by bands of rows that keeps only `x` and per-image
+    statistics for the backward pass (`_jax_e4.fused_e4`); otherwise the reference, step by
+    step."""
+    static = all(isinstance(d, int) for d in x.shape)  # not under shape polymorphism
+    if strides != 1 or not static or _platform() != "cpu" or _pallas_mode() is not None:
+        return e4ops.e4_apply_reference(x, reduce, gamma, beta, block, encoder, k, strides,
+                                        epsilon)
+    batch, height, width, _ = x.shape
+    rows = gops.band_rows(batch, height, width, block.shape[-1], block.dtype.itemsize)
+    return fused_e4(k, rows, float(epsilon))(x, reduce, gamma, beta, block, encoder)
 
 
 @fast
