@@ -7,6 +7,7 @@ import pytest
 from keras_convx import analysis
 from keras_convx import ops
 from keras_convx.layers import E4Conv2D
+from keras_convx.ops import e4 as e4ops
 from keras_convx.ops import group as gops
 from tests import harness
 from tests.oracles import group as oracle
@@ -192,6 +193,39 @@ def test_torch_compiled_bands_equal_the_kernels_then_patches(band_bytes, opt_in_
     # forward and backward × (one band kept | 2-row bands and the last 1-row band: 4 bands)
     assert info.misses == (4 if band_bytes else 2), info
     assert info.hits >= (2 * 4 - 4 if band_bytes else 0), info
+
+
+@pytest.mark.parametrize("band_bytes", [None, 64])
+@pytest.mark.parametrize("size, k, tied, epsilon", [
+    ((7, 5), 3, True, 1e-5), ((9, 4), 5, False, 0.3), ((6, 6), 1, True, 0.3)])
+def test_layer_op_equals_step_by_step_reference(size, k, tied, epsilon, band_bytes, monkeypatch):
+    """`ops.e4.e4_apply` (jax's CPU: the whole layer fused by bands, `band_bytes=64` forcing
+    2-row bands and a partial last one; elsewhere each step's own fast path) equals the
+    step-by-step reference with the patch aggregation, forward and the gradients of all six
+    inputs (x, the reduction, γ, β tied or per channel, the block and the encoder); a large
+    ε too, where the group norm's ε shows."""
+    if band_bytes is not None:
+        monkeypatch.setattr(gops, "BAND_BYTES", band_bytes)
+    rng = np.random.default_rng(3)
+    (h, w), n, c, groups, m, a = size, 4, 6, 2, 3, 8
+    shapes = [(2, h, w, c), (c, groups * n), (groups, 1 if tied else n), (groups, 1 if tied else n),
+              (groups * n + 1, k * k * a), (c, m * a)]
+    args = [rng.standard_normal(shape).astype("float32") for shape in shapes]
+    args[2] += 1.0  # γ around one
+    cot = keras.ops.convert_to_tensor(rng.standard_normal((2, h, w, m, a)).astype("float32"))
+
+    def loss(implementation):
+        return lambda *x: keras.ops.sum(
+            e4ops.e4_apply(*x, k, 1, epsilon, implementation) * cot)
+
+    np.testing.assert_allclose(harness.to_numpy(e4ops.e4_apply(*args, k, 1, epsilon)),
+                               harness.to_numpy(e4ops.e4_apply(*args, k, 1, epsilon, "patches")),
+                               rtol=1e-4, atol=1e-4)
+    got = harness.backend_gradients(loss("auto"), args)
+    want = harness.backend_gradients(loss("patches"), args)
+    for name, g, r in zip(("x", "reduce", "gamma", "beta", "block", "encoder"), got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(r).max()),
+                                   err_msg=name)
 
 
 def _check_fused_against_patches(strides, size):
