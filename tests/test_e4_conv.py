@@ -489,9 +489,9 @@ def test_recompute_keeps_less_for_the_backward_pass(monkeypatch):
 @pytest.mark.skipif(not _jax_on_cpu(), reason="jax's fused E4 layer is a CPU path")
 def test_jax_fused_layer_keeps_as_little_as_recomputing(monkeypatch):
     """jax's layer-wide fused path keeps only each layer's input (and per-image statistics):
-    four layers keep less than the step-by-step path does with `recompute=True` (measured
-    4.97 against 5.82 MB here) and far less than without it (7.58 MB); `recompute=True` on
-    top of it changes little (4.72 MB)."""
+    four layers keep as little as the step-by-step path does with `recompute=True` (measured
+    5.81 against 5.82 MB here) and far less than without it (7.58 MB); `recompute=True` on
+    top of it changes little (5.68 MB)."""
     fused = {flag: _kept_by_four_layers(flag) for flag in (False, True)}
     _without_jax_fused_layer(monkeypatch)
     stepwise = {flag: _kept_by_four_layers(flag) for flag in (False, True)}

@@ -13,9 +13,15 @@ over the whole image, Σ dû and Σ dû·û per image and group, before any of i
 1. every band remade; the kernels' cotangent, the encoded map's (its halo rows carried to
    the next band, so each row's is final once, and x's gradient through the encoder is
    written once per row), the generator's and the encoder's weight gradients, γ's and β's,
-   and the two sums;
-2. every band remade but its kernels; the reduced map's cotangent
-   `dt = (dû − mean(dû) − û·mean(dû·û)) / σ` and x's gradient through the reduction.
+   the two sums, and the normalisation's output cotangent dz (float32, one image-sized
+   buffer);
+2. each band's normalised map û remade from x; the reduced map's cotangent
+   `dt = (dû − mean(dû) − û·mean(dû·û)) / σ`, dû = γ·dz, and x's gradient through the
+   reduction.
+Measured (XLA temp bytes and `train_on_batch` of one layer after a 1×1 stem, batch 8, 8 p4
+fields, k 5, 2-core CPU; benchmarks/RESULTS.md, seventh pass): the memory 1.44–1.59× a
+GroupConv2D's (the step-by-step path 1.84–2.18×) for −2 to +18% time. Remaking the kernels'
+cotangent in pass 2 instead of keeping dz held 1.24–1.39× but took +29–54% time.
 """
 
 import functools
@@ -119,7 +125,7 @@ def fused_e4(k, rows, epsilon):
         gamma_c = per_channel(gamma[None], n)
 
         def remade(r0, above):
-            """A band's encoded rows, generator output and the cotangents both passes need."""
+            """A band's encoded rows, generator output and cotangents (the first pass)."""
             vb = next_band(xp, encoder, block, r0, above)
             xs = own_rows(xp, r0, width)
             features, z, u = generator(xs, reduce, gamma, beta, mean, inv)
@@ -136,7 +142,7 @@ def fused_e4(k, rows, epsilon):
             return dvb @ encoder.T, jnp.einsum("bhwc,bhwo->co", xs, dvb, preferred_element_type=f32)
 
         def first_pass(b, carry):
-            dxp, dencoder, dblock, dgamma, dbeta, sums, above, below = carry
+            dxp, dzp, dencoder, dblock, dgamma, dbeta, sums, above, below = carry
             r0 = b * rows
             vb, xs, features, g, dkernels, dz, u = remade(r0, above)
             kernels = kernels_of(features, block)
@@ -148,20 +154,23 @@ def fused_e4(k, rows, epsilon):
             # below them): x's gradient through the encoder, written once
             dxb, de = through_encoder(band(xp, r0, rows), dvb[:, :rows])
             dxp = lax.dynamic_update_slice_in_dim(dxp, dxb, r0, axis=1)
+            dzp = lax.dynamic_update_slice_in_dim(dzp, dz, r0, axis=1)
             ones = jnp.ones((*features.shape[:3], 1), features.dtype)
             dblock = dblock + jnp.einsum("bhwf,bhwo->fo", jnp.concatenate([features, ones], -1),
                                          dkernels, preferred_element_type=f32)
             du = dz * gamma_c
             sums = sums + jnp.stack([du.sum((1, 2)), (du * u).sum((1, 2))])
-            return (dxp, dencoder + de, dblock, dgamma + (dz * u).sum((0, 1, 2)),
+            return (dxp, dzp, dencoder + de, dblock, dgamma + (dz * u).sum((0, 1, 2)),
                     dbeta + dz.sum((0, 1, 2)), sums, vb[:, rows:], dvb[:, rows:])
 
         first = encode(xp[:, :2 * p], encoder, block)
         channels = reduce.shape[-1]
-        dxp, dencoder, dblock, dgamma, dbeta, sums, _, below = lax.fori_loop(0, count, first_pass, (
-            jnp.zeros_like(xp), jnp.zeros(encoder.shape, f32), jnp.zeros(block.shape, f32),
-            jnp.zeros(channels, f32), jnp.zeros(channels, f32),
-            jnp.zeros((2, batch, channels), f32), first, jnp.zeros_like(first)))
+        dxp, dzp, dencoder, dblock, dgamma, dbeta, sums, _, below = lax.fori_loop(
+            0, count, first_pass, (
+                jnp.zeros_like(xp), jnp.zeros((batch, count * rows, width, channels), f32),
+                jnp.zeros(encoder.shape, f32), jnp.zeros(block.shape, f32),
+                jnp.zeros(channels, f32), jnp.zeros(channels, f32),
+                jnp.zeros((2, batch, channels), f32), first, jnp.zeros_like(first)))
         # the last 2p rows' cotangent (the bottom halo, and real rows when no padding row
         # completes the last band) is final after the loop
         dxb, de = through_encoder(xp[:, count * rows:], below)
@@ -172,18 +181,18 @@ def fused_e4(k, rows, epsilon):
         inv_c = per_channel(inv[:, :, None], n)
 
         def second_pass(b, carry):
-            dxp, dreduce, above = carry
+            dxp, dreduce = carry
             r0 = b * rows
-            vb, xs, _, _, _, dz, u = remade(r0, above)
-            dt = (inv_c * (dz * gamma_c - m1 - u * m2)).astype(x.dtype)
+            xs = own_rows(xp, r0, width)
+            u = generator(xs, reduce, gamma, beta, mean, inv)[2]
+            dt = (inv_c * (band(dzp, r0, rows) * gamma_c - m1 - u * m2)).astype(x.dtype)
             rows_p = band(dxp, r0 + p, rows)
             rows_p = rows_p.at[:, :, p:p + width].add(dt @ reduce.T)
             return (lax.dynamic_update_slice_in_dim(dxp, rows_p, r0 + p, axis=1),
-                    dreduce + jnp.einsum("bhwc,bhwo->co", xs, dt, preferred_element_type=f32),
-                    vb[:, rows:])
+                    dreduce + jnp.einsum("bhwc,bhwo->co", xs, dt, preferred_element_type=f32))
 
-        dxp, dreduce, _ = lax.fori_loop(0, count, second_pass, (
-            dxp, jnp.zeros(reduce.shape, f32), first))
+        dxp, dreduce = lax.fori_loop(0, count, second_pass, (dxp, jnp.zeros(reduce.shape, f32)))
+        dx = dxp[:, p:p + height, p:p + width]
 
         def like(gradient, weight):  # per-channel sums back to the weight's (groups, 1 or n)
             gradient = gradient.reshape(weight.shape[0], n)
@@ -191,9 +200,8 @@ def fused_e4(k, rows, epsilon):
                 gradient = gradient.sum(-1, keepdims=True)
             return gradient.astype(weight.dtype)
 
-        return (dxp[:, p:p + height, p:p + width], dreduce.astype(reduce.dtype),
-                like(dgamma, gamma), like(dbeta, beta), dblock.astype(block.dtype),
-                (dencoder + de).astype(encoder.dtype))
+        return (dx, dreduce.astype(reduce.dtype), like(dgamma, gamma), like(dbeta, beta),
+                dblock.astype(block.dtype), (dencoder + de).astype(encoder.dtype))
 
     op.defvjp(forward, backward)
     return jax.jit(op)
