@@ -31,11 +31,14 @@ ARGS.add_argument("--world", type=int, default=1)
 ARGS.add_argument("--rank", type=int, default=0)
 ARGS.add_argument("--addresses", default="")
 ARGS.add_argument("--timeout", type=float, default=120)
+ARGS.add_argument("--dump-after", type=float, default=0)  # seconds; 0: never
 OPTIONS = ARGS.parse_args()
-# A process that hangs (or aborts) leaves every thread's Python stack in its log: the tests
-# print the logs of a process they had to kill.
+# A process that hangs (or aborts) leaves every thread's Python stack in its log, shortly
+# before the test would kill it (`--dump-after`); the tests print the logs of a process they
+# had to kill.
 faulthandler.enable()
-faulthandler.dump_traceback_later(OPTIONS.timeout + 45)
+if OPTIONS.dump_after > 0:
+    faulthandler.dump_traceback_later(OPTIONS.dump_after)
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 LOCAL_DEVICES = 2
 if BACKEND == "jax" and OPTIONS.world > 1:

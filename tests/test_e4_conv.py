@@ -199,8 +199,9 @@ def test_torch_compiled_bands_equal_the_kernels_then_patches(band_bytes, opt_in_
 @pytest.mark.parametrize("size, k, tied, epsilon", [
     ((7, 5), 3, True, 1e-5), ((9, 4), 5, False, 0.3), ((6, 6), 1, True, 0.3)])
 def test_layer_op_equals_step_by_step_reference(size, k, tied, epsilon, band_bytes, monkeypatch):
-    """`ops.e4.e4_apply` (jax's CPU: the whole layer fused by bands, `band_bytes=64` forcing
-    2-row bands and a partial last one; elsewhere each step's own fast path) equals the
+    """`ops.e4.e4_apply` (jax's CPU: the whole layer fused by bands, which ran — `band_bytes=64`
+    forcing 2-row bands, at heights 7 and 9 a partial last one; elsewhere each step's own fast
+    path) equals the
     step-by-step reference with the patch aggregation, forward and the gradients of all six
     inputs (x, the reduction, γ, β tied or per channel, the block and the encoder); a large
     ε too, where the group norm's ε shows."""
@@ -213,6 +214,10 @@ def test_layer_op_equals_step_by_step_reference(size, k, tied, epsilon, band_byt
     args = [rng.standard_normal(shape).astype("float32") for shape in shapes]
     args[2] += 1.0  # γ around one
     cot = keras.ops.convert_to_tensor(rng.standard_normal((2, h, w, m, a)).astype("float32"))
+    if _jax_on_cpu():
+        from keras_convx.ops import _jax_e4  # noqa: PLC0415 (imports jax: jax backend only)
+
+        _jax_e4.fused_e4.cache_clear()
 
     def loss(implementation):
         return lambda *x: keras.ops.sum(
@@ -226,6 +231,9 @@ def test_layer_op_equals_step_by_step_reference(size, k, tied, epsilon, band_byt
     for name, g, r in zip(("x", "reduce", "gamma", "beta", "block", "encoder"), got, want):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(r).max()),
                                    err_msg=name)
+    if _jax_on_cpu():  # the fused path ran (built once for these bands, then reused)
+        info = _jax_e4.fused_e4.cache_info()
+        assert info.misses == 1 and info.hits >= 1, info
 
 
 def _check_fused_against_patches(strides, size):
@@ -333,7 +341,8 @@ def test_tiled_paths_train_like_the_reference(jit_compile, policy, recompute, mo
     with an unknown batch size) of a 1×1 Conv2D → E4Conv2D model (so the E4 layer's input
     gradient is computed too) with the bands forced on (`BAND_BYTES=64`: 2-row bands, 11 rows
     leave a partial one) moves every weight as the `keras.ops` reference does: tensorflow's
-    bands (`jit_compile` False and True), jax's tiled loop, eager torch's planar bands;
+    bands (`jit_compile` False and True), jax's whole layer fused by bands, eager torch's
+    planar bands;
     float32 and mixed bfloat16 (the bands' float32 accumulations cast back); with and without
     `recompute` (tensorflow's bands inside a recomputed layer are 2 rows here too)."""
     if keras.backend.backend() == "torch" and jit_compile:

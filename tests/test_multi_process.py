@@ -43,12 +43,15 @@ def _addresses(world):
     return ",".join(f"localhost:{p}" for p in ports)
 
 
-def _launch(out, world, rank=0, addresses="", timeout=120):
+def _launch(out, world, rank=0, addresses="", timeout=120, limit=LIMIT):
+    """One process of a job; its Python stacks go to its log 10 s before `limit` (the
+    caller's kill limit)."""
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("XLA_FLAGS", None)
     env.pop("TF_CONFIG", None)
     command = [sys.executable, "-m", "tests.multi_process", "--out", str(out),
-               "--world", str(world), "--rank", str(rank), "--timeout", str(timeout)]
+               "--world", str(world), "--rank", str(rank), "--timeout", str(timeout),
+               "--dump-after", str(limit - 10)]
     if addresses:
         command += ["--addresses", addresses]
     with open(os.path.join(out, f"log_{world}_{rank}.txt"), "w") as log:
@@ -150,7 +153,7 @@ def test_a_missing_or_mismatched_process_fails_within_the_timeout(tmp_path):
         jobs.append((folder, 2, 0, first))
         if case == "mismatched":
             jobs.append((folder, 3, 1, addresses))
-    procs = [_launch(folder, world, rank, addresses, timeout=5)
+    procs = [_launch(folder, world, rank, addresses, timeout=5, limit=120)
              for folder, world, rank, addresses in jobs]
     codes = _wait_all(procs, 120, stop_on_failure=False)
     # -9: killed at the limit; the logs (with faulthandler's stacks) say where it waited

@@ -36,7 +36,12 @@ class E4Conv2D(keras.layers.Layer):
     The layer is exactly equivariant at stride 1 (`keras_convx.analysis.equivariance_error`).
     The aggregation runs through `keras_convx.ops.group.aggregate`: k² shifted
     multiply-adds that never build the k²-times larger patch tensor (compiled per backend
-    where that is faster); `keras_convx.ops.reference_mode()` switches to the patch form.
+    where that is faster); `keras_convx.ops.reference_mode()` switches to the patch form. On
+    jax's CPU at stride 1 the whole layer (steps 1–4) runs by bands of rows in one op
+    (`keras_convx.ops.e4.e4_apply`) that keeps only the layer's input for the backward pass:
+    a one-layer step's memory 1.44–1.59× a `GroupConv2D`'s instead of 1.8–2.2×, for up to
+    +19% step time at 32–64 px (8 fields; benchmarks/RESULTS.md, "E4 as images grow").
+    `implementation="shifts"` runs the layer step by step in `keras.ops`.
 
     `official_compat=True` gives each orientation copy its own GroupNorm γ, β, as the official
     PyTorch code does, so its trained weights can be loaded. That form is NOT exactly

@@ -1,8 +1,9 @@
 """Fast paths for the jax backend, imported lazily by `keras_convx.ops.dispatcher` only.
 
 Each function here has the signature of the reference op it replaces and is registered
-under that op's name. This module and the Pallas kernels it loads (`keras_convx.ops._pallas`)
-are the only ones allowed to import jax.
+under that op's name. This module and the two it loads (`keras_convx.ops._pallas`, the Pallas
+kernels, and `keras_convx.ops._jax_e4`, E4's whole layer fused by bands) are the only ones
+allowed to import jax.
 
 The log-polar pooling-and-mixing and the E4 aggregation run as jitted `keras.ops` forms that
 XLA fuses. Pallas kernels for both (`_pallas`) are opt-in on a GPU

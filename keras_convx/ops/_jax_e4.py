@@ -5,8 +5,8 @@ that keeps only the layer's input (and per-image statistics) for its backward pa
 Forward pass: the group norm's statistics over the whole image (one pass of `x @ reduce`),
 then one band of `rows` output rows at a time: the band's reduced map, normalised features
 and per-pixel kernels, its encoded rows (`x @ encoder`, the 2p rows above carried from the
-previous band) and their aggregation. Nothing of the size of the image but `x`, its padded
-copy and `y` exists.
+previous band) and their aggregation. Image-sized: x's padded copy, the reduced map (float32,
+for the statistics, before the bands) and y (allocated for whole bands, then sliced).
 
 Backward pass, two passes over the bands (the group norm's input gradient needs two sums
 over the whole image, Σ dû and Σ dû·û per image and group, before any of it is known):
