@@ -20,6 +20,8 @@ import jax
 from keras_convx.ops import e4 as e4ops
 from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
+from keras_convx.ops._jax_e4 import band
+from keras_convx.ops._jax_e4 import band_cotangents
 from keras_convx.ops._jax_e4 import band_products
 from keras_convx.ops._jax_e4 import fused_e4
 from keras_convx.ops.core import bind_variables
@@ -197,6 +199,14 @@ def e4_aggregate(v, kernels, k, strides):
     return _jitted_aggregate(k, tuple(strides))(v, kernels)
 
 
+def _tiles(shape, strides):
+    """Whether E4's banded CPU paths apply: stride 1, a static size (not under jax.export's
+    shape polymorphism), the CPU, no Pallas."""
+    static = all(isinstance(d, int) for d in shape)
+    return (tuple(strides) == (1, 1) and static and _platform() == "cpu"
+            and _pallas_mode() is None)
+
+
 @functools.lru_cache(maxsize=128)
 def _tiled_generate_aggregate(k, rows):
     """`generate_and_aggregate` at stride 1, `rows` output rows at a time in a `fori_loop`
@@ -217,9 +227,6 @@ def _tiled_generate_aggregate(k, rows):
         vp = jnp.pad(v, ((0, 0), (p, p + extra), (p, p), (0, 0), (0, 0)))
         fp = jnp.pad(features, ((0, 0), (0, extra), (0, 0), (0, 0)))
         return vp, fp, fp.shape[1] // rows
-
-    def band(x, r0, size):
-        return lax.dynamic_slice_in_dim(x, r0, size, axis=1)
 
     @jax.custom_vjp
     def op(v, features, block):
@@ -247,14 +254,9 @@ def _tiled_generate_aggregate(k, rows):
         def body(b, carry):
             dvp, dfp, dblock = carry
             r0 = b * rows
-            f, g, vb = band(fp, r0, rows), band(dy, r0, rows), band(vp, r0, rows + 2 * p)
-            kernels, dvb, dkernels = kernels_of(f, block), jnp.zeros_like(vb), []
-            for i in range(k):
-                for j in range(k):
-                    dvb = dvb.at[:, i:i + rows, j:j + width].add(
-                        g * kernels[:, :, :, i * k + j, None, :])
-                    dkernels.append(jnp.sum(g * vb[:, i:i + rows, j:j + width], axis=3))
-            dkernels = jnp.stack(dkernels, axis=3).reshape(*f.shape[:3], -1)
+            f, vb = band(fp, r0, rows), band(vp, r0, rows + 2 * p)
+            dvb, dkernels = band_cotangents(vb, kernels_of(f, block), band(dy, r0, rows), k,
+                                            jnp.zeros_like(vb))
             dvp = lax.dynamic_update_slice_in_dim(
                 dvp, band(dvp, r0, rows + 2 * p) + dvb, r0, axis=1)
             dfp = lax.dynamic_update_slice_in_dim(dfp, dkernels @ block.T, r0, axis=1)
@@ -276,9 +278,7 @@ def e4_generate_aggregate(v, features, block, k, strides):
     regenerated in the backward pass (`_tiled_generate_aggregate`); at stride > 1, with a
     symbolic size (jax.export), on a GPU (not measured there) and with Pallas, the reference
     (whole kernel tensor, then the `e4_aggregate` fast path)."""
-    static = all(isinstance(d, int) for d in features.shape)  # not under shape polymorphism
-    if (tuple(strides) != (1, 1) or not static or _platform() != "cpu"
-            or _pallas_mode() is not None):
+    if not _tiles(features.shape, strides):
         kernels = (features @ block).reshape(*features.shape[:3], k * k, -1)
         return e4_aggregate(v, kernels, k, strides)
     batch, height, width, _ = features.shape
@@ -292,8 +292,7 @@ def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
     without Pallas), one custom VJP by bands of rows that keeps only `x` and per-image
     statistics for the backward pass (`_jax_e4.fused_e4`); otherwise the reference, step by
     step."""
-    static = all(isinstance(d, int) for d in x.shape)  # not under shape polymorphism
-    if strides != 1 or not static or _platform() != "cpu" or _pallas_mode() is not None:
+    if not _tiles(x.shape, (strides, strides)):
         return e4ops.e4_apply_reference(x, reduce, gamma, beta, block, encoder, k, strides,
                                         epsilon)
     batch, height, width, _ = x.shape

@@ -42,14 +42,28 @@ def band_products(vp, kernels, k, h, w):
     return out
 
 
+def band(x, r0, size):
+    """Rows r0 … r0 + size of x (axis 1), r0 traced."""
+    return lax.dynamic_slice_in_dim(x, r0, size, axis=1)
+
+
+def band_cotangents(vb, kernels, g, k, dvb):
+    """The backward pass of `band_products` for one band's cotangent `g` (B, rows, w, M, A):
+    (`dvb` plus the padded features' cotangent, the kernels' cotangent (B, rows, w, k²·A))."""
+    rows, width = g.shape[1:3]
+    dkernels = []
+    for i in range(k):
+        for j in range(k):
+            dvb = dvb.at[:, i:i + rows, j:j + width].add(g * kernels[:, :, :, i * k + j, None, :])
+            dkernels.append(jnp.sum(g * vb[:, i:i + rows, j:j + width], axis=3))
+    return dvb, jnp.stack(dkernels, axis=3).reshape(*g.shape[:3], -1)
+
+
 @functools.lru_cache(maxsize=64)
 def fused_e4(k, rows, epsilon):
     """The jitted custom-VJP op `(x, reduce, gamma, beta, block, encoder) → y` for kernel size
     `k`, bands of `rows` output rows and the group norm's `epsilon`."""
     p, f32 = (k - 1) // 2, jnp.float32
-
-    def band(x, r0, size):
-        return lax.dynamic_slice_in_dim(x, r0, size, axis=1)
 
     def padded(x):
         """(x with k − 1 halo rows/columns and padded to whole bands, bands)."""
@@ -124,18 +138,6 @@ def fused_e4(k, rows, epsilon):
         dy = jnp.pad(dy, ((0, 0), (0, count * rows - height), (0, 0), (0, 0), (0, 0)))
         gamma_c = per_channel(gamma[None], n)
 
-        def remade(r0, above):
-            """A band's encoded rows, generator output and cotangents (the first pass)."""
-            vb = next_band(xp, encoder, block, r0, above)
-            xs = own_rows(xp, r0, width)
-            features, z, u = generator(xs, reduce, gamma, beta, mean, inv)
-            g = band(dy, r0, rows)
-            dkernels = jnp.stack([jnp.sum(g * vb[:, i:i + rows, j:j + width], axis=3)
-                                  for i in range(k) for j in range(k)], axis=3)
-            dkernels = dkernels.reshape(*g.shape[:3], -1)
-            dz = jnp.where(z > 0, (dkernels @ block[:-1].T).astype(f32), 0.0)
-            return vb, xs, features, g, dkernels, dz, u
-
         def through_encoder(xs, dvb):
             """(x's cotangent, the encoder's) from the final cotangent rows `dvb` of rows xs."""
             dvb = dvb.reshape(*dvb.shape[:3], encoder.shape[-1])
@@ -144,12 +146,11 @@ def fused_e4(k, rows, epsilon):
         def first_pass(b, carry):
             dxp, dzp, dencoder, dblock, dgamma, dbeta, sums, above, below = carry
             r0 = b * rows
-            vb, xs, features, g, dkernels, dz, u = remade(r0, above)
-            kernels = kernels_of(features, block)
-            dvb = jnp.zeros_like(vb).at[:, :2 * p].set(below)
-            for i in range(k):
-                for j in range(k):
-                    dvb = dvb.at[:, i:i + rows, j:j + width].add(g * kernels[:, :, :, i * k + j, None, :])
+            vb = next_band(xp, encoder, block, r0, above)
+            features, z, u = generator(own_rows(xp, r0, width), reduce, gamma, beta, mean, inv)
+            dvb, dkernels = band_cotangents(vb, kernels_of(features, block), band(dy, r0, rows), k,
+                                            jnp.zeros_like(vb).at[:, :2 * p].set(below))
+            dz = jnp.where(z > 0, (dkernels @ block[:-1].T).astype(f32), 0.0)
             # rows r0 … r0 + rows of the encoded map's cotangent are final (later bands start
             # below them): x's gradient through the encoder, written once
             dxb, de = through_encoder(band(xp, r0, rows), dvb[:, :rows])
