@@ -199,10 +199,10 @@ def test_torch_compiled_bands_equal_the_kernels_then_patches(band_bytes, opt_in_
 @pytest.mark.parametrize("size, k, tied, epsilon", [
     ((7, 5), 3, True, 1e-5), ((9, 4), 5, False, 0.3), ((6, 6), 1, True, 0.3)])
 def test_layer_op_equals_step_by_step_reference(size, k, tied, epsilon, band_bytes, monkeypatch):
-    """`ops.e4.e4_apply` (jax's CPU: the whole layer fused by bands, which ran — `band_bytes=64`
-    forcing 2-row bands, at heights 7 and 9 a partial last one; elsewhere each step's own fast
-    path) equals the
-    step-by-step reference with the patch aggregation, forward and the gradients of all six
+    """`ops.e4.e4_apply` (jax's and tensorflow's CPU: the whole layer fused by bands, which ran
+    — `band_bytes=64` forcing 2-row bands, at heights 7 and 9 a partial last one; tensorflow
+    fuses it only inside a recomputed layer, here outside one too; elsewhere each step's own
+    fast path) equals the step-by-step reference with the patch aggregation, forward and the gradients of all six
     inputs (x, the reduction, γ, β tied or per channel, the block and the encoder); a large
     ε too, where the group norm's ε shows."""
     if band_bytes is not None:
@@ -218,6 +218,7 @@ def test_layer_op_equals_step_by_step_reference(size, k, tied, epsilon, band_byt
         from keras_convx.ops import _jax_e4  # noqa: PLC0415 (imports jax: jax backend only)
 
         _jax_e4.fused_e4.cache_clear()
+    fused_calls = _count_tensorflow_fused_layer(monkeypatch, outside_recompute=True)
 
     def loss(implementation):
         return lambda *x: keras.ops.sum(
@@ -234,6 +235,27 @@ def test_layer_op_equals_step_by_step_reference(size, k, tied, epsilon, band_byt
     if _jax_on_cpu():  # the fused path ran (built once for these bands, then reused)
         info = _jax_e4.fused_e4.cache_info()
         assert info.misses == 1 and info.hits >= 1, info
+    if fused_calls is not None:  # tensorflow: the fused path ran, in 2-row bands when forced
+        assert len(fused_calls) >= 2 and (band_bytes is None or set(fused_calls) == {2}), fused_calls
+
+
+def _count_tensorflow_fused_layer(monkeypatch, outside_recompute=False):
+    """On tensorflow's CPU, a list that every call of E4's fused layer
+    (`ops._tensorflow_e4.fused_e4`) appends its band height to (fused outside a recomputed
+    layer too with `outside_recompute`); None on other backends."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    from keras_convx.ops import _tensorflow  # noqa: PLC0415 (imports tensorflow)
+
+    calls, fused = [], _tensorflow.fused_e4
+
+    def counted(*args):
+        calls.append(args[-1])
+        return fused(*args)
+
+    monkeypatch.setattr(_tensorflow, "fused_e4", counted)
+    monkeypatch.setattr(_tensorflow, "FUSED_WITHOUT_RECOMPUTE", outside_recompute)
+    return calls
 
 
 def _check_fused_against_patches(strides, size):

@@ -9,9 +9,12 @@ import functools
 
 import tensorflow as tf
 
+from keras_convx.ops import e4 as e4ops
 from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
-from keras_convx.ops.core import bind_variables, window_slice
+from keras_convx.ops._tensorflow_e4 import (after, band_kernels, fused_e4, row_bands, stitch_bands,
+                                            xla_band_backward, xla_band_forward)
+from keras_convx.ops.core import bind_variables
 from keras_convx.ops.dispatcher import register_fast_path
 
 FAST_PATHS = {}
@@ -44,23 +47,6 @@ def _in_xla():
     from tensorflow.python.ops import control_flow_util
 
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-
-
-def _row_bands(height, rows):
-    """(first, end) output rows of each band of `rows` rows (the last may be shorter)."""
-    return [(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
-
-
-def _stitch_bands(parts, bands, halo):
-    """The padded input's gradient from each band's piece (its rows plus `halo` rows below):
-    the halo rows a band shares with the next add up."""
-    pieces, carry = [], None
-    for part, (r0, r1) in zip(parts, bands):
-        if carry is not None:
-            part = tf.concat([part[:, :halo] + carry, part[:, halo:]], 1)
-        pieces.append(part[:, :r1 - r0])
-        carry = part[:, r1 - r0:]
-    return tf.concat([*pieces, carry], 1)
 
 
 # Inside a recomputed layer (`recompute` at the end, which the caller chose to trade time
@@ -106,7 +92,7 @@ def _banded_pool_mix(x, w, offsets, kernel_size, mode, rows):
     tensor of the whole image never exists."""
     kh = kernel_size[0]
     height, n = x.shape[1] - kh + 1, w.shape[0]
-    bands = _row_bands(height, rows)
+    bands = row_bands(height, rows)
     pool = _xla_slice_pool(offsets, kernel_size, (1, 1), mode)
 
     def mix(xb, w):  # (B, r + kh − 1, W_pad, C) → (B, r, W, F)
@@ -118,7 +104,7 @@ def _banded_pool_mix(x, w, offsets, kernel_size, mode, rows):
     def fn(x, w):
         ys = []
         for r0, r1 in bands:
-            ys.append(_after(ys[-1] if ys else None,
+            ys.append(after(ys[-1] if ys else None,
                              lambda r0=r0, r1=r1: mix(x[:, r0:r1 + kh - 1], w)))
         y = tf.concat(ys, 1)
 
@@ -136,10 +122,10 @@ def _banded_pool_mix(x, w, offsets, kernel_size, mode, rows):
                                      transpose_a=True)
                     return unpool(dpooled), part
 
-                dxb, part = _after(dw, band)
+                dxb, part = after(dw, band)
                 dw = part if dw is None else dw + part
                 parts.append(dxb)
-            return _stitch_bands(parts, bands, kh - 1), tf.cast(dw, w.dtype)
+            return stitch_bands(parts, bands, kh - 1), tf.cast(dw, w.dtype)
 
         return y, grad
 
@@ -207,51 +193,6 @@ def e4_aggregate(v, kernels, k, strides):
     return _xla_aggregate(k, tuple(strides))(v, kernels)
 
 
-def _band_kernels(features, block, k):
-    """(B, rows, W', k², A) kernels of one band: `features @ block`."""
-    shape = tf.shape(features)
-    flat = tf.matmul(tf.reshape(features, (-1, features.shape[-1])), block)
-    return tf.reshape(flat, (shape[0], shape[1], shape[2], k * k, block.shape[-1] // (k * k)))
-
-
-@functools.lru_cache(maxsize=32)
-def _xla_band_forward(k):
-    def forward(vh, kernels):  # vh: the band's padded rows, its windows the band's outputs
-        out = 0.0
-        for i in range(k):
-            for j in range(k):
-                out += window_slice(vh, (i, j), (k, k)) * kernels[:, :, :, i * k + j, None]
-        return out
-
-    return tf.function(forward, jit_compile=True)
-
-
-@functools.lru_cache(maxsize=32)
-def _xla_band_backward(k):
-    def backward(vh, kernels, dy):
-        rows, width = kernels.shape[1], kernels.shape[2]
-        halo_rows, halo_cols = vh.shape[1], vh.shape[2]
-        dvh, dkernels = 0.0, []
-        for i in range(k):
-            for j in range(k):
-                part = dy * kernels[:, :, :, i * k + j, None]
-                dvh += tf.pad(part, [[0, 0], [i, halo_rows - rows - i], [j, halo_cols - width - j],
-                                     [0, 0], [0, 0]])
-                dkernels.append(tf.reduce_sum(dy * window_slice(vh, (i, j), (k, k)), axis=3))
-        return dvh, tf.stack(dkernels, axis=3)
-
-    return tf.function(backward, jit_compile=True)
-
-
-def _after(previous, fn):
-    """`fn()` built to run after `previous` (graph mode): the bands one at a time, or the
-    executor starts every band's ready kernel product at once and holds them all."""
-    if previous is None:
-        return fn()
-    with tf.control_dependencies([previous]):
-        return fn()
-
-
 def _banded(v, features, block, k, rows):
     """Stride-1 generation + aggregation by bands of `rows` output rows: a band's kernels are
     one matrix product, used by one XLA-compiled aggregation call and dropped; the backward
@@ -259,31 +200,31 @@ def _banded(v, features, block, k, rows):
     outside XLA, multi-threaded) and adds the overlapping halo rows of dv (no autodiff through
     slices, which pads every band's gradient to the whole input)."""
     p, height = (k - 1) // 2, features.shape[1]
-    bands = _row_bands(height, rows)
+    bands = row_bands(height, rows)
 
     @tf.custom_gradient
     def fn(v, features, block):
         vp = tf.pad(v, [[0, 0], [p, p], [p, p], [0, 0], [0, 0]])
-        forward, ys = _xla_band_forward(k), []
+        forward, ys = xla_band_forward(k), []
         for r0, r1 in bands:
-            ys.append(_after(ys[-1] if ys else None, lambda r0=r0, r1=r1: forward(
-                vp[:, r0:r1 + 2 * p], _band_kernels(features[:, r0:r1], block, k))))
+            ys.append(after(ys[-1] if ys else None, lambda r0=r0, r1=r1: forward(
+                vp[:, r0:r1 + 2 * p], band_kernels(features[:, r0:r1], block, k))))
         y = tf.concat(ys, 1)
 
         def grad(dy):
-            backward = _xla_band_backward(k)
+            backward = xla_band_backward(k)
             parts, dfeatures, dblock = [], [], None
             for r0, r1 in bands:
                 f = features[:, r0:r1]
-                dvh, dk = _after(dblock, lambda f=f, r0=r0, r1=r1: backward(
-                    vp[:, r0:r1 + 2 * p], _band_kernels(f, block, k), dy[:, r0:r1]))
+                dvh, dk = after(dblock, lambda f=f, r0=r0, r1=r1: backward(
+                    vp[:, r0:r1 + 2 * p], band_kernels(f, block, k), dy[:, r0:r1]))
                 dk = tf.reshape(dk, (-1, block.shape[-1]))
                 dfeatures.append(tf.reshape(tf.matmul(dk, block, transpose_b=True), tf.shape(f)))
                 db = tf.matmul(tf.cast(tf.reshape(f, (-1, f.shape[-1])), tf.float32),
                                tf.cast(dk, tf.float32), transpose_a=True)
                 dblock = db if dblock is None else dblock + db
                 parts.append(dvh)
-            dv = _stitch_bands(parts, bands, 2 * p)[:, p:p + v.shape[1], p:p + v.shape[2]]
+            dv = stitch_bands(parts, bands, 2 * p)[:, p:p + v.shape[1], p:p + v.shape[2]]
             return dv, tf.concat(dfeatures, 1), tf.cast(dblock, block.dtype)
 
         return y, grad
@@ -318,7 +259,37 @@ def e4_generate_aggregate(v, features, block, k, strides):
             and (recomputing or height * width * block.shape[-1] * block.dtype.size > 2 * band)):
         rows = gops.band_rows(1, height, width, block.shape[-1], block.dtype.size, band)
         return _banded(v, features, block, k, rows)
-    return e4_aggregate(v, _band_kernels(features, block, k), k, strides)
+    return e4_aggregate(v, band_kernels(features, block, k), k, strides)
+
+
+# Inside a recomputed layer (`E4Conv2D(recompute=True)`: the caller chose memory over time),
+# E4's whole layer runs fused by bands of rows (`_tensorflow_e4.fused_e4`), bands of this many
+# `ops.group.BAND_BYTES` of kernels per image. Measured (one 8-field layer after a 1×1 stem,
+# batch 8, k 5, fit's graph mode, against the step-by-step recompute; benchmarks/RESULTS.md,
+# eighth pass): allocator peak at 32 / 64 / 128 px 55 / 92 / 201 → 28 / 48 / 124 MB for +9–18%
+# time; four layers 108 / 239 → 64 / 171 MB for +13–25%. Without recompute the step-by-step
+# path stays (fused: −50–85% memory but +29–34% time, past the 1.5× time goal). Bands of 256
+# KiB or 1 MiB per image: 27 / 46 / 102 and 30 / 56 / 135 MB.
+FUSED_BAND_FACTOR = 1
+# Fused outside a recomputed layer too (tests of the op itself set it).
+FUSED_WITHOUT_RECOMPUTE = False
+
+
+@fast
+def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
+    """E4's whole computation from its input: inside a recomputed layer (`recompute` below), on
+    the CPU at stride 1 with a static image size and outside a function XLA compiles whole,
+    one custom gradient by bands of rows that keeps only `x` and per-image statistics for the
+    backward pass (`_tensorflow_e4.fused_e4`); otherwise the reference, step by step."""
+    x, reduce, gamma, beta, block, encoder = (
+        tf.convert_to_tensor(t) for t in (x, reduce, gamma, beta, block, encoder))
+    _, height, width, _ = x.shape
+    if (strides == 1 and _platform() == "cpu" and None not in (height, width) and not _in_xla()
+            and (FUSED_WITHOUT_RECOMPUTE or _RECOMPUTING.get())):
+        band = FUSED_BAND_FACTOR * gops.BAND_BYTES
+        rows = gops.band_rows(1, height, width, block.shape[-1], block.dtype.size, band)
+        return fused_e4(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows)
+    return e4ops.e4_apply_reference(x, reduce, gamma, beta, block, encoder, k, strides, epsilon)
 
 
 @fast
