@@ -262,30 +262,24 @@ def e4_generate_aggregate(v, features, block, k, strides):
     return e4_aggregate(v, band_kernels(features, block, k), k, strides)
 
 
-# Inside a recomputed layer (`E4Conv2D(recompute=True)`: the caller chose memory over time),
 # E4's whole layer runs fused by bands of rows (`_tensorflow_e4.fused_e4`), bands of this many
-# `ops.group.BAND_BYTES` of kernels per image. Measured (one 8-field layer after a 1×1 stem,
-# batch 8, k 5, fit's graph mode, against the step-by-step recompute; benchmarks/RESULTS.md,
-# eighth pass): allocator peak at 32 / 64 / 128 px 55 / 92 / 201 → 28 / 48 / 124 MB for +9–18%
-# time; four layers 108 / 239 → 64 / 171 MB for +13–25%. Without recompute the step-by-step
-# path stays (fused: −50–85% memory but +29–34% time, past the 1.5× time goal). Bands of 256
-# KiB or 1 MiB per image: 27 / 46 / 102 and 30 / 56 / 135 MB.
+# `ops.group.BAND_BYTES` of kernels per image (512 KiB). Measured (one layer after a 1×1 stem,
+# batch 8, k 5, fit's graph mode, against the step-by-step path; benchmarks/RESULTS.md, eighth
+# pass): allocator peak at 32 / 64 / 128 px, 8 fields 57 / 228 / 272 → 27 / 46 / 113 MB for
+# −1 / +11 / +9% time, 16 fields 60 / 209 / 471 → 40 / 74 / 209 MB for +17 / +21 / −2%.
 FUSED_BAND_FACTOR = 1
-# Fused outside a recomputed layer too (tests of the op itself set it).
-FUSED_WITHOUT_RECOMPUTE = False
 
 
 @fast
 def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
-    """E4's whole computation from its input: inside a recomputed layer (`recompute` below), on
-    the CPU at stride 1 with a static image size and outside a function XLA compiles whole,
-    one custom gradient by bands of rows that keeps only `x` and per-image statistics for the
-    backward pass (`_tensorflow_e4.fused_e4`); otherwise the reference, step by step."""
+    """E4's whole computation from its input: on the CPU at stride 1 with a static image size,
+    outside a function XLA compiles whole (which would schedule the bands together), one custom
+    gradient by bands of rows that keeps only `x` and per-image statistics for the backward
+    pass (`_tensorflow_e4.fused_e4`); otherwise the reference, step by step."""
     x, reduce, gamma, beta, block, encoder = (
         tf.convert_to_tensor(t) for t in (x, reduce, gamma, beta, block, encoder))
     _, height, width, _ = x.shape
-    if (strides == 1 and _platform() == "cpu" and None not in (height, width) and not _in_xla()
-            and (FUSED_WITHOUT_RECOMPUTE or _RECOMPUTING.get())):
+    if strides == 1 and _platform() == "cpu" and None not in (height, width) and not _in_xla():
         band = FUSED_BAND_FACTOR * gops.BAND_BYTES
         rows = gops.band_rows(1, height, width, block.shape[-1], block.dtype.size, band)
         return fused_e4(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows)
