@@ -203,9 +203,9 @@ def test_torch_compiled_bands_equal_the_kernels_then_patches(band_bytes, opt_in_
 def test_layer_op_equals_step_by_step_reference(size, k, tied, epsilon, band_bytes, monkeypatch):
     """`ops.e4.e4_apply` (jax's and tensorflow's CPU: the whole layer fused by bands, which ran
     — `band_bytes=64` forcing 2-row bands, at heights 7 and 9 a partial last one; elsewhere
-    each step's own fast path) equals the step-by-step reference with the patch aggregation, forward and the gradients of all six
-    inputs (x, the reduction, γ, β tied or per channel, the block and the encoder); a large
-    ε too, where the group norm's ε shows."""
+    each step's own fast path) equals the step-by-step reference with the patch aggregation,
+    forward and the gradients of all six inputs (x, the reduction, γ, β tied or per channel,
+    the block and the encoder); a large ε too, where the group norm's ε shows."""
     if band_bytes is not None:
         monkeypatch.setattr(gops, "BAND_BYTES", band_bytes)
     rng = np.random.default_rng(3)
@@ -361,11 +361,10 @@ def test_tiled_paths_train_like_the_reference(jit_compile, policy, recompute, mo
     """One `fit` epoch (3 images in batches of 2: the partial batch makes TensorFlow retrace
     with an unknown batch size) of a 1×1 Conv2D → E4Conv2D model (so the E4 layer's input
     gradient is computed too) with the bands forced on (`BAND_BYTES=64`: 2-row bands, 11 rows
-    leave a partial one) moves every weight as the `keras.ops` reference does: tensorflow's
-    bands (`jit_compile` False and True), jax's whole layer fused by bands, eager torch's
-    planar bands;
-    float32 and mixed bfloat16 (the bands' float32 accumulations cast back); with and without
-    `recompute` (tensorflow's bands inside a recomputed layer are 2 rows here too)."""
+    leave a partial one) moves every weight as the `keras.ops` reference does: jax's and
+    tensorflow's whole layer fused by bands (tensorflow with `jit_compile` False; with True,
+    its generation + aggregation by bands), eager torch's planar bands; float32 and mixed
+    bfloat16 (the bands' float32 accumulations cast back); with and without `recompute`."""
     if keras.backend.backend() == "torch" and jit_compile:
         pytest.skip("torch.compile traces the whole-kernel form (the bands are eager torch)")
     monkeypatch.setattr(gops, "BAND_BYTES", 64)

@@ -50,7 +50,8 @@ def _in_xla():
 
 
 # Inside a recomputed layer (`recompute` at the end, which the caller chose to trade time
-# for memory) E4's generation tiles every image size, by bands of this many
+# for memory) E4's generation tiles every image size where the whole layer is not fused
+# (`e4_apply`: under `jit_compile=True`), by bands of this many
 # `ops.group.BAND_BYTES` per image. Measured (four 8-field E4 layers in a row after a 1×1
 # stem, batch 8, fit's graph mode; RESULTS.md, "E4 as images grow"): the allocator peak at
 # 64 px 232 → 70–81 MB (GroupConv2D 28) for +6–10% step time, at 128 px 307 → 200 MB; bands
@@ -232,9 +233,11 @@ def _banded(v, features, block, k, rows):
     return fn(v, features, block)
 
 
-# TensorFlow's E4 bands hold this many `ops.group.BAND_BYTES` of kernels per image (4 MiB), and
-# an image's kernels are tiled once they pass two bands (8 MiB: ~100 px at k 5, 2 slices, p4).
-# Measured (fit's default graph mode, batch 8, k 5, 8/16/32 p4 fields; benchmarks/RESULTS.md,
+# TensorFlow's E4 bands (where the whole layer is not fused, `e4_apply`: under
+# `jit_compile=True`, or `ops.group.generate_and_aggregate` called alone) hold this many
+# `ops.group.BAND_BYTES` of kernels per image (4 MiB), and an image's kernels are tiled once
+# they pass two bands (8 MiB: ~100 px at k 5, 2 slices, p4). Measured (before the fused layer,
+# in fit's default graph mode, batch 8, k 5, 8/16/32 p4 fields; benchmarks/RESULTS.md,
 # "E4 as images grow"): at 128 px the step's allocator peak 740/952/1234 → 279/429/736 MB for
 # +5–11% time; tiling smaller images too (one band at 32–64 px) saved 30–45% of their memory
 # (57 → 32 MB at 32 px) for +5–24%, and bands of 512 KiB per image cost +11–49% a step at 64 px.
@@ -292,7 +295,7 @@ def recompute(fn, x, variables):
     (`ops.core.bind_variables`). Passed as inputs, the weights get their gradients inside a
     stateless call too (`Model.stateless_call`, where they are tensors, which
     `tf.recompute_grad` would not watch). E4's generation + aggregation tiles every image size
-    inside it."""
+    inside it where the whole layer is not fused (`e4_apply`)."""
     fn, values = bind_variables(fn, variables)
 
     def recomputing(*args):  # the forward pass and its rerun both tile (`e4_generate_aggregate`)
