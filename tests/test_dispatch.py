@@ -87,3 +87,76 @@ def test_backend_queries():
     # Queries report state: reference and portable modes do not hide them.
     with dispatcher.reference_mode(), dispatcher.portable_mode():
         assert dispatcher.backend_query("platform", None) in ("cpu", "gpu", "tpu")
+
+
+
+def _tensorflow_banded_cases():
+    """{name: (fn, inputs)} for each tensorflow CPU path that remakes bands in its backward
+    pass (forced into 2-row bands by the caller)."""
+    import numpy as np  # noqa: PLC0415
+
+    from keras_convx.layers import LogPolarConv2D  # noqa: PLC0415
+    from keras_convx.ops import e4 as e4ops  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+
+    def normal(*shape):
+        return rng.standard_normal(shape).astype("float32")
+
+    k, a = 3, 4
+    lpsc = LogPolarConv2D(4, 5, rings=2, sectors=6, growth_rate=3.0, implementation="pool")
+    return {
+        "e4_apply": (lambda x, *w: e4ops.e4_apply(x, *w, k, 1, 1e-5),
+                     [normal(2, 7, 6, 8), normal(8, 8), normal(2, 1), normal(2, 1),
+                      normal(9, k * k * a), normal(8, 2 * a)]),
+        "generate_and_aggregate": (
+            lambda v, f, b: ops.group.generate_and_aggregate(v, f, b, k, (1, 1)),
+            [normal(2, 7, 6, 2, a), normal(2, 7, 6, 5), normal(5, k * k * a)]),
+        "log_polar_pool_mix": (lpsc, [normal(2, 11, 10, 3)]),
+    }
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tensorflow's graph mode")
+@pytest.mark.parametrize("case", ["e4_apply", "generate_and_aggregate", "log_polar_pool_mix"])
+def test_tensorflow_bands_remade_in_the_backward_pass_are_not_merged_with_the_forward(
+        case, monkeypatch):
+    """A tensorflow band loop whose backward pass remakes what its forward pass made (E4's fused
+    layer, E4's tiled generation + aggregation, the log-polar pooling + mixing; 2-row bands)
+    has no op in its traced training step that grappler's common subexpression elimination
+    would merge with another (same op, data inputs, control inputs and attributes): merged,
+    the forward pass's band tensors were kept until the backward pass (four fused E4 layers at
+    64 px 98–101 → 54–61 MB, four log-polar layers 60 → 46–52 MB, when the backward's chains
+    started without a control dependency on its cotangent)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    monkeypatch.setattr(ops.group, "BAND_BYTES", 64)
+    fn, inputs = _tensorflow_banded_cases()[case]
+    inputs = [tf.constant(t) for t in inputs]
+
+    def step(*args):
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            loss = tf.reduce_sum(tf.square(fn(*args)))
+        gradients = tape.gradient(loss, [*args, *getattr(fn, "trainable_variables", [])])
+        assert all(g is not None for g in gradients)
+        return gradients
+
+    graph = tf.function(step).get_concrete_function(*inputs).graph
+    # every op's identity as grappler's CSE sees it: type, attributes, the identities of its
+    # data and control inputs (constants by value); stateful ops and arguments are unique
+    ids, identity, merged = {}, {}, {}
+    for op in graph.get_operations():  # creation order: inputs first (else named)
+        if op.type == "Placeholder" or op.op_def.is_stateful:
+            key = op.name
+        else:
+            key = (op.type, tuple((identity.get(t.op.name, t.op.name), t.value_index)
+                                  for t in op.inputs),
+                   frozenset(identity.get(c.name, c.name) for c in op.control_inputs),
+                   tuple(sorted((name, value.SerializeToString())
+                                for name, value in op.node_def.attr.items())))
+        identity[op.name] = ids.setdefault(key, len(ids))
+        if op.type in ("MatMul", "BatchMatMulV2", "Pad", "PartitionedCall"):
+            merged.setdefault(identity[op.name], []).append(op.name)
+    calls = [op for op in graph.get_operations() if "PartitionedCall" in op.type]
+    assert len(calls) >= 4, "the bands did not run"
+    assert not [names for names in merged.values() if len(names) > 1], merged

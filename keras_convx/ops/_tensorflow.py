@@ -123,7 +123,7 @@ def _banded_pool_mix(x, w, offsets, kernel_size, mode, rows):
                                      transpose_a=True)
                     return unpool(dpooled), part
 
-                dxb, part = after(dw, band)
+                dxb, part = after(dy if dw is None else dw, band)  # after dy: see below
                 dw = part if dw is None else dw + part
                 parts.append(dxb)
             return stitch_bands(parts, bands, kh - 1), tf.cast(dw, w.dtype)
@@ -217,7 +217,7 @@ def _banded(v, features, block, k, rows):
             parts, dfeatures, dblock = [], [], None
             for r0, r1 in bands:
                 f = features[:, r0:r1]
-                dvh, dk = after(dblock, lambda f=f, r0=r0, r1=r1: backward(
+                dvh, dk = after(dy if dblock is None else dblock, lambda f=f, r0=r0, r1=r1: backward(
                     vp[:, r0:r1 + 2 * p], band_kernels(f, block, k), dy[:, r0:r1]))
                 dk = tf.reshape(dk, (-1, block.shape[-1]))
                 dfeatures.append(tf.reshape(tf.matmul(dk, block, transpose_b=True), tf.shape(f)))

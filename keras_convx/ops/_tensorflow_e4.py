@@ -206,7 +206,10 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
 
         def grad(dy):
             backward, dzs, parts, totals = xla_band_backward(k, gathered=True), [], [], None
-            xp = padded()
+            # every remade tensor made after dy (control dependencies): an op of the backward
+            # pass with the inputs of one of the forward pass is merged with it by grappler's
+            # common subexpression elimination, and the forward pass's tensor kept until then
+            xp = after(dy, padded)
             for r0, r1 in bands:
                 def first_pass(r0=r0, r1=r1):
                     t, xh = reduced(x[:, r0:r1]), xp[:, r0:r1 + 2 * p]
@@ -221,7 +224,7 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
                         _weight_gradient(xh, dvh), _weight_gradient(features, dk),
                         dz_sums)
 
-                dz, part, band_totals = after(totals, first_pass)
+                dz, part, band_totals = after(dy if totals is None else totals, first_pass)
                 totals = band_totals if totals is None else [s + b for s, b in zip(totals, band_totals)]
                 dzs.append(dz)
                 parts.append(part)
@@ -238,7 +241,7 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
                                                             gamma_c, m1, m2), x.dtype)
                     return _matmul_rows(dt, reduce, True), _weight_gradient(xs, dt)
 
-                dxb, part = after(dreduce, second_pass)
+                dxb, part = after(totals if dreduce is None else dreduce, second_pass)
                 dreduce = part if dreduce is None else dreduce + part
                 dxs.append(dxb)
             dx = dxp[:, p:p + height, p:p + width] + tf.concat(dxs, 1)
