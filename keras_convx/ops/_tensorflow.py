@@ -123,7 +123,7 @@ def _banded_pool_mix(x, w, offsets, kernel_size, mode, rows):
                                      transpose_a=True)
                     return unpool(dpooled), part
 
-                dxb, part = after(dy if dw is None else dw, band)  # after dy: see below
+                dxb, part = after(dy if dw is None else dw, band)  # after dy: see `after`
                 dw = part if dw is None else dw + part
                 parts.append(dxb)
             return stitch_bands(parts, bands, kh - 1), tf.cast(dw, w.dtype)

@@ -21,8 +21,8 @@ image (`fit` traces with an unknown batch size).
   kept per band; (2) each band's normalised map remade and `dt = (γ·dz − mean(γ·dz) −
   û·mean(γ·dz·û)) / σ` turned into x's gradient through the reduction.
 Measured (benchmarks/RESULTS.md, eighth pass; one 8-field layer after a 1×1 stem, batch 8,
-k 5, fit's graph mode): the step's allocator peak 6.8 / 3.8 / 1.41× a GroupConv2D's at 32 /
-64 / 128 px (step by step 14 / 19 / 3.4×) for −1 to +11% time.
+k 5, fit's graph mode): the step's allocator peak 7.0 / 3.1 / 1.38× a GroupConv2D's at 32 /
+64 / 128 px (step by step 13 / 14 / 3.6×) for −4 to +17% time.
 """
 
 import functools
@@ -51,7 +51,11 @@ def stitch_bands(parts, bands, halo):
 
 def after(previous, fn):
     """`fn()` built to run after `previous` (graph mode): the bands one at a time, or the
-    executor starts every band's ready kernel product at once and holds them all."""
+    executor starts every band's ready kernel product at once and holds them all. A backward
+    pass's chain starts after its cotangent: an op remaking a band with the same inputs (and
+    control inputs) as a forward pass's op is merged with it by grappler's common
+    subexpression elimination, which keeps the forward's tensor until the backward pass (four
+    fused E4 layers at 64 px: 98–101 against 54–61 MB)."""
     if previous is None:
         return fn()
     with tf.control_dependencies(tf.nest.flatten(previous)):
@@ -206,10 +210,7 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
 
         def grad(dy):
             backward, dzs, parts, totals = xla_band_backward(k, gathered=True), [], [], None
-            # every remade tensor made after dy (control dependencies): an op of the backward
-            # pass with the inputs of one of the forward pass is merged with it by grappler's
-            # common subexpression elimination, and the forward pass's tensor kept until then
-            xp = after(dy, padded)
+            xp = after(dy, padded)  # after dy, as this pass's bands: see `after`
             for r0, r1 in bands:
                 def first_pass(r0=r0, r1=r1):
                     t, xh = reduced(x[:, r0:r1]), xp[:, r0:r1 + 2 * p]
