@@ -129,6 +129,8 @@ def test_tensorflow_bands_remade_in_the_backward_pass_are_not_merged_with_the_fo
     started without a control dependency on its cotangent)."""
     import tensorflow as tf  # noqa: PLC0415
 
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("the bands are a CPU path")
     monkeypatch.setattr(ops.group, "BAND_BYTES", 64)
     fn, inputs = _tensorflow_banded_cases()[case]
     inputs = [tf.constant(t) for t in inputs]
@@ -143,7 +145,9 @@ def test_tensorflow_bands_remade_in_the_backward_pass_are_not_merged_with_the_fo
 
     graph = tf.function(step).get_concrete_function(*inputs).graph
     # every op's identity as grappler's CSE sees it: type, attributes, the identities of its
-    # data and control inputs (constants by value); stateful ops and arguments are unique
+    # data and control inputs (constants by value); stateful ops and arguments are unique.
+    # Merged ops matter where their output is band-sized (rank ≥ 3: a merged reshape or slice
+    # keeps its forward input too); shapes and scalars merged are harmless.
     ids, identity, merged = {}, {}, {}
     for op in graph.get_operations():  # creation order: inputs first (else named)
         if op.type == "Placeholder" or op.op_def.is_stateful:
@@ -152,11 +156,16 @@ def test_tensorflow_bands_remade_in_the_backward_pass_are_not_merged_with_the_fo
             key = (op.type, tuple((identity.get(t.op.name, t.op.name), t.value_index)
                                   for t in op.inputs),
                    frozenset(identity.get(c.name, c.name) for c in op.control_inputs),
-                   tuple(sorted((name, value.SerializeToString())
+                   tuple(sorted((name, value.SerializeToString(deterministic=True))
                                 for name, value in op.node_def.attr.items())))
         identity[op.name] = ids.setdefault(key, len(ids))
-        if op.type in ("MatMul", "BatchMatMulV2", "Pad", "PartitionedCall"):
+        if op.type != "Const" and any(t.shape.rank is None or t.shape.rank >= 3
+                                      for t in op.outputs):
             merged.setdefault(identity[op.name], []).append(op.name)
-    calls = [op for op in graph.get_operations() if "PartitionedCall" in op.type]
-    assert len(calls) >= 4, "the bands did not run"
+    per_function = {}  # each band runs the same XLA-compiled function (full bands)
+    for op in graph.get_operations():
+        if "PartitionedCall" in op.type:
+            name = op.node_def.attr["f"].func.name
+            per_function[name] = per_function.get(name, 0) + 1
+    assert max(per_function.values(), default=0) >= 3, per_function  # the bands ran
     assert not [names for names in merged.values() if len(names) > 1], merged

@@ -216,9 +216,12 @@ def _banded(v, features, block, k, rows):
             backward = xla_band_backward(k)
             parts, dfeatures, dblock = [], [], None
             for r0, r1 in bands:
-                f = features[:, r0:r1]
-                dvh, dk = after(dy if dblock is None else dblock, lambda f=f, r0=r0, r1=r1: backward(
-                    vp[:, r0:r1 + 2 * p], band_kernels(f, block, k), dy[:, r0:r1]))
+                def band(r0=r0, r1=r1):  # every op of the band after dy: see `after`
+                    f = features[:, r0:r1]
+                    return (f, *backward(vp[:, r0:r1 + 2 * p], band_kernels(f, block, k),
+                                         dy[:, r0:r1]))
+
+                f, dvh, dk = after(dy if dblock is None else dblock, band)
                 dk = tf.reshape(dk, (-1, block.shape[-1]))
                 dfeatures.append(tf.reshape(tf.matmul(dk, block, transpose_b=True), tf.shape(f)))
                 db = tf.matmul(tf.cast(tf.reshape(f, (-1, f.shape[-1])), tf.float32),
@@ -269,7 +272,8 @@ def e4_generate_aggregate(v, features, block, k, strides):
 # `ops.group.BAND_BYTES` of kernels per image (512 KiB). Measured (one layer after a 1×1 stem,
 # batch 8, k 5, fit's graph mode, against the step-by-step path; benchmarks/RESULTS.md, eighth
 # pass): allocator peak at 32 / 64 / 128 px, 8 fields 57 / 228 / 272 → 27 / 46 / 113 MB for
-# −1 / +11 / +9% time, 16 fields 60 / 209 / 471 → 40 / 74 / 209 MB for +17 / +21 / −2%.
+# −1 / +11 / +9% time, 16 fields 60 / 209 / 471 → 40 / 74 / 209 MB for +17 / +21 / −2%
+# (before the backward's bands were made after dy, `after`; since, 8 fields: 28 / 49 / 111 MB).
 FUSED_BAND_FACTOR = 1
 
 

@@ -22,7 +22,7 @@ image (`fit` traces with an unknown batch size).
   û·mean(γ·dz·û)) / σ` turned into x's gradient through the reduction.
 Measured (benchmarks/RESULTS.md, eighth pass; one 8-field layer after a 1×1 stem, batch 8,
 k 5, fit's graph mode): the step's allocator peak 7.0 / 3.1 / 1.38× a GroupConv2D's at 32 /
-64 / 128 px (step by step 13 / 14 / 3.6×) for −4 to +17% time.
+64 / 128 px (step by step 12.7 / 14.3 / 3.6×) for −4 to +17% time.
 """
 
 import functools
