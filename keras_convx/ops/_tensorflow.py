@@ -106,7 +106,7 @@ def _banded_pool_mix(x, w, offsets, kernel_size, mode, rows):
         ys = []
         for r0, r1 in bands:
             ys.append(after(ys[-1] if ys else None,
-                             lambda r0=r0, r1=r1: mix(x[:, r0:r1 + kh - 1], w)))
+                            lambda r0=r0, r1=r1: mix(x[:, r0:r1 + kh - 1], w)))
         y = tf.concat(ys, 1)
 
         def grad(dy):
