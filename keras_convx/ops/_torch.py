@@ -20,8 +20,11 @@ import keras
 import torch
 import torch.utils.checkpoint
 
+from keras_convx.ops import e4 as e4ops
 from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
+from keras_convx.ops._torch_e4 import (EagerBands, aggregate_band, aggregate_band_backward,
+                                        fused_e4, windows)
 from keras_convx.ops.core import bind_variables
 from keras_convx.ops.dispatcher import opt_in_fast_paths, register_fast_path
 
@@ -148,16 +151,6 @@ def e4_aggregate(v, kernels, k, strides):
     return gops.aggregate_shifts(v, kernels, k, strides)
 
 
-def _planar_windows(k, strides, rows, width):
-    """(s, rows-slice, cols-slice) of the k² windows of a padded plane, for output rows
-    `rows` (a range) and `width` output columns."""
-    (sh, sw), r0, r1 = strides, rows.start, rows.stop
-    for i in range(k):
-        for j in range(k):
-            yield (i * k + j, slice(r0 * sh + i, (r1 - 1) * sh + i + 1, sh),
-                   slice(j, (width - 1) * sw + j + 1, sw))
-
-
 def _planar_kernels(fq, wt, rows, width, k):
     """The kernels of output rows `rows`, (B, k², A, rows, W'): `wt` (k²·A, F) @ `fq`'s columns,
     one batched product over the images (`torch.bmm` of the broadcast `wt`: 70 µs per image at
@@ -172,23 +165,22 @@ def _band_aggregate(vq_band, kernels, k):
     expression of k² terms (torch.compile fuses them into one loop over the output).
     `vq_band`: the band's padded rows (B, M, A, rows + k - 1, W + k - 1)."""
     rows, width = kernels.shape[-2:]
-    windows = _planar_windows(k, (1, 1), range(rows), width)
     return functools.reduce(torch.add, (vq_band[:, :, :, ri, cj] * kernels[:, s, None]
-                                        for s, ri, cj in windows))
+                                        for s, ri, cj in windows(k, (1, 1), range(rows), width)))
 
 
 def _band_aggregate_backward(vq_band, kernels, g, k):
     """The gradients of `_band_aggregate` for the cotangent `g` (B, M, A, rows, W): (dv over
     the band's padded rows, dkernels (B, k², A, rows, W)), each one expression."""
     rows, width = kernels.shape[-2:]
-    windows = list(_planar_windows(k, (1, 1), range(rows), width))
-    dkernels = torch.stack([(g * vq_band[:, :, :, ri, cj]).sum(1) for _, ri, cj in windows], 1)
+    placements = list(windows(k, (1, 1), range(rows), width))
+    dkernels = torch.stack([(g * vq_band[:, :, :, ri, cj]).sum(1) for _, ri, cj in placements], 1)
 
     def placed(s):  # window s's product at its offset (i, j) = divmod(s, k) in the padded rows
         i, j = divmod(s, k)
         return torch.nn.functional.pad(g * kernels[:, s, None], (j, k - 1 - j, i, k - 1 - i))
 
-    return functools.reduce(torch.add, (placed(s) for s, _, _ in windows)), dkernels
+    return functools.reduce(torch.add, (placed(s) for s, _, _ in placements)), dkernels
 
 
 @functools.lru_cache(maxsize=128)
@@ -241,8 +233,7 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
             if compiled:
                 out.copy_(_run_compiled_band(_band_aggregate, vq[:, :, :, r0:band.stop + k - 1], kernels, k))
             else:
-                for s, ri, cj in _planar_windows(k, strides, band, out_w):
-                    out.addcmul_(vq[:, :, :, ri, cj], kernels[:, s, None])
+                aggregate_band(out, vq, kernels, k, strides, band)
             kept = kernels if rows >= out_h else None
         ctx.save_for_backward(vq, fq, block, kept)
         ctx.k, ctx.strides, ctx.rows, ctx.size = k, strides, rows, (height, width, out_h, out_w)
@@ -266,10 +257,7 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
                     _band_aggregate_backward, vq[:, :, :, r0:band.stop + k - 1], kernels, g, k)
                 dvq[:, :, :, r0:band.stop + k - 1] += dv_band  # the halo rows overlap the next band's
             else:
-                dkernels = torch.empty_like(kernels)
-                for s, ri, cj in _planar_windows(k, strides, band, out_w):
-                    dvq[:, :, :, ri, cj].addcmul_(g, kernels[:, s, None])
-                    torch.sum(g * vq[:, :, :, ri, cj], dim=1, out=dkernels[:, s])
+                dkernels = aggregate_band_backward(dvq, vq, kernels, g, k, strides, band)
             columns = slice(band.start * out_w, band.stop * out_w)
             dkernels = dkernels.view(dkernels.shape[0], -1, len(band) * out_w)
             # into a fresh tensor, then copied: 0.61 against 0.94 ms with `out=` the strided slice
@@ -324,3 +312,35 @@ def recompute(fn, x, variables):
         return fn(x)
     fn, values = bind_variables(fn, variables)
     return torch.utils.checkpoint.checkpoint(fn, x, *values, use_reentrant=False)
+
+
+class _CompiledBands:
+    """`_torch_e4.EagerBands` as torch.compile'd expressions (the opt-in fast paths)."""
+
+    @staticmethod
+    def forward(out, vq, kernels, k):
+        out.copy_(_run_compiled_band(_band_aggregate, vq, kernels, k))
+
+    @staticmethod
+    def backward(vq, kernels, g, k):
+        return _run_compiled_band(_band_aggregate_backward, vq, kernels, g, k)
+
+
+@register_fast_path(FAST_PATHS)  # not opt-in: nothing to compile (its bands' compiled form is)
+def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
+    """E4's whole computation from its input: on the CPU at stride 1, one autograd Function by
+    bands of rows that keeps only `x` and per-image statistics for the backward pass
+    (`_torch_e4.fused_e4`); otherwise (a GPU, torch.compile tracing, stride 2) the reference,
+    step by step."""
+    x, reduce, gamma, beta, block, encoder = (
+        keras.ops.convert_to_tensor(t) for t in (x, reduce, gamma, beta, block, encoder))
+    if strides != 1 or x.device.type != "cpu" or _traced(x):
+        return e4ops.e4_apply_reference(x, reduce, gamma, beta, block, encoder, k, strides, epsilon)
+    batch, height, width, _ = x.shape
+    rows = gops.band_rows(batch, height, width, block.shape[-1], block.element_size(),
+                          FUSED_BAND_FACTOR * gops.BAND_BYTES)
+    bands = _CompiledBands if opt_in_fast_paths() else EagerBands
+    return fused_e4(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows, bands)
+
+
+FUSED_BAND_FACTOR = 8  # 4 MiB of kernels per band (the planar bands')

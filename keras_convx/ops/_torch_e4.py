@@ -1,0 +1,232 @@
+"""E4's bands of rows on torch's CPU (imported by `keras_convx.ops._torch` only): the band
+loops its planar generation + aggregation shares, and `fused_e4`, the whole of
+`ops.e4.e4_apply` at stride 1 as one autograd Function that keeps only the layer's input and
+per-image statistics for its backward pass.
+
+Everything runs with the image axes innermost ("planar": (B, channels, pixels) per matrix
+product, (B, M, A, rows, W) per aggregation), where a window position's kernel plane
+broadcasts over the M fields as an outer axis (`ops._torch._PlanarGenerateAggregate` has the
+measurements). The matrix products are one `torch.bmm` per band over the images.
+
+`fused_e4`, per band of rows:
+- forward: the reduced map `x @ reduce` of the whole image (float32) and the group norm's
+  statistics from it, then each band's normalised features (with a row of ones: the bias,
+  rounded once as in the reference's product), its per-pixel kernels, its encoded rows
+  (`x @ encoder` over the band and its 2p halo rows, zero-padded at the image's edges) and
+  their aggregation; the reduced map is dropped after the bands;
+- backward, two passes (the group norm's input gradient needs two sums over the whole image,
+  Σ dû and Σ dû·û per image and group, first): (1) every band remade: the kernels' and the
+  encoded rows' cotangents, x's gradient through the encoder (added into one float32
+  accumulator, the halo rows from both bands), the weight gradients, the two sums, and the
+  normalisation's output cotangent dz (float32, one image-sized buffer); (2) each band's
+  normalised map remade and `dt = (γ·dz − mean(γ·dz) − û·mean(γ·dz·û)) / σ` turned into x's
+  gradient through the reduction.
+"""
+
+import torch
+
+
+def windows(k, strides, rows, width):
+    """(s, rows-slice, cols-slice) of the k² windows of a padded plane, for output rows
+    `rows` (a range) and `width` output columns."""
+    (sh, sw), r0, r1 = strides, rows.start, rows.stop
+    for i in range(k):
+        for j in range(k):
+            yield (i * k + j, slice(r0 * sh + i, (r1 - 1) * sh + i + 1, sh),
+                   slice(j, (width - 1) * sw + j + 1, sw))
+
+
+def aggregate_band(out, vq, kernels, k, strides, rows):
+    """out += Σ_s window_s(vq) · kernels[:, s]: output rows `rows` (a range) of the planar
+    aggregation, in place (`addcmul_`: one pass per window, no temporary product). `vq`: the
+    padded planar features (B, M, A, ·, ·) the windows index; `kernels` (B, k², A, rows, W)."""
+    for s, ri, cj in windows(k, strides, rows, out.shape[-1]):
+        out.addcmul_(vq[:, :, :, ri, cj], kernels[:, s, None])
+
+
+def aggregate_band_backward(dvq, vq, kernels, g, k, strides, rows):
+    """The backward pass of `aggregate_band` for the rows' cotangent `g` (B, M, A, rows, W):
+    adds the features' cotangent into `dvq` (indexed as `vq`) and returns the kernels'
+    (B, k², A, rows, W)."""
+    dkernels = torch.empty_like(kernels)
+    for s, ri, cj in windows(k, strides, rows, g.shape[-1]):
+        dvq[:, :, :, ri, cj].addcmul_(g, kernels[:, s, None])
+        torch.sum(g * vq[:, :, :, ri, cj], dim=1, out=dkernels[:, s])
+    return dkernels
+
+
+def _product(a, b):
+    """a @ b for a weight matrix `a` (n, m) and per-image columns `b` (B, m, cols), or for
+    per-image `a` (B, n, m) and a weight matrix `b`: one `torch.bmm` over the images."""
+    if a.dim() == 2:
+        a = a.expand(b.shape[0], -1, -1)
+    if b.dim() == 2:
+        b = b.expand(a.shape[0], -1, -1)
+    return torch.bmm(a, b)
+
+
+def _weight_gradient(a, b):
+    """Σ over images of a @ b, in float32 (one rounding for low-precision inputs)."""
+    return torch.bmm(a.float(), b.float()).sum(0)
+
+
+class _FusedE4(torch.autograd.Function):
+    """`fused_e4`'s forward and backward passes (see the module's docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, reduce, gamma, beta, block, encoder, k, epsilon, rows, bands):
+        batch, height, width, _ = x.shape
+        layout = _Layout(x, reduce, gamma, block, encoder, k)
+        t = _product(reduce.t(), layout.columns(x, 0, height)).float()
+        var, mean = torch.var_mean(t.view(batch, layout.groups, -1), dim=-1, correction=0)
+        inv = torch.rsqrt(var + epsilon)
+        norm = layout.normalisation(gamma, beta, mean, inv)
+        y = x.new_zeros((batch, layout.fields, layout.slots, height, width))
+        for r0 in range(0, height, rows):
+            band = range(r0, min(height, r0 + rows))
+            cols = slice(band.start * width, band.stop * width)
+            features = layout.features(norm(t[:, :, cols])[0], x.dtype)
+            kernels = layout.kernels(features, block, len(band))
+            bands.forward(y[:, :, :, band.start:band.stop], layout.encoded(x, encoder, band),
+                          kernels, k)
+        ctx.save_for_backward(x, reduce, gamma, beta, block, encoder, mean, inv)
+        ctx.k, ctx.rows, ctx.bands = k, rows, bands
+        return y.permute(0, 3, 4, 1, 2)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, reduce, gamma, beta, block, encoder, mean, inv = ctx.saved_tensors
+        k, rows = ctx.k, ctx.rows
+        (batch, height, width, channels), p = x.shape, (k - 1) // 2
+        layout = _Layout(x, reduce, gamma, block, encoder, k)
+        norm = layout.normalisation(gamma, beta, mean, inv)
+        dyq = dy.permute(0, 3, 4, 1, 2).contiguous()  # (B, M, A, H, W)
+        dx = torch.zeros((batch, height * width, channels), dtype=torch.float32, device=x.device)
+        dz = torch.empty((batch, reduce.shape[1], height * width), dtype=torch.float32,
+                         device=x.device)
+        f32 = {"dtype": torch.float32, "device": x.device}
+        dreduce, dencoder = torch.zeros(reduce.shape, **f32), torch.zeros(encoder.shape, **f32)
+        dblock, dgamma = torch.zeros(block.shape, **f32), torch.zeros(reduce.shape[1], **f32)
+        dbeta, sums = torch.zeros_like(dgamma), torch.zeros((2, batch, reduce.shape[1]), **f32)
+        gamma_c = norm.gamma
+        bands = [range(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
+        for band in bands:  # pass 1: each band remade, its cotangents
+            cols = slice(band.start * width, band.stop * width)
+            z, u = norm(_product(reduce.t(), layout.columns(x, band.start, band.stop)).float())
+            features = layout.features(z, x.dtype)
+            kernels = layout.kernels(features, block, len(band))
+            dvq, dkernels = ctx.bands.backward(layout.encoded(x, encoder, band), kernels,
+                                               dyq[:, :, :, band.start:band.stop], k)
+            dkernels = dkernels.view(batch, -1, len(band) * width)
+            # x's gradient through the encoder: the band's rows and its halo rows inside the image
+            lo, hi = max(band.start - p, 0), min(band.stop + p, height)
+            top = p - (band.start - lo)
+            dv = dvq[:, :, :, top:top + hi - lo, p:p + width].reshape(batch, -1, (hi - lo) * width)
+            dx[:, lo * width:hi * width] += _product(dv.transpose(1, 2), encoder.t())
+            dencoder += _weight_gradient(layout.columns(x, lo, hi), dv.transpose(1, 2))
+            dblock += _weight_gradient(features, dkernels.transpose(1, 2))
+            dz_band = _product(block[:-1], dkernels).float().mul_(z > 0)
+            dz[:, :, cols] = dz_band
+            du = dz_band * gamma_c
+            sums[0] += du.sum(-1)
+            sums[1] += (du * u).sum(-1)
+            dgamma += (dz_band * u).sum((0, 2))
+            dbeta += dz_band.sum((0, 2))
+        # mean(dû) and mean(dû·û) over each image's group (H·W pixels × n channels)
+        means = sums.view(2, batch, layout.groups, -1).sum(-1) / (height * width * layout.per_group)
+        m1, m2 = (layout.per_image(m) for m in means)
+        inv_c = layout.per_image(inv)
+        for band in bands:  # pass 2: x's gradient through the reduction
+            cols = slice(band.start * width, band.stop * width)
+            xs = layout.columns(x, band.start, band.stop)
+            u = norm(_product(reduce.t(), xs).float())[1]
+            dt = (inv_c * (dz[:, :, cols] * gamma_c - m1 - u * m2)).to(x.dtype)
+            dx[:, cols] += _product(dt.transpose(1, 2), reduce.t())
+            dreduce += _weight_gradient(xs, dt.transpose(1, 2))
+        return (dx.view(x.shape).to(x.dtype), dreduce.to(reduce.dtype),
+                layout.like(dgamma, gamma), layout.like(dbeta, beta), dblock.to(block.dtype),
+                dencoder.to(encoder.dtype), None, None, None, None)
+
+
+class _Layout:
+    """The sizes of one fused call and the steps both passes remake per band."""
+
+    def __init__(self, x, reduce, gamma, block, encoder, k):
+        self.k, self.width, self.height = k, x.shape[2], x.shape[1]
+        self.groups = gamma.shape[0]
+        self.per_group = reduce.shape[1] // self.groups
+        self.slots = block.shape[1] // (k * k)
+        self.fields = encoder.shape[1] // self.slots
+
+    def columns(self, x, r0, r1):
+        """Rows r0 … r1 of channels_last `x` (B, H, W, C) as (B, C, pixels): a transposed view."""
+        return x.view(x.shape[0], -1, x.shape[3])[:, r0 * self.width:r1 * self.width].transpose(1, 2)
+
+    def per_image(self, a):
+        """(B, groups) values per image and group → (B, C_r·|G|, 1), one per reduced channel."""
+        return a.repeat_interleave(self.per_group, dim=1)[..., None]
+
+    def per_weight(self, w):
+        """γ or β (groups, 1 or n) → (C_r·|G|, 1) float32, one per reduced channel."""
+        return w.float().expand(self.groups, self.per_group).reshape(-1, 1)
+
+    def normalisation(self, gamma, beta, mean, inv):
+        """A function (B, C_r·|G|, pixels) float32 reduced rows → (z = γ·û + β, û)."""
+        mean_c, inv_c = self.per_image(mean), self.per_image(inv)
+        gamma_c, beta_c = self.per_weight(gamma), self.per_weight(beta)
+
+        def normalise(t):
+            u = (t - mean_c).mul_(inv_c)
+            return torch.addcmul(beta_c, u, gamma_c), u
+
+        normalise.gamma = gamma_c
+        return normalise
+
+    def features(self, z, dtype):
+        """relu(z) cast to `dtype`, with a last row of ones (the bias' row of `block`)."""
+        features = torch.ones((z.shape[0], z.shape[1] + 1, z.shape[2]), dtype=dtype, device=z.device)
+        features[:, :-1].copy_(z).clamp_min_(0)  # cast, then relu: no band-sized temporary
+        return features
+
+    def kernels(self, features, block, rows):
+        """(B, k², A, rows, W) per-pixel kernels: `block`ᵀ @ features."""
+        band = _product(block.t(), features)
+        return band.view(band.shape[0], self.k * self.k, self.slots, rows, self.width)
+
+    def encoded(self, x, encoder, band):
+        """The planar encoded rows band.start − p … band.stop + p, (B, M, A, rows + 2p, W + 2p),
+        zero where they fall outside the image."""
+        p = (self.k - 1) // 2
+        lo, hi = max(band.start - p, 0), min(band.stop + p, self.height)
+        v = _product(encoder.t(), self.columns(x, lo, hi))
+        v = v.view(x.shape[0], self.fields, self.slots, hi - lo, self.width)
+        pads = (p, p, p - (band.start - lo), band.stop + p - hi)
+        return torch.nn.functional.pad(v, pads)
+
+    def like(self, gradient, weight):
+        """Per-channel sums back to γ's / β's shape (groups, 1 or n)."""
+        gradient = gradient.view(self.groups, self.per_group)
+        if weight.shape[1] == 1:
+            gradient = gradient.sum(-1, keepdim=True)
+        return gradient.to(weight.dtype)
+
+
+class EagerBands:
+    """One stride-1 band's aggregation and its backward pass, in eager torch (`fused_e4`'s
+    default; `forward(out, vq, kernels, k)` writes into `out`, `backward(vq, kernels, g, k)`
+    returns the cotangents of `vq` and of the kernels)."""
+
+    @staticmethod
+    def forward(out, vq, kernels, k):
+        aggregate_band(out, vq, kernels, k, (1, 1), range(out.shape[3]))
+
+    @staticmethod
+    def backward(vq, kernels, g, k):
+        dvq = torch.zeros_like(vq)
+        return dvq, aggregate_band_backward(dvq, vq, kernels, g, k, (1, 1), range(g.shape[3]))
+
+
+def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows, bands=EagerBands):
+    """E4's output (B, H, W, M, A) from channels_last `x` at stride 1 (`ops.e4.e4_apply`), by
+    bands of `rows` rows, each band's aggregation by `bands` (see `EagerBands`)."""
+    return _FusedE4.apply(x, reduce, gamma, beta, block, encoder, k, epsilon, rows, bands)
