@@ -101,18 +101,17 @@ class _FusedE4(torch.autograd.Function):
         layout = _Layout(x, reduce, gamma, block, encoder, k)
         norm = layout.normalisation(gamma, beta, mean, inv)
         dyq = dy.permute(0, 3, 4, 1, 2).contiguous()  # (B, M, A, H, W)
-        dx = torch.zeros((batch, height * width, channels), dtype=torch.float32, device=x.device)
-        dz = torch.empty((batch, reduce.shape[1], height * width), dtype=torch.float32,
-                         device=x.device)
         f32 = {"dtype": torch.float32, "device": x.device}
+        dx = torch.zeros((batch, height * width, channels), **f32)
         dreduce, dencoder = torch.zeros(reduce.shape, **f32), torch.zeros(encoder.shape, **f32)
         dblock, dgamma = torch.zeros(block.shape, **f32), torch.zeros(reduce.shape[1], **f32)
         dbeta, sums = torch.zeros_like(dgamma), torch.zeros((2, batch, reduce.shape[1]), **f32)
-        gamma_c = norm.gamma
-        bands = [range(r0, min(height, r0 + rows)) for r0 in range(0, height, rows)]
-        for band in bands:  # pass 1: each band remade, its cotangents
+        inv_c, gamma_c = layout.per_image(inv), norm.gamma
+        for r0 in range(0, height, rows):  # each band remade, its cotangents
+            band = range(r0, min(height, r0 + rows))
             cols = slice(band.start * width, band.stop * width)
-            z, u = norm(_product(reduce.t(), layout.columns(x, band.start, band.stop)).float())
+            xs = layout.columns(x, band.start, band.stop)
+            z, u = norm(_product(reduce.t(), xs).float())
             features = layout.features(z, x.dtype)
             kernels = layout.kernels(features, block, len(band))
             dvq, dkernels = ctx.bands.backward(layout.encoded(x, encoder, band), kernels,
@@ -125,27 +124,44 @@ class _FusedE4(torch.autograd.Function):
             dx[:, lo * width:hi * width] += _product(dv.transpose(1, 2), encoder.t())
             dencoder += _weight_gradient(layout.columns(x, lo, hi), dv.transpose(1, 2))
             dblock += _weight_gradient(features, dkernels.transpose(1, 2))
-            dz_band = _product(block[:-1], dkernels).float().mul_(z > 0)
-            dz[:, :, cols] = dz_band
-            du = dz_band * gamma_c
+            dz = _product(block[:-1], dkernels).float().mul_(z > 0)
+            dgamma += (dz * u).sum((0, 2))
+            dbeta += dz.sum((0, 2))
+            du = dz.mul_(gamma_c)
             sums[0] += du.sum(-1)
             sums[1] += (du * u).sum(-1)
-            dgamma += (dz_band * u).sum((0, 2))
-            dbeta += dz_band.sum((0, 2))
-        # mean(dû) and mean(dû·û) over each image's group (H·W pixels × n channels)
-        means = sums.view(2, batch, layout.groups, -1).sum(-1) / (height * width * layout.per_group)
-        m1, m2 = (layout.per_image(m) for m in means)
-        inv_c = layout.per_image(inv)
-        for band in bands:  # pass 2: x's gradient through the reduction
-            cols = slice(band.start * width, band.stop * width)
-            xs = layout.columns(x, band.start, band.stop)
-            u = norm(_product(reduce.t(), xs).float())[1]
-            dt = (inv_c * (dz[:, :, cols] * gamma_c - m1 - u * m2)).to(x.dtype)
+            # the reduced map's cotangent's first term, σ⁻¹·dû, through the reduction
+            dt = du.mul_(inv_c).to(x.dtype)
             dx[:, cols] += _product(dt.transpose(1, 2), reduce.t())
             dreduce += _weight_gradient(xs, dt.transpose(1, 2))
+        # mean(dû) and mean(dû·û) over each image's group (H·W pixels × n channels)
+        m1, m2 = sums.view(2, batch, layout.groups, -1).sum(-1) / (height * width * layout.per_group)
+        _reduction_remainder(x, reduce, layout.per_image(mean), inv_c, layout.per_image(m1),
+                             layout.per_image(m2), dx, dreduce)
         return (dx.view(x.shape).to(x.dtype), dreduce.to(reduce.dtype),
                 layout.like(dgamma, gamma), layout.like(dbeta, beta), dblock.to(block.dtype),
                 dencoder.to(encoder.dtype), None, None, None, None)
+
+
+def _reduction_remainder(x, reduce, mean, inv, m1, m2, dx, dreduce):
+    """Adds the rest of x's and the reduction's gradients through the group norm into `dx`
+    (B, pixels, C) and `dreduce` (C, C_r·|G|), both float32, without remaking the reduced map.
+
+    The reduced map's cotangent is dt = σ⁻¹·(dû − m1 − û·m2) (m1 = mean(dû), m2 = mean(dû·û)
+    per image and group; û = σ⁻¹·(t − μ), t = x @ reduce); the bands added σ⁻¹·dû. The rest is
+    −a·t + c per image and channel, a = σ⁻²·m2, c = a·μ − σ⁻¹·m1: through the reduction
+    −x @ (reduce·diag(a)·reduceᵀ) + c @ reduceᵀ for x, and −(xᵀx) @ reduce·diag(a) + (Σ x) ⊗ c
+    for the reduction: one image-wide product with a C×C matrix per image and one Gram matrix
+    per image. `mean`, `inv`, `m1`, `m2`: (B, C_r·|G|, 1)."""
+    flat = x.reshape(x.shape[0], -1, x.shape[3]).float()
+    reduce = reduce.float()
+    a = (inv * inv * m2).squeeze(-1)  # (B, C_r·|G|)
+    c = a * mean.squeeze(-1) - (inv * m1).squeeze(-1)
+    dx.baddbmm_(flat, (reduce * a[:, None, :]) @ reduce.t(), alpha=-1)
+    dx += (c @ reduce.t())[:, None, :]
+    gram = torch.bmm(flat.transpose(1, 2), flat)
+    dreduce -= (gram @ reduce * a[:, None, :]).sum(0)
+    dreduce += flat.sum(1).t() @ c
 
 
 class _Layout:
