@@ -494,12 +494,10 @@ def test_recompute_trains_like_keeping_everything(jit_compile, data_format, size
 
 
 def _without_fused_layer(monkeypatch):
-    """On jax and tensorflow, E4's layer-wide fused path off: the layer runs step by step (the
-    reference of `ops.e4.e4_apply`, each step through its own fast path)."""
-    backend = keras.backend.backend()
-    if backend in ("jax", "tensorflow"):
-        fast_paths = importlib.import_module(f"keras_convx.ops._{backend}").FAST_PATHS
-        monkeypatch.delitem(fast_paths, "e4_apply")
+    """E4's layer-wide fused path off: the layer runs step by step (the reference of
+    `ops.e4.e4_apply`, each step through its own fast path)."""
+    fast_paths = importlib.import_module(f"keras_convx.ops._{keras.backend.backend()}").FAST_PATHS
+    monkeypatch.delitem(fast_paths, "e4_apply")
 
 
 def _kept_by_four_layers(recompute):

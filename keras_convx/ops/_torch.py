@@ -339,8 +339,10 @@ def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
     batch, height, width, _ = x.shape
     rows = gops.band_rows(batch, height, width, block.shape[-1], block.element_size(),
                           FUSED_BAND_FACTOR * gops.BAND_BYTES)
+    rows = min(rows, max(2, height // FUSED_MIN_BANDS))
     bands = _CompiledBands if opt_in_fast_paths() else EagerBands
     return fused_e4(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows, bands)
 
 
 FUSED_BAND_FACTOR = 8  # 4 MiB of kernels per band (the planar bands')
+FUSED_MIN_BANDS = 4

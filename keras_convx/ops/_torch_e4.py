@@ -71,7 +71,9 @@ def _weight_gradient(a, b):
 
 
 class _FusedE4(torch.autograd.Function):
-    """`fused_e4`'s forward and backward passes (see the module's docstring)."""
+    """`fused_e4`'s forward and backward passes (see the module's docstring). Each band runs in
+    a function of its own, so that its tensors are freed before the next band makes its own
+    (a loop's variables would hold the last band's until they are bound again)."""
 
     @staticmethod
     def forward(ctx, x, reduce, gamma, beta, block, encoder, k, epsilon, rows, bands):
@@ -82,13 +84,17 @@ class _FusedE4(torch.autograd.Function):
         inv = torch.rsqrt(var + epsilon)
         norm = layout.normalisation(gamma, beta, mean, inv)
         y = x.new_zeros((batch, layout.fields, layout.slots, height, width))
-        for r0 in range(0, height, rows):
-            band = range(r0, min(height, r0 + rows))
-            cols = slice(band.start * width, band.stop * width)
-            features = layout.features(norm(t[:, :, cols])[0], x.dtype)
+
+        def forward_band(band):
+            features = layout.features(norm(t[:, :, band.start * width:band.stop * width])[0],
+                                       x.dtype)
             kernels = layout.kernels(features, block, len(band))
+            del features
             bands.forward(y[:, :, :, band.start:band.stop], layout.encoded(x, encoder, band),
                           kernels, k)
+
+        for r0 in range(0, height, rows):
+            forward_band(range(r0, min(height, r0 + rows)))
         ctx.save_for_backward(x, reduce, gamma, beta, block, encoder, mean, inv)
         ctx.k, ctx.rows, ctx.bands = k, rows, bands
         return y.permute(0, 3, 4, 1, 2)
@@ -102,50 +108,61 @@ class _FusedE4(torch.autograd.Function):
         norm = layout.normalisation(gamma, beta, mean, inv)
         dyq = dy.permute(0, 3, 4, 1, 2).contiguous()  # (B, M, A, H, W)
         f32 = {"dtype": torch.float32, "device": x.device}
-        dx = torch.zeros((batch, height * width, channels), **f32)
+        # x's gradient only when asked for (not for a model's first layer)
+        dx = torch.zeros((batch, height * width, channels), **f32) if ctx.needs_input_grad[0] else None
         dreduce, dencoder = torch.zeros(reduce.shape, **f32), torch.zeros(encoder.shape, **f32)
         dblock, dgamma = torch.zeros(block.shape, **f32), torch.zeros(reduce.shape[1], **f32)
         dbeta, sums = torch.zeros_like(dgamma), torch.zeros((2, batch, reduce.shape[1]), **f32)
         inv_c, gamma_c = layout.per_image(inv), norm.gamma
-        for r0 in range(0, height, rows):  # each band remade, its cotangents
-            band = range(r0, min(height, r0 + rows))
-            cols = slice(band.start * width, band.stop * width)
+
+        def backward_band(band):  # the band remade, its cotangents added up
             xs = layout.columns(x, band.start, band.stop)
             z, u = norm(_product(reduce.t(), xs).float())
             features = layout.features(z, x.dtype)
             kernels = layout.kernels(features, block, len(band))
             dvq, dkernels = ctx.bands.backward(layout.encoded(x, encoder, band), kernels,
                                                dyq[:, :, :, band.start:band.stop], k)
+            del kernels
             dkernels = dkernels.view(batch, -1, len(band) * width)
+            dblock.add_(_weight_gradient(features, dkernels.transpose(1, 2)))
+            del features
+            dz = _product(block[:-1], dkernels).float().mul_(z > 0)
+            del dkernels, z
             # x's gradient through the encoder: the band's rows and its halo rows inside the image
             lo, hi = max(band.start - p, 0), min(band.stop + p, height)
             top = p - (band.start - lo)
             dv = dvq[:, :, :, top:top + hi - lo, p:p + width].reshape(batch, -1, (hi - lo) * width)
-            dx[:, lo * width:hi * width] += _product(dv.transpose(1, 2), encoder.t())
-            dencoder += _weight_gradient(layout.columns(x, lo, hi), dv.transpose(1, 2))
-            dblock += _weight_gradient(features, dkernels.transpose(1, 2))
-            dz = _product(block[:-1], dkernels).float().mul_(z > 0)
-            dgamma += (dz * u).sum((0, 2))
-            dbeta += dz.sum((0, 2))
+            del dvq
+            if dx is not None:
+                dx[:, lo * width:hi * width] += _product(dv.transpose(1, 2), encoder.t())
+            dencoder.add_(_weight_gradient(layout.columns(x, lo, hi), dv.transpose(1, 2)))
+            del dv
+            dgamma.add_((dz * u).sum((0, 2)))
+            dbeta.add_(dz.sum((0, 2)))
             du = dz.mul_(gamma_c)
             sums[0] += du.sum(-1)
             sums[1] += (du * u).sum(-1)
             # the reduced map's cotangent's first term, σ⁻¹·dû, through the reduction
             dt = du.mul_(inv_c).to(x.dtype)
-            dx[:, cols] += _product(dt.transpose(1, 2), reduce.t())
-            dreduce += _weight_gradient(xs, dt.transpose(1, 2))
+            if dx is not None:
+                dx[:, band.start * width:band.stop * width] += _product(dt.transpose(1, 2),
+                                                                        reduce.t())
+            dreduce.add_(_weight_gradient(xs, dt.transpose(1, 2)))
+
+        for r0 in range(0, height, rows):
+            backward_band(range(r0, min(height, r0 + rows)))
         # mean(dû) and mean(dû·û) over each image's group (H·W pixels × n channels)
         m1, m2 = sums.view(2, batch, layout.groups, -1).sum(-1) / (height * width * layout.per_group)
         _reduction_remainder(x, reduce, layout.per_image(mean), inv_c, layout.per_image(m1),
                              layout.per_image(m2), dx, dreduce)
-        return (dx.view(x.shape).to(x.dtype), dreduce.to(reduce.dtype),
+        return (None if dx is None else dx.view(x.shape).to(x.dtype), dreduce.to(reduce.dtype),
                 layout.like(dgamma, gamma), layout.like(dbeta, beta), dblock.to(block.dtype),
                 dencoder.to(encoder.dtype), None, None, None, None)
 
 
 def _reduction_remainder(x, reduce, mean, inv, m1, m2, dx, dreduce):
     """Adds the rest of x's and the reduction's gradients through the group norm into `dx`
-    (B, pixels, C) and `dreduce` (C, C_r·|G|), both float32, without remaking the reduced map.
+    (B, pixels, C; None: not wanted) and `dreduce` (C, C_r·|G|), both float32, without remaking the reduced map.
 
     The reduced map's cotangent is dt = σ⁻¹·(dû − m1 − û·m2) (m1 = mean(dû), m2 = mean(dû·û)
     per image and group; û = σ⁻¹·(t − μ), t = x @ reduce); the bands added σ⁻¹·dû. The rest is
@@ -157,8 +174,9 @@ def _reduction_remainder(x, reduce, mean, inv, m1, m2, dx, dreduce):
     reduce = reduce.float()
     a = (inv * inv * m2).squeeze(-1)  # (B, C_r·|G|)
     c = a * mean.squeeze(-1) - (inv * m1).squeeze(-1)
-    dx.baddbmm_(flat, (reduce * a[:, None, :]) @ reduce.t(), alpha=-1)
-    dx += (c @ reduce.t())[:, None, :]
+    if dx is not None:
+        dx.baddbmm_(flat, (reduce * a[:, None, :]) @ reduce.t(), alpha=-1)
+        dx += (c @ reduce.t())[:, None, :]
     gram = torch.bmm(flat.transpose(1, 2), flat)
     dreduce -= (gram @ reduce * a[:, None, :]).sum(0)
     dreduce += flat.sum(1).t() @ c
