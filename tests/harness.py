@@ -620,6 +620,24 @@ def kept_for_backward_bytes(model, x):
     raise NotImplementedError(f"no measure on {BACKEND}")
 
 
+def torch_step_peak_bytes(model, x):
+    """On torch's CPU: the most bytes live at once during a gradient step of `model` (loss
+    `mean(model(x)²)`) above what was live before it, from the profiler's record of every
+    allocation and free (deterministic for one sequence of ops; torch's CPU allocator keeps
+    no statistics of its own)."""
+    import torch  # noqa: PLC0415
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as profile:
+        keras.ops.mean(model(x, training=True) ** 2).backward()
+    live = peak = 0
+    for event in sorted(profile.profiler.kineto_results.events(), key=lambda e: e.start_ns()):
+        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU:
+            live += event.nbytes()
+            peak = max(peak, live)
+    return peak
+
+
 @contextlib.contextmanager
 def torch_compile_stays_compiled(caplog, limit):
     """On torch: lowers torch.compile's per-function graph limit (`recompile_limit`, 8 by
