@@ -24,8 +24,9 @@ backward pass, layer after layer (a one-layer step's peak hides it). `--recomput
 `--memory`: peak memory of one training step above what was allocated before it (null where
 not measured). tensorflow, on the CPU too: its allocator's peak after `reset_memory_stats`,
 after warm-up (no XLA compile scratch in it). jax on the CPU: XLA's temp bytes of the jitted
-value-and-grad (`_jax_temp_mb`: deterministic, no compile scratch, no optimizer update). On a
-GPU only — torch: `reset_peak_memory_stats` after warm-up, in the timing process.
+value-and-grad (`_jax_temp_mb`: deterministic, no compile scratch, no optimizer update).
+torch: on a GPU `reset_peak_memory_stats` after warm-up, in the timing process; on the CPU the
+most bytes live at once during one step, from the profiler's record of every allocation.
 jax on a GPU: `peak_bytes_in_use` never resets, so each model runs in a fresh subprocess; its
 peak is over the whole process (compilation, e.g. XLA autotuning scratch, included): best effort.
 
@@ -105,9 +106,22 @@ def _device(backend):
     return "cpu", False
 
 
-def _torch_peak_mb(model, x, y):
+def _torch_peak_mb(model, x, y, gpu):
+    """One step's peak above what was allocated before it. GPU: the caching allocator's
+    statistics. CPU (torch keeps none there): the profiler's record of every allocation and
+    free during the step (deterministic for one sequence of ops)."""
     import torch
 
+    if not gpu:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                    profile_memory=True) as profile:
+            model.train_on_batch(x, y)
+        live = peak = 0
+        for event in sorted(profile.profiler.kineto_results.events(), key=lambda e: e.start_ns()):
+            if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU:
+                live += event.nbytes()
+                peak = max(peak, live)
+        return peak / 2**20
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -140,7 +154,8 @@ MEMORY_NOTES = {
                "scratch, no optimizer update)",
     "tensorflow": "tensorflow: allocator peak of one step above allocated before it (after "
                   "warm-up; no compile scratch)",
-    "torch": "torch: peak of one step above allocated before it (after warm-up)",
+    "torch": "torch: peak of one step above allocated before it (after warm-up; CPU: the "
+             "profiler's allocation record)",
 }
 
 
@@ -207,8 +222,8 @@ def worker(args):
                 samples[v].append((time.perf_counter() - t0) * 1e3)
         ms = {v: statistics.median(s) for v, s in samples.items()}
         peak = {v: None for v in variants}
-        if args.memory and gpu and backend == "torch":
-            peak = {v: _torch_peak_mb(m, x, y) for v, (m, x, y, _) in built.items()}
+        if args.memory and backend == "torch":
+            peak = {v: _torch_peak_mb(m, x, y, gpu) for v, (m, x, y, _) in built.items()}
         if args.memory and backend == "jax" and not gpu:
             peak = {v: _jax_temp_mb(m, x, y) for v, (m, x, y, _) in built.items()}
         if args.memory and backend == "tensorflow":
@@ -272,7 +287,7 @@ def main():
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--out", default=".")
     parser.add_argument("--memory", action="store_true",
-                        help="peak memory of a step: tensorflow and jax (CPU or GPU), torch on a GPU")
+                        help="peak memory of a step on every backend, CPU or GPU")
     parser.add_argument("--no-jit", action="store_true", help='compile with jit_compile="auto"')
     parser.add_argument("--input-gradient", action="store_true",
                         help="a 1x1 Conv2D stem before the layer and its baselines: the step "
