@@ -534,8 +534,8 @@ def test_recompute_keeps_less_for_the_backward_pass(monkeypatch):
 
 
 @pytest.mark.skipif(not (_jax_on_cpu() or _torch_on_cpu()),
-                    reason="jax's and torch's fused E4 layers are CPU paths (tensorflow's allocator "
-                           "does not count blocks under 256 KiB, and this test's bands are smaller)")
+                    reason="jax's and torch's fused E4 layers are CPU paths (tensorflow's "
+                           "allocator does not count blocks under 256 KiB; these bands are smaller)")
 def test_fused_layer_keeps_as_little_as_recomputing(monkeypatch):
     """The layer-wide fused path keeps only each layer's input (and per-image statistics):
     four layers keep as little as the step-by-step path does with `recompute=True` and far

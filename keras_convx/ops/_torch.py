@@ -9,8 +9,9 @@ slower at 64 and 1.3× faster at 128 channels on an AVX-512 one (whose convoluti
 faster; the cost model's POOL_COST covers both), and compiling costs seconds to tens of seconds
 per input shape, so it is opt-in (`keras_convx.ops.set_opt_in_fast_paths(True)` or
 `KERAS_CONVX_OPT_IN=1`). So is the compiled form of E4's banded aggregation on the CPU (each
-band's k² multiply-adds as one torch.compile'd loop, forward and backward); E4's planar bands
-and their device choice are not opt-in.
+band's k² multiply-adds as one torch.compile'd loop, forward and backward); E4's planar bands,
+its whole layer fused by bands (`e4_apply`, `keras_convx.ops._torch_e4`) and their device
+choice are not opt-in.
 """
 
 import functools
@@ -271,7 +272,8 @@ class _PlanarGenerateAggregate(torch.autograd.Function):
 
 @register_fast_path(FAST_PATHS)  # not opt-in: nothing to compile
 def e4_generate_aggregate(v, features, block, k, strides):
-    """E4 kernel generation + aggregation: on the CPU in the image-axes-innermost layout,
+    """E4 kernel generation + aggregation (where the whole layer is not fused, `e4_apply`:
+    stride 2, reference steps): on the CPU in the image-axes-innermost layout,
     by bands of rows once the kernels pass 2 bands (`_PlanarGenerateAggregate`); otherwise (a
     GPU or other device, torch.compile tracing) the whole kernel tensor, then `e4_aggregate`."""
     v, features, block = (keras.ops.convert_to_tensor(t) for t in (v, features, block))

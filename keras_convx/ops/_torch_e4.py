@@ -14,13 +14,17 @@ measurements). The matrix products are one `torch.bmm` per band over the images.
   rounded once as in the reference's product), its per-pixel kernels, its encoded rows
   (`x @ encoder` over the band and its 2p halo rows, zero-padded at the image's edges) and
   their aggregation; the reduced map is dropped after the bands;
-- backward, two passes (the group norm's input gradient needs two sums over the whole image,
-  Σ dû and Σ dû·û per image and group, first): (1) every band remade: the kernels' and the
-  encoded rows' cotangents, x's gradient through the encoder (added into one float32
-  accumulator, the halo rows from both bands), the weight gradients, the two sums, and the
-  normalisation's output cotangent dz (float32, one image-sized buffer); (2) each band's
-  normalised map remade and `dt = (γ·dz − mean(γ·dz) − û·mean(γ·dz·û)) / σ` turned into x's
-  gradient through the reduction.
+- backward, one pass: every band remade; the kernels' and the encoded rows' cotangents, x's
+  gradient through the encoder (added into one float32 accumulator, the halo rows from both
+  bands), the weight gradients, Σ dû and Σ dû·û per image and group, and the first term of
+  the reduced map's cotangent, σ⁻¹·dû, through the reduction. The rest of that cotangent
+  needs the two sums over the whole image; it is added after the bands from x's Gram matrix
+  and one C×C product per image (`_reduction_remainder`), so no band is remade twice and no
+  image-sized cotangent is kept (jax's and tensorflow's fused layers make a second pass).
+Measured (benchmarks/RESULTS.md, ninth pass; one layer after a 1×1 stem, batch 8, k 5): the
+step's peak 1.36 / 1.13 / 1.00× a GroupConv2D's at 32 / 64 / 128 px (8 fields; step by step
+3.1 / 1.8 / 1.5×), four layers 1.09 / 1.00× at 64 / 128 px, for −9 to +19% time at 64–128 px
+and up to +40% at 32 px.
 """
 
 import torch
@@ -109,7 +113,9 @@ class _FusedE4(torch.autograd.Function):
         dyq = dy.permute(0, 3, 4, 1, 2).contiguous()  # (B, M, A, H, W)
         f32 = {"dtype": torch.float32, "device": x.device}
         # x's gradient only when asked for (not for a model's first layer)
-        dx = torch.zeros((batch, height * width, channels), **f32) if ctx.needs_input_grad[0] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.zeros((batch, height * width, channels), **f32)
         dreduce, dencoder = torch.zeros(reduce.shape, **f32), torch.zeros(encoder.shape, **f32)
         dblock, dgamma = torch.zeros(block.shape, **f32), torch.zeros(reduce.shape[1], **f32)
         dbeta, sums = torch.zeros_like(dgamma), torch.zeros((2, batch, reduce.shape[1]), **f32)
@@ -152,7 +158,8 @@ class _FusedE4(torch.autograd.Function):
         for r0 in range(0, height, rows):
             backward_band(range(r0, min(height, r0 + rows)))
         # mean(dû) and mean(dû·û) over each image's group (H·W pixels × n channels)
-        m1, m2 = sums.view(2, batch, layout.groups, -1).sum(-1) / (height * width * layout.per_group)
+        count = height * width * layout.per_group
+        m1, m2 = sums.view(2, batch, layout.groups, -1).sum(-1) / count
         _reduction_remainder(x, reduce, layout.per_image(mean), inv_c, layout.per_image(m1),
                              layout.per_image(m2), dx, dreduce)
         return (None if dx is None else dx.view(x.shape).to(x.dtype), dreduce.to(reduce.dtype),
@@ -162,7 +169,8 @@ class _FusedE4(torch.autograd.Function):
 
 def _reduction_remainder(x, reduce, mean, inv, m1, m2, dx, dreduce):
     """Adds the rest of x's and the reduction's gradients through the group norm into `dx`
-    (B, pixels, C; None: not wanted) and `dreduce` (C, C_r·|G|), both float32, without remaking the reduced map.
+    (B, pixels, C; None: not wanted) and `dreduce` (C, C_r·|G|), both float32, without
+    remaking the reduced map.
 
     The reduced map's cotangent is dt = σ⁻¹·(dû − m1 − û·m2) (m1 = mean(dû), m2 = mean(dû·û)
     per image and group; û = σ⁻¹·(t − μ), t = x @ reduce); the bands added σ⁻¹·dû. The rest is
@@ -194,7 +202,8 @@ class _Layout:
 
     def columns(self, x, r0, r1):
         """Rows r0 … r1 of channels_last `x` (B, H, W, C) as (B, C, pixels): a transposed view."""
-        return x.view(x.shape[0], -1, x.shape[3])[:, r0 * self.width:r1 * self.width].transpose(1, 2)
+        flat = x.view(x.shape[0], -1, x.shape[3])
+        return flat[:, r0 * self.width:r1 * self.width].transpose(1, 2)
 
     def per_image(self, a):
         """(B, groups) values per image and group → (B, C_r·|G|, 1), one per reduced channel."""
@@ -218,7 +227,7 @@ class _Layout:
 
     def features(self, z, dtype):
         """relu(z) cast to `dtype`, with a last row of ones (the bias' row of `block`)."""
-        features = torch.ones((z.shape[0], z.shape[1] + 1, z.shape[2]), dtype=dtype, device=z.device)
+        features = z.new_ones((z.shape[0], z.shape[1] + 1, z.shape[2]), dtype=dtype)
         features[:, :-1].copy_(z).clamp_min_(0)  # cast, then relu: no band-sized temporary
         return features
 

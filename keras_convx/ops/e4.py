@@ -10,9 +10,9 @@ generator `block` (C_r·|G| + 1, k²·A, its last row the bias) and the group 1�
     y        = generate_and_aggregate(v, features, block, k, strides)   (B, H', W', M, A)
 
 The reference (`e4_apply_reference`) is exactly that, each step through its own dispatch
-point. A backend may fuse the whole of it: jax's and tensorflow's CPU paths run it by bands
-of rows and keep only `x` for the backward pass (`keras_convx.ops._jax`,
-`keras_convx.ops._tensorflow`).
+point. A backend may fuse the whole of it: the jax, tensorflow and torch CPU paths run it by
+bands of rows and keep only `x` for the backward pass (`keras_convx.ops._jax`,
+`keras_convx.ops._tensorflow`, `keras_convx.ops._torch`).
 """
 
 import keras
