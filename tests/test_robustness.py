@@ -132,6 +132,34 @@ def _assert_steps_do_not_recompile(model, x):
     assert counters["stats"]["unique_graphs"] == before, "compiled steps were recompiled"
 
 
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="TensorFlow's CPU convolutions return their "
+                    "input's shape for an empty batch (keras.layers.Conv2D's too: a 1×1 kernel "
+                    "fails, stride 2 keeps the size), so no convolution layer can")
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(name, data_format):
+    """A batch of no images (an empty last shard, a filtered batch) passes through every layer:
+    in training mode, outputs of the layer's shape with no rows; in inference mode, x's
+    gradient of x's shape and every weight's gradient finite and zero. (E4 failed on jax and
+    torch — reshapes with -1, undetermined when the batch is empty — and GroupPooling(max) on
+    torch, whose Keras `max` refuses empty tensors. Not asserted: a training step's batch
+    statistics of an empty batch are NaN, in Keras' BatchNormalization as in
+    GroupBatchNormalization and SharedBasisConv2D's basis normalisation.)"""
+    case = CASES[name]
+    layer = case.make(data_format)
+    x = _image((8, 8), case.channels, data_format, batch=0)
+    reference = [harness.to_numpy(y) for y in _as_list(layer(_image((8, 8), case.channels,
+                                                                      data_format)))]
+    if len(reference) == 1:  # (multi-output layers: the shapes are the contract)
+        dx, dw = harness.layer_gradients(layer, x, np.zeros((0, *reference[0].shape[1:]), "float32"))
+        assert dx.shape == x.shape
+        for weight, gradient in dw.items():
+            assert np.all(gradient == 0), weight
+    # last: a training call's batch statistics of no images are NaN (see above)
+    outputs = [harness.to_numpy(y) for y in _as_list(layer(x, training=True))]
+    assert [y.shape for y in outputs] == [(0, *y.shape[1:]) for y in reference]
+
+
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_built_layer_refuses_another_channel_count(name, data_format):

@@ -201,9 +201,9 @@ def e4_aggregate(v, kernels, k, strides):
 
 def _tiles(shape, strides):
     """Whether E4's banded CPU paths apply: stride 1, a static size (not under jax.export's
-    shape polymorphism), the CPU, no Pallas."""
+    shape polymorphism) with images in it, the CPU, no Pallas."""
     static = all(isinstance(d, int) for d in shape)
-    return (tuple(strides) == (1, 1) and static and _platform() == "cpu"
+    return (tuple(strides) == (1, 1) and static and 0 not in shape and _platform() == "cpu"
             and _pallas_mode() is None)
 
 
@@ -279,7 +279,7 @@ def e4_generate_aggregate(v, features, block, k, strides):
     symbolic size (jax.export), on a GPU (not measured there) and with Pallas, the reference
     (whole kernel tensor, then the `e4_aggregate` fast path)."""
     if not _tiles(features.shape, strides):
-        kernels = (features @ block).reshape(*features.shape[:3], k * k, -1)
+        kernels = (features @ block).reshape(*features.shape[:3], k * k, block.shape[-1] // (k * k))
         return e4_aggregate(v, kernels, k, strides)
     batch, height, width, _ = features.shape
     rows = gops.band_rows(batch, height, width, block.shape[-1], block.dtype.itemsize)

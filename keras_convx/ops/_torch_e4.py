@@ -110,7 +110,6 @@ class _FusedE4(torch.autograd.Function):
         (batch, height, width, channels), p = x.shape, (k - 1) // 2
         layout = _Layout(x, reduce, gamma, block, encoder, k)
         norm = layout.normalisation(gamma, beta, mean, inv)
-        dyq = dy.permute(0, 3, 4, 1, 2).contiguous()  # (B, M, A, H, W)
         f32 = {"dtype": torch.float32, "device": x.device}
         # x's gradient only when asked for (not for a model's first layer)
         dx = None
@@ -119,15 +118,17 @@ class _FusedE4(torch.autograd.Function):
         dreduce, dencoder = torch.zeros(reduce.shape, **f32), torch.zeros(encoder.shape, **f32)
         dblock, dgamma = torch.zeros(block.shape, **f32), torch.zeros(reduce.shape[1], **f32)
         dbeta, sums = torch.zeros_like(dgamma), torch.zeros((2, batch, reduce.shape[1]), **f32)
-        inv_c, gamma_c = layout.per_image(inv), norm.gamma
+        inv_c, gamma_c = layout.per_image(inv), layout.per_weight(gamma)
 
         def backward_band(band):  # the band remade, its cotangents added up
             xs = layout.columns(x, band.start, band.stop)
             z, u = norm(_product(reduce.t(), xs).float())
             features = layout.features(z, x.dtype)
             kernels = layout.kernels(features, block, len(band))
-            dvq, dkernels = ctx.bands.backward(layout.encoded(x, encoder, band), kernels,
-                                               dyq[:, :, :, band.start:band.stop], k)
+            # the band's cotangent (B, M, A, rows, W): a copy of one band of dy at a time
+            g = dy[:, band.start:band.stop].permute(0, 3, 4, 1, 2).contiguous()
+            dvq, dkernels = ctx.bands.backward(layout.encoded(x, encoder, band), kernels, g, k)
+            del g
             del kernels
             dkernels = dkernels.view(batch, -1, len(band) * width)
             dblock.add_(_weight_gradient(features, dkernels.transpose(1, 2)))
@@ -222,7 +223,6 @@ class _Layout:
             u = (t - mean_c).mul_(inv_c)
             return torch.addcmul(beta_c, u, gamma_c), u
 
-        normalise.gamma = gamma_c
         return normalise
 
     def features(self, z, dtype):
