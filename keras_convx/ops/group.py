@@ -285,18 +285,21 @@ def group_norm_relu_reference(t, gamma, beta, groups, epsilon):
     t, gamma, beta = (keras.ops.convert_to_tensor(a) for a in (t, gamma, beta))
     shape = keras.ops.shape(t)
     per = t.shape[-1] // groups
-    # sizes named, not -1: an empty batch leaves -1 undetermined
-    flat = keras.ops.reshape(t, (shape[0], shape[1] * shape[2], groups * per))
+    # -1 where the batch has images (symbolic sizes export so); an empty batch leaves -1
+    # undetermined, so its sizes are named
+    empty = isinstance(shape[0], int) and shape[0] == 0
+    batch = 0 if empty else -1
+    flat = keras.ops.reshape(t, (shape[0], shape[1] * shape[2] if empty else -1, groups * per))
 
     def group_mean(u):  # (B, H·W, C) → (B, groups)
-        return keras.ops.mean(keras.ops.reshape(keras.ops.mean(u, axis=1), (shape[0], groups, per)),
+        return keras.ops.mean(keras.ops.reshape(keras.ops.mean(u, axis=1), (batch, groups, per)),
                               axis=2)
 
     mean, square = group_mean(flat), group_mean(keras.ops.square(flat))
     inv = keras.ops.rsqrt(keras.ops.maximum(square - mean * mean, 0.0) + epsilon)
     scale = inv[:, :, None] * gamma  # (B, groups, 1 or C/groups)
     shift = beta - mean[:, :, None] * scale
-    scale_shape = (shape[0], 1, 1, groups, gamma.shape[-1])
+    scale_shape = (batch, 1, 1, groups, gamma.shape[-1])
     t = keras.ops.reshape(t, (shape[0], shape[1], shape[2], groups, per))
     t = keras.ops.relu(t * keras.ops.reshape(scale, scale_shape) + keras.ops.reshape(shift, scale_shape))
     return keras.ops.reshape(t, shape)
