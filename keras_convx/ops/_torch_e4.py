@@ -128,8 +128,7 @@ class _FusedE4(torch.autograd.Function):
             # the band's cotangent (B, M, A, rows, W): a copy of one band of dy at a time
             g = dy[:, band.start:band.stop].permute(0, 3, 4, 1, 2).contiguous()
             dvq, dkernels = ctx.bands.backward(layout.encoded(x, encoder, band), kernels, g, k)
-            del g
-            del kernels
+            del g, kernels
             dkernels = dkernels.view(batch, -1, len(band) * width)
             dblock.add_(_weight_gradient(features, dkernels.transpose(1, 2)))
             del features
