@@ -338,11 +338,14 @@ FUSED_MIN_BANDS = 4
 def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
     """E4's whole computation from its input: on the CPU at stride 1, one autograd Function by
     bands of rows that keeps only `x` and per-image statistics for the backward pass
-    (`_torch_e4.fused_e4`); otherwise (a GPU, torch.compile tracing, stride 2) the reference,
-    step by step (and for an empty batch)."""
+    (`_torch_e4.fused_e4`); otherwise (a GPU, inside a torch.compile'd call, stride 2, an empty
+    batch) the reference, step by step."""
     x, reduce, gamma, beta, block, encoder = (
         keras.ops.convert_to_tensor(t) for t in (x, reduce, gamma, beta, block, encoder))
-    if strides != 1 or x.device.type != "cpu" or _traced(x) or x.numel() == 0:
+    # not in a compiled call's graph-broken eager parts either: the backward pass of a Function
+    # run there is traced by dynamo, which cannot loop over symbolic band bounds
+    if (strides != 1 or x.device.type != "cpu" or _in_compiled_call() or _traced(x)
+            or x.numel() == 0):
         return e4ops.e4_apply_reference(x, reduce, gamma, beta, block, encoder, k, strides, epsilon)
     if x.stride(1) != x.shape[2] * x.stride(2):  # the bands view the pixels as one axis
         x = x.contiguous()
