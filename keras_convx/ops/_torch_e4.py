@@ -59,7 +59,7 @@ def aggregate_band_backward(dvq, vq, kernels, g, k, strides, rows):
     return dkernels
 
 
-def _product(a, b):
+def product(a, b):
     """a @ b for a weight matrix `a` (n, m) and per-image columns `b` (B, m, cols), or for
     per-image `a` (B, n, m) and a weight matrix `b`: one `torch.bmm` over the images."""
     if a.dim() == 2:
@@ -69,7 +69,7 @@ def _product(a, b):
     return torch.bmm(a, b)
 
 
-def _weight_gradient(a, b):
+def weight_gradient(a, b):
     """Σ over images of a @ b, in float32 (one rounding for low-precision inputs)."""
     return torch.bmm(a.float(), b.float()).sum(0)
 
@@ -83,7 +83,7 @@ class _FusedE4(torch.autograd.Function):
     def forward(ctx, x, reduce, gamma, beta, block, encoder, k, epsilon, rows, bands):
         batch, height, width, _ = x.shape
         layout = _Layout(x, reduce, gamma, block, encoder, k)
-        t = _product(reduce.t(), layout.columns(x, 0, height)).float()
+        t = product(reduce.t(), layout.columns(x, 0, height)).float()
         var, mean = torch.var_mean(t.view(batch, layout.groups, -1), dim=-1, correction=0)
         inv = torch.rsqrt(var + epsilon)
         norm = layout.normalisation(gamma, beta, mean, inv)
@@ -122,7 +122,7 @@ class _FusedE4(torch.autograd.Function):
 
         def backward_band(band):  # the band remade, its cotangents added up
             xs = layout.columns(x, band.start, band.stop)
-            z, u = norm(_product(reduce.t(), xs).float())
+            z, u = norm(product(reduce.t(), xs).float())
             features = layout.features(z, x.dtype)
             kernels = layout.kernels(features, block, len(band))
             # the band's cotangent (B, M, A, rows, W): a copy of one band of dy at a time
@@ -130,9 +130,9 @@ class _FusedE4(torch.autograd.Function):
             dvq, dkernels = ctx.bands.backward(layout.encoded(x, encoder, band), kernels, g, k)
             del g, kernels
             dkernels = dkernels.view(batch, -1, len(band) * width)
-            dblock.add_(_weight_gradient(features, dkernels.transpose(1, 2)))
+            dblock.add_(weight_gradient(features, dkernels.transpose(1, 2)))
             del features
-            dz = _product(block[:-1], dkernels).float().mul_(z > 0)
+            dz = product(block[:-1], dkernels).float().mul_(z > 0)
             del dkernels, z
             # x's gradient through the encoder: the band's rows and its halo rows inside the image
             lo, hi = max(band.start - p, 0), min(band.stop + p, height)
@@ -140,8 +140,8 @@ class _FusedE4(torch.autograd.Function):
             dv = dvq[:, :, :, top:top + hi - lo, p:p + width].reshape(batch, -1, (hi - lo) * width)
             del dvq
             if dx is not None:
-                dx[:, lo * width:hi * width] += _product(dv.transpose(1, 2), encoder.t())
-            dencoder.add_(_weight_gradient(layout.columns(x, lo, hi), dv.transpose(1, 2)))
+                dx[:, lo * width:hi * width] += product(dv.transpose(1, 2), encoder.t())
+            dencoder.add_(weight_gradient(layout.columns(x, lo, hi), dv.transpose(1, 2)))
             del dv
             dgamma.add_((dz * u).sum((0, 2)))
             dbeta.add_(dz.sum((0, 2)))
@@ -151,9 +151,9 @@ class _FusedE4(torch.autograd.Function):
             # the reduced map's cotangent's first term, σ⁻¹·dû, through the reduction
             dt = du.mul_(inv_c).to(x.dtype)
             if dx is not None:
-                dx[:, band.start * width:band.stop * width] += _product(dt.transpose(1, 2),
+                dx[:, band.start * width:band.stop * width] += product(dt.transpose(1, 2),
                                                                         reduce.t())
-            dreduce.add_(_weight_gradient(xs, dt.transpose(1, 2)))
+            dreduce.add_(weight_gradient(xs, dt.transpose(1, 2)))
 
         for r0 in range(0, height, rows):
             backward_band(range(r0, min(height, r0 + rows)))
@@ -232,7 +232,7 @@ class _Layout:
 
     def kernels(self, features, block, rows):
         """(B, k², A, rows, W) per-pixel kernels: `block`ᵀ @ features."""
-        band = _product(block.t(), features)
+        band = product(block.t(), features)
         return band.view(band.shape[0], self.k * self.k, self.slots, rows, self.width)
 
     def encoded(self, x, encoder, band):
@@ -240,7 +240,7 @@ class _Layout:
         zero where they fall outside the image."""
         p = (self.k - 1) // 2
         lo, hi = max(band.start - p, 0), min(band.stop + p, self.height)
-        v = _product(encoder.t(), self.columns(x, lo, hi))
+        v = product(encoder.t(), self.columns(x, lo, hi))
         v = v.view(x.shape[0], self.fields, self.slots, hi - lo, self.width)
         pads = (p, p, p - (band.start - lo), band.stop + p - hi)
         return torch.nn.functional.pad(v, pads)
