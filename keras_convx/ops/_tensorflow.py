@@ -218,7 +218,7 @@ def _banded(v, features, block, k, rows):
             for r0, r1 in bands:
                 def band(r0=r0, r1=r1):  # every op of the band after dy: see `after`
                     f = features[:, r0:r1]
-                    return (f, *backward(vp[:, r0:r1 + 2 * p], band_kernels(f, block, k),
+                    return (f, *backward(vp[:, r0:r1 + 2 * p], band_kernels(f, block, k, k - 1),
                                          dy[:, r0:r1]))
 
                 f, dvh, dk = after(dy if dblock is None else dblock, band)

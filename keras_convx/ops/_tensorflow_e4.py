@@ -62,8 +62,12 @@ def after(previous, fn):
         return fn()
 
 
-def band_kernels(features, block, k):
-    """(B, rows, W', k², A) kernels of one band: `features @ block`."""
+def band_kernels(features, block, k, pad=0):
+    """(B, rows, W' + 2·pad, k², A) kernels of one band: `features @ block`, the features'
+    columns first padded with `pad` zeros on each side (zero kernels there: their bias row
+    meets the ones column's zero)."""
+    if pad:
+        features = tf.pad(features, [[0, 0], [0, 0], [pad, pad], [0, 0]])
     shape = tf.shape(features)
     flat = tf.matmul(tf.reshape(features, (-1, features.shape[-1])), block)
     return tf.reshape(flat, (shape[0], shape[1], shape[2], k * k, block.shape[-1] // (k * k)))
@@ -82,35 +86,36 @@ def xla_band_forward(k):
 
 
 @functools.lru_cache(maxsize=32)
-def xla_band_backward(k, gathered=False):
-    """The XLA-compiled backward pass of `xla_band_forward(k)`: (the padded rows' cotangent,
-    the kernels'). dvh[r, c] = Σ_ij dy[r − i, c − j]·kernels[r − i, c − j, ij]: each product
-    padded into place (no temporary), or `gathered`: per kernel row i, windows of dy and of
-    the kernels, both padded by k − 1 columns on each side (a temporary of the band's padded
-    kernels), then k pads of those row sums along the rows. A 10-row band of 64 px images, batch
-    8, 8 fields: 2.1–2.8 → 0.8–1.1 ms gathered, XLA temp 0.9 → 6–8 MB (windows of both padded
-    on every side: 0.6–0.9 ms, 17 MB; XLA's autodiff of the forward pass: 7 ms)."""
+def xla_band_backward(k):
+    """The XLA-compiled backward pass of `xla_band_forward(k)`, given the band's kernels
+    padded by k − 1 zero columns on each side (`band_kernels(..., pad=k - 1)`: the matrix
+    product makes the padding, no copy): (the padded rows' cotangent, the kernels').
+    dvh[r, c] = Σ_ij dy[r − i, c − j]·kernels[r − i, c − j, ij], per kernel row i from
+    windows of the padded kernels and of dy padded alike, then k pads of those row sums along
+    the rows (XLA fuses it all into one pass). A 20-row band of 32 px images, batch 8, 8 fields
+    (3.9 MB of kernels), XLA temp above its outputs: 9.8 MB when it padded the kernels itself
+    and stacked the kernels' cotangent, 4.5 MB given them padded, 1.3 MB with the cotangent
+    written in place, for the same time (each product padded into place: 4.3 MB, 1.3–2× the
+    time)."""
     q = k - 1
 
-    def backward(vh, kernels, dy):
-        (rows, width), (halo_rows, halo_cols) = kernels.shape[1:3], vh.shape[1:3]
-        dkernels = [tf.reduce_sum(dy * window_slice(vh, (i, j), (k, k)), axis=3)
-                    for i in range(k) for j in range(k)]
-        dvh = 0.0
-        if gathered:
-            dyp, kp = (tf.pad(t, [[0, 0], [0, 0], [q, q], [0, 0], [0, 0]]) for t in (dy, kernels))
+    def backward(vh, padded_kernels, dy):
+        rows, (halo_rows, halo_cols) = dy.shape[1], vh.shape[1:3]
+        # the kernels' cotangent written window by window into one buffer (XLA updates it in
+        # place; a stack of the k² sums is a concatenation, which XLA's CPU backend copies)
+        dkernels = tf.zeros(tf.concat([tf.shape(dy)[:3], [k * k, dy.shape[-1]]], 0), dy.dtype)
+        for s in range(k * k):
+            dkernels = tf.raw_ops.TensorStridedSliceUpdate(
+                input=dkernels, begin=[0, 0, 0, s, 0], end=[0, 0, 0, s + 1, 0], strides=[1] * 5,
+                begin_mask=0b00111, end_mask=0b10111, value=tf.reduce_sum(
+                    dy * window_slice(vh, divmod(s, k), (k, k)), axis=3, keepdims=True))
+        dyp, dvh = tf.pad(dy, [[0, 0], [0, 0], [q, q], [0, 0], [0, 0]]), 0.0
         for i in range(k):
-            if gathered:
-                row = sum(dyp[:, :, q - j:q - j + halo_cols] * kp[:, :, q - j:q - j + halo_cols,
-                                                                 i * k + j, None]
-                          for j in range(k))
-                dvh += tf.pad(row, [[0, 0], [i, halo_rows - rows - i], [0, 0], [0, 0], [0, 0]])
-                continue
-            for j in range(k):
-                part = dy * kernels[:, :, :, i * k + j, None]
-                dvh += tf.pad(part, [[0, 0], [i, halo_rows - rows - i], [j, halo_cols - width - j],
-                                     [0, 0], [0, 0]])
-        return dvh, tf.stack(dkernels, axis=3)
+            row = sum(dyp[:, :, q - j:q - j + halo_cols]
+                      * padded_kernels[:, :, q - j:q - j + halo_cols, i * k + j, None]
+                      for j in range(k))
+            dvh += tf.pad(row, [[0, 0], [i, halo_rows - rows - i], [0, 0], [0, 0], [0, 0]])
+        return dvh, dkernels
 
     return tf.function(backward, jit_compile=True)
 
@@ -144,19 +149,40 @@ def _normalised(t, scale, shift):
     return tf.concat([features, tf.ones_like(features[..., :1])], -1)
 
 
-def _normalisation_cotangent(t, dfeatures, scale, shift, mean, inv):
-    """(dz, (Σ dz, Σ dz·û) over the rows) of a band (dû = γ·dz: its sums are γ times these)."""
+def _normalisation_cotangent(t, dfeatures, scale, shift, mean, inv, gamma, dtype):
+    """A band's (σ⁻¹·dû in `dtype`, (Σ dz, Σ dz·û) over its rows) for the features' cotangent
+    (dû = γ·dz: the first term of the reduced map's cotangent; the sums' means give the rest,
+    `_reduction_remainder`)."""
     dz = tf.where(t * scale + shift > 0, dfeatures, 0.0)
-    return dz, tf.stack([_row_sums(dz), _row_sums(dz * (t - mean) * inv)])
-
-
-def _reduced_cotangent(t, dz, mean, inv, gamma, m1, m2):  # the group norm's input gradient
-    return inv * (dz * gamma - m1 - (t - mean) * inv * m2)
+    return (tf.cast(dz * (gamma * inv), dtype),
+            tf.stack([_row_sums(dz), _row_sums(dz * (t - mean) * inv)]))
 
 
 # Graph mode runs each element-wise op as its own pass over the band; XLA fuses each of these.
 _XLA = {f.__name__: tf.function(f, jit_compile=True)
-        for f in (_moments, _normalised, _normalisation_cotangent, _reduced_cotangent)}
+        for f in (_moments, _normalised, _normalisation_cotangent)}
+
+
+def _reduction_remainder(x, reduce, mean, inv, m1, m2):
+    """(x's, the reduction's) gradients through the group norm beyond the bands' σ⁻¹·dû, in
+    float32, without remaking the reduced map.
+
+    The reduced map's cotangent is dt = σ⁻¹·(dû − m1 − û·m2) (m1 = mean(dû), m2 = mean(dû·û)
+    per image and group; û = σ⁻¹·(t − μ), t = x @ reduce). Beyond σ⁻¹·dû it is −a·t + c per
+    image and channel, a = σ⁻²·m2, c = a·μ − σ⁻¹·m1: through the reduction
+    −x @ (reduce·diag(a)·reduceᵀ) + c @ reduceᵀ for x, and −(xᵀx) @ reduce·diag(a) + (Σ x) ⊗ c
+    for the reduction (one C×C matrix and one Gram matrix per image). `mean`, `inv`, `m1`,
+    `m2`: (B, C_r·|G|)."""
+    flat = tf.cast(tf.reshape(x, (tf.shape(x)[0], -1, x.shape[-1])), tf.float32)
+    reduce = tf.cast(reduce, tf.float32)
+    a = inv * inv * m2
+    c = a * mean - inv * m1
+    mix = tf.einsum("ij,bj,kj->bik", reduce, a, reduce)
+    dx = tf.matmul(c, reduce, transpose_b=True)[:, None, :] - tf.matmul(flat, mix)
+    gram = tf.matmul(flat, flat, transpose_a=True)
+    dreduce = (tf.matmul(tf.reduce_sum(flat, 1), c, transpose_a=True)
+               - tf.reduce_sum(tf.matmul(gram, reduce) * a[:, None, :], 0))
+    return tf.reshape(dx, tf.shape(x)), dreduce
 
 
 def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
@@ -209,43 +235,37 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
         y = tf.concat(ys, 1)
 
         def grad(dy):
-            backward, dzs, parts, totals = xla_band_backward(k, gathered=True), [], [], None
+            backward, parts, dxs, totals = xla_band_backward(k), [], [], None
             xp = after(dy, padded)  # after dy, as this pass's bands: see `after`
             for r0, r1 in bands:
-                def first_pass(r0=r0, r1=r1):
-                    t, xh = reduced(x[:, r0:r1]), xp[:, r0:r1 + 2 * p]
-                    features, kernel = kernels(t)
-                    dvh, dk = backward(encoded(xh), kernel, dy[:, r0:r1])
-                    dk = tf.reshape(dk, tf.concat([tf.shape(dk)[:3], [block.shape[-1]]], 0))
-                    dz, dz_sums = _XLA["_normalisation_cotangent"](
-                        t, tf.cast(_matmul_rows(dk, block[:-1], True), f32), scale, shift,
-                        mean_c, inv_c)
-                    dvh = tf.reshape(dvh, tf.concat([tf.shape(dvh)[:3], [encoder.shape[-1]]], 0))
-                    return dz, _matmul_rows(dvh, encoder, True), (
-                        _weight_gradient(xh, dvh), _weight_gradient(features, dk),
-                        dz_sums)
-
-                dz, part, band_totals = after(dy if totals is None else totals, first_pass)
-                totals = band_totals if totals is None else [s + b for s, b in zip(totals, band_totals)]
-                dzs.append(dz)
-                parts.append(part)
-            dencoder, dblock, dz_sums = totals  # (Σ dz, Σ dz·û) per image and channel
-            dbeta, dgamma = tf.unstack(tf.reduce_sum(dz_sums, 1))
-            dxp = stitch_bands(parts, bands, 2 * p)
-            m1, m2 = (per_channel(m[:, :, None])
-                      for m in group_means(dz_sums * tf.reshape(gamma_c, (1, 1, -1))))
-            dxs, dreduce = [], None
-            for (r0, r1), dz in zip(bands, dzs):
-                def second_pass(r0=r0, r1=r1, dz=dz):
+                def band_pass(r0=r0, r1=r1):  # the band remade, its cotangents
                     xs = x[:, r0:r1]
-                    dt = tf.cast(_XLA["_reduced_cotangent"](reduced(xs), dz, mean_c, inv_c,
-                                                            gamma_c, m1, m2), x.dtype)
-                    return _matmul_rows(dt, reduce, True), _weight_gradient(xs, dt)
+                    t, xh = reduced(xs), xp[:, r0:r1 + 2 * p]
+                    features = tf.cast(_XLA["_normalised"](t, scale, shift), x.dtype)
+                    dvh, dk = backward(encoded(xh), band_kernels(features, block, k, k - 1),
+                                       dy[:, r0:r1])
+                    dk = tf.reshape(dk, tf.concat([tf.shape(dk)[:3], [block.shape[-1]]], 0))
+                    dt, dz_sums = _XLA["_normalisation_cotangent"](
+                        t, tf.cast(_matmul_rows(dk, block[:-1], True), f32), scale, shift,
+                        mean_c, inv_c, gamma_c, x.dtype)
+                    dvh = tf.reshape(dvh, tf.concat([tf.shape(dvh)[:3], [encoder.shape[-1]]], 0))
+                    return _matmul_rows(dvh, encoder, True), _matmul_rows(dt, reduce, True), (
+                        _weight_gradient(xh, dvh), _weight_gradient(features, dk),
+                        _weight_gradient(xs, dt), dz_sums)
 
-                dxb, part = after(totals if dreduce is None else dreduce, second_pass)
-                dreduce = part if dreduce is None else dreduce + part
+                part, dxb, band_totals = after(dy if totals is None else totals, band_pass)
+                totals = band_totals if totals is None else [s + b for s, b in zip(totals, band_totals)]
+                parts.append(part)
                 dxs.append(dxb)
-            dx = dxp[:, p:p + height, p:p + width] + tf.concat(dxs, 1)
+            dencoder, dblock, dreduce, dz_sums = totals  # (Σ dz, Σ dz·û) per image and channel
+            dbeta, dgamma = tf.unstack(tf.reduce_sum(dz_sums, 1))
+            m1, m2 = (tf.reshape(per_channel(m[:, :, None]), (-1, channels))
+                      for m in group_means(dz_sums * tf.reshape(gamma_c, (1, 1, -1))))
+            rest, drest = _reduction_remainder(
+                x, reduce, *(tf.reshape(v, (-1, channels)) for v in (mean_c, inv_c)), m1, m2)
+            dx = (tf.cast(stitch_bands(parts, bands, 2 * p)[:, p:p + height, p:p + width], f32)
+                  + tf.cast(tf.concat(dxs, 1), f32) + rest)
+            dreduce += drest
 
             def like(gradient, weight):  # per-channel sums back to (groups, 1 or n)
                 gradient = tf.reshape(gradient, (groups, n))
@@ -253,7 +273,8 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
                     gradient = tf.reduce_sum(gradient, -1, keepdims=True)
                 return tf.cast(gradient, weight.dtype)
 
-            return (dx, tf.cast(dreduce, reduce.dtype), like(dgamma, gamma), like(dbeta, beta),
+            return (tf.cast(dx, x.dtype), tf.cast(dreduce, reduce.dtype), like(dgamma, gamma),
+                    like(dbeta, beta),
                     tf.cast(dblock, block.dtype), tf.cast(dencoder, encoder.dtype))
 
         return y, grad
