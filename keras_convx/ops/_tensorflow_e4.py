@@ -6,23 +6,25 @@ per-image statistics for its backward pass.
 The bands run one after the other (`after`: control dependencies in graph mode, or the
 executor starts every ready band at once and holds them all), each band's k² multiply-adds
 as one XLA-compiled call (graph mode does not fuse element-wise ops; the matrix products stay
-TensorFlow's, multi-threaded oneDNN, faster than XLA's on the CPU). Bands are rows of every
-image (`fit` traces with an unknown batch size).
+TensorFlow's: a band's products, element-wise steps and sums in one XLA call, forward and
+backward, took 1.4–1.7× the step's time). Bands are rows of every image (`fit` traces with
+an unknown batch size).
 
 `fused_e4`, per band of rows:
 - forward: the group norm's statistics from the whole reduced map (`x @ reduce`, dropped
   before the bands), then each band's reduced rows, normalisation, per-pixel kernels (the
   bias as a column of ones, rounded once as the reference's product), its encoded rows
   (`x @ encoder` over the band and its halo of 2p rows) and their aggregation;
-- backward, two passes (the group norm's input gradient needs two sums over the whole image,
-  Σ dû and Σ dû·û per image and group, first): (1) every band remade: the kernels' and the
-  encoded rows' cotangents, x's gradient through the encoder (the halo rows added across
-  bands), the weight gradients, the two sums, and the normalisation's output cotangent dz,
-  kept per band; (2) each band's normalised map remade and `dt = (γ·dz − mean(γ·dz) −
-  û·mean(γ·dz·û)) / σ` turned into x's gradient through the reduction.
-Measured (benchmarks/RESULTS.md, eighth pass; one 8-field layer after a 1×1 stem, batch 8,
-k 5, fit's graph mode): the step's allocator peak 7.0 / 3.1 / 1.38× a GroupConv2D's at 32 /
-64 / 128 px (step by step 12.7 / 14.3 / 3.6×) for −4 to +17% time.
+- backward, ONE pass over the bands, as torch's: every band remade (the kernels' and the
+  encoded rows' cotangents, x's gradient through the encoder with the halo rows added across
+  bands, the weight gradients, Σ dz and Σ dz·û per image, and the first term σ⁻¹·dû of the
+  reduced map's cotangent through the reduction); the group norm's rest needs the image-wide
+  means of those sums and is added after the bands from x and one Gram matrix per image
+  (`_reduction_remainder`), so no band is remade twice and no image-sized dz is kept.
+Measured (benchmarks/RESULTS.md, tenth pass; one 8-field layer after a 1×1 stem, batch 8,
+k 5, fit's graph mode): the step's allocator peak 5.4 / 2.4 / 1.30× a GroupConv2D's at 32 /
+64 / 128 px (the two-pass form 6.5 / 2.7 / 1.40×, step by step 12.7 / 14.3 / 3.6×), time
+1.45–1.54×.
 """
 
 import functools
