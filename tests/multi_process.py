@@ -1,7 +1,7 @@
 """One process of a multi-process training run, or the single-process reference.
 
-`python -m tests.multi_process --out DIR [--world 2 --rank R --addresses A,B]` trains the
-every-family model (tests/family_model.py) two SGD steps on global batches of 16, with the
+`python -m tests.multi_process --out DIR [--world 2 --rank R --addresses A,B] [--group G]`
+trains the every-family model (tests/family_model.py; group layers of G, p4 by default) two SGD steps on global batches of 16, with the
 synaptic pruning callback firing, then the same model inside `PairwiseConsistency`, and
 writes DIR/rank<R>.npz (weights of both, batch-norm statistics, masks) and
 DIR/rank<R>.json (losses). With --world 2 it joins the job through
@@ -32,6 +32,7 @@ ARGS.add_argument("--rank", type=int, default=0)
 ARGS.add_argument("--addresses", default="")
 ARGS.add_argument("--timeout", type=float, default=120)
 ARGS.add_argument("--dump-after", type=float, default=0)  # seconds; 0: never
+ARGS.add_argument("--group", default="p4")  # of the group layers
 OPTIONS = ARGS.parse_args()
 # A process that hangs (or aborts) leaves every thread's Python stack in its log, shortly
 # before the test would kill it (`--dump-after`); the tests print the logs of a process they
@@ -83,7 +84,7 @@ def batches(x, y):
 def train(strategy, wrap=None, prune=False):
     keras.utils.set_random_seed(0)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = every_family_model()
+        model = every_family_model(OPTIONS.group)
         trained = wrap(model) if wrap else model
         trained.compile(optimizer=keras.optimizers.SGD(0.1),
                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
