@@ -1,10 +1,10 @@
 """One process of a multi-process training run, or the single-process reference.
 
 `python -m tests.multi_process --out DIR [--world 2 --rank R --addresses A,B] [--group G]`
-trains the every-family model (tests/family_model.py; group layers of G, p4 by default) two SGD steps on global batches of 16, with the
-synaptic pruning callback firing, then the same model inside `PairwiseConsistency`, and
-writes DIR/rank<R>.npz (weights of both, batch-norm statistics, masks) and
-DIR/rank<R>.json (losses). With --world 2 it joins the job through
+trains the every-family model (tests/family_model.py; its group layers of G, p4 by default)
+two SGD steps on global batches of 16, with the synaptic pruning callback firing, then the
+same model inside `PairwiseConsistency`, and writes DIR/rank<R>.npz (weights of both,
+batch-norm statistics, masks) and DIR/rank<R>.json (losses). With --world 2 it joins the job through
 `keras_convx.multi_process.initialize` and trains by the backend's own machinery:
 
 - JAX: 2 local CPU devices per process, `keras.distribution.DataParallel` over the 4 global

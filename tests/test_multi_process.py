@@ -116,7 +116,8 @@ def test_two_processes_train_as_one(run):
         assert report["process_count"] == 2
         if BACKEND == "jax":
             assert report["devices"] == 4  # 2 processes × 2 local devices
-        # float32: measured ≤ 7.2e-7 (TensorFlow), ≤ 1.2e-7 (JAX, torch) for the weights
+        # float32, the weights: measured ≤ 7.2e-7 (TensorFlow), ≤ 1.2e-7 (JAX, torch) with p4;
+        # 9.5e-7, 1.2e-7 (torch), 2.4e-7 (JAX) with c8
         assert _largest(single_arrays, arrays, "weights_") < 2e-6
         assert _largest(single_arrays, arrays, "group_bn_") < 2e-7  # synchronized statistics
         assert np.array_equal(single_arrays["mask"], arrays["mask"])

@@ -273,7 +273,8 @@ def e4_generate_aggregate(v, features, block, k, strides):
 # batch 8, k 5, fit's graph mode, against the step-by-step path; benchmarks/RESULTS.md, eighth
 # pass): allocator peak at 32 / 64 / 128 px, 8 fields 57 / 228 / 272 → 27 / 46 / 113 MB for
 # −1 / +11 / +9% time, 16 fields 60 / 209 / 471 → 40 / 74 / 209 MB for +17 / +21 / −2%
-# (before the backward's bands were made after dy, `after`; since, 8 fields: 28 / 49 / 111 MB).
+# (before the backward's bands were made after dy, `after`; since, 8 fields: 28 / 49 / 111 MB;
+# with the one-pass backward, tenth pass, 21.8 / 37.8 / 105.0 MB).
 FUSED_BAND_FACTOR = 1
 
 

@@ -22,9 +22,9 @@ an unknown batch size).
   means of those sums and is added after the bands from x and one Gram matrix per image
   (`_reduction_remainder`), so no band is remade twice and no image-sized dz is kept.
 Measured (benchmarks/RESULTS.md, tenth pass; one 8-field layer after a 1×1 stem, batch 8,
-k 5, fit's graph mode): the step's allocator peak 5.4 / 2.4 / 1.30× a GroupConv2D's at 32 /
-64 / 128 px (the two-pass form 6.5 / 2.7 / 1.40×, step by step 12.7 / 14.3 / 3.6×), time
-1.45–1.54×.
+k 5, fit's graph mode, one process): the step's allocator peak 5.4 / 2.4 / 1.30× a
+GroupConv2D's at 32 / 64 / 128 px (the two-pass form 6.5 / 2.7 / 1.40×; step by step 13.3 /
+13.3 / 3.7×, another run), its time 1.45–1.54× a GroupConv2D's (0.95–1.17× step by step's).
 """
 
 import functools
@@ -95,10 +95,10 @@ def xla_band_backward(k):
     dvh[r, c] = Σ_ij dy[r − i, c − j]·kernels[r − i, c − j, ij], per kernel row i from
     windows of the padded kernels and of dy padded alike, then k pads of those row sums along
     the rows (XLA fuses it all into one pass). A 20-row band of 32 px images, batch 8, 8 fields
-    (3.9 MB of kernels), XLA temp above its outputs: 9.8 MB when it padded the kernels itself
-    and stacked the kernels' cotangent, 4.5 MB given them padded, 1.3 MB with the cotangent
-    written in place, for the same time (each product padded into place: 4.3 MB, 1.3–2× the
-    time)."""
+    (3.9 MB of kernels), the allocator's peak above its outputs when called alone: 9.8 MB when
+    it padded the kernels itself and stacked the kernels' cotangent, 4.9–5.4 given them
+    padded, 1.6 with the cotangent written in place, for the same time (each product padded into
+    place instead of the windows: 4.3 MB, 1.3–2× the time)."""
     q = k - 1
 
     def backward(vh, padded_kernels, dy):
@@ -263,8 +263,10 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
             dbeta, dgamma = tf.unstack(tf.reduce_sum(dz_sums, 1))
             m1, m2 = (tf.reshape(per_channel(m[:, :, None]), (-1, channels))
                       for m in group_means(dz_sums * tf.reshape(gamma_c, (1, 1, -1))))
-            rest, drest = _reduction_remainder(
-                x, reduce, *(tf.reshape(v, (-1, channels)) for v in (mean_c, inv_c)), m1, m2)
+            # after the bands: its float32 copy of a low-precision x would otherwise be made
+            # early and held through them (the executor runs what is ready)
+            rest, drest = after(totals, lambda: _reduction_remainder(
+                x, reduce, *(tf.reshape(v, (-1, channels)) for v in (mean_c, inv_c)), m1, m2))
             dx = (tf.cast(stitch_bands(parts, bands, 2 * p)[:, p:p + height, p:p + width], f32)
                   + tf.cast(tf.concat(dxs, 1), f32) + rest)
             dreduce += drest

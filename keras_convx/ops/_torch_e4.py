@@ -20,7 +20,8 @@ measurements). The matrix products are one `torch.bmm` per band over the images.
   the reduced map's cotangent, σ⁻¹·dû, through the reduction. The rest of that cotangent
   needs the two sums over the whole image; it is added after the bands from x's Gram matrix
   and one C×C product per image (`_reduction_remainder`), so no band is remade twice and no
-  image-sized cotangent is kept (jax's fused layer makes a second pass; tensorflow's is one pass too).
+  image-sized cotangent is kept (tensorflow's fused layer does the same; jax's makes a second
+  pass).
 Measured (benchmarks/RESULTS.md, ninth pass; one layer after a 1×1 stem, batch 8, k 5): the
 step's peak 1.36 / 1.13 / 1.00× a GroupConv2D's at 32 / 64 / 128 px (8 fields; step by step
 3.1 / 1.8 / 1.5×), four layers 1.09 / 1.00× at 64 / 128 px, for −9 to +19% time at 64–128 px
