@@ -418,6 +418,24 @@ def test_tiled_paths_train_like_the_reference(jit_compile, policy, recompute, mo
         assert calls and set(calls) == {2}, calls
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's XLA steps")
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("tiled", [False, True])
+def test_tensorflow_xla_step_fuses_the_layer_where_the_reference_would_not_tile(
+        policy, tiled, monkeypatch):
+    """Inside a `jit_compile=True` step, tensorflow's E4 layer runs fused (its written
+    backward pass: 2.5–2.9× faster there than the reference's) where the reference's
+    generation would not tile an image's kernels, and the reference (tiled) where it would
+    (`BAND_BYTES=64`); `fit` moves every weight as the `keras.ops` reference does, both ways."""
+    if tiled:
+        monkeypatch.setattr(gops, "BAND_BYTES", 64)
+    calls = _count_fused_layer(monkeypatch)
+    harness.check_fit_matches_reference(
+        lambda policy: E4Conv2D(4, 3, group="p4", reduction_ratio=1, slices=2, dtype=policy),
+        (11, 9, 16), True, policy, ops.reference_mode)
+    assert (calls == []) == tiled, calls
+
+
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch's opt-in compiled bands")
 def test_torch_compiled_bands_train_like_the_reference(opt_in_fast_paths, monkeypatch, caplog):
     """`fit` as above with torch's opt-in compiled bands (2-row bands and a partial one, a
