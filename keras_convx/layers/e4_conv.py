@@ -37,14 +37,15 @@ class E4Conv2D(keras.layers.Layer):
     The aggregation runs through `keras_convx.ops.group.aggregate`: k² shifted
     multiply-adds that never build the k²-times larger patch tensor (compiled per backend
     where that is faster); `keras_convx.ops.reference_mode()` switches to the patch form. On
-    the CPU at stride 1 (jax and tensorflow: with a static image size; tensorflow: outside
-    `jit_compile=True`; torch: in eager mode) the whole layer (steps 1–4) runs by bands of
-    rows in one op (`keras_convx.ops.e4.e4_apply`) that keeps only the layer's input for the
-    backward pass: a one-layer step's memory on jax 1.44–1.59× a `GroupConv2D`'s instead of
-    1.8–2.2×, for up to +19% step time at 32–64 px; on tensorflow 1.30–5.4×
-    instead of 3.7–13.3× for −5 to +17% step time (8 fields; 1.25–3.3× instead of 2.9–7.1×
-    for +8 to +12% at 16); on torch 1.0–1.36× instead of 1.5–3.1×
-    (8–32 fields), −9 to +19% time at 64–128 px, up to +40% at 32 px
+    the CPU at stride 1 (jax and tensorflow: with a static image size; torch: in eager mode)
+    the whole layer (steps 1–4) runs by bands of rows in one op
+    (`keras_convx.ops.e4.e4_apply`) that keeps only the layer's input for the backward pass
+    (tensorflow inside `jit_compile=True`: only below ~100 px at 8 fields, where it makes the
+    step 2.5–2.9× faster but XLA keeps as much as step by step): a one-layer step's memory
+    on jax 1.44–1.59× a `GroupConv2D`'s instead of 1.8–2.2×, for up to +19% step time at
+    32–64 px; on tensorflow 1.30–5.4× instead of 3.7–13.3× for −5 to +17% step time (8
+    fields; 1.25–3.3× instead of 2.9–7.1× for +8 to +12% at 16); on torch 1.0–1.36× instead
+    of 1.5–3.1× (8–32 fields), −9 to +19% time at 64–128 px, up to +40% at 32 px
     (benchmarks/RESULTS.md, "E4 as images grow").
     `implementation="shifts"` runs the layer step by step in `keras.ops`.
 
