@@ -249,7 +249,8 @@ IMAGE_BAND_FACTOR = 8
 
 def _tiled_by_image(height, width, block):
     """Does one image's kernels pass two image bands (`e4_generate_aggregate` tiles them)?"""
-    return height * width * block.shape[-1] * block.dtype.size > 2 * IMAGE_BAND_FACTOR * gops.BAND_BYTES
+    kernel_bytes = height * width * block.shape[-1] * block.dtype.size
+    return kernel_bytes > 2 * IMAGE_BAND_FACTOR * gops.BAND_BYTES
 
 
 @fast
@@ -266,7 +267,8 @@ def e4_generate_aggregate(v, features, block, k, strides):
     recomputing = _RECOMPUTING.get()
     band = (RECOMPUTE_BAND_FACTOR if recomputing else IMAGE_BAND_FACTOR) * gops.BAND_BYTES
     if (tuple(strides) == (1, 1) and _platform() == "cpu" and None not in (height, width)
-            and None not in v.shape[1:3] and (recomputing or _tiled_by_image(height, width, block))):
+            and None not in v.shape[1:3]
+            and (recomputing or _tiled_by_image(height, width, block))):
         rows = gops.band_rows(1, height, width, block.shape[-1], block.dtype.size, band)
         return _banded(v, features, block, k, rows)
     return e4_aggregate(v, band_kernels(features, block, k), k, strides)

@@ -256,7 +256,8 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
                         _weight_gradient(xs, dt), dz_sums)
 
                 part, dxb, band_totals = after(dy if totals is None else totals, band_pass)
-                totals = band_totals if totals is None else [s + b for s, b in zip(totals, band_totals)]
+                totals = (band_totals if totals is None
+                          else [s + b for s, b in zip(totals, band_totals)])
                 parts.append(part)
                 dxs.append(dxb)
             dencoder, dblock, dreduce, dz_sums = totals  # (Σ dz, Σ dz·û) per image and channel
