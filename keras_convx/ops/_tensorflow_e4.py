@@ -222,9 +222,9 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
         scale = inv_c * gamma_c
         shift = per_channel(beta[None]) - mean_c * scale
 
-        def kernels(t):  # (the generator's input with its ones column, the kernels)
+        def kernels(t, pad=0):  # (the generator's input with its ones column, the kernels)
             features = tf.cast(_XLA["_normalised"](t, scale, shift), x.dtype)
-            return features, band_kernels(features, block, k)
+            return features, band_kernels(features, block, k, pad)
 
         def padded():  # x's padded copy, made again in the backward pass (not kept for it)
             return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
@@ -243,9 +243,8 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
                 def band_pass(r0=r0, r1=r1):  # the band remade, its cotangents
                     xs = x[:, r0:r1]
                     t, xh = reduced(xs), xp[:, r0:r1 + 2 * p]
-                    features = tf.cast(_XLA["_normalised"](t, scale, shift), x.dtype)
-                    dvh, dk = backward(encoded(xh), band_kernels(features, block, k, k - 1),
-                                       dy[:, r0:r1])
+                    features, padded_kernels = kernels(t, k - 1)
+                    dvh, dk = backward(encoded(xh), padded_kernels, dy[:, r0:r1])
                     dk = tf.reshape(dk, tf.concat([tf.shape(dk)[:3], [block.shape[-1]]], 0))
                     dt, dz_sums = _XLA["_normalisation_cotangent"](
                         t, tf.cast(_matmul_rows(dk, block[:-1], True), f32), scale, shift,

@@ -153,7 +153,7 @@ class _FusedE4(torch.autograd.Function):
             dt = du.mul_(inv_c).to(x.dtype)
             if dx is not None:
                 dx[:, band.start * width:band.stop * width] += product(dt.transpose(1, 2),
-                                                                        reduce.t())
+                                                                       reduce.t())
             dreduce.add_(weight_gradient(xs, dt.transpose(1, 2)))
 
         for r0 in range(0, height, rows):
