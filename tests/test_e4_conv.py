@@ -9,6 +9,7 @@ import pytest
 from keras_convx import analysis
 from keras_convx import ops
 from keras_convx.layers import E4Conv2D
+from keras_convx.layers import GroupConv2D
 from keras_convx.ops import e4 as e4ops
 from keras_convx.ops import group as gops
 from tests import harness
@@ -200,11 +201,11 @@ def test_torch_compiled_bands_equal_the_kernels_then_patches(band_bytes, opt_in_
 @pytest.mark.parametrize("band_bytes", [None, 64])
 @pytest.mark.parametrize("size, k, tied, epsilon", [
     ((7, 5), 3, True, 1e-5), ((9, 4), 5, False, 0.3), ((6, 6), 1, True, 0.3),
-    ((3, 4), 5, True, 1e-5)])
+    ((3, 4), 5, True, 1e-5), ((8, 5), 7, False, 1e-5)])
 def test_layer_op_equals_step_by_step_reference(size, k, tied, epsilon, band_bytes, monkeypatch):
     """`ops.e4.e4_apply` (the CPU of every backend: the whole layer fused by bands, which ran
-    — `band_bytes=64` forcing 2-row bands, at heights 7 and 9 a partial last one; elsewhere
-    each step's own fast path) equals the step-by-step reference with the patch aggregation,
+    — `band_bytes=64` forcing 2-row bands, at heights 7 and 9 a partial last one, at k 7
+    bands lower than the kernel's half-width; elsewhere each step's own fast path) equals the step-by-step reference with the patch aggregation,
     forward and the gradients of all six inputs (x, the reduction, γ, β tied or per channel,
     the block and the encoder); a large ε too, where the group norm's ε shows."""
     if band_bytes is not None:
@@ -597,6 +598,37 @@ def test_fused_layer_keeps_as_little_as_recomputing(monkeypatch):
     assert fused[False] < 0.85 * stepwise[False], (fused, stepwise)
     assert fused[False] < 1.1 * stepwise[True], (fused, stepwise)
     assert fused[True] < 1.1 * stepwise[True], (fused, stepwise)
+
+
+@pytest.mark.skipif(not _jax_on_cpu(), reason="XLA's buffer assignment of jax's fused CPU layer")
+def test_jax_fused_layer_step_holds_no_image_sized_cotangent_buffer():
+    """XLA's temp bytes of a training step of a 1×1 stem → E4Conv2D (8 fields, 32 px, batch 8,
+    k 5) against the same step with a GroupConv2D 5×5: measured 7.0 against 5.1 MB (1.36×).
+    The backward pass writes x's gradient once per row, unpadded, and keeps no float32
+    image-sized cotangent of the normalisation (dz); when it did (padded dx, dz kept for a
+    second pass), 8.1 MB (1.57×)."""
+    import jax
+
+    x = np.random.default_rng(0).standard_normal((8, 32, 32, 32)).astype("float32")
+
+    def temp_bytes(layer):
+        inputs = keras.Input((32, 32, 32))
+        model = keras.Model(inputs, layer(keras.layers.Conv2D(32, 1)(inputs)))
+        frozen = [v.value for v in model.non_trainable_variables]
+
+        def loss(weights, x):
+            return keras.ops.mean(model.stateless_call(weights, frozen, x, training=True)[0] ** 2)
+
+        step = jax.jit(jax.value_and_grad(loss)).lower([v.value for v in model.trainable_variables], x)
+        return step.compile().memory_analysis().temp_size_in_bytes
+
+    from keras_convx.ops import _jax_e4  # noqa: PLC0415 (imports jax: jax backend only)
+
+    _jax_e4.fused_e4.cache_clear()
+    fused = temp_bytes(E4Conv2D(8, 5, reduction_ratio=1, slices=2))
+    assert _jax_e4.fused_e4.cache_info().misses == 1, "the fused layer did not run"
+    group = temp_bytes(GroupConv2D(8, 5, group="p4"))
+    assert fused < 1.45 * group, (fused, group)
 
 
 @pytest.mark.skipif(not _torch_on_cpu(), reason="torch's fused E4 layer is a CPU path")

@@ -8,20 +8,23 @@ and per-pixel kernels, its encoded rows (`x @ encoder`, the 2p rows above carrie
 previous band) and their aggregation. Image-sized: x's padded copy, the reduced map (float32,
 for the statistics, before the bands) and y (allocated for whole bands, then sliced).
 
-Backward pass, two passes over the bands (the group norm's input gradient needs two sums
-over the whole image, Σ dû and Σ dû·û per image and group, before any of it is known):
+Backward pass, two passes over the bands (the group norm's input gradient
+dt = σ⁻¹·(dû − mean(dû) − û·mean(dû·û)), dû = γ·dz, needs two sums over the whole image
+per image and group before all of it is known):
 1. every band remade; the kernels' cotangent, the encoded map's (its halo rows carried to
-   the next band, so each row's is final once, and x's gradient through the encoder is
-   written once per row), the generator's and the encoder's weight gradients, γ's and β's,
-   the two sums, and the normalisation's output cotangent dz (float32, one image-sized
-   buffer);
-2. each band's normalised map û remade from x; the reduced map's cotangent
-   `dt = (dû − mean(dû) − û·mean(dû·û)) / σ`, dû = γ·dz, and x's gradient through the
-   reduction.
+   the next band), the generator's and the encoder's weight gradients, γ's and β's, the two
+   sums, and the part σ⁻¹·dû of dt through the reduction. Each row of x's gradient is
+   written once here, unpadded: its part through the encoder is final once the next band
+   starts below it, and its part through the reduction for the rows above the band's own
+   comes from the previous bands (`tail`, p rows);
+2. the rest of dt, −a·t + c per image and channel (t = x @ reduce remade, a = σ⁻²·mean(dû·û),
+   c = σ⁻¹·(σ⁻¹·μ·mean(dû·û) − mean(dû))), added through the reduction band by band.
+No image-sized buffer but x's padded copy and x's gradient (with 2p spare rows).
 Measured (XLA temp bytes and `train_on_batch` of one layer after a 1×1 stem, batch 8, 8 p4
-fields, k 5, 2-core CPU; benchmarks/RESULTS.md, seventh pass): the memory 1.44–1.59× a
-GroupConv2D's (the step-by-step path 1.84–2.18×) for −2 to +18% time. Remaking the kernels'
-cotangent in pass 2 instead of keeping dz held 1.24–1.39× but took +29–54% time.
+fields, k 5, 2-core CPU; benchmarks/RESULTS.md, seventh and eleventh passes): the memory
+1.24–1.36× a GroupConv2D's at 8–32 fields, 32–128 px (the step-by-step path 1.84–2.18×;
+1.44–1.59× when pass 1 kept dz, float32 and image-sized, and x's gradient padded).
+Remaking the kernels' cotangent in pass 2 instead held 1.24–1.39× but took +29–54% time.
 """
 
 import functools
@@ -136,7 +139,7 @@ def fused_e4(k, rows, epsilon):
         (batch, height, width, _), n = x.shape, reduce.shape[-1] // gamma.shape[0]
         xp, count = padded(x)
         dy = jnp.pad(dy, ((0, 0), (0, count * rows - height), (0, 0), (0, 0), (0, 0)))
-        gamma_c = per_channel(gamma[None], n)
+        gamma_c, inv_c = per_channel(gamma[None], n), per_channel(inv[:, :, None], n)
 
         def through_encoder(xs, dvb):
             """(x's cotangent, the encoder's) from the final cotangent rows `dvb` of rows xs."""
@@ -144,56 +147,69 @@ def fused_e4(k, rows, epsilon):
             return dvb @ encoder.T, jnp.einsum("bhwc,bhwo->co", xs, dvb, preferred_element_type=f32)
 
         def first_pass(b, carry):
-            dxp, dzp, dencoder, dblock, dgamma, dbeta, sums, above, below = carry
+            dxr, dencoder, dblock, dgamma, dbeta, dreduce, sums, above, below, tail = carry
             r0 = b * rows
             vb = next_band(xp, encoder, block, r0, above)
-            features, z, u = generator(own_rows(xp, r0, width), reduce, gamma, beta, mean, inv)
+            xs = own_rows(xp, r0, width)
+            features, z, u = generator(xs, reduce, gamma, beta, mean, inv)
             dvb, dkernels = band_cotangents(vb, kernels_of(features, block), band(dy, r0, rows), k,
                                             jnp.zeros_like(vb).at[:, :2 * p].set(below))
             dz = jnp.where(z > 0, (dkernels @ block[:-1].T).astype(f32), 0.0)
-            # rows r0 … r0 + rows of the encoded map's cotangent are final (later bands start
-            # below them): x's gradient through the encoder, written once
+            du = dz * gamma_c
+            # the part σ⁻¹·dû of the reduced map's cotangent (the rest needs the image-wide
+            # sums, after the bands), through the reduction to x's own rows
+            dt = (inv_c * du).astype(x.dtype)
+            # rows r0 … r0 + rows of the padded map's cotangent are final (later bands start
+            # below them): x's gradient through the encoder and the reduction written once;
+            # the reduction's part of the first p of them came from earlier bands (`tail`)
             dxb, de = through_encoder(band(xp, r0, rows), dvb[:, :rows])
-            dxp = lax.dynamic_update_slice_in_dim(dxp, dxb, r0, axis=1)
-            dzp = lax.dynamic_update_slice_in_dim(dzp, dz, r0, axis=1)
+            reduced = jnp.concatenate([tail, dt @ reduce.T], axis=1)
+            dxr = lax.dynamic_update_slice_in_dim(dxr, dxb[:, :, p:p + width] + reduced[:, :rows],
+                                                  r0, axis=1)
             ones = jnp.ones((*features.shape[:3], 1), features.dtype)
             dblock = dblock + jnp.einsum("bhwf,bhwo->fo", jnp.concatenate([features, ones], -1),
                                          dkernels, preferred_element_type=f32)
-            du = dz * gamma_c
             sums = sums + jnp.stack([du.sum((1, 2)), (du * u).sum((1, 2))])
-            return (dxp, dzp, dencoder + de, dblock, dgamma + (dz * u).sum((0, 1, 2)),
-                    dbeta + dz.sum((0, 1, 2)), sums, vb[:, rows:], dvb[:, rows:])
+            return (dxr, dencoder + de, dblock, dgamma + (dz * u).sum((0, 1, 2)),
+                    dbeta + dz.sum((0, 1, 2)),
+                    dreduce + jnp.einsum("bhwc,bhwo->co", xs, dt, preferred_element_type=f32),
+                    sums, vb[:, rows:], dvb[:, rows:], reduced[:, rows:])
 
         first = encode(xp[:, :2 * p], encoder, block)
         channels = reduce.shape[-1]
-        dxp, dzp, dencoder, dblock, dgamma, dbeta, sums, _, below = lax.fori_loop(
+        dxr, dencoder, dblock, dgamma, dbeta, dreduce, sums, _, below, tail = lax.fori_loop(
             0, count, first_pass, (
-                jnp.zeros_like(xp), jnp.zeros((batch, count * rows, width, channels), f32),
+                jnp.zeros((batch, xp.shape[1], width, x.shape[-1]), x.dtype),
                 jnp.zeros(encoder.shape, f32), jnp.zeros(block.shape, f32),
                 jnp.zeros(channels, f32), jnp.zeros(channels, f32),
-                jnp.zeros((2, batch, channels), f32), first, jnp.zeros_like(first)))
+                jnp.zeros(reduce.shape, f32), jnp.zeros((2, batch, channels), f32), first,
+                jnp.zeros_like(first), jnp.zeros((batch, p, width, x.shape[-1]), x.dtype)))
         # the last 2p rows' cotangent (the bottom halo, and real rows when no padding row
         # completes the last band) is final after the loop
         dxb, de = through_encoder(xp[:, count * rows:], below)
-        dxp = lax.dynamic_update_slice_in_dim(dxp, dxb, count * rows, axis=1)
-        # mean(dû) and mean(dû·û) over each image's group (H·W pixels × n channels)
+        tail = jnp.pad(tail, ((0, 0), (0, p), (0, 0), (0, 0)))
+        dxr = lax.dynamic_update_slice_in_dim(dxr, dxb[:, :, p:p + width] + tail, count * rows,
+                                              axis=1)
+        # the rest of the reduced map's cotangent, dt = σ⁻¹·(dû − mean(dû) − û·mean(dû·û)):
+        # −a·t + c per image and channel (û = σ⁻¹·(t − μ), a = σ⁻²·mean(dû·û),
+        # c = σ⁻¹·(σ⁻¹·μ·mean(dû·û) − mean(dû))), means over each image's group (H·W pixels
+        # × n channels); x's gradient through the reduction added band by band
         means = sums.reshape(2, batch, -1, n).sum(-1) / (height * width * n)
         m1, m2 = (per_channel(m[:, :, None], n) for m in means)
-        inv_c = per_channel(inv[:, :, None], n)
+        a = inv_c * inv_c * m2
+        c = inv_c * (inv_c * per_channel(mean[:, :, None], n) * m2 - m1)
 
         def second_pass(b, carry):
-            dxp, dreduce = carry
+            dxr, dreduce = carry
             r0 = b * rows
             xs = own_rows(xp, r0, width)
-            u = generator(xs, reduce, gamma, beta, mean, inv)[2]
-            dt = (inv_c * (band(dzp, r0, rows) * gamma_c - m1 - u * m2)).astype(x.dtype)
-            rows_p = band(dxp, r0 + p, rows)
-            rows_p = rows_p.at[:, :, p:p + width].add(dt @ reduce.T)
-            return (lax.dynamic_update_slice_in_dim(dxp, rows_p, r0 + p, axis=1),
+            dt = (c - a * (xs @ reduce).astype(f32)).astype(x.dtype)
+            rows_p = band(dxr, r0 + p, rows) + dt @ reduce.T
+            return (lax.dynamic_update_slice_in_dim(dxr, rows_p, r0 + p, axis=1),
                     dreduce + jnp.einsum("bhwc,bhwo->co", xs, dt, preferred_element_type=f32))
 
-        dxp, dreduce = lax.fori_loop(0, count, second_pass, (dxp, jnp.zeros(reduce.shape, f32)))
-        dx = dxp[:, p:p + height, p:p + width]
+        dxr, dreduce = lax.fori_loop(0, count, second_pass, (dxr, dreduce))
+        dx = dxr[:, p:p + height]
 
         def like(gradient, weight):  # per-channel sums back to the weight's (groups, 1 or n)
             gradient = gradient.reshape(weight.shape[0], n)
