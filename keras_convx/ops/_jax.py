@@ -24,6 +24,8 @@ from keras_convx.ops._jax_e4 import band
 from keras_convx.ops._jax_e4 import band_cotangents
 from keras_convx.ops._jax_e4 import band_products
 from keras_convx.ops._jax_e4 import fused_e4
+from keras_convx.ops._jax_e4 import pad_after
+from keras_convx.ops._jax_e4 import zeros_after
 from keras_convx.ops.core import bind_variables
 from keras_convx.ops.dispatcher import opt_in_fast_paths
 from keras_convx.ops.dispatcher import register_fast_path
@@ -106,9 +108,9 @@ def _tiled_pool_mix(offsets, kernel_size, mode, rows):
         pooled = lp.pool_by_slices(xb, None, kernel_size, (1, 1), mode, offsets=offsets)
         return pooled.reshape(*pooled.shape[:3], -1)
 
-    def padded(x):
+    def padded(x, after=None):  # the backward pass's made anew once dy exists (`pad_after`)
         extra = -(x.shape[1] - kh + 1) % rows
-        xp = jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0)))
+        xp = pad_after(x, ((0, 0), (0, extra), (0, 0), (0, 0)), after)
         return xp, (xp.shape[1] - kh + 1) // rows
 
     def band(x, r0, size):
@@ -123,7 +125,7 @@ def _tiled_pool_mix(offsets, kernel_size, mode, rows):
             out = pool(band(xp, b * rows, rows + kh - 1)) @ w
             return lax.dynamic_update_slice_in_dim(y, out, b * rows, axis=1)
 
-        y = jnp.zeros((x.shape[0], count * rows, width, w.shape[-1]), x.dtype)
+        y = zeros_after((x.shape[0], count * rows, width, w.shape[-1]), x.dtype, x)
         return lax.fori_loop(0, count, body, y)[:, :x.shape[1] - kh + 1]
 
     def forward(x, w):
@@ -131,7 +133,7 @@ def _tiled_pool_mix(offsets, kernel_size, mode, rows):
 
     def backward(saved, dy):
         x, w = saved
-        xp, count = padded(x)
+        xp, count = padded(x, dy)
         dy = jnp.pad(dy, ((0, 0), (0, count * rows - dy.shape[1]), (0, 0), (0, 0)))
 
         def body(b, carry):
@@ -147,7 +149,7 @@ def _tiled_pool_mix(offsets, kernel_size, mode, rows):
                                         preferred_element_type=jnp.float32)
 
         dxp, dw = lax.fori_loop(0, count, body,
-                                (jnp.zeros_like(xp), jnp.zeros(w.shape, jnp.float32)))
+                                (zeros_after(xp.shape, xp.dtype, dy), jnp.zeros(w.shape, jnp.float32)))
         return dxp[:, :x.shape[1]], dw.astype(w.dtype)
 
     op.defvjp(forward, backward)
@@ -221,11 +223,12 @@ def _tiled_generate_aggregate(k, rows):
         b, h, w, _ = f.shape
         return (f @ block).reshape(b, h, w, k * k, -1)
 
-    def padded(v, features):
-        """(vp, fp, bands): v with k−1 halo rows/columns and both padded to whole bands."""
+    def padded(v, features, after=None):
+        """(vp, fp, bands): v with k−1 halo rows/columns and both padded to whole bands (the
+        backward pass's made anew once dy exists, `pad_after`)."""
         extra = -features.shape[1] % rows
-        vp = jnp.pad(v, ((0, 0), (p, p + extra), (p, p), (0, 0), (0, 0)))
-        fp = jnp.pad(features, ((0, 0), (0, extra), (0, 0), (0, 0)))
+        vp = pad_after(v, ((0, 0), (p, p + extra), (p, p), (0, 0), (0, 0)), after)
+        fp = pad_after(features, ((0, 0), (0, extra), (0, 0), (0, 0)), after)
         return vp, fp, fp.shape[1] // rows
 
     @jax.custom_vjp
@@ -239,7 +242,7 @@ def _tiled_generate_aggregate(k, rows):
             out = band_products(band(vp, r0, rows + 2 * p), kernels, k, rows, width)
             return lax.dynamic_update_slice_in_dim(y, out, r0, axis=1)
 
-        y = jnp.zeros((v.shape[0], count * rows, width, *v.shape[3:]), v.dtype)
+        y = zeros_after((v.shape[0], count * rows, width, *v.shape[3:]), v.dtype, v)
         return lax.fori_loop(0, count, body, y)[:, :features.shape[1]]
 
     def forward(v, features, block):
@@ -247,7 +250,7 @@ def _tiled_generate_aggregate(k, rows):
 
     def backward(saved, dy):
         v, features, block = saved
-        vp, fp, count = padded(v, features)
+        vp, fp, count = padded(v, features, dy)
         height, width = features.shape[1:3]
         dy = jnp.pad(dy, ((0, 0), (0, count * rows - height), (0, 0), (0, 0), (0, 0)))
 
@@ -265,7 +268,8 @@ def _tiled_generate_aggregate(k, rows):
                                                  preferred_element_type=jnp.float32)
 
         dvp, dfp, dblock = lax.fori_loop(0, count, body, (
-            jnp.zeros_like(vp), jnp.zeros_like(fp), jnp.zeros(block.shape, jnp.float32)))
+            zeros_after(vp.shape, vp.dtype, dy), zeros_after(fp.shape, fp.dtype, dy),
+            jnp.zeros(block.shape, jnp.float32)))
         return dvp[:, p:p + height, p:p + width], dfp[:, :height], dblock.astype(block.dtype)
 
     op.defvjp(forward, backward)
@@ -321,9 +325,7 @@ def recompute(fn, x, variables):
 
     def backward(saved, dy):
         x, values = saved
-        first = jnp.sum(dy.reshape(-1)[:1])  # an empty batch has no first element
-        zero = jnp.where(jnp.isfinite(first), first * 0, 0).astype(x.dtype)  # 0, not NaN
-        return jax.vjp(fn, x + zero, *values)[1](dy)
+        return jax.vjp(fn, x + zeros_after((), x.dtype, dy), *values)[1](dy)
 
     run.defvjp(forward, backward)
     return run(x, *values)
