@@ -22,8 +22,9 @@ per image and group before all of it is known):
 No image-sized buffer but x's padded copy and x's gradient (with 2p spare rows).
 Measured (XLA temp bytes and `train_on_batch` of one layer after a 1×1 stem, batch 8, 8 p4
 fields, k 5, 2-core CPU; benchmarks/RESULTS.md, seventh and eleventh passes): the memory
-1.24–1.36× a GroupConv2D's at 8–32 fields, 32–128 px (the step-by-step path 1.84–2.18×;
-1.44–1.59× when pass 1 kept dz, float32 and image-sized, and x's gradient padded).
+1.04–1.35× a GroupConv2D's at 8–32 fields, 32–128 px, four layers 1.04–1.08× (the
+step-by-step path 1.84–2.18×; 1.44–1.59× when pass 1 kept dz, float32 and image-sized, and
+x's gradient padded, and before `zeros_after`), for −2 to +19% time against that.
 Remaking the kernels' cotangent in pass 2 instead held 1.24–1.39× but took +29–54% time.
 """
 
