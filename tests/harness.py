@@ -569,6 +569,30 @@ def check_recompute_trains_alike(make_layer, channels, data_format, size, jit_co
         assert np.linalg.norm(got - want) / np.linalg.norm(want) < tol, got.shape
 
 
+def jax_on_cpu():
+    """True on the jax backend computing on its CPU (where its banded paths run)."""
+    if BACKEND != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+def jax_step_temp_bytes(model, x):
+    """XLA's temp bytes of the jitted value-and-grad of `mean(model(x)²)` over the trainable
+    weights (what Keras' jax trainer compiles; every intermediate at its peak, no inputs,
+    weights or compile scratch)."""
+    import jax
+
+    frozen = [v.value for v in model.non_trainable_variables]
+
+    def loss(weights, x):
+        return keras.ops.mean(model.stateless_call(weights, frozen, x, training=True)[0] ** 2)
+
+    step = jax.jit(jax.value_and_grad(loss)).lower([v.value for v in model.trainable_variables], x)
+    return step.compile().memory_analysis().temp_size_in_bytes
+
+
 def kept_for_backward_bytes(model, x):
     """Bytes a training step keeps from its forward pass for its backward pass: jax, XLA's temp
     bytes of the jitted gradient; torch, the tensors autograd saves (counted by a hook);

@@ -18,35 +18,19 @@ import pytest
 from keras_convx.layers import E4Conv2D
 from keras_convx.layers import LogPolarConv2D
 from keras_convx.ops import group as gops
+from tests import harness
 
 BATCH, SIZE, CHANNELS = 4, 32, 32
 
 
-def _jax_on_cpu():
-    if keras.backend.backend() != "jax":
-        return False
-    import jax
-
-    return jax.default_backend() == "cpu"
-
-
 def _temp_bytes(make_layer, depth):
-    """XLA's temp bytes of the jitted value-and-grad of a 1×1 stem and `depth` layers."""
-    import jax
-
+    """XLA's temp bytes of a training step of a 1×1 stem and `depth` layers."""
     inputs = keras.Input((SIZE, SIZE, CHANNELS))
     hidden = keras.layers.Conv2D(CHANNELS, 1)(inputs)
     for _ in range(depth):
         hidden = make_layer()(hidden)
-    model = keras.Model(inputs, hidden)
-    frozen = [v.value for v in model.non_trainable_variables]
     x = np.random.default_rng(0).standard_normal((BATCH, SIZE, SIZE, CHANNELS)).astype("float32")
-
-    def loss(weights, x):
-        return keras.ops.mean(model.stateless_call(weights, frozen, x, training=True)[0] ** 2)
-
-    step = jax.jit(jax.value_and_grad(loss)).lower([v.value for v in model.trainable_variables], x)
-    return step.compile().memory_analysis().temp_size_in_bytes
+    return harness.jax_step_temp_bytes(keras.Model(inputs, hidden), x)
 
 
 def _e4():
@@ -65,7 +49,7 @@ CASES = {
 }
 
 
-@pytest.mark.skipif(not _jax_on_cpu(), reason="XLA's buffer assignment of jax's CPU bands")
+@pytest.mark.skipif(not harness.jax_on_cpu(), reason="XLA's buffer assignment of jax's CPU bands")
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_each_extra_layer_holds_about_its_input(name, monkeypatch):
     """Four layers after a 1×1 stem against one: the temp bytes each extra layer adds, in

@@ -42,8 +42,8 @@ class E4Conv2D(keras.layers.Layer):
     (`keras_convx.ops.e4.e4_apply`) that keeps only the layer's input for the backward pass
     (tensorflow inside `jit_compile=True`: only below ~100 px at 8 fields, where it makes the
     step 2.5–2.9× faster but XLA keeps as much as step by step): a one-layer step's memory
-    on jax 1.04–1.35× a `GroupConv2D`'s instead of 1.8–2.2× (four layers 1.04–1.08×), for
-    up to +19% step time at 32–64 px; on tensorflow 1.30–5.4× instead of 3.7–13.3× for −5 to +17% step time (8
+    on jax 1.04–1.35× a `GroupConv2D`'s instead of 1.8–2.2× (four layers 1.04–1.08×),
+    for up to +19% step time at 32–64 px; on tensorflow 1.30–5.4× instead of 3.7–13.3× for −5 to +17% step time (8
     fields; 1.25–3.3× instead of 2.9–7.1× for +8 to +12% at 16); on torch 1.0–1.36× instead
     of 1.5–3.1× (8–32 fields), −9 to +19% time at 64–128 px, up to +40% at 32 px
     (benchmarks/RESULTS.md, "E4 as images grow").

@@ -19,12 +19,13 @@ per image and group before all of it is known):
    comes from the previous bands (`tail`, p rows);
 2. the rest of dt, −a·t + c per image and channel (t = x @ reduce remade, a = σ⁻²·mean(dû·û),
    c = σ⁻¹·(σ⁻¹·μ·mean(dû·û) − mean(dû))), added through the reduction band by band.
-No image-sized buffer but x's padded copy and x's gradient (with 2p spare rows).
-Measured (XLA temp bytes and `train_on_batch` of one layer after a 1×1 stem, batch 8, 8 p4
-fields, k 5, 2-core CPU; benchmarks/RESULTS.md, seventh and eleventh passes): the memory
-1.04–1.35× a GroupConv2D's at 8–32 fields, 32–128 px, four layers 1.04–1.08× (the
-step-by-step path 1.84–2.18×; 1.44–1.59× when pass 1 kept dz, float32 and image-sized, and
-x's gradient padded, and before `zeros_after`), for −2 to +19% time against that.
+Image-sized in the backward pass: x's and dy's padded copies and x's gradient (with 2p
+spare rows and those completing the last band).
+Measured (XLA temp bytes and `train_on_batch` of one layer or four after a 1×1 stem, batch
+8, k 5, 8–32 p4 fields, 32–128 px, 2-core CPU; benchmarks/RESULTS.md, seventh and eleventh
+passes): the memory 1.04–1.35× a GroupConv2D's, four layers 1.04–1.08× (the step-by-step
+path 1.84–2.18×; 1.44–1.59× when pass 1 kept dz, float32 and image-sized, x's gradient was
+padded and the loop buffers were plain zeros), for −2 to +19% time against that version.
 Remaking the kernels' cotangent in pass 2 instead held 1.24–1.39× but took +29–54% time.
 """
 
@@ -150,7 +151,7 @@ def fused_e4(k, rows, epsilon):
             return lax.dynamic_update_slice_in_dim(y, out, r0, axis=1), vb[:, rows:]
 
         first = encode(xp[:, :2 * p], encoder, block)
-        y = zeros_after((x.shape[0], count * rows, width, *first.shape[3:]), x.dtype, first)
+        y = zeros_after((x.shape[0], count * rows, width, *first.shape[3:]), x.dtype, x)
         y = lax.fori_loop(0, count, body, (y, first))[0][:, :height]
         return y, (x, reduce, gamma, beta, block, encoder, mean, inv)
 
@@ -187,9 +188,9 @@ def fused_e4(k, rows, epsilon):
             # below them): x's gradient through the encoder and the reduction written once;
             # the reduction's part of the first p of them came from earlier bands (`tail`)
             dxb, de = through_encoder(band(xp, r0, rows), dvb[:, :rows])
-            reduced = jnp.concatenate([tail, dt @ reduce.T], axis=1)
-            dxr = lax.dynamic_update_slice_in_dim(dxr, dxb[:, :, p:p + width] + reduced[:, :rows],
-                                                  r0, axis=1)
+            reduced = jnp.concatenate([tail, (dt @ reduce.T).astype(x.dtype)], axis=1)
+            dxr = lax.dynamic_update_slice_in_dim(
+                dxr, (dxb[:, :, p:p + width] + reduced[:, :rows]).astype(x.dtype), r0, axis=1)
             ones = jnp.ones((*features.shape[:3], 1), features.dtype)
             dblock = dblock + jnp.einsum("bhwf,bhwo->fo", jnp.concatenate([features, ones], -1),
                                          dkernels, preferred_element_type=f32)
@@ -212,8 +213,8 @@ def fused_e4(k, rows, epsilon):
         # completes the last band) is final after the loop
         dxb, de = through_encoder(xp[:, count * rows:], below)
         tail = jnp.pad(tail, ((0, 0), (0, p), (0, 0), (0, 0)))
-        dxr = lax.dynamic_update_slice_in_dim(dxr, dxb[:, :, p:p + width] + tail, count * rows,
-                                              axis=1)
+        dxr = lax.dynamic_update_slice_in_dim(
+            dxr, (dxb[:, :, p:p + width] + tail).astype(x.dtype), count * rows, axis=1)
         # the rest of the reduced map's cotangent, dt = σ⁻¹·(dû − mean(dû) − û·mean(dû·û)):
         # −a·t + c per image and channel (û = σ⁻¹·(t − μ), a = σ⁻²·mean(dû·û),
         # c = σ⁻¹·(σ⁻¹·μ·mean(dû·û) − mean(dû))), means over each image's group (H·W pixels
@@ -228,7 +229,7 @@ def fused_e4(k, rows, epsilon):
             r0 = b * rows
             xs = own_rows(xp, r0, width)
             dt = (c - a * (xs @ reduce).astype(f32)).astype(x.dtype)
-            rows_p = band(dxr, r0 + p, rows) + dt @ reduce.T
+            rows_p = (band(dxr, r0 + p, rows) + dt @ reduce.T).astype(x.dtype)
             return (lax.dynamic_update_slice_in_dim(dxr, rows_p, r0 + p, axis=1),
                     dreduce + jnp.einsum("bhwc,bhwo->co", xs, dt, preferred_element_type=f32))
 
