@@ -589,7 +589,8 @@ def jax_step_temp_bytes(model, x):
     def loss(weights, x):
         return keras.ops.mean(model.stateless_call(weights, frozen, x, training=True)[0] ** 2)
 
-    step = jax.jit(jax.value_and_grad(loss)).lower([v.value for v in model.trainable_variables], x)
+    weights = [v.value for v in model.trainable_variables]
+    step = jax.jit(jax.value_and_grad(loss)).lower(weights, x)
     return step.compile().memory_analysis().temp_size_in_bytes
 
 

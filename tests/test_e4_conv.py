@@ -205,9 +205,10 @@ def test_torch_compiled_bands_equal_the_kernels_then_patches(band_bytes, opt_in_
 def test_layer_op_equals_step_by_step_reference(size, k, tied, epsilon, band_bytes, monkeypatch):
     """`ops.e4.e4_apply` (the CPU of every backend: the whole layer fused by bands, which ran
     — `band_bytes=64` forcing 2-row bands, at height 7 and 9 a partial last one, at k 7
-    also lower than the kernel's half-width; elsewhere each step's own fast path) equals the step-by-step reference with the patch aggregation,
-    forward and the gradients of all six inputs (x, the reduction, γ, β tied or per channel,
-    the block and the encoder); a large ε too, where the group norm's ε shows."""
+    also lower than the kernel's half-width; elsewhere each step's own fast path) equals the
+    step-by-step reference with the patch aggregation, forward and the gradients of all six
+    inputs (x, the reduction, γ, β tied or per channel, the block and the encoder); a large ε
+    too, where the group norm's ε shows."""
     if band_bytes is not None:
         monkeypatch.setattr(gops, "BAND_BYTES", band_bytes)
     rng = np.random.default_rng(3)

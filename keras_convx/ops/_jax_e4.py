@@ -96,7 +96,8 @@ def fused_e4(k, rows, epsilon):
         """(x with k − 1 halo rows/columns and padded to whole bands, bands); made once `after`
         exists, if given (`pad_after`)."""
         extra = -x.shape[1] % rows
-        return pad_after(x, ((0, 0), (p, p + extra), (p, p), (0, 0)), after), (x.shape[1] + extra) // rows
+        widths = ((0, 0), (p, p + extra), (p, p), (0, 0))
+        return pad_after(x, widths, after), (x.shape[1] + extra) // rows
 
     def own_rows(xp, r0, width):  # the band's rows of x, without the halo
         return band(xp, r0 + p, rows)[:, :, p:p + width]
