@@ -599,7 +599,7 @@ def test_fused_layer_keeps_as_little_as_recomputing(monkeypatch):
 @pytest.mark.skipif(not _jax_on_cpu(), reason="XLA's buffer assignment of jax's fused CPU layer")
 def test_jax_fused_layer_step_holds_no_image_sized_cotangent_buffer():
     """XLA's temp bytes of a training step of a 1×1 stem → E4Conv2D (8 fields, 32 px, batch 8,
-    k 5) against the same step with a GroupConv2D 5×5: measured 7.0 against 5.1 MB (1.36×).
+    k 5) against the same step with a GroupConv2D 5×5: measured 6.9 against 5.1 MB (1.35×).
     The backward pass writes x's gradient once per row, unpadded, and keeps no float32
     image-sized cotangent of the normalisation (dz); when it did (padded dx, dz kept for a
     second pass), 8.1 MB (1.57×)."""
