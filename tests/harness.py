@@ -578,10 +578,10 @@ def jax_on_cpu():
     return jax.default_backend() == "cpu"
 
 
-def jax_step_temp_bytes(model, x):
-    """XLA's temp bytes of the jitted value-and-grad of `mean(model(x)²)` over the trainable
-    weights (what Keras' jax trainer compiles; every intermediate at its peak, no inputs,
-    weights or compile scratch)."""
+def jax_step_temp_bytes(model, x, with_value=True):
+    """XLA's temp bytes of the jitted value-and-grad (`with_value=False`: the grad alone) of
+    `mean(model(x)²)` over the trainable weights (value-and-grad is what Keras' jax trainer
+    compiles; every intermediate at its peak, no inputs, weights or compile scratch)."""
     import jax
 
     frozen = [v.value for v in model.non_trainable_variables]
@@ -590,7 +590,7 @@ def jax_step_temp_bytes(model, x):
         return keras.ops.mean(model.stateless_call(weights, frozen, x, training=True)[0] ** 2)
 
     weights = [v.value for v in model.trainable_variables]
-    step = jax.jit(jax.value_and_grad(loss)).lower(weights, x)
+    step = jax.jit(jax.value_and_grad(loss) if with_value else jax.grad(loss)).lower(weights, x)
     return step.compile().memory_analysis().temp_size_in_bytes
 
 
@@ -602,15 +602,7 @@ def kept_for_backward_bytes(model, x):
     which includes the backward pass's own temporaries; TensorFlow's oneDNN CPU allocator does
     not count blocks under 256 KiB, so tensors measured there must be larger."""
     if BACKEND == "jax":
-        import jax
-
-        frozen = [v.value for v in model.non_trainable_variables]
-
-        def loss(weights, x):
-            return keras.ops.mean(model.stateless_call(weights, frozen, x, training=True)[0] ** 2)
-
-        step = jax.jit(jax.grad(loss)).lower([v.value for v in model.trainable_variables], x)
-        return step.compile().memory_analysis().temp_size_in_bytes
+        return jax_step_temp_bytes(model, x, with_value=False)
     if BACKEND == "torch":
         import torch
 
