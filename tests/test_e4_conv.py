@@ -363,32 +363,40 @@ def test_tensorflow_banded_step_never_holds_all_the_kernels(monkeypatch):
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's CPU allocator")
 def test_tensorflow_band_backward_allocates_little_beyond_its_outputs():
-    """The XLA-compiled band backward (`xla_band_backward` of `ops._tensorflow_e4`, which both
-    band loops call), given the kernels padded by the product, writes the kernels' cotangent
-    in place: its allocator peak above its two outputs stays under 0.75 of the kernels' size
-    (measured 0.2×; stacking the k² sums, XLA copied them into a second kernels-sized buffer:
-    1.16×)."""
+    """The XLA-compiled band backward's two halves (`xla_band_dkernels` and `xla_band_dinput`
+    of `ops._tensorflow_e4`, which both band loops call) allocate little beyond their
+    outputs: the kernels' cotangent written in place (measured 0.0× the kernels' size above
+    it; stacking the k² sums, XLA copied them into a second kernels-sized buffer: 1.16×), and
+    the input's cotangent from the kernels padded by the product (0.2×; padding them itself
+    it held a padded copy, 1.45×). Both under 0.75×."""
     import tensorflow as tf
 
     if tf.config.list_logical_devices("GPU"):
         pytest.skip("the bands are a CPU path")
-    backward = importlib.import_module("keras_convx.ops._tensorflow_e4").xla_band_backward(5)
+    band = importlib.import_module("keras_convx.ops._tensorflow_e4")
     rng = np.random.default_rng(0)
     b, r, w, m, a = 8, 20, 32, 4, 8
     vh, padded_kernels, dy = (tf.constant(rng.standard_normal(shape), tf.float32) for shape in (
         (b, r + 4, w + 4, m, a), (b, r, w + 8, 25, a), (b, r, w, m, a)))
-    backward(vh, padded_kernels, dy)  # compile first
-    try:  # documented for GPUs and TPUs; the x86 CPU build tracks the CPU allocator too
-        tf.config.experimental.reset_memory_stats("CPU:0")
-    except ValueError:
-        pytest.skip("this TensorFlow build does not track CPU memory")
-    before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    dvh, dkernels = backward(vh, padded_kernels, dy)
-    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
-    outputs = (dvh.shape.num_elements() + dkernels.shape.num_elements()) * 4
     kernel_bytes = b * r * w * 25 * a * 4
+
+    def above_output(fn, *args):
+        fn(*args)  # compile first
+        try:  # documented for GPUs and TPUs; the x86 CPU build tracks the CPU allocator too
+            tf.config.experimental.reset_memory_stats("CPU:0")
+        except ValueError:
+            pytest.skip("this TensorFlow build does not track CPU memory")
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        out = fn(*args)
+        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+        return out, peak - out.shape.num_elements() * 4
+
+    dkernels, extra = above_output(band.xla_band_dkernels(5), vh, dy)
     assert dkernels.shape == (b, r, w, 25, a)
-    assert peak - outputs < 0.75 * kernel_bytes, (peak, outputs, kernel_bytes)
+    assert extra < 0.75 * kernel_bytes, (extra, kernel_bytes)
+    dvh, extra = above_output(band.xla_band_dinput(5), padded_kernels, dy)
+    assert dvh.shape == vh.shape
+    assert extra < 0.75 * kernel_bytes, (extra, kernel_bytes)
 
 
 @pytest.mark.parametrize("jit_compile, policy, recompute", [

@@ -13,7 +13,8 @@ from keras_convx.ops import e4 as e4ops
 from keras_convx.ops import group as gops
 from keras_convx.ops import log_polar as lp
 from keras_convx.ops._tensorflow_e4 import (after, band_kernels, fused_e4, row_bands, stitch_bands,
-                                            xla_band_backward, xla_band_forward)
+                                            xla_band_dinput, xla_band_dkernels,
+                                            xla_band_forward)
 from keras_convx.ops.core import bind_variables
 from keras_convx.ops.dispatcher import register_fast_path
 
@@ -213,19 +214,21 @@ def _banded(v, features, block, k, rows):
         y = tf.concat(ys, 1)
 
         def grad(dy):
-            backward = xla_band_backward(k)
+            dkernels, dinput = xla_band_dkernels(k), xla_band_dinput(k)
             parts, dfeatures, dblock = [], [], None
             for r0, r1 in bands:
                 def band(r0=r0, r1=r1):  # every op of the band after dy: see `after`
-                    f = features[:, r0:r1]
-                    return (f, *backward(vp[:, r0:r1 + 2 * p], band_kernels(f, block, k, k - 1),
-                                         dy[:, r0:r1]))
+                    f, dyb = features[:, r0:r1], dy[:, r0:r1]
+                    dk = tf.reshape(dkernels(vp[:, r0:r1 + 2 * p], dyb), (-1, block.shape[-1]))
+                    df = tf.reshape(tf.matmul(dk, block, transpose_b=True), tf.shape(f))
+                    db = tf.matmul(tf.cast(tf.reshape(f, (-1, f.shape[-1])), tf.float32),
+                                   tf.cast(dk, tf.float32), transpose_a=True)
+                    # the padded kernels once dk is spent (`xla_band_dkernels`)
+                    return df, db, after((df, db), lambda: dinput(
+                        band_kernels(f, block, k, k - 1), dyb))
 
-                f, dvh, dk = after(dy if dblock is None else dblock, band)
-                dk = tf.reshape(dk, (-1, block.shape[-1]))
-                dfeatures.append(tf.reshape(tf.matmul(dk, block, transpose_b=True), tf.shape(f)))
-                db = tf.matmul(tf.cast(tf.reshape(f, (-1, f.shape[-1])), tf.float32),
-                               tf.cast(dk, tf.float32), transpose_a=True)
+                df, db, dvh = after(dy if dblock is None else dblock, band)
+                dfeatures.append(df)
                 dblock = db if dblock is None else dblock + db
                 parts.append(dvh)
             dv = stitch_bands(parts, bands, 2 * p)[:, p:p + v.shape[1], p:p + v.shape[2]]
@@ -282,6 +285,7 @@ def e4_generate_aggregate(v, features, block, k, strides):
 # (before the backward's bands were made after dy, `after`; since, 8 fields: 28 / 49 / 111 MB;
 # with the one-pass backward, tenth pass, 21.8 / 37.8 / 105.0 MB).
 FUSED_BAND_FACTOR = 1
+FUSED_MIN_BANDS = 4
 
 
 @fast
@@ -304,6 +308,7 @@ def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
             not _in_xla() or not (_RECOMPUTING.get() or _tiled_by_image(height, width, block))):
         band = FUSED_BAND_FACTOR * gops.BAND_BYTES
         rows = gops.band_rows(1, height, width, block.shape[-1], block.dtype.size, band)
+        rows = min(rows, max(2, height // FUSED_MIN_BANDS))
         return fused_e4(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows)
     return e4ops.e4_apply_reference(x, reduce, gamma, beta, block, encoder, k, strides, epsilon)
 

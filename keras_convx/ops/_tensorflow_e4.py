@@ -88,38 +88,51 @@ def xla_band_forward(k):
 
 
 @functools.lru_cache(maxsize=32)
-def xla_band_backward(k):
-    """The XLA-compiled backward pass of `xla_band_forward(k)`, given the band's kernels
-    padded by k − 1 zero columns on each side (`band_kernels(..., pad=k - 1)`: the matrix
-    product makes the padding, no copy): (the padded rows' cotangent, the kernels').
-    dvh[r, c] = Σ_ij dy[r − i, c − j]·kernels[r − i, c − j, ij], per kernel row i from
-    windows of the padded kernels and of dy padded alike, then k pads of those row sums along
-    the rows (XLA fuses it all into one pass). A 20-row band of 32 px images, batch 8, 8 fields
-    (3.9 MB of kernels), the allocator's peak above its outputs when called alone: 9.8 MB when
-    it padded the kernels itself and stacked the kernels' cotangent, 4.9–5.4 given them
-    padded, 1.6 with the cotangent written in place, for the same time (each product padded into
-    place instead of the windows: 4.3 MB, 1.3–2× the time)."""
-    q = k - 1
+def xla_band_dkernels(k):
+    """The kernels' cotangent of `xla_band_forward(k)`, XLA-compiled: dkernels[r, c, ij] =
+    dy[r, c]·vh[r + i, c + j], written window by window into one buffer (XLA updates it in
+    place; a stack of the k² sums is a concatenation, which XLA's CPU backend copies). The
+    band backward's first half: its caller turns the result into the features' and the
+    block's gradients and drops it before it makes the padded kernels that
+    `xla_band_dinput(k)` reads, so the two kernels-sized tensors are never live together."""
 
-    def backward(vh, padded_kernels, dy):
-        rows, (halo_rows, halo_cols) = dy.shape[1], vh.shape[1:3]
-        # the kernels' cotangent written window by window into one buffer (XLA updates it in
-        # place; a stack of the k² sums is a concatenation, which XLA's CPU backend copies)
-        dkernels = tf.zeros(tf.concat([tf.shape(dy)[:3], [k * k, dy.shape[-1]]], 0), dy.dtype)
+    def dkernels(vh, dy):
+        out = tf.zeros(tf.concat([tf.shape(dy)[:3], [k * k, dy.shape[-1]]], 0), dy.dtype)
         for s in range(k * k):
-            dkernels = tf.raw_ops.TensorStridedSliceUpdate(
-                input=dkernels, begin=[0, 0, 0, s, 0], end=[0, 0, 0, s + 1, 0], strides=[1] * 5,
+            out = tf.raw_ops.TensorStridedSliceUpdate(
+                input=out, begin=[0, 0, 0, s, 0], end=[0, 0, 0, s + 1, 0], strides=[1] * 5,
                 begin_mask=0b00111, end_mask=0b10111, value=tf.reduce_sum(
                     dy * window_slice(vh, divmod(s, k), (k, k)), axis=3, keepdims=True))
+        return out
+
+    return tf.function(dkernels, jit_compile=True)
+
+
+@functools.lru_cache(maxsize=32)
+def xla_band_dinput(k):
+    """The padded rows' cotangent of `xla_band_forward(k)`, XLA-compiled, given the band's
+    kernels padded by k − 1 zero columns on each side (`band_kernels(..., pad=k - 1)`: the
+    matrix product makes the padding, no copy): dvh[r, c] = Σ_ij dy[r − i, c − j]·
+    kernels[r − i, c − j, ij], per kernel row i from windows of the padded kernels and of dy
+    padded alike, then k pads of those row sums along the rows (XLA fuses it all into one
+    pass). A 20-row band of 32 px images, batch 8, 8 fields (3.9 MB of kernels), when the
+    two halves were one call: the allocator's peak above its outputs 9.8 MB when it padded
+    the kernels itself and stacked the kernels' cotangent, 4.9–5.4 given them padded, 1.6
+    with the cotangent written in place (each product padded into place instead of the
+    windows: 4.3 MB, 1.3–2× the time)."""
+    q = k - 1
+
+    def dinput(padded_kernels, dy):
+        rows, cols = dy.shape[1], dy.shape[2]
         dyp, dvh = tf.pad(dy, [[0, 0], [0, 0], [q, q], [0, 0], [0, 0]]), 0.0
         for i in range(k):
-            row = sum(dyp[:, :, q - j:q - j + halo_cols]
-                      * padded_kernels[:, :, q - j:q - j + halo_cols, i * k + j, None]
+            row = sum(dyp[:, :, q - j:q - j + cols + q]
+                      * padded_kernels[:, :, q - j:q - j + cols + q, i * k + j, None]
                       for j in range(k))
-            dvh += tf.pad(row, [[0, 0], [i, halo_rows - rows - i], [0, 0], [0, 0], [0, 0]])
-        return dvh, dkernels
+            dvh += tf.pad(row, [[0, 0], [i, q - i], [0, 0], [0, 0], [0, 0]])
+        return dvh
 
-    return tf.function(backward, jit_compile=True)
+    return tf.function(dinput, jit_compile=True)
 
 
 def _matmul_rows(a, b, transpose_b=False):
@@ -160,9 +173,16 @@ def _normalisation_cotangent(t, dfeatures, scale, shift, mean, inv, gamma, dtype
             tf.stack([_row_sums(dz), _row_sums(dz * (t - mean) * inv)]))
 
 
+def _plus_centre(part, centre):
+    """A band's padded piece of x's gradient (its rows and halo) plus `centre` (its rows'
+    own part, from the reduction) added p rows and columns in."""
+    p = (part.shape[2] - centre.shape[2]) // 2
+    return part + tf.pad(centre, [[0, 0], [p, p], [p, p], [0, 0]])
+
+
 # Graph mode runs each element-wise op as its own pass over the band; XLA fuses each of these.
 _XLA = {f.__name__: tf.function(f, jit_compile=True)
-        for f in (_moments, _normalised, _normalisation_cotangent)}
+        for f in (_moments, _normalised, _normalisation_cotangent, _plus_centre)}
 
 
 def _reduction_remainder(x, reduce, mean, inv, m1, m2):
@@ -222,43 +242,47 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
         scale = inv_c * gamma_c
         shift = per_channel(beta[None]) - mean_c * scale
 
-        def kernels(t, pad=0):  # (the generator's input with its ones column, the kernels)
-            features = tf.cast(_XLA["_normalised"](t, scale, shift), x.dtype)
-            return features, band_kernels(features, block, k, pad)
+        def kernels(t):  # the kernels of the reduced rows t
+            return band_kernels(tf.cast(_XLA["_normalised"](t, scale, shift), x.dtype), block, k)
 
-        def padded():  # x's padded copy, made again in the backward pass (not kept for it)
-            return tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+        def halo(r0, r1):  # x's rows r0 − p … r1 + p, zero past the image, p columns padded
+            top, bottom = max(r0 - p, 0), min(r1 + p, height)
+            return tf.pad(x[:, top:bottom], [[0, 0], [top - r0 + p, r1 + p - bottom], [p, p],
+                                             [0, 0]])
 
-        xp = padded()
         forward, ys = xla_band_forward(k), []
         for r0, r1 in bands:
             ys.append(after(ys[-1] if ys else sums, lambda r0=r0, r1=r1: forward(
-                encoded(xp[:, r0:r1 + 2 * p]), kernels(reduced(x[:, r0:r1]))[1])))
+                encoded(halo(r0, r1)), kernels(reduced(x[:, r0:r1])))))
         y = tf.concat(ys, 1)
 
         def grad(dy):
-            backward, parts, dxs, totals = xla_band_backward(k), [], [], None
-            xp = after(dy, padded)  # after dy, as this pass's bands: see `after`
+            dkernels, dinput = xla_band_dkernels(k), xla_band_dinput(k)
+            parts, totals = [], None
             for r0, r1 in bands:
                 def band_pass(r0=r0, r1=r1):  # the band remade, its cotangents
-                    xs = x[:, r0:r1]
-                    t, xh = reduced(xs), xp[:, r0:r1 + 2 * p]
-                    features, padded_kernels = kernels(t, k - 1)
-                    dvh, dk = backward(encoded(xh), padded_kernels, dy[:, r0:r1])
+                    xs, dyb = x[:, r0:r1], dy[:, r0:r1]
+                    t, xh = reduced(xs), halo(r0, r1)
+                    features = tf.cast(_XLA["_normalised"](t, scale, shift), x.dtype)
+                    dk = dkernels(encoded(xh), dyb)
                     dk = tf.reshape(dk, tf.concat([tf.shape(dk)[:3], [block.shape[-1]]], 0))
+                    dfeatures = _matmul_rows(dk, block[:-1], True)
+                    dblock = _weight_gradient(features, dk)
+                    # the padded kernels once dk is spent (`xla_band_dkernels`)
+                    dvh = after((dfeatures, dblock), lambda: dinput(
+                        band_kernels(features, block, k, k - 1), dyb))
                     dt, dz_sums = _XLA["_normalisation_cotangent"](
-                        t, tf.cast(_matmul_rows(dk, block[:-1], True), f32), scale, shift,
-                        mean_c, inv_c, gamma_c, x.dtype)
+                        t, tf.cast(dfeatures, f32), scale, shift, mean_c, inv_c, gamma_c, x.dtype)
                     dvh = tf.reshape(dvh, tf.concat([tf.shape(dvh)[:3], [encoder.shape[-1]]], 0))
-                    return _matmul_rows(dvh, encoder, True), _matmul_rows(dt, reduce, True), (
-                        _weight_gradient(xh, dvh), _weight_gradient(features, dk),
-                        _weight_gradient(xs, dt), dz_sums)
+                    part = _XLA["_plus_centre"](_matmul_rows(dvh, encoder, True),
+                                                _matmul_rows(dt, reduce, True))
+                    return part, (_weight_gradient(xh, dvh), dblock, _weight_gradient(xs, dt),
+                                  dz_sums)
 
-                part, dxb, band_totals = after(dy if totals is None else totals, band_pass)
+                part, band_totals = after(dy if totals is None else totals, band_pass)
                 totals = (band_totals if totals is None
                           else [s + b for s, b in zip(totals, band_totals)])
                 parts.append(part)
-                dxs.append(dxb)
             dencoder, dblock, dreduce, dz_sums = totals  # (Σ dz, Σ dz·û) per image and channel
             dbeta, dgamma = tf.unstack(tf.reduce_sum(dz_sums, 1))
             m1, m2 = (tf.reshape(per_channel(m[:, :, None]), (-1, channels))
@@ -267,8 +291,8 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
             # early and held through them (the executor runs what is ready)
             rest, drest = after(totals, lambda: _reduction_remainder(
                 x, reduce, *(tf.reshape(v, (-1, channels)) for v in (mean_c, inv_c)), m1, m2))
-            dx = (tf.cast(stitch_bands(parts, bands, 2 * p)[:, p:p + height, p:p + width], f32)
-                  + tf.cast(tf.concat(dxs, 1), f32) + rest)
+            dx = tf.cast(stitch_bands(parts, bands, 2 * p)[:, p:p + height, p:p + width],
+                         f32) + rest
             dreduce += drest
 
             def like(gradient, weight):  # per-channel sums back to (groups, 1 or n)
