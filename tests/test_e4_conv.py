@@ -627,6 +627,33 @@ def test_jax_fused_layer_step_holds_no_image_sized_cotangent_buffer():
     assert fused < 1.45 * group, (fused, group)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's CPU allocator")
+def test_tensorflow_fused_layer_step_peak_near_a_group_convolution(monkeypatch):
+    """The allocator's peak of a graph-mode gradient step of a 1×1 stem → E4Conv2D (8 fields,
+    32 px, batch 8, k 5: four bands of 8 rows) against the same step with a GroupConv2D 5×5:
+    measured 7.4–8.3 against 3.0 MB (2.5–2.8×, three runs: the executor's order varies).
+    A band's backward pass makes its padded kernels once the kernels' cotangent is spent, no
+    band holds a padded copy of the whole image, and an image has at least four bands; before
+    (two bands of 20 rows) 18.6–19.3 MB (6.2–6.4×); with the padded kernels made beside the
+    kernels' cotangent 9.8–11.5 MB (3.3–3.8×); with x padded whole 8.4–10.3 MB (2.8–3.4×)."""
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("the bands are a CPU path")
+    x = tf.constant(np.random.default_rng(0).standard_normal((8, 32, 32, 32)), tf.float32)
+
+    def peak(layer):
+        inputs = keras.Input((32, 32, 32))
+        model = keras.Model(inputs, layer(keras.layers.Conv2D(32, 1)(inputs)))
+        return harness.kept_for_backward_bytes(model, x)
+
+    calls = _count_fused_layer(monkeypatch)
+    fused = peak(E4Conv2D(8, 5, reduction_ratio=1, slices=2))
+    assert calls == [8], calls
+    group = peak(GroupConv2D(8, 5, group="p4"))
+    assert fused < 3.5 * group, (fused, group)
+
+
 @pytest.mark.skipif(not _torch_on_cpu(), reason="torch's fused E4 layer is a CPU path")
 def test_torch_fused_layer_step_peak_is_below_the_step_by_step_path(monkeypatch):
     """The most bytes live at once in a training step of a 1×1 stem → E4Conv2D (8 fields,
