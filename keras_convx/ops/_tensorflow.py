@@ -283,7 +283,9 @@ def e4_generate_aggregate(v, features, block, k, strides):
 # pass): allocator peak at 32 / 64 / 128 px, 8 fields 57 / 228 / 272 → 27 / 46 / 113 MB for
 # −1 / +11 / +9% time, 16 fields 60 / 209 / 471 → 40 / 74 / 209 MB for +17 / +21 / −2%
 # (before the backward's bands were made after dy, `after`; since, 8 fields: 28 / 49 / 111 MB;
-# with the one-pass backward, tenth pass, 21.8 / 37.8 / 105.0 MB).
+# with the one-pass backward, tenth pass, 21.8 / 37.8 / 105.0 MB). At least `FUSED_MIN_BANDS`
+# per image (twelfth pass, with the band backward in two halves): at 32 px 14–17 → 7 MB
+# (GroupConv2D 4) at the same time; 6 bands 4.3 MB for +17% time.
 FUSED_BAND_FACTOR = 1
 FUSED_MIN_BANDS = 4
 

@@ -20,11 +20,15 @@ an unknown batch size).
   bands, the weight gradients, Σ dz and Σ dz·û per image, and the first term σ⁻¹·dû of the
   reduced map's cotangent through the reduction); the group norm's rest needs the image-wide
   means of those sums and is added after the bands from x and one Gram matrix per image
-  (`_reduction_remainder`), so no band is remade twice and no image-sized dz is kept.
-Measured (benchmarks/RESULTS.md, tenth pass; one 8-field layer after a 1×1 stem, batch 8,
-k 5, fit's graph mode, one process): the step's allocator peak 5.4 / 2.4 / 1.30× a
-GroupConv2D's at 32 / 64 / 128 px (the two-pass form 6.5 / 2.7 / 1.40×; step by step 13.3 /
-13.3 / 3.7×, another run), its time 1.45–1.54× a GroupConv2D's (0.95–1.17× step by step's).
+  (`_reduction_remainder`), so no band is remade twice and no image-sized dz is kept. A
+  band's kernels' cotangent is spent (into the features' and the block's gradients) before
+  its padded kernels are made for the encoded rows' cotangent (`xla_band_dkernels`,
+  `xla_band_dinput`), and each band pads its own halo rows of x (no padded copy of the
+  image is held through the bands).
+Measured (benchmarks/RESULTS.md, twelfth pass; one 8-field layer after a 1×1 stem, batch 8,
+k 5, fit's graph mode, one process): the step's allocator peak 9 / 24 / 80 MB against a
+GroupConv2D's 4 / 16 / 80 at 32 / 64 / 128 px (tenth pass: 19 / 36 / 103), its time
+1.36–1.55× a GroupConv2D's.
 """
 
 import functools
