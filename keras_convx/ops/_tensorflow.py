@@ -15,6 +15,7 @@ from keras_convx.ops import log_polar as lp
 from keras_convx.ops._tensorflow_e4 import (after, band_kernels, fused_e4, row_bands, stitch_bands,
                                             xla_band_dinput, xla_band_dkernels,
                                             xla_band_forward)
+from keras_convx.ops._tensorflow_e4_xla import fused_e4_xla
 from keras_convx.ops.core import bind_variables
 from keras_convx.ops.dispatcher import register_fast_path
 
@@ -288,31 +289,43 @@ def e4_generate_aggregate(v, features, block, k, strides):
 # (GroupConv2D 4) at the same time; 6 bands 4.3 MB for +17% time.
 FUSED_BAND_FACTOR = 1
 FUSED_MIN_BANDS = 4
+# Inside a function XLA compiles whole, the bands are a `tf.while_loop`
+# (`_tensorflow_e4_xla.fused_e4_xla`) of this many `ops.group.BAND_BYTES` of kernels per image
+# (256 KiB), at least `XLA_MIN_BANDS` per image. Measured (one 8-field layer after a 1×1 stem,
+# batch 8, k 5; RESULTS.md, thirteenth pass): XLA's bytes at 32 / 64 / 128 px with bands of 2 /
+# 4 / 8 rows 10.5 / 37.6 / 146.9, 12.0 / 37.7 / 146.9, 15.3 / 43.9 / 146.9 MB (GroupConv2D
+# 7.2 / 28.3 / 112.3); time within ±15% of each other, noisy.
+XLA_BAND_FACTOR = 0.5
+XLA_MIN_BANDS = 8
 
 
 @fast
 def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
     """E4's whole computation from its input: on the CPU at stride 1 with a static image size,
-    one custom gradient by bands of rows that keeps only `x` and per-image statistics for the
-    backward pass (`_tensorflow_e4.fused_e4`); otherwise the reference, step by step.
+    by bands of rows in one custom gradient that keeps only `x` and per-image statistics for
+    the backward pass; otherwise the reference, step by step.
 
-    Inside a function XLA compiles whole (`jit_compile=True`), XLA schedules the bands
-    together, so the fused layer saves no memory there; it runs where the reference's
-    generation would not tile (`_tiled_by_image`), outside a recomputed layer, for its
-    written backward pass. Measured there (one layer after a 1×1 stem, batch 8, k 5; 8 / 16 /
-    32 fields at 32–64 px): 2.5–2.9× faster than the reference (8 fields 37 → 15 ms at 32 px,
-    154 → 55 ms at 64 px), the same memory; at 128 px, where the reference tiles, it took 14%
-    more time and 5% more memory."""
+    In graph mode (`fit`'s default on a CPU) the bands are unrolled, one after the other by
+    control dependencies (`_tensorflow_e4.fused_e4`). Inside a function XLA compiles whole
+    (`jit_compile=True`), XLA ignores control dependencies and schedules unrolled bands
+    together, so there the bands are the iterations of a `tf.while_loop`
+    (`_tensorflow_e4_xla.fused_e4_xla`)."""
     x, reduce, gamma, beta, block, encoder = (
         tf.convert_to_tensor(t) for t in (x, reduce, gamma, beta, block, encoder))
     _, height, width, _ = x.shape
-    if strides == 1 and _platform() == "cpu" and None not in (height, width) and (
-            not _in_xla() or not (_RECOMPUTING.get() or _tiled_by_image(height, width, block))):
-        band = FUSED_BAND_FACTOR * gops.BAND_BYTES
-        rows = gops.band_rows(1, height, width, block.shape[-1], block.dtype.size, band)
-        rows = min(rows, max(2, height // FUSED_MIN_BANDS))
-        return fused_e4(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows)
-    return e4ops.e4_apply_reference(x, reduce, gamma, beta, block, encoder, k, strides, epsilon)
+    if strides != 1 or _platform() != "cpu" or None in (height, width):
+        return e4ops.e4_apply_reference(x, reduce, gamma, beta, block, encoder, k, strides,
+                                        epsilon)
+    per_pixel, itemsize = block.shape[-1], block.dtype.size
+    if _in_xla():
+        rows = gops.band_rows(1, height, width, per_pixel, itemsize,
+                              XLA_BAND_FACTOR * gops.BAND_BYTES)
+        rows = min(rows, max(2, height // XLA_MIN_BANDS))
+        return fused_e4_xla(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows)
+    rows = gops.band_rows(1, height, width, per_pixel, itemsize,
+                          FUSED_BAND_FACTOR * gops.BAND_BYTES)
+    rows = min(rows, max(2, height // FUSED_MIN_BANDS))
+    return fused_e4(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows)
 
 
 @fast

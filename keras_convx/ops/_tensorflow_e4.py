@@ -20,7 +20,7 @@ an unknown batch size).
   bands, the weight gradients, Σ dz and Σ dz·û per image, and the first term σ⁻¹·dû of the
   reduced map's cotangent through the reduction); the group norm's rest needs the image-wide
   means of those sums and is added after the bands from x and one Gram matrix per image
-  (`_reduction_remainder`), so no band is remade twice and no image-sized dz is kept. A
+  (`reduction_remainder`), so no band is remade twice and no image-sized dz is kept. A
   band's kernels' cotangent is spent (into the features' and the block's gradients) before
   its padded kernels are made for the encoded rows' cotangent (`xla_band_dkernels`,
   `xla_band_dinput`), and each band pads its own halo rows of x (no padded copy of the
@@ -171,7 +171,7 @@ def _normalised(t, scale, shift):
 def _normalisation_cotangent(t, dfeatures, scale, shift, mean, inv, gamma, dtype):
     """A band's (σ⁻¹·dû in `dtype`, (Σ dz, Σ dz·û) over its rows) for the features' cotangent
     (dû = γ·dz: the first term of the reduced map's cotangent; the sums' means give the rest,
-    `_reduction_remainder`)."""
+    `reduction_remainder`)."""
     dz = tf.where(t * scale + shift > 0, dfeatures, 0.0)
     return (tf.cast(dz * (gamma * inv), dtype),
             tf.stack([_row_sums(dz), _row_sums(dz * (t - mean) * inv)]))
@@ -189,7 +189,7 @@ _XLA = {f.__name__: tf.function(f, jit_compile=True)
         for f in (_moments, _normalised, _normalisation_cotangent, _plus_centre)}
 
 
-def _reduction_remainder(x, reduce, mean, inv, m1, m2):
+def reduction_remainder(x, reduce, mean, inv, m1, m2):
     """(x's, the reduction's) gradients through the group norm beyond the bands' σ⁻¹·dû, in
     float32, without remaking the reduced map.
 
@@ -293,7 +293,7 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
                       for m in group_means(dz_sums * tf.reshape(gamma_c, (1, 1, -1))))
             # after the bands: its float32 copy of a low-precision x would otherwise be made
             # early and held through them (the executor runs what is ready)
-            rest, drest = after(totals, lambda: _reduction_remainder(
+            rest, drest = after(totals, lambda: reduction_remainder(
                 x, reduce, *(tf.reshape(v, (-1, channels)) for v in (mean_c, inv_c)), m1, m2))
             dx = tf.cast(stitch_bands(parts, bands, 2 * p)[:, p:p + height, p:p + width],
                          f32) + rest
