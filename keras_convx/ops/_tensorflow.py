@@ -295,8 +295,8 @@ FUSED_MIN_BANDS = 4
 # batch 8, k 5; RESULTS.md, thirteenth pass): XLA's bytes at 32 / 64 / 128 px with bands of 2 /
 # 4 / 8 rows 10.5 / 37.6 / 146.9, 12.0 / 37.7 / 146.9, 15.3 / 43.9 / 146.9 MB (GroupConv2D
 # 7.2 / 28.3 / 112.3); time within ±15% of each other, noisy.
-XLA_BAND_FACTOR = 0.5
-XLA_MIN_BANDS = 8
+XLA_BAND_FACTOR = 1
+XLA_MIN_BANDS = 16
 
 
 @fast
