@@ -290,11 +290,13 @@ def e4_generate_aggregate(v, features, block, k, strides):
 FUSED_BAND_FACTOR = 1
 FUSED_MIN_BANDS = 4
 # Inside a function XLA compiles whole, the bands are a `tf.while_loop`
-# (`_tensorflow_e4_xla.fused_e4_xla`) of this many `ops.group.BAND_BYTES` of kernels per image
-# (256 KiB), at least `XLA_MIN_BANDS` per image. Measured (one 8-field layer after a 1×1 stem,
-# batch 8, k 5; RESULTS.md, thirteenth pass): XLA's bytes at 32 / 64 / 128 px with bands of 2 /
-# 4 / 8 rows 10.5 / 37.6 / 146.9, 12.0 / 37.7 / 146.9, 15.3 / 43.9 / 146.9 MB (GroupConv2D
-# 7.2 / 28.3 / 112.3); time within ±15% of each other, noisy.
+# (`_tensorflow_e4_xla.fused_e4_xla`) of at most this many `ops.group.BAND_BYTES` of kernels
+# per image (512 KiB) and at most max(4, height / `XLA_MIN_BANDS`) rows, a divisor of the
+# height where one is (4 rows at 32–128 px). Measured (one 8-field layer after a 1×1 stem,
+# batch 8, k 5; RESULTS.md, thirteenth pass), XLA's bytes at 32 / 64 / 128 px with bands of
+# 2 / 4 / 8 rows 10.5 / 37.7 / 146.9, 12.0 / 37.7 / 146.9, 15.3 / 43.9 / 146.9 MB (GroupConv2D
+# 7.2 / 28.3 / 112.3); the step's time in one process 2.10 / 1.70 / 1.53×, 2.08 / 1.47 /
+# 1.48×, 1.91 / 1.39 / 1.53× a GroupConv2D's (one band of 32 px images 1.74×).
 XLA_BAND_FACTOR = 1
 XLA_MIN_BANDS = 16
 
@@ -320,7 +322,7 @@ def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
     if _in_xla():
         rows = gops.band_rows(1, height, width, per_pixel, itemsize,
                               XLA_BAND_FACTOR * gops.BAND_BYTES)
-        rows = min(rows, max(2, height // XLA_MIN_BANDS))
+        rows = min(rows, max(4, height // XLA_MIN_BANDS))
         # whole bands where a divisor allows: the output then needs no slice (a copy)
         rows = max((r for r in range(2, rows + 1) if height % r == 0), default=rows)
         return fused_e4_xla(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows)
