@@ -53,7 +53,7 @@ def _in_xla():
 
 # Inside a recomputed layer (`recompute` at the end, which the caller chose to trade time
 # for memory) E4's generation tiles every image size where the whole layer is not fused
-# (`e4_apply`: under `jit_compile=True`), by bands of this many
+# (`e4_apply`: where its step-by-step reference is called itself), by bands of this many
 # `ops.group.BAND_BYTES` per image. Measured (four 8-field E4 layers in a row after a 1×1
 # stem, batch 8, fit's graph mode; RESULTS.md, "E4 as images grow"): the allocator peak at
 # 64 px 232 → 70–81 MB (GroupConv2D 28) for +6–10% step time, at 128 px 307 → 200 MB; bands
@@ -240,8 +240,8 @@ def _banded(v, features, block, k, rows):
     return fn(v, features, block)
 
 
-# TensorFlow's E4 bands (where the whole layer is not fused, `e4_apply`: under
-# `jit_compile=True`, or `ops.group.generate_and_aggregate` called alone) hold this many
+# TensorFlow's E4 bands (where the whole layer is not fused, `e4_apply`: its step-by-step
+# reference or `ops.group.generate_and_aggregate` called itself) hold this many
 # `ops.group.BAND_BYTES` of kernels per image (4 MiB), and an image's kernels are tiled once
 # they pass two bands (8 MiB: ~100 px at k 5, 2 slices, p4). Measured (before the fused layer,
 # in fit's default graph mode, batch 8, k 5, 8/16/32 p4 fields; benchmarks/RESULTS.md,
