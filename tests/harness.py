@@ -594,13 +594,14 @@ def jax_step_temp_bytes(model, x, with_value=True):
     return step.compile().memory_analysis().temp_size_in_bytes
 
 
-def kept_for_backward_bytes(model, x):
+def kept_for_backward_bytes(model, x, jit_compile=False):
     """Bytes a training step keeps from its forward pass for its backward pass: jax, XLA's temp
     bytes of the jitted gradient; torch, the tensors autograd saves (counted by a hook);
     tensorflow, the CPU allocator's peak during a graph-mode gradient step above what was
     allocated before it (after a first step; repeatable to the byte in one process history),
     which includes the backward pass's own temporaries; TensorFlow's oneDNN CPU allocator does
-    not count blocks under 256 KiB, so tensors measured there must be larger."""
+    not count blocks under 256 KiB, so tensors measured there must be larger;
+    `jit_compile=True` compiles that step whole with XLA (tensorflow only)."""
     if BACKEND == "jax":
         return jax_step_temp_bytes(model, x, with_value=False)
     if BACKEND == "torch":
@@ -618,7 +619,7 @@ def kept_for_backward_bytes(model, x):
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        @tf.function
+        @tf.function(jit_compile=jit_compile)
         def step(x):
             with tf.GradientTape() as tape:
                 loss = tf.reduce_mean(model(x, training=True) ** 2)

@@ -463,22 +463,9 @@ def test_tensorflow_xla_step_holds_a_fraction_of_the_reference():
     model = keras.Model(inputs, E4Conv2D(8, 5, reduction_ratio=1, slices=2)(
         keras.layers.Conv2D(32, 1)(inputs)))
 
-    def peak(mode):  # a function traced in `mode`
-        @tf.function(jit_compile=True)
-        def step(x):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(model(x, training=True) ** 2)
-            return tape.gradient(loss, model.trainable_variables)
-
+    def peak(mode):  # a step traced and compiled in `mode`
         with mode():
-            step(x)  # trace and compile first
-            try:  # documented for GPUs and TPUs; the x86 CPU build tracks the CPU allocator too
-                tf.config.experimental.reset_memory_stats("CPU:0")
-            except ValueError:
-                pytest.skip("this TensorFlow build does not track CPU memory")
-            before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-            step(x)
-            return tf.config.experimental.get_memory_info("CPU:0")["peak"] - before
+            return harness.kept_for_backward_bytes(model, x, jit_compile=True)
 
     bands, reference = peak(contextlib.nullcontext), peak(ops.reference_mode)
     assert bands < 0.4 * reference, (bands, reference)
