@@ -413,8 +413,8 @@ def test_tiled_paths_train_like_the_reference(jit_compile, policy, recompute, mo
     with an unknown batch size) of a 1×1 Conv2D → E4Conv2D model (so the E4 layer's input
     gradient is computed too) with the bands forced on (`BAND_BYTES=64`: 2-row bands, 11 rows
     leave a partial one) moves every weight as the `keras.ops` reference does: jax's and
-    tensorflow's and torch's whole layer fused by bands (tensorflow with `jit_compile` False;
-    with True, its generation + aggregation by bands), which ran in 2-row bands; float32 and
+    tensorflow's and torch's whole layer fused by bands (tensorflow's unrolled with
+    `jit_compile` False, in a `tf.while_loop` with True), which ran in 2-row bands; float32 and
     mixed bfloat16 (the bands' float32 accumulations cast back); with and without
     `recompute`."""
     if keras.backend.backend() == "torch" and jit_compile:
@@ -435,8 +435,8 @@ def test_tiled_paths_train_like_the_reference(jit_compile, policy, recompute, mo
 def test_tensorflow_xla_step_runs_the_layer_in_loop_bands(policy, band_bytes, monkeypatch):
     """Inside a `jit_compile=True` step, tensorflow's E4 layer runs as the iterations of a
     `tf.while_loop` over bands of rows (`fused_e4_xla`) at every image size: here bands of 2
-    rows (`BAND_BYTES=64`) or 4 (the default at this size), 11 rows leaving a partial one;
-    `fit` moves every weight as the `keras.ops` reference does."""
+    rows (with `BAND_BYTES=64`, and by default at this size: at least 16 bands), 11 rows
+    leaving a partial one; `fit` moves every weight as the `keras.ops` reference does."""
     if band_bytes:
         monkeypatch.setattr(gops, "BAND_BYTES", band_bytes)
     calls = _count_fused_layer(monkeypatch)  # the loop bands', with the unrolled ones failing:
@@ -445,7 +445,7 @@ def test_tensorflow_xla_step_runs_the_layer_in_loop_bands(policy, band_bytes, mo
     harness.check_fit_matches_reference(
         lambda policy: E4Conv2D(4, 3, group="p4", reduction_ratio=1, slices=2, dtype=policy),
         (11, 9, 16), True, policy, ops.reference_mode)
-    assert calls and set(calls) == {2 if band_bytes else 4}, calls
+    assert calls and set(calls) == {2}, calls
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's XLA steps")

@@ -43,8 +43,8 @@ class E4Conv2D(keras.layers.Layer):
     (tensorflow inside `jit_compile=True`: the bands are a `tf.while_loop`): a one-layer
     step's memory on jax 1.04–1.35× a `GroupConv2D`'s instead of 1.8–2.2× (four layers
     1.04–1.08×), for up to +19% step time at 32–64 px; on tensorflow 1.0–2.3× (8 fields;
-    1.0–1.44× at 16) instead of 3.7–13.3× step by step, under `jit_compile=True` 1.3–1.7×
-    XLA's bytes instead of 3.4–3.6× (four layers 1.5–1.6× instead of 5.9–6.6×); on torch
+    1.0–1.44× at 16) instead of 3.7–13.3× step by step, under `jit_compile=True` 1.16–1.46×
+    XLA's bytes instead of 2.6–3.6× (four layers 1.13–1.25× instead of 5.9–6.6×); on torch
     1.0–1.36× instead of 1.5–3.1× (8–32 fields), −9 to +19% time at 64–128 px, up to +40% at
     32 px (benchmarks/RESULTS.md, "E4 as images grow").
     `implementation="shifts"` runs the layer step by step in `keras.ops`.

@@ -228,7 +228,8 @@ def _banded(v, features, block, k, rows):
                     return df, db, after((df, db), lambda: dinput(
                         band_kernels(f, block, k, k - 1), dyb))
 
-                df, db, dvh = after(dy if dblock is None else dblock, band)
+                # the next band after this one's both halves (dblock: its first only)
+                df, db, dvh = after(dy if dblock is None else (dblock, parts[-1]), band)
                 dfeatures.append(df)
                 dblock = db if dblock is None else dblock + db
                 parts.append(dvh)
@@ -291,12 +292,13 @@ FUSED_BAND_FACTOR = 1
 FUSED_MIN_BANDS = 4
 # Inside a function XLA compiles whole, the bands are a `tf.while_loop`
 # (`_tensorflow_e4_xla.fused_e4_xla`) of at most this many `ops.group.BAND_BYTES` of kernels
-# per image (512 KiB) and at most max(4, height / `XLA_MIN_BANDS`) rows, a divisor of the
-# height where one is (4 rows at 32–128 px). Measured (one 8-field layer after a 1×1 stem,
-# batch 8, k 5; RESULTS.md, thirteenth pass), XLA's bytes at 32 / 64 / 128 px with bands of
-# 2 / 4 / 8 rows 10.5 / 37.7 / 146.9, 12.0 / 37.7 / 146.9, 15.3 / 43.9 / 146.9 MB (GroupConv2D
-# 7.2 / 28.3 / 112.3); the step's time in one process 2.10 / 1.70 / 1.53×, 2.08 / 1.47 /
-# 1.48×, 1.91 / 1.39 / 1.53× a GroupConv2D's (one band of 32 px images 1.74×).
+# per image (512 KiB) and at most max(2, height / `XLA_MIN_BANDS`) rows, a divisor of the
+# height where one is (2 / 4 / 4 rows at 32 / 64 / 128 px, 8 fields). Measured (one 8-field
+# layer after a 1×1 stem, batch 8, k 5; RESULTS.md, thirteenth pass), XLA's bytes at 32 / 64 /
+# 128 px with bands of 2 / 4 / 8 rows 10.5 / 37.7 / 146.9, 12.0 / 37.7 / 146.9, 15.3 / 43.9 /
+# 146.9 MB (GroupConv2D 7.2 / 28.3 / 112.3; before the remainder's x waited on the loop);
+# the step's time in one process at 32 px 1.83–2.33×, 1.61–2.08×, 1.49–1.91× a
+# GroupConv2D's (the unrolled bands 1.42–1.72×), at 64–128 px 1.39–1.70×.
 XLA_BAND_FACTOR = 1
 XLA_MIN_BANDS = 16
 
@@ -322,7 +324,7 @@ def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
     if _in_xla():
         rows = gops.band_rows(1, height, width, per_pixel, itemsize,
                               XLA_BAND_FACTOR * gops.BAND_BYTES)
-        rows = min(rows, max(4, height // XLA_MIN_BANDS))
+        rows = min(rows, max(2, height // XLA_MIN_BANDS))
         # whole bands where a divisor allows: the output then needs no slice (a copy)
         rows = max((r for r in range(2, rows + 1) if height % r == 0), default=rows)
         return fused_e4_xla(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows)

@@ -1,4 +1,5 @@
-"""E4's bands of rows on tensorflow's CPU (imported by `keras_convx.ops._tensorflow` only): the
+"""E4's bands of rows on tensorflow's CPU (imported by `keras_convx.ops._tensorflow` and
+`keras_convx.ops._tensorflow_e4_xla` only): the
 band helpers its tiled generation + aggregation shares, and `fused_e4`, the whole of
 `ops.e4.e4_apply` at stride 1 as one custom gradient that keeps only the layer's input and
 per-image statistics for its backward pass.
@@ -27,7 +28,7 @@ an unknown batch size).
   image is held through the bands).
 Measured (benchmarks/RESULTS.md, twelfth pass; one 8-field layer after a 1×1 stem, batch 8,
 k 5, fit's graph mode, one process): the step's allocator peak 9 / 24 / 80 MB against a
-GroupConv2D's 4 / 16 / 80 at 32 / 64 / 128 px (tenth pass: 19 / 36 / 103), its time
+GroupConv2D's 4 / 16 / 80 at 32 / 64 / 128 px (before, same run: 19 / 36 / 103), its time
 1.36–1.55× a GroupConv2D's.
 """
 

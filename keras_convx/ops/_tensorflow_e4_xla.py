@@ -8,7 +8,7 @@ dependencies do not order its work).
 Forward pass: the group norm's statistics over the whole image, then per band the reduced
 rows, normalised features (a column of ones for the bias), per-pixel kernels, the encoded
 rows (the 2p rows above carried from the previous band) and their aggregation, each band's
-output written into a `tf.TensorArray`. Backward pass, one loop over the bands: every band
+output written into place (`keras.ops.slice_update`: an XLA dynamic update slice). Backward pass, one loop over the bands: every band
 remade; the kernels' and the encoded rows' cotangents (the halo rows carried to the next
 band), the weight gradients, Σ dz and Σ dz·û, and the part σ⁻¹·dû of the reduced map's
 cotangent through the reduction; each band writes the rows of x's gradient that are final
@@ -40,13 +40,14 @@ def _write_rows(t, r0, rows):
 
 def _zero_after(after, dtype):
     """A scalar zero that XLA can make only once `after` exists: 0 · after's first element
-    (0 where that is not finite). Buffers filled with a plain zero are constants, which XLA
-    makes at the start of the step and holds throughout."""
-    first = tf.cast(tf.reshape(after, [-1])[0], dtype)
-    return tf.where(tf.math.is_finite(first), first * 0, tf.zeros([], dtype))
+    (0 where that is not finite, or where `after` is empty). Buffers filled with a plain zero
+    are constants, which XLA makes at the start of the step and holds throughout."""
+    first = tf.cast(tf.reshape(after, [-1])[:1], dtype)
+    return tf.reduce_sum(tf.where(tf.math.is_finite(first), first * 0, tf.zeros_like(first)))
 
 
 def _zeros_after(shape, dtype, after):
+    """`shape` zeros made once `after` exists (`_zero_after`)."""
     return tf.fill(shape, _zero_after(after, dtype))
 
 
@@ -177,8 +178,10 @@ def fused_e4_xla(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
             m1, m2 = (tf.reshape(per_channel(m[:, :, None]), (-1, channels)) for m in tf.unstack(
                 tf.reduce_mean(tf.reshape(dz_sums * tf.reshape(gamma_c, (1, 1, -1)),
                                           (2, -1, groups, n)), -1) / (height * width)))
+            # from x once the loop is done: its float32 copy (a low-precision x) is not made
+            # early and held through the loop
             rest, drest = reduction_remainder(
-                x, reduce, *(tf.reshape(v, (-1, channels)) for v in (mean_c, inv_c)), m1, m2)
+                x + _zero_after(dencoder, x.dtype), reduce, *(tf.reshape(v, (-1, channels)) for v in (mean_c, inv_c)), m1, m2)
             dx = tf.cast(dx, f32) + rest
 
             def like(gradient, weight):  # per-channel sums back to (groups, 1 or n)
