@@ -8,14 +8,15 @@ dependencies do not order its work).
 Forward pass: the group norm's statistics over the whole image, then per band the reduced
 rows, normalised features (a column of ones for the bias), per-pixel kernels, the encoded
 rows (the 2p rows above carried from the previous band) and their aggregation, each band's
-output written into place (`keras.ops.slice_update`: an XLA dynamic update slice). Backward pass, one loop over the bands: every band
-remade; the kernels' and the encoded rows' cotangents (the halo rows carried to the next
-band), the weight gradients, Σ dz and Σ dz·û, and the part σ⁻¹·dû of the reduced map's
-cotangent through the reduction; each band writes the rows of x's gradient that are final
-(the encoder's part once the next band starts below them, the reduction's part of the p
-rows above the band's own carried from the previous bands). The rest of the group norm's
-input gradient needs the image-wide sums and is added after the loop from x and one Gram
-matrix per image (`_tensorflow_e4.reduction_remainder`), as the graph-mode layer does.
+output written into place (`keras.ops.slice_update`: an XLA dynamic update slice). Backward
+pass, one loop over the bands: every band remade; the kernels' and the encoded rows'
+cotangents (the halo rows carried to the next band), the weight gradients, Σ dz and Σ dz·û,
+and the part σ⁻¹·dû of the reduced map's cotangent through the reduction; each band writes
+the rows of x's gradient that are final (the encoder's part once the next band starts below
+them, the reduction's part of the p rows above the band's own carried from the previous
+bands). The rest of the group norm's input gradient needs the image-wide sums and is added
+after the loop from x and one Gram matrix per image (`_tensorflow_e4.reduction_remainder`),
+as the graph-mode layer does.
 """
 
 import keras
@@ -181,7 +182,8 @@ def fused_e4_xla(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
             # from x once the loop is done: its float32 copy (a low-precision x) is not made
             # early and held through the loop
             rest, drest = reduction_remainder(
-                x + _zero_after(dencoder, x.dtype), reduce, *(tf.reshape(v, (-1, channels)) for v in (mean_c, inv_c)), m1, m2)
+                x + _zero_after(dencoder, x.dtype), reduce,
+                *(tf.reshape(v, (-1, channels)) for v in (mean_c, inv_c)), m1, m2)
             dx = tf.cast(dx, f32) + rest
 
             def like(gradient, weight):  # per-channel sums back to (groups, 1 or n)
