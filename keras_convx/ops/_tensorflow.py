@@ -323,14 +323,12 @@ def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
     per_pixel, itemsize = block.shape[-1], block.dtype.size
     if _in_xla():
         rows = gops.band_rows(1, height, width, per_pixel, itemsize,
-                              XLA_BAND_FACTOR * gops.BAND_BYTES)
-        rows = min(rows, max(2, height // XLA_MIN_BANDS))
+                              XLA_BAND_FACTOR * gops.BAND_BYTES, XLA_MIN_BANDS)
         # whole bands where a divisor allows: the output then needs no slice (a copy)
         rows = max((r for r in range(2, rows + 1) if height % r == 0), default=rows)
         return fused_e4_xla(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows)
     rows = gops.band_rows(1, height, width, per_pixel, itemsize,
-                          FUSED_BAND_FACTOR * gops.BAND_BYTES)
-    rows = min(rows, max(2, height // FUSED_MIN_BANDS))
+                          FUSED_BAND_FACTOR * gops.BAND_BYTES, FUSED_MIN_BANDS)
     return fused_e4(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows)
 
 

@@ -190,6 +190,20 @@ _XLA = {f.__name__: tf.function(f, jit_compile=True)
         for f in (_moments, _normalised, _normalisation_cotangent, _plus_centre)}
 
 
+def per_channel(g, n):
+    """(B or 1, groups, 1 or n) per group (or per channel) → (B or 1, 1, 1, groups·n)."""
+    g = tf.broadcast_to(g, tf.concat([tf.shape(g)[:2], [n]], 0))
+    return tf.reshape(g, (-1, 1, 1, g.shape[1] * n))
+
+
+def like(gradient, weight):
+    """Per-channel sums (groups·n,) back to γ's or β's shape (groups, 1 or n) and dtype."""
+    gradient = tf.reshape(gradient, (weight.shape[0], -1))
+    if weight.shape[1] == 1:
+        gradient = tf.reduce_sum(gradient, -1, keepdims=True)
+    return tf.cast(gradient, weight.dtype)
+
+
 def reduction_remainder(x, reduce, mean, inv, m1, m2):
     """(x's, the reduction's) gradients through the group norm beyond the bands' σ⁻¹·dû, in
     float32, without remaking the reduced map.
@@ -221,10 +235,6 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
     n, a = channels // groups, block.shape[-1] // (k * k)
     bands = row_bands(height, rows)
 
-    def per_channel(g):  # (B or 1, groups, 1 or n) → (B or 1, 1, 1, channels)
-        g = tf.broadcast_to(g, tf.concat([tf.shape(g)[:2], [n]], 0))
-        return tf.reshape(g, (-1, 1, 1, channels))
-
     def group_means(sums):  # (2, B, channels) sums over the image → (2, B, groups) means
         return tf.unstack(tf.reduce_mean(tf.reshape(sums, (2, -1, groups, n)), -1) / (height * width))
 
@@ -242,10 +252,10 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
         sums = _XLA["_moments"](reduced(x))
         mean, square = group_means(sums)
         inv = tf.math.rsqrt(tf.maximum(square - mean * mean, 0.0) + epsilon)
-        mean_c, inv_c = per_channel(mean[:, :, None]), per_channel(inv[:, :, None])
-        gamma_c = per_channel(gamma[None])
+        mean_c, inv_c = per_channel(mean[:, :, None], n), per_channel(inv[:, :, None], n)
+        gamma_c = per_channel(gamma[None], n)
         scale = inv_c * gamma_c
-        shift = per_channel(beta[None]) - mean_c * scale
+        shift = per_channel(beta[None], n) - mean_c * scale
 
         def kernels(t):  # the kernels of the reduced rows t
             return band_kernels(tf.cast(_XLA["_normalised"](t, scale, shift), x.dtype), block, k)
@@ -290,7 +300,7 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
                 parts.append(part)
             dencoder, dblock, dreduce, dz_sums = totals  # (Σ dz, Σ dz·û) per image and channel
             dbeta, dgamma = tf.unstack(tf.reduce_sum(dz_sums, 1))
-            m1, m2 = (tf.reshape(per_channel(m[:, :, None]), (-1, channels))
+            m1, m2 = (tf.reshape(per_channel(m[:, :, None], n), (-1, channels))
                       for m in group_means(dz_sums * tf.reshape(gamma_c, (1, 1, -1))))
             # after the bands: its float32 copy of a low-precision x would otherwise be made
             # early and held through them (the executor runs what is ready)
@@ -299,12 +309,6 @@ def fused_e4(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
             dx = tf.cast(stitch_bands(parts, bands, 2 * p)[:, p:p + height, p:p + width],
                          f32) + rest
             dreduce += drest
-
-            def like(gradient, weight):  # per-channel sums back to (groups, 1 or n)
-                gradient = tf.reshape(gradient, (groups, n))
-                if weight.shape[1] == 1:
-                    gradient = tf.reduce_sum(gradient, -1, keepdims=True)
-                return tf.cast(gradient, weight.dtype)
 
             return (tf.cast(dx, x.dtype), tf.cast(dreduce, reduce.dtype), like(dgamma, gamma),
                     like(dbeta, beta),

@@ -22,8 +22,8 @@ as the graph-mode layer does.
 import keras
 import tensorflow as tf
 
-from keras_convx.ops._tensorflow_e4 import (band_kernels, reduction_remainder, xla_band_dinput,
-                                            xla_band_dkernels)
+from keras_convx.ops._tensorflow_e4 import (band_kernels, like, per_channel, reduction_remainder,
+                                            xla_band_dinput, xla_band_dkernels, xla_band_forward)
 
 
 def _rows(t, r0, size):
@@ -52,15 +52,6 @@ def _zeros_after(shape, dtype, after):
     return tf.fill(shape, _zero_after(after, dtype))
 
 
-def _band_products(vb, kernels, k, rows, width):
-    """Σ_s vb[rows i.., cols j..] · kernels[..., s, :]: one band of the aggregation."""
-    out = 0.0
-    for i in range(k):
-        for j in range(k):
-            out += vb[:, i:i + rows, j:j + width] * kernels[:, :, :, i * k + j, None, :]
-    return out
-
-
 def fused_e4_xla(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
     """`ops.e4.e4_apply` at stride 1 for a channels_last `x` with a static image size, by
     bands of `rows` output rows in `tf.while_loop`s (see the module's docstring)."""
@@ -70,10 +61,6 @@ def fused_e4_xla(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
     n, a = channels // groups, block.shape[-1] // (k * k)
     count = -(-height // rows)
     extra = count * rows - height
-
-    def per_channel(g):  # (B or 1, groups, 1 or n) → (B or 1, 1, 1, channels)
-        g = tf.broadcast_to(g, tf.concat([tf.shape(g)[:2], [n]], 0))
-        return tf.reshape(g, (-1, 1, 1, channels))
 
     def encode(xs):  # (B, r, W', C) → (B, r, W', M, A)
         v = tf.einsum("bhwc,co->bhwo", xs, encoder)
@@ -86,10 +73,10 @@ def fused_e4_xla(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
         mean, square = tf.unstack(tf.reduce_mean(
             tf.reshape(sums, (2, -1, groups, n)), -1) / (height * width))
         inv = tf.math.rsqrt(tf.maximum(square - mean * mean, 0.0) + epsilon)
-        mean_c, inv_c = per_channel(mean[:, :, None]), per_channel(inv[:, :, None])
-        gamma_c = per_channel(gamma[None])
+        mean_c, inv_c = per_channel(mean[:, :, None], n), per_channel(inv[:, :, None], n)
+        gamma_c = per_channel(gamma[None], n)
         scale = inv_c * gamma_c
-        shift = per_channel(beta[None]) - mean_c * scale
+        shift = per_channel(beta[None], n) - mean_c * scale
 
         def padded(after):  # made anew in the backward pass: not the forward's, held till then
             return tf.pad(x, [[0, 0], [p, p + extra], [p, p], [0, 0]],
@@ -102,17 +89,13 @@ def fused_e4_xla(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
             ones = tf.ones_like(features[..., :1])
             return tf.concat([features, ones], -1), z, (t - mean_c) * inv_c
 
-        def kernels_of(features):
-            v = tf.einsum("bhwf,fo->bhwo", features, block)
-            return tf.reshape(v, tf.concat([tf.shape(v)[:3], [k * k, a]], 0))
-
         xp = padded(x)
 
         def forward_band(b, y, above):
             r0 = b * rows
             vb = tf.concat([above, encode(_rows(xp, r0 + 2 * p, rows))], 1)
             features = generator(_rows(xp, r0 + p, rows)[:, :, p:p + width])[0]
-            out = _band_products(vb, kernels_of(features), k, rows, width)
+            out = xla_band_forward(k)(vb, band_kernels(features, block, k))
             return b + 1, _write_rows(y, r0, out), vb[:, rows:]
 
         first = encode(xp[:, :2 * p])
@@ -176,7 +159,7 @@ def fused_e4_xla(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
             tail = tf.pad(tail, [[0, 0], [0, p], [0, 0], [0, 0]])
             dx = _write_rows(dxs, count * rows, dxb[:, :, p:p + width] + tail)[:, p:p + height]
             dbeta, dgamma = tf.unstack(tf.reduce_sum(dz_sums, 1))
-            m1, m2 = (tf.reshape(per_channel(m[:, :, None]), (-1, channels)) for m in tf.unstack(
+            m1, m2 = (tf.reshape(per_channel(m[:, :, None], n), (-1, channels)) for m in tf.unstack(
                 tf.reduce_mean(tf.reshape(dz_sums * tf.reshape(gamma_c, (1, 1, -1)),
                                           (2, -1, groups, n)), -1) / (height * width)))
             # from x once the loop is done: its float32 copy (a low-precision x) is not made
@@ -185,12 +168,6 @@ def fused_e4_xla(x, reduce, gamma, beta, block, encoder, k, epsilon, rows):
                 x + _zero_after(dencoder, x.dtype), reduce,
                 *(tf.reshape(v, (-1, channels)) for v in (mean_c, inv_c)), m1, m2)
             dx = tf.cast(dx, f32) + rest
-
-            def like(gradient, weight):  # per-channel sums back to (groups, 1 or n)
-                gradient = tf.reshape(gradient, (groups, n))
-                if weight.shape[1] == 1:
-                    gradient = tf.reduce_sum(gradient, -1, keepdims=True)
-                return tf.cast(gradient, weight.dtype)
 
             return (tf.cast(dx, x.dtype), tf.cast(dreduce + drest, reduce.dtype),
                     like(dgamma, gamma), like(dbeta, beta), tf.cast(dblock, block.dtype),

@@ -351,8 +351,7 @@ def e4_apply(x, reduce, gamma, beta, block, encoder, k, strides, epsilon):
         x = x.contiguous()
     batch, height, width, _ = x.shape
     rows = gops.band_rows(batch, height, width, block.shape[-1], block.element_size(),
-                          FUSED_BAND_FACTOR * gops.BAND_BYTES)
-    rows = min(rows, max(2, height // FUSED_MIN_BANDS))
+                          FUSED_BAND_FACTOR * gops.BAND_BYTES, FUSED_MIN_BANDS)
     bands = _CompiledBands if opt_in_fast_paths() else EagerBands
     return fused_e4(x, reduce, gamma, beta, block, encoder, k, float(epsilon), rows, bands)
 

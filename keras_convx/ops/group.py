@@ -327,16 +327,16 @@ def group_norm_relu(t, gamma, beta, groups, epsilon):
 BAND_BYTES = 2**19
 
 
-def band_rows(batch, height, width, per_pixel, itemsize=4, budget=None):
+def band_rows(batch, height, width, per_pixel, itemsize=4, budget=None, min_bands=1):
     """Output rows per band of a tiled path (E4's generation + aggregation, the log-polar
     pooling + mixing): the band's largest tensor (batch · rows · width · per_pixel values)
-    within `budget` bytes (default `BAND_BYTES`), at least 2 rows (or
-    the whole height, if smaller). Measured on jax's CPU (batch
+    within `budget` bytes (default `BAND_BYTES`) and at most height / `min_bands` rows, at
+    least 2 rows (or the whole height, if smaller). Measured on jax's CPU (batch
     8, 8 fields, k 5, 32–128 px): 2-row bands ran fastest (the band's kernels stay in cache),
     1-row bands 4–11× slower than 2-row ones (XLA handles a unit dimension differently)."""
     per_row = max(1, batch * width * per_pixel * itemsize)
     budget = BAND_BYTES if budget is None else budget
-    return int(min(height, max(2, budget // per_row)))
+    return int(min(height, max(2, budget // per_row), max(2, height // min_bands)))
 
 
 # ------------------------------------------------------------------------------ group actions
