@@ -216,8 +216,14 @@ def gradient_flow(model, data, loss=None, training=True):
 
     Example:
 
-    >>> flow = keras_convx.analysis.gradient_flow(model, (x[:64], y[:64]))
-    >>> flow["gradient_norms"]           # {"block_1": 0.21, "block_2": 0.19, ...}
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, name="head")])
+    >>> model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> x, y = np.random.rand(16, 8, 8, 1), np.random.randint(0, 3, 16)
+    >>> flow = keras_convx.analysis.gradient_flow(model, (x, y))
+    >>> list(flow["gradient_norms"])     # one norm per layer with weights: {"conv": 0.21, ...}
+    ['conv', 'head']
     """
     from keras_convx.ops import autodiff  # noqa: PLC0415
     from keras_convx.ops import shared_basis as sb  # noqa: PLC0415

@@ -44,10 +44,18 @@ class GradientFlow(keras.callbacks.Callback):
 
     Example:
 
-    >>> flow = keras_convx.callbacks.GradientFlow((x[:128], y[:128]), every_n_steps=50)
-    >>> model.fit(x, y, epochs=5, callbacks=[flow])
-    >>> history.history["grad_norm/block_3"]          # one value per epoch
-    >>> flow.plot("gradient_flow.png")
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, name="head")])
+    >>> model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> x, y = np.random.rand(16, 8, 8, 1), np.random.randint(0, 3, 16)
+    >>> flow = keras_convx.callbacks.GradientFlow((x[:8], y[:8]), every_n_steps=1)
+    >>> history = model.fit(x, y, epochs=2, callbacks=[flow], verbose=0)
+    >>> sorted(k for k in history.history if k.startswith("grad_norm"))  # one value per epoch
+    ['grad_norm/max', 'grad_norm/median', 'grad_norm/min']
+    >>> sorted(flow.series()[1])       # per layer, at every measured step
+    ['conv', 'head']
+    >>> ax = flow.plot("gradient_flow.png")
     """
 
     FIELDS = ("step", "epoch", "kind", "name", "value")
@@ -61,6 +69,7 @@ class GradientFlow(keras.callbacks.Callback):
         self.records = []
         self._step = 0
         self._epoch = 0
+        self._last = (None, [])  # (step, rows) of the latest measurement
 
     def on_train_begin(self, logs=None):
         if self.csv_path:
@@ -88,6 +97,7 @@ class GradientFlow(keras.callbacks.Callback):
             with open(self.csv_path, "a", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=self.FIELDS)
                 writer.writerows(rows)
+        self._last = (self._step, rows)
         return rows
 
     def on_train_batch_end(self, batch, logs=None):
@@ -96,7 +106,10 @@ class GradientFlow(keras.callbacks.Callback):
             self._measure()
 
     def on_epoch_end(self, epoch, logs=None):
-        rows = self._measure()
+        # an epoch ending on a measured step reuses that step's rows (no duplicate records)
+        step, rows = self._last
+        if step != self._step:
+            rows = self._measure()
         if logs is None:
             return
         for kind, stats in (("grad_norm", ("min", "median", "max")),
@@ -161,9 +174,15 @@ class FocusArea(keras.callbacks.Callback):
 
     Example:
 
-    >>> focus = keras_convx.callbacks.FocusArea(x_val[:256], plot_path="focus.png")
-    >>> history = model.fit(x, y, epochs=10, callbacks=[focus])
-    >>> history.history["focus_area/0.5"]        # one value per epoch
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, name="head")])
+    >>> model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> x, y = np.random.rand(16, 8, 8, 1), np.random.randint(0, 3, 16)
+    >>> focus = keras_convx.callbacks.FocusArea(x[:4], plot_path="focus.png")
+    >>> history = model.fit(x, y, epochs=2, callbacks=[focus], verbose=0)
+    >>> len(history.history["focus_area/0.5"])   # one value per epoch
+    2
     """
 
     def __init__(self, data, thresholds=(0.2, 0.5), target="prediction", feature_layer=None,

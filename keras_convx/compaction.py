@@ -39,8 +39,15 @@ def strip(model):
 
     Example:
 
-    >>> deployable = keras_convx.pruning.strip(pruned_model)
-    >>> deployable.save("model.keras")      # plain Keras layers only
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, name="head")])
+    >>> prunable = keras_convx.pruning.make_prunable(model, granularity="weight")
+    >>> keras_convx.pruning.update_masks(prunable, 0.5)["total"]
+    0.5
+    >>> deployable = keras_convx.pruning.strip(prunable)
+    >>> [type(layer).__name__ for layer in deployable.layers]   # plain Keras layers only
+    ['Conv2D', 'GlobalAveragePooling2D', 'Dense']
     """
     return graph.rewrite(model, _strip_replace)
 
@@ -319,15 +326,26 @@ def compact(model, return_report=False):
     Args:
         model: a Functional or built Sequential model.
         return_report: also return a dict with the parameter and MAC counts before and after
-            and the channels kept per layer.
+            (`params_before`, `params_after`, `macs_before`, `macs_after`) and, per layer,
+            the (input, output) channels kept (`conv_channels_kept`) or (input features,
+            units) kept (`dense_units_kept`).
 
     Returns:
         The compact model, or `(model, report)` with `return_report=True`.
 
     Example:
 
-    >>> small, report = keras_convx.pruning.compact(pruned_model, return_report=True)
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, name="head")])
+    >>> prunable = keras_convx.pruning.make_prunable(model, granularity="channel")
+    >>> keras_convx.pruning.update_masks(prunable, 0.5)   # two of conv's four filters
+    {'conv': 0.5, 'total': 0.5}
+    >>> small, report = keras_convx.pruning.compact(prunable, return_report=True)
+    >>> report["conv_channels_kept"]     # (input channels, output channels) kept
+    {'conv': (1, 2)}
     >>> report["macs_before"], report["macs_after"]
+    (1308, 654)
     """
     if any(isinstance(layer, PrunableMixin) for layer in graph.all_layers(model)):
         model = strip(model)  # a make_prunable model: its plain layers, pruned weights zero

@@ -123,8 +123,11 @@ def runtime(path):
 
     Example:
 
-    >>> predict = keras_convx.export.runtime("model.onnx")
-    >>> predict(x_test[:32]).shape          # (32, num_classes)
+    ```python
+    keras_convx.export.to_onnx(model, "model.onnx")
+    predict = keras_convx.export.runtime("model.onnx")
+    predict(x_test[:32]).shape          # (32, num_classes)
+    ```
     """
     path = os.fspath(path)
     if path.endswith(".onnx"):
@@ -312,8 +315,10 @@ def to_onnx(model, path, sample_inputs=None, atol=1e-4, rtol=1e-4, fold_first=Tr
 
     Example:
 
-    >>> report = keras_convx.export.to_onnx(model, "model.onnx")
-    >>> report["max_abs_difference"]        # e.g. 3e-7
+    ```python
+    report = keras_convx.export.to_onnx(model, "model.onnx")
+    report["max_abs_difference"]        # e.g. 3e-7
+    ```
     """
     return _export(model, path, "onnx", sample_inputs, atol, rtol, fold_first)
 
@@ -330,7 +335,9 @@ def to_litert(model, path, sample_inputs=None, atol=1e-4, rtol=1e-4, fold_first=
 
     Example:
 
-    >>> keras_convx.export.to_litert(model, "model.tflite")["bytes"]
+    ```python
+    keras_convx.export.to_litert(model, "model.tflite")["bytes"]
+    ```
     """
     return _export(model, path, "litert", sample_inputs, atol, rtol, fold_first)
 

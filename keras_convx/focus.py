@@ -248,8 +248,15 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
 
     Example:
 
-    >>> result = keras_convx.analysis.focus_area(model, x_test[:100], threshold=0.2)
-    >>> result["focus_area"].mean()        # e.g. 0.31: the decisions rest on 31% of the image
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, name="head")])
+    >>> x = np.random.rand(16, 8, 8, 1)
+    >>> result = keras_convx.analysis.focus_area(model, x, threshold=0.2)
+    >>> result["focus_area"].shape, result["maps"].shape, result["method"]
+    ((16,), (16, 8, 8), 'cam')
+    >>> bool(0 <= result["focus_area"].mean() <= 1)  # trained: e.g. 0.31 (31% of the image)
+    True
     """
     threshold = check_threshold("threshold", threshold)
     batch_size = arguments.integer("batch_size", batch_size)

@@ -113,8 +113,13 @@ def fold(model):
 
     Example:
 
+    >>> model = keras.Sequential([keras.Input((8, 8, 1)),
+    ...                           keras_convx.layers.GroupLiftConv2D(2, 3, group="p4")])
     >>> folded = keras_convx.export.fold(model)
-    >>> np.allclose(folded.predict(x), model.predict(x), atol=1e-5)
+    >>> [type(layer).__name__ for layer in folded.layers]
+    ['Conv2D']
+    >>> x = np.random.rand(2, 8, 8, 1)
+    >>> np.allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     True
     """
     return graph.rewrite(model, fold_layer)

@@ -10,9 +10,15 @@ Keras' private graph attributes are read through `keras_convx.keras_compat`.
 Example:
 
 >>> from keras_convx import graph
+>>> model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+...                           keras.layers.Flatten(name="flat")])
 >>> for node in graph.layer_nodes(graph.graph_of(model)):
 ...     print(node.operation.name)
->>> plain = graph.rewrite(model, lambda layer: None)   # a copy with the same weights
+conv
+flat
+>>> copy = graph.rewrite(model, lambda layer: None)   # a copy with the same weights
+>>> [layer.name for layer in copy.layers]
+['conv', 'flat']
 """
 
 import inspect

@@ -319,8 +319,13 @@ def make_prunable(model, granularity="weight", layers=None, round_to=1, verbose=
 
     Example:
 
+    >>> model = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.Conv2D(8, 3, name="conv"),
+    ...                           keras.layers.Flatten(), keras.layers.Dense(3, name="head")])
     >>> prunable = keras_convx.pruning.make_prunable(model, granularity="2:4")
-    >>> keras_convx.pruning.update_masks(prunable, 0.5)
+    >>> [type(layer).__name__ for layer in prunable.layers]
+    ['PrunableConv2D', 'Flatten', 'PrunableDense']
+    >>> keras_convx.pruning.update_masks(prunable, 0.5)   # 2 of every 4 input weights
+    {'conv': 0.5, 'head': 0.5, 'total': 0.5}
     """
     graph.graph_of(model)
     if not model.built:

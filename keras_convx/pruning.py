@@ -122,7 +122,8 @@ class ConstantSparsity(PruningSchedule):
     Example:
 
     >>> schedule = keras_convx.pruning.ConstantSparsity(0.9, begin_step=200, frequency=50)
-    >>> schedule(200), schedule(210)     # ((True, 0.9), (False, 0.9))
+    >>> schedule(200), schedule(210)     # (update at this step?, sparsity)
+    ((True, 0.9), (False, 0.9))
     """
 
     def __init__(self, target_sparsity, begin_step=0, end_step=-1, frequency=100):
@@ -331,8 +332,15 @@ def make_synaptic(model, layers=None, **overrides):
 
     Example:
 
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, name="head")])
     >>> synaptic = keras_convx.pruning.make_synaptic(model)
-    >>> synaptic.compile(...); synaptic.fit(..., callbacks=[SynapticPruning(schedule)])
+    >>> [type(layer).__name__ for layer in synaptic.layers]
+    ['SynapticConv2D', 'GlobalAveragePooling2D', 'Dense']
+    >>> x = np.random.rand(2, 8, 8, 1)
+    >>> np.allclose(synaptic.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    True
     """
     names = None if layers is None else set(layers)
 

@@ -104,11 +104,17 @@ class Pruning(_ScheduledPruning):
 
     Example:
 
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+    ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, name="head")])
     >>> prunable = keras_convx.pruning.make_prunable(model, granularity="channel")
-    >>> prunable.compile("adam", "sparse_categorical_crossentropy")
-    >>> schedule = keras_convx.pruning.PolynomialDecay(0.0, 0.5, 0, 1000, frequency=100)
-    >>> prunable.fit(x, y, epochs=10, callbacks=[keras_convx.callbacks.Pruning(schedule),
-    ...                                          keras.callbacks.TensorBoard("logs")])
+    >>> prunable.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> x, y = np.random.rand(16, 8, 8, 1), np.random.randint(0, 3, 16)
+    >>> schedule = keras_convx.pruning.PolynomialDecay(0.0, 0.5, 0, 4, frequency=1)
+    >>> history = prunable.fit(x, y, batch_size=4, epochs=2, verbose=0,
+    ...                        callbacks=[keras_convx.callbacks.Pruning(schedule)])
+    >>> keras_convx.pruning.sparsity(prunable)      # the conv's channels; the output layer stays
+    {'conv': 0.5, 'total': 0.5}
     """
 
     name = "Pruning"
@@ -195,11 +201,17 @@ class SynapticPruning(Pruning):
 
     Example:
 
-    >>> schedule = keras_convx.pruning.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000,
-    ...                                                frequency=100)
-    >>> model.fit(x, y, epochs=10,
-    ...           callbacks=[keras_convx.callbacks.SynapticPruning(schedule)])
-    >>> keras_convx.pruning.sparsity(model)["total"]      # ≈ 0.9
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 4)), keras_convx.layers.SynapticConv2D(8, 3, name="conv"),
+    ...     keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    >>> x, y = np.random.rand(16, 8, 8, 4), np.random.randint(0, 3, 16)
+    >>> schedule = keras_convx.pruning.PolynomialDecay(0.0, 0.75, begin_step=0, end_step=4,
+    ...                                                frequency=1)
+    >>> history = model.fit(x, y, batch_size=4, epochs=2, verbose=0,
+    ...                     callbacks=[keras_convx.callbacks.SynapticPruning(schedule)])
+    >>> keras_convx.pruning.sparsity(model)      # of the 4 × 8 connections
+    {'conv': 0.75, 'total': 0.75}
     """
 
     name = "SynapticPruning"

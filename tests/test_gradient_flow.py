@@ -95,6 +95,12 @@ def test_callback_logs_history_csv_and_plot(tmp_path):
     png = os.path.join(tmp_path, "flow.png")
     flow.plot(png)
     assert os.path.getsize(png) > 0
+    # an epoch that ends on a measured step is measured once (the step's records, logged)
+    flow = callbacks.GradientFlow((x[:4], y[:4]), every_n_steps=2)
+    history = model.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=[flow])
+    assert [r["step"] for r in flow.records if r["name"] == "head"] == [2, 4, 6, 8]
+    assert history.history["grad_norm/max"][-1] == pytest.approx(
+        max(flow.series("grad_norm")[8].values()))
 
 
 def test_bad_arguments():

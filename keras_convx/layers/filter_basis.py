@@ -182,7 +182,9 @@ def apply_global_orthonormal(bases, factor):
     Example:
 
     >>> blocks = [FilterBasis(16, 3) for _ in range(3)]
-    >>> apply_global_orthonormal(blocks, 10.0)   # λ = 10, normalised over all three bases
+    >>> penalty = apply_global_orthonormal(blocks, 10.0)  # λ = 10, over all three bases
+    >>> all(block.kernel_regularizer is penalty for block in blocks)
+    True
     """
     bases = list(bases)
     if not bases or not all(isinstance(b, FilterBasis) for b in bases):

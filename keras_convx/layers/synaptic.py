@@ -100,8 +100,10 @@ class SynapticConv2D(BaseConv2D):
 
     >>> conv = keras_convx.layers.SynapticConv2D(32, 3, padding="same")
     >>> y = conv(keras.random.normal((2, 16, 16, 8)))
-    >>> conv.strength.shape, conv.mask.shape      # one per connection: (8, 32), (8, 32)
-    >>> conv.connection_sparsity                  # 0.0 until pruned
+    >>> conv.strength.shape, conv.mask.shape      # one per connection
+    ((8, 32), (8, 32))
+    >>> conv.connection_sparsity                  # until pruned
+    0.0
 
     Reference: C. Lin, Z. Zhong, W. Wu, J. Yan, "Synaptic Strength For Convolutional Neural
     Network", NeurIPS 2018.

@@ -59,7 +59,9 @@ def window_slice(x, offset, window, strides=(1, 1), axes=(1, 2), counts=(None, N
     Example:
 
     >>> x = keras.ops.reshape(keras.ops.arange(25.0), (1, 5, 5, 1))
-    >>> window_slice(x, (1, 2), (3, 3), (2, 2))[0, :, :, 0]   # rows 1, 3; columns 2, 4
+    >>> y = window_slice(x, (1, 2), (3, 3), (2, 2))[0, :, :, 0]   # rows 1, 3; columns 2, 4
+    >>> keras.ops.convert_to_numpy(y).tolist()
+    [[7.0, 9.0], [17.0, 19.0]]
     """
     bounds = [(0, None, 1)] * len(x.shape)
     for axis, start, size, step, count in zip(axes, offset, window, strides, counts):
