@@ -73,7 +73,20 @@ def fold_layer(layer):
 def foldable(layer):
     """Whether `fold` turns the BUILT `layer` into core Keras layers (it has
     `equivalent_conv()` or `equivalent_batch_norm()`, and for a max-pooling `LogPolarConv2D`
-    it is None)."""
+    it is None).
+
+    Example:
+
+    >>> conv = keras_convx.layers.GroupConv2D(2, 3, group="p4")
+    >>> conv.build((None, 8, 8, 8))
+    >>> keras_convx.export.foldable(conv)          # one Conv2D with the expanded kernel
+    True
+    >>> pooled = keras_convx.layers.LogPolarConv2D(4, 9, rings=2, sectors=6, growth_rate=3.0,
+    ...                                            pooling="max")
+    >>> pooled.build((None, 16, 16, 2))
+    >>> keras_convx.export.foldable(pooled)        # max over each region: no single conv
+    False
+    """
     if callable(getattr(layer, "equivalent_conv", None)):
         if not layer.built:
             raise ValueError(f"foldable() needs a built layer (its equivalent is computed from "

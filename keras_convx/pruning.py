@@ -73,6 +73,15 @@ class PruningSchedule(abc.ABC):
     Masks are updated at steps `begin_step + n·frequency` (n ≥ 0) up to `end_step` (inclusive;
     -1 = no end). Subclasses define `sparsity_at(step)`; both are plain Python (the callback
     evaluates them between steps, never inside the compiled train step).
+
+    Example:
+
+    >>> class Steps(keras_convx.pruning.PruningSchedule):
+    ...     def sparsity_at(self, step):
+    ...         return 0.25 if step < 100 else 0.5
+    >>> schedule = Steps(frequency=50)
+    >>> schedule(50), schedule(120), schedule(150)     # (update at this step?, sparsity)
+    ((True, 0.25), (False, 0.5), (True, 0.5))
     """
 
     def __init__(self, begin_step=0, end_step=-1, frequency=100):
@@ -151,6 +160,13 @@ class PolynomialDecay(PruningSchedule):
         begin_step: int ≥ 0; end_step: int > begin_step (required).
         power: float > 0 (default 3).
         frequency: update period in steps (default 100).
+
+    Example:
+
+    >>> schedule = keras_convx.pruning.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=100,
+    ...                                                frequency=10)
+    >>> [(update, round(sparsity, 3)) for update, sparsity in map(schedule, (0, 5, 50, 100))]
+    [(True, 0.0), (False, 0.114), (True, 0.7), (True, 0.8)]
     """
 
     def __init__(self, initial_sparsity, final_sparsity, begin_step, end_step, power=3,
@@ -189,7 +205,14 @@ _SCHEDULES = {"constant_sparsity": ConstantSparsity, "polynomial_decay": Polynom
 def get_schedule(identifier):
     """A `PruningSchedule` from an instance, a `keras.saving.serialize_keras_object` dict or a
     `{"class_name": "constant_sparsity" | "polynomial_decay", "config": {...}}` dict.
-    Raises ValueError for anything else, naming the accepted schedules."""
+    Raises ValueError for anything else, naming the accepted schedules.
+
+    Example:
+
+    >>> keras_convx.pruning.get_schedule(
+    ...     {"class_name": "constant_sparsity", "config": {"target_sparsity": 0.5}})
+    ConstantSparsity(target_sparsity=0.5, begin_step=0, end_step=-1, frequency=100)
+    """
     if isinstance(identifier, PruningSchedule):
         return identifier
     if isinstance(identifier, dict) and "class_name" in identifier:
@@ -216,7 +239,16 @@ def get_schedule(identifier):
 
 
 def prunable_layers(model):
-    """Every `SynapticConv2D` in `model` (nested models included), in model order."""
+    """Every `SynapticConv2D` in `model` (nested models included), in model order.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 4)), keras_convx.layers.SynapticConv2D(8, 3, name="conv"),
+    ...     keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> [layer.name for layer in keras_convx.pruning.prunable_layers(model)]
+    ['conv']
+    """
     if isinstance(model, SynapticConv2D):
         return [model]
     return [layer for layer in graph.all_layers(model) if isinstance(layer, SynapticConv2D)]
@@ -227,6 +259,13 @@ def importance(layer, criterion="strength"):
 
     `criterion`: `"strength"` (|m·s|), `"kernel_l1"` (Σ|W_ij| of the effective kernel) or a
     callable `criterion(layer) -> array` of that shape. Pruned connections score 0.
+
+    Example:
+
+    >>> conv = keras_convx.layers.SynapticConv2D(8, 3)
+    >>> conv.build((None, 8, 8, 4))
+    >>> keras_convx.pruning.importance(conv).shape             # one score per connection
+    (4, 8)
     """
     if callable(criterion):
         scores = np.asarray(criterion(layer), dtype=np.float64)
@@ -267,6 +306,14 @@ def prune(model, sparsity, scope="global", criterion="strength", layers=None,
     Masks only lose connections: already pruned ones stay pruned (and count towards the
     target). Returns `sparsity(model)` after pruning. Raises ValueError if the model has no
     `SynapticConv2D`.
+
+    Example:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((8, 8, 4)), keras_convx.layers.SynapticConv2D(8, 3, name="conv"),
+    ...     keras.layers.Flatten(), keras.layers.Dense(3)])
+    >>> keras_convx.pruning.prune(model, 0.5)                   # 16 of the 4 × 8 connections
+    {'conv': 0.5, 'total': 0.5}
     """
     sparsity_value = _sparsity_value("sparsity", sparsity)
     arguments.choice("scope", scope, SCOPES)
@@ -295,7 +342,18 @@ def sparsity(model):
     """`{layer name: pruned fraction, ..., "total": overall}` of every pruned layer: the
     connections of each `SynapticConv2D`, the masked entries of each `make_prunable` layer.
     The total counts connections when the model has only synaptic layers (the paper's
-    count), weights when it has `make_prunable` layers too (a connection holds k·k)."""
+    count), weights when it has `make_prunable` layers too (a connection holds k·k).
+
+    Example:
+
+    >>> conv = keras_convx.layers.SynapticConv2D(8, 3, name="conv")
+    >>> model = keras.Sequential([keras.Input((8, 8, 4)), conv])
+    >>> mask = np.ones((4, 8), "float32")
+    >>> mask[:, :2] = 0                                        # 8 of the 32 connections
+    >>> _ = conv.mask.assign(mask)
+    >>> keras_convx.pruning.sparsity(model)
+    {'conv': 0.25, 'total': 0.25}
+    """
     masked = masked_layers(model)
     report, pruned, total = {}, 0, 0
     for layer in prunable_layers(model):

@@ -76,6 +76,27 @@ def test_docstring_examples_run(module_name, tmp_path, monkeypatch):
         assert result.failed == 0, "".join(failures)
 
 
+USER_MODULES = ("layers", "pruning", "callbacks", "regularizers", "constraints",
+                "initializers", "analysis", "export", "training", "applications", "ops")
+
+
+def test_every_public_name_has_an_example():
+    """Every class and function the user-facing modules export (`__all__`) shows an example
+    (`>>>` or a ```python block); exceptions are exempt."""
+    missing = []
+    for module_name in USER_MODULES:
+        module = importlib.import_module(f"keras_convx.{module_name}")
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)) or (
+                    inspect.isclass(obj) and issubclass(obj, Exception)):
+                continue
+            doc = inspect.getdoc(obj) or ""
+            if ">>>" not in doc and "```python" not in doc:
+                missing.append(f"keras_convx.{module_name}.{name}")
+    assert not missing, missing
+
+
 def _code_blocks(text):
     """The ```python blocks of a Markdown text or a docstring, dedented."""
     blocks = re.findall(r"^([ \t]*)```python\n(.*?)^[ \t]*```", text, re.M | re.S)

@@ -140,6 +140,13 @@ def e4_resnet18(
 
     Returns:
         An uncompiled `keras.Model` producing logits.
+
+    Example:
+
+    >>> model = keras_convx.applications.e4_resnet18("p4", widths=(2, 2, 2, 2),
+    ...                                              input_shape=(16, 16, 3))
+    >>> model.output_shape                        # logits
+    (None, 10)
     """
     group = gops.check_group(group)
     widths = tuple(widths or _resnet_widths(group))

@@ -73,7 +73,14 @@ def _set(key, flag):
 
 
 def reference_only():
-    """Returns True when every op is forced onto its `keras.ops` reference path."""
+    """Returns True when every op is forced onto its `keras.ops` reference path.
+
+    Example:
+
+    >>> with keras_convx.ops.reference_mode(False):    # released (as by default)
+    ...     print(keras_convx.ops.reference_only())
+    False
+    """
     return _state["reference_only"]
 
 
@@ -82,13 +89,28 @@ def set_reference_only(flag):
 
     Args:
         flag: bool.
+
+    Example:
+
+    >>> before = keras_convx.ops.reference_only()
+    >>> keras_convx.ops.set_reference_only(True)   # every op on its keras.ops reference path
+    >>> keras_convx.ops.reference_only()
+    True
+    >>> keras_convx.ops.set_reference_only(before)
     """
     _set("reference_only", flag)
 
 
 @contextlib.contextmanager
 def reference_mode(flag=True):
-    """Context manager forcing (or, with `flag=False`, releasing) the reference path."""
+    """Context manager forcing (or, with `flag=False`, releasing) the reference path.
+
+    Example:
+
+    >>> with keras_convx.ops.reference_mode():
+    ...     print(keras_convx.ops.reference_only())
+    True
+    """
     previous = _state["reference_only"]
     set_reference_only(flag)
     try:
@@ -105,7 +127,16 @@ def portable():
 @contextlib.contextmanager
 def portable_mode(flag=True):
     """Context manager: no backend fast paths, static gathers as one-hot products — the forms
-    ONNX and LiteRT exporters trace on every backend. Switch it on before tracing."""
+    ONNX and LiteRT exporters trace on every backend. Switch it on before tracing.
+
+    Example:
+
+    >>> layer = keras_convx.layers.GroupConv2D(2, 3, group="c8")
+    >>> with keras_convx.ops.portable_mode():
+    ...     y = layer(np.zeros((1, 8, 8, 16), "float32"))   # traced as exporters need it
+    >>> tuple(y.shape)
+    (1, 8, 8, 16)
+    """
     flag = arguments.boolean("flag", flag)
     previous = _state["portable"]
     _state["portable"] = flag
@@ -116,7 +147,13 @@ def portable_mode(flag=True):
 
 
 def opt_in_fast_paths():
-    """Returns True when opt-in (slow-to-compile) fast paths may be used."""
+    """Returns True when opt-in (slow-to-compile) fast paths may be used.
+
+    Example:
+
+    >>> keras_convx.ops.opt_in_fast_paths()      # forbidden by default
+    False
+    """
     return _state["opt_in"]
 
 
@@ -125,6 +162,13 @@ def set_opt_in_fast_paths(flag):
 
     Args:
         flag: bool.
+
+    Example:
+
+    >>> keras_convx.ops.set_opt_in_fast_paths(True)
+    >>> keras_convx.ops.opt_in_fast_paths()
+    True
+    >>> keras_convx.ops.set_opt_in_fast_paths(False)
     """
     _set("opt_in", flag)
 
@@ -190,7 +234,13 @@ def fast_path(name, backend=None):
 
 
 def available_fast_paths(backend=None):
-    """Sorted names of the ops that have a usable fast path on `backend` (default: current)."""
+    """Sorted names of the ops that have a usable fast path on `backend` (default: current).
+
+    Example:
+
+    >>> "e4_apply" in keras_convx.ops.available_fast_paths()   # on every backend's CPU
+    True
+    """
     return sorted(n for n in _fast_paths(backend or keras.backend.backend()) if fast_path(n, backend))
 
 
@@ -200,6 +250,13 @@ def dispatch(name, reference):
     The fast path of the current backend when one is registered and the reference path is
     not forced; otherwise `reference` (a `keras.ops` implementation with the same
     signature).
+
+    Example:
+
+    >>> def reference(x):
+    ...     return x + 1
+    >>> keras_convx.ops.dispatch("no_such_op", reference) is reference   # no fast path
+    True
     """
     if _state["reference_only"]:
         return reference

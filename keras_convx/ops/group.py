@@ -347,6 +347,13 @@ def group_elements(group):
     `"r"` is the rotation by 360°/N counter-clockwise (for N = 4, `np.rot90` over (rows,
     cols)), `"m"` the mirror (flip along cols). p4: `"", "r", "rr", "rrr"`; p4m adds `"m",
     "mr", "mrr", "mrrr"`; cN has `"r"·a` for a < N and dN adds `"m" + "r"·a`.
+
+    Example:
+
+    >>> group_elements("p4")
+    ['', 'r', 'rr', 'rrr']
+    >>> group_elements("d2")              # rotations by 180°, and the mirror
+    ['', 'r', 'm', 'mr']
     """
     n, mirrored = group_spec(group)
     words = ["r" * a for a in range(n)]
@@ -395,6 +402,12 @@ def transform(x, element, group, kind="group", data_format=None):
 
     Rotations by multiples of 90° and the mirrors move pixels exactly; other angles
     interpolate (`rotate_images`: bilinear, so compare such results inside a disc).
+
+    Example:
+
+    >>> x = np.arange(4.0).reshape(1, 2, 2, 1)        # [[0, 1], [2, 3]]
+    >>> transform(x, "r", "p4", kind="image", data_format="channels_last")[0, :, :, 0].tolist()
+    [[1.0, 3.0], [0.0, 2.0]]
     """
     n = group_order(group)
     data_format = arguments.data_format(data_format)
