@@ -10,6 +10,8 @@ layer shrinks the image (so a test can pick sizes that exercise odd remainders).
 
 import dataclasses
 
+import keras
+
 from keras_convx import layers
 
 
@@ -53,3 +55,30 @@ CASES = {
 
 # Every public image layer class must appear in some case (checked by a test).
 COVERED = sorted({name.split("-")[0] for name in CASES})
+
+ALL_LAYERS_CHANNELS = 8
+
+
+def all_layers_model(data_format, size=(None, None)):
+    """Every case on its own branch of one model: a 1×1 Conv2D adapts the shared 8-channel
+    input to the case's channel count. `size`: the input's (H, W), unknown by default.
+    Returns (model, eager function of x)."""
+    if data_format == "channels_last":
+        shape = (*size, ALL_LAYERS_CHANNELS)
+    else:
+        shape = (ALL_LAYERS_CHANNELS, *size)
+    inputs = keras.Input(shape)
+    branches, outputs = [], []
+    for name in sorted(CASES):
+        case = CASES[name]
+        adapter = keras.layers.Conv2D(case.channels, 1, data_format=data_format,
+                                      name=f"adapt_{name}".replace("-", "_"))
+        layer = case.make(data_format)
+        branches.append((adapter, layer))
+        outputs.append(keras.layers.Identity(name=name.replace("-", "_"))(layer(adapter(inputs))))
+    model = keras.Model(inputs, outputs)
+
+    def eager(x):
+        return [layer(adapter(x), training=False) for adapter, layer in branches]
+
+    return model, eager

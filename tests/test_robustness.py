@@ -15,8 +15,11 @@ import pytest
 
 from keras_convx import layers
 from tests import harness
+from tests import portability
 from tests.layer_cases import CASES
+from tests.layer_cases import ALL_LAYERS_CHANNELS
 from tests.layer_cases import COVERED
+from tests.layer_cases import all_layers_model
 
 BACKEND = keras.backend.backend()
 SIZES = ((8, 8), (11, 7))  # the second odd, non-square: exercises stride remainders
@@ -76,28 +79,7 @@ def test_unknown_image_size_traced_step(name):
                      "channels_last", f"{name}, jit_compile=False")
 
 
-ALL_CHANNELS = 8
-
-
-def _all_layers_model(data_format):
-    """Every case on its own branch of one model: a 1×1 Conv2D adapts the shared 8-channel
-    input to the case's channel count. Returns (model, eager function of x)."""
-    shape = (None, None, ALL_CHANNELS) if data_format == "channels_last" else (ALL_CHANNELS, None, None)
-    inputs = keras.Input(shape)
-    branches, outputs = [], []
-    for name in sorted(CASES):
-        case = CASES[name]
-        adapter = keras.layers.Conv2D(case.channels, 1, data_format=data_format,
-                                      name=f"adapt_{name}".replace("-", "_"))
-        layer = case.make(data_format)
-        branches.append((adapter, layer))
-        outputs.append(keras.layers.Identity(name=name.replace("-", "_"))(layer(adapter(inputs))))
-    model = keras.Model(inputs, outputs)
-
-    def eager(x):
-        return [layer(adapter(x), training=False) for adapter, layer in branches]
-
-    return model, eager
+ALL_CHANNELS = ALL_LAYERS_CHANNELS
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
@@ -108,7 +90,7 @@ def test_unknown_image_size_compiled_step_every_layer(jit_compile, data_format):
     if data_format == "channels_first" and BACKEND == "torch":
         pytest.skip("CI time: torch.compile of this model takes ~4 min on 2 cores; the "
                     "channels_first layers run compiled on TensorFlow and JAX, and eagerly here")
-    model, eager = _all_layers_model(data_format)
+    model, eager = all_layers_model(data_format)
     model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=["mse"] * len(model.outputs),
                   jit_compile=jit_compile)
     _fit_and_compare(model, eager, ALL_CHANNELS, data_format,
@@ -224,3 +206,34 @@ def test_grouped_conv_refuses_channels_groups_does_not_divide(name):
         make()(_inputs((1, 8, 8, 3), 0))
     with pytest.raises(ValueError, match="groups to divide filters"):
         type(make())(3, 3, groups=2)
+
+
+WIDTHS = sorted(set(range(3, 18)) | {31, 32, 33})  # meets every channel count the cases use
+
+
+def _outputs(layer, x):
+    return [harness.to_numpy(y) for y in _as_list(layer(x, training=False))]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_channels_first_is_channels_last_transposed_at_every_width(name):
+    """The same weights give the transposed result on the transposed input at every width
+    from 3 to 17 and 31 to 33: widths that equal each channel count a layer adds a per-channel
+    vector to, inside or at its output. (Keras' TensorFlow `ops.add` reads a (1, C, 1, 1)
+    addend as a bias along the LAST axis when the width equals C: Keras' own channels_first
+    Conv2D with a bias is wrong there, eagerly.)"""
+    case = CASES[name]
+    last, first = case.make("channels_last"), case.make("channels_first")
+    widths = [w for w in WIDTHS if w >= 5] if "valid" in name else WIDTHS  # (5×5 "valid")
+    x = _inputs((2, 5, widths[0], case.channels), 0)
+    _outputs(last, x)
+    _outputs(first, np.transpose(x, (0, 3, 1, 2)))
+    portability.randomise(last, 0)  # biases and shifts non-zero (their initialisers give 0)
+    first.set_weights(last.get_weights())
+    for width in widths:
+        x = _inputs((2, 5, width, case.channels), width)
+        expected = _outputs(last, x)
+        got = _outputs(first, np.transpose(x, (0, 3, 1, 2)))
+        for e, g in zip(expected, got):
+            np.testing.assert_allclose(np.transpose(g, (0, 2, 3, 1)), e, rtol=1e-4, atol=1e-4,
+                                       err_msg=f"{name}, width {width}")

@@ -1,0 +1,68 @@
+"""Every public layer exports to a TensorFlow SavedModel with Keras' own `model.export`
+(format "tf_saved_model", TensorFlow Serving's format) and serves there what the model
+computes, at any image size where the model's input leaves it unknown.
+
+- TensorFlow: unknown height and width, Keras' defaults.
+- JAX (through jax2tf): unknown height and width with `jax2tf_kwargs={"with_gradient":
+  False}` (jax2tf cannot trace a "valid" or strided convolution's gradient with symbolic
+  sizes: Keras' own `Conv2D(3, padding="valid")` fails the same way), and with the defaults
+  on a model of fixed size.
+- PyTorch: Keras exports a SavedModel from torch only through torch_xla (not installed); a
+  model trained on torch goes through its `.keras` file, loaded on TensorFlow or JAX
+  (tests/test_portability.py).
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tests import harness
+from tests import portability
+from tests.layer_cases import ALL_LAYERS_CHANNELS
+from tests.layer_cases import all_layers_model
+
+BACKEND = keras.backend.backend()
+pytestmark = pytest.mark.skipif(BACKEND == "torch", reason="Keras' SavedModel export from "
+                                "torch needs torch_xla; torch models go through .keras files")
+
+
+def _image(hw, data_format, seed):
+    shape = (2, *hw, ALL_LAYERS_CHANNELS)
+    if data_format == "channels_first":
+        shape = (2, ALL_LAYERS_CHANNELS, *hw)
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def _export_and_serve(model, path, sizes, data_format, **kwargs):
+    import tensorflow as tf  # noqa: PLC0415
+
+    portability.randomise(model, 0)
+    model.export(path, format="tf_saved_model", verbose=False, **kwargs)
+    artifact = tf.saved_model.load(path)  # (held: its variables die with it)
+    for i, hw in enumerate(sizes):
+        x = _image(hw, data_format, seed=i)
+        got = artifact.serve(tf.constant(x))
+        got = got if isinstance(got, (list, tuple)) else [got]
+        expected = model(x, training=False)
+        assert len(got) == len(expected)
+        for name, g, e in zip(model.output_names, got, expected):
+            np.testing.assert_allclose(np.asarray(g), harness.to_numpy(e), rtol=1e-4, atol=1e-4,
+                                       err_msg=f"{name}, size {hw}")
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_every_layer_serves_any_image_size_from_a_saved_model(data_format, tmp_path):
+    model, _ = all_layers_model(data_format)
+    kwargs = {"jax2tf_kwargs": {"with_gradient": False}} if BACKEND == "jax" else {}
+    # widths other than the adapters' channel counts (3, 8, 12, 16): Keras' channels_first
+    # Conv2D is wrong eagerly on TensorFlow where they meet (tests/test_robustness.py)
+    _export_and_serve(model, os.fspath(tmp_path / "model"), [(9, 10), (11, 7)], data_format,
+                      **kwargs)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="jax2tf's default (with gradients) at a fixed size")
+def test_fixed_size_model_exports_with_jax2tf_defaults(tmp_path):
+    model, _ = all_layers_model("channels_last", size=(9, 9))
+    _export_and_serve(model, os.fspath(tmp_path / "model"), [(9, 9)], "channels_last")
