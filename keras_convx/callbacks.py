@@ -19,7 +19,8 @@ __all__ = ["FocusArea", "GradientFlow", "Pruning", "SynapticPruning"]
 class GradientFlow(keras.callbacks.Callback):
     """Logs per-layer gradient norms and basis orthonormality during training.
 
-    Every `every_n_steps` optimizer steps (and at the end of every epoch) the callback runs
+    Every `every_n_steps` optimizer steps and at the end of every epoch (once, where the
+    epoch's last step was just measured) the callback runs
     `keras_convx.analysis.gradient_flow` on a fixed batch `data` — one extra forward and
     backward pass, without updating anything — and records the task-loss gradient norm of
     every layer's own weights, of every shared `FilterBasis`, and each basis' orthonormality
@@ -51,7 +52,7 @@ class GradientFlow(keras.callbacks.Callback):
     >>> x, y = np.random.rand(16, 8, 8, 1), np.random.randint(0, 3, 16)
     >>> flow = keras_convx.callbacks.GradientFlow((x[:8], y[:8]), every_n_steps=1)
     >>> history = model.fit(x, y, epochs=2, callbacks=[flow], verbose=0)
-    >>> sorted(k for k in history.history if k.startswith("grad_norm"))  # one value per epoch
+    >>> sorted(k for k in history.history if k.startswith("grad_norm"))  # epoch summaries
     ['grad_norm/max', 'grad_norm/median', 'grad_norm/min']
     >>> sorted(flow.series()[1])       # per layer, at every measured step
     ['conv', 'head']
@@ -106,7 +107,8 @@ class GradientFlow(keras.callbacks.Callback):
             self._measure()
 
     def on_epoch_end(self, epoch, logs=None):
-        # an epoch ending on a measured step reuses that step's rows (no duplicate records)
+        # an epoch ending on a measured step reuses that step's rows (no duplicate records;
+        # an epoch that ran no batch reuses the last rows too: the weights did not change)
         step, rows = self._last
         if step != self._step:
             rows = self._measure()

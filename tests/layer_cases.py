@@ -1,6 +1,7 @@
 """One small configuration of every public image layer, for the sweeps that run across all of
-them (tests/test_robustness.py): variable image sizes, traced and compiled steps, wrong
-channel counts, wrong ranks.
+them (tests/test_robustness.py: variable image sizes, traced and compiled steps, wrong
+channel counts, wrong ranks, both data formats; tests/test_saved_model.py: SavedModel export),
+and `all_layers_model`, one model holding every case.
 
 Each case is `make(data_format) -> layer` and the input channel count it is built for. The
 shapes are tiny on purpose: these tests sweep every layer × backend × step kind, and the
@@ -11,6 +12,7 @@ layer shrinks the image (so a test can pick sizes that exercise odd remainders).
 import dataclasses
 
 import keras
+import numpy as np
 
 from keras_convx import layers
 
@@ -57,6 +59,12 @@ CASES = {
 COVERED = sorted({name.split("-")[0] for name in CASES})
 
 ALL_LAYERS_CHANNELS = 8
+
+
+def image(hw, channels, data_format, batch=2, seed=0):
+    """A float32 standard-normal batch of (H, W) = `hw` images in `data_format`."""
+    shape = (batch, *hw, channels) if data_format == "channels_last" else (batch, channels, *hw)
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 
 
 def all_layers_model(data_format, size=(None, None)):

@@ -101,6 +101,11 @@ def test_callback_logs_history_csv_and_plot(tmp_path):
     assert [r["step"] for r in flow.records if r["name"] == "head"] == [2, 4, 6, 8]
     assert history.history["grad_norm/max"][-1] == pytest.approx(
         max(flow.series("grad_norm")[8].values()))
+    # a second fit with the same callback counts on: two more steps, measured at 10 (once)
+    history = model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[flow])
+    assert [r["step"] for r in flow.records if r["name"] == "head"] == [2, 4, 6, 8, 10]
+    assert history.history["grad_norm/max"] == [pytest.approx(
+        max(flow.series("grad_norm")[10].values()))]
 
 
 def test_bad_arguments():

@@ -16,10 +16,11 @@ import pytest
 from keras_convx import layers
 from tests import harness
 from tests import portability
-from tests.layer_cases import CASES
 from tests.layer_cases import ALL_LAYERS_CHANNELS
+from tests.layer_cases import CASES
 from tests.layer_cases import COVERED
 from tests.layer_cases import all_layers_model
+from tests.layer_cases import image
 
 BACKEND = keras.backend.backend()
 SIZES = ((8, 8), (11, 7))  # the second odd, non-square: exercises stride remainders
@@ -34,11 +35,6 @@ def _inputs(shape, seed):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 
 
-def _image(hw, channels, data_format, batch=2, seed=0):
-    shape = (batch, *hw, channels) if data_format == "channels_last" else (batch, channels, *hw)
-    return _inputs(shape, seed)
-
-
 def test_every_public_image_layer_is_swept():
     graph = {"GraphDiffusion", "GraphHyperbolic"}  # node inputs: tests/test_pde.py
     public = {name for name in layers.__all__
@@ -51,7 +47,7 @@ def _fit_and_compare(model, eager, channels, data_format, label):
     """Two image sizes: predict equals the eager layers, a train step is finite, and the
     compiled predict step still runs after it."""
     for i, hw in enumerate(SIZES):
-        x = _image(hw, channels, data_format, seed=i)
+        x = image(hw, channels, data_format, seed=i)
         expected = [harness.to_numpy(y) for y in eager(x)]
         got = _as_list(model.predict(x, verbose=0))
         for name, g, e in zip(model.output_names, got, expected):
@@ -79,9 +75,6 @@ def test_unknown_image_size_traced_step(name):
                      "channels_last", f"{name}, jit_compile=False")
 
 
-ALL_CHANNELS = ALL_LAYERS_CHANNELS
-
-
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
 @pytest.mark.parametrize("jit_compile", COMPILED_MODES, ids=lambda j: f"jit={j}")
 def test_unknown_image_size_compiled_step_every_layer(jit_compile, data_format):
@@ -93,10 +86,11 @@ def test_unknown_image_size_compiled_step_every_layer(jit_compile, data_format):
     model, eager = all_layers_model(data_format)
     model.compile(optimizer=keras.optimizers.SGD(1e-3), loss=["mse"] * len(model.outputs),
                   jit_compile=jit_compile)
-    _fit_and_compare(model, eager, ALL_CHANNELS, data_format,
+    _fit_and_compare(model, eager, ALL_LAYERS_CHANNELS, data_format,
                      f"{data_format}, jit_compile={jit_compile}")
     if BACKEND == "torch":
-        _assert_steps_do_not_recompile(model, _image(SIZES[-1], ALL_CHANNELS, data_format))
+        x = image(SIZES[-1], ALL_LAYERS_CHANNELS, data_format)
+        _assert_steps_do_not_recompile(model, x)
 
 
 def _assert_steps_do_not_recompile(model, x):
@@ -129,8 +123,8 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(name, data
     GroupBatchNormalization and SharedBasisConv2D's basis normalisation.)"""
     case = CASES[name]
     layer = case.make(data_format)
-    x = _image((8, 8), case.channels, data_format, batch=0)
-    reference = [harness.to_numpy(y) for y in _as_list(layer(_image((8, 8), case.channels,
+    x = image((8, 8), case.channels, data_format, batch=0)
+    reference = [harness.to_numpy(y) for y in _as_list(layer(image((8, 8), case.channels,
                                                                       data_format)))]
     if len(reference) == 1:  # (multi-output layers: the shapes are the contract)
         dx, dw = harness.layer_gradients(layer, x, np.zeros((0, *reference[0].shape[1:]), "float32"))
@@ -147,8 +141,8 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(name, data
 def test_built_layer_refuses_another_channel_count(name, data_format):
     case = CASES[name]
     layer = case.make(data_format)
-    layer(_image((8, 8), case.channels, data_format))
-    wrong = _image((8, 8), 2 * case.channels, data_format)
+    layer(image((8, 8), case.channels, data_format))
+    wrong = image((8, 8), 2 * case.channels, data_format)
     # Keras' InputSpec message ("expected axis 3 of input shape to have value 8") or the
     # layer's own ("was built for inputs with 8 channels"): the layer's name and the count.
     pattern = rf"{layer.name}.*(value {case.channels}\b|built for .*{case.channels} channels)"

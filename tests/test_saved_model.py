@@ -22,17 +22,11 @@ from tests import harness
 from tests import portability
 from tests.layer_cases import ALL_LAYERS_CHANNELS
 from tests.layer_cases import all_layers_model
+from tests.layer_cases import image
 
 BACKEND = keras.backend.backend()
 pytestmark = pytest.mark.skipif(BACKEND == "torch", reason="Keras' SavedModel export from "
                                 "torch needs torch_xla; torch models go through .keras files")
-
-
-def _image(hw, data_format, seed):
-    shape = (2, *hw, ALL_LAYERS_CHANNELS)
-    if data_format == "channels_first":
-        shape = (2, ALL_LAYERS_CHANNELS, *hw)
-    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 
 
 def _export_and_serve(model, path, sizes, data_format, **kwargs):
@@ -42,7 +36,7 @@ def _export_and_serve(model, path, sizes, data_format, **kwargs):
     model.export(path, format="tf_saved_model", verbose=False, **kwargs)
     artifact = tf.saved_model.load(path)  # (held: its variables die with it)
     for i, hw in enumerate(sizes):
-        x = _image(hw, data_format, seed=i)
+        x = image(hw, ALL_LAYERS_CHANNELS, data_format, seed=i)
         got = artifact.serve(tf.constant(x))
         got = got if isinstance(got, (list, tuple)) else [got]
         expected = model(x, training=False)
@@ -66,3 +60,14 @@ def test_every_layer_serves_any_image_size_from_a_saved_model(data_format, tmp_p
 def test_fixed_size_model_exports_with_jax2tf_defaults(tmp_path):
     model, _ = all_layers_model("channels_last", size=(9, 9))
     _export_and_serve(model, os.fspath(tmp_path / "model"), [(9, 9)], "channels_last")
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="a jax2tf limitation")
+def test_jax2tf_defaults_fail_for_keras_own_conv_of_unknown_size(tmp_path):
+    """Why the README asks for `with_gradient=False` from JAX at unknown sizes: jax2tf cannot
+    trace the gradient of Keras' own "valid" `Conv2D` with symbolic sizes. When this starts
+    to pass, the advice can go."""
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
+    with pytest.raises(ValueError, match="gradients"):
+        model.export(os.fspath(tmp_path / "model"), format="tf_saved_model", verbose=False)

@@ -133,7 +133,7 @@ def portable_mode(flag=True):
 
     >>> layer = keras_convx.layers.GroupConv2D(2, 3, group="c8")
     >>> with keras_convx.ops.portable_mode():
-    ...     y = layer(np.zeros((1, 8, 8, 16), "float32"))   # traced as exporters need it
+    ...     y = layer(np.zeros((1, 8, 8, 16), "float32"))  # keras.ops forms, as exported
     >>> tuple(y.shape)
     (1, 8, 8, 16)
     """
@@ -151,7 +151,7 @@ def opt_in_fast_paths():
 
     Example:
 
-    >>> keras_convx.ops.opt_in_fast_paths()      # forbidden by default
+    >>> keras_convx.ops.opt_in_fast_paths()   # False unless KERAS_CONVX_OPT_IN=1 or set
     False
     """
     return _state["opt_in"]
@@ -165,10 +165,11 @@ def set_opt_in_fast_paths(flag):
 
     Example:
 
+    >>> before = keras_convx.ops.opt_in_fast_paths()
     >>> keras_convx.ops.set_opt_in_fast_paths(True)
     >>> keras_convx.ops.opt_in_fast_paths()
     True
-    >>> keras_convx.ops.set_opt_in_fast_paths(False)
+    >>> keras_convx.ops.set_opt_in_fast_paths(before)
     """
     _set("opt_in", flag)
 

@@ -350,9 +350,9 @@ def group_elements(group):
 
     Example:
 
-    >>> group_elements("p4")
+    >>> keras_convx.analysis.group_elements("p4")
     ['', 'r', 'rr', 'rrr']
-    >>> group_elements("d2")              # rotations by 180°, and the mirror
+    >>> keras_convx.analysis.group_elements("d2")   # rotations by 180°, and the mirror
     ['', 'r', 'm', 'mr']
     """
     n, mirrored = group_spec(group)
@@ -406,7 +406,9 @@ def transform(x, element, group, kind="group", data_format=None):
     Example:
 
     >>> x = np.arange(4.0).reshape(1, 2, 2, 1)        # [[0, 1], [2, 3]]
-    >>> transform(x, "r", "p4", kind="image", data_format="channels_last")[0, :, :, 0].tolist()
+    >>> y = keras_convx.analysis.transform(x, "r", "p4", kind="image",
+    ...                                    data_format="channels_last")
+    >>> y[0, :, :, 0].tolist()                        # rotated by 90° counter-clockwise
     [[1.0, 3.0], [0.0, 2.0]]
     """
     n = group_order(group)
