@@ -231,3 +231,34 @@ def test_channels_first_is_channels_last_transposed_at_every_width(name):
         for e, g in zip(expected, got):
             np.testing.assert_allclose(np.transpose(g, (0, 2, 3, 1)), e, rtol=1e-4, atol=1e-4,
                                        err_msg=f"{name}, width {width}")
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="Keras on JAX computes a float64 layer in float32 "
+                    "(JAX's x64 mode is off), as its own Dense and Conv2D")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_float64_layer_computes_and_differentiates_in_float64(name):
+    """`dtype="float64"` gives float64 outputs and gradients equal to the float32 layer's (the
+    group and log-polar kernels' matrix products came back float32 from Keras' torch `matmul`,
+    whose type rules turn 64 bits into 32, and failed in the convolution; the group batch norm
+    mixed its float32 statistics with float64 variables on TensorFlow)."""
+    case = CASES[name]
+    single = case.make("channels_last")
+    x = image((8, 8), case.channels, "channels_last")
+    _outputs(single, x)
+    portability.randomise(single, 0)
+    expected = _outputs(single, x)
+    double = type(single).from_config({**single.get_config(), "dtype": "float64"})
+    x = x.astype("float64")
+    double(x)
+    double.set_weights([w.astype(keras.backend.standardize_dtype(v.dtype))
+                        for w, v in zip(single.get_weights(), double.weights)])
+    got = _as_list(double(x, training=False))
+    assert [keras.backend.standardize_dtype(y.dtype) for y in got] == ["float64"] * len(got)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(harness.to_numpy(g), e, rtol=1e-4, atol=1e-4)
+    dx, dw = harness.layer_gradients(double, x, np.ones(got[0].shape, "float32"))
+    assert harness.to_numpy(dx).dtype == np.float64
+    for variable in double.trainable_variables:  # (a shared FilterBasis keeps its own dtype)
+        gradient = harness.to_numpy(dw[variable.name])
+        assert gradient.dtype == keras.backend.standardize_dtype(variable.dtype), variable.name
+        assert np.all(np.isfinite(gradient)), variable.name

@@ -177,7 +177,9 @@ class GroupBatchNormalization(keras.layers.Layer):
         return [keras.ops.repeat(v, self.order) for v in (*values, self.moving_mean, self.moving_variance)]
 
     def call(self, inputs, training=None, mask=None):
-        fields = gops.split_fields(keras.ops.cast(inputs, "float32"), self.order, self.data_format)
+        # statistics in float32, or in float64 for a float64 layer (its variables' dtype)
+        stats = "float64" if self.variable_dtype == "float64" else "float32"
+        fields = gops.split_fields(keras.ops.cast(inputs, stats), self.order, self.data_format)
         axes = (0, 1, 2, 4) if self.data_format == "channels_last" else (0, 2, 3, 4)
         if training and self.trainable:
             # all-reduced under tf.distribute / torch.distributed; JAX's DataParallel

@@ -149,6 +149,8 @@ def matmul_last(x, w):
     lead = keras.ops.shape(x)[:-1]
     # K from the weight: inside a traced function (TensorFlow's fit) x's last axis can be None.
     y = keras.ops.matmul(keras.ops.reshape(x, (-1, w.shape[0])), w)
+    if x.dtype == w.dtype:  # float64 stays float64 (Keras' torch matmul returns float32)
+        y = keras.ops.cast(y, x.dtype)
     return keras.ops.reshape(y, (*lead, w.shape[-1]))
 
 

@@ -58,6 +58,7 @@ def stack_kernels(flat, maps):
         return flat
     rows = flat.shape[0]
     product = keras.ops.matmul(keras.ops.cast(maps, flat.dtype), keras.ops.reshape(flat, (rows, -1)))
+    product = keras.ops.cast(product, flat.dtype)  # (Keras' torch matmul: float64 → float32)
     return keras.ops.reshape(product, (maps.shape[0], *flat.shape[1:]))
 
 

@@ -240,7 +240,8 @@ def synthesize_kernel(kernel, center_kernel, pmatrix, kernel_size):
     if center_kernel is not None:
         weights = keras.ops.concatenate([weights, keras.ops.reshape(center_kernel, (1, cin * cout))], 0)
     p = keras.ops.convert_to_tensor(np.asarray(pmatrix), dtype=kernel.dtype)
-    dense = keras.ops.matmul(p, weights)
+    dense = keras.ops.cast(keras.ops.matmul(p, weights), kernel.dtype)  # (a float64 product
+    # comes back float32 from Keras' torch matmul: its type rules turn 64 bits into 32)
     return keras.ops.reshape(dense, (kh, kw, cin, cout))
 
 
