@@ -15,6 +15,7 @@ import pytest
 
 from keras_convx import layers
 from tests import harness
+from tests import layer_cases
 from tests import portability
 from tests.layer_cases import ALL_LAYERS_CHANNELS
 from tests.layer_cases import CASES
@@ -233,15 +234,27 @@ def test_channels_first_is_channels_last_transposed_at_every_width(name):
                                        err_msg=f"{name}, width {width}")
 
 
+# float64 also for the options whose paths the cases leave out
+FLOAT64_CASES = {**CASES,
+                 "LogPolarConv2D-max-groups-nobias": layer_cases.Case(
+                     lambda df: layers.LogPolarConv2D(4, 5, rings=2, sectors=4, growth_rate=2.0,
+                                                      pooling="max", groups=2, use_bias=False,
+                                                      data_format=df), 4),
+                 "GroupPooling-mean": layer_cases.Case(
+                     lambda df: layers.GroupPooling("p4", pooling="mean", data_format=df), 8)}
+
+
 @pytest.mark.skipif(BACKEND == "jax", reason="Keras on JAX computes a float64 layer in float32 "
                     "(JAX's x64 mode is off), as its own Dense and Conv2D")
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_a_float64_layer_computes_and_differentiates_in_float64(name):
-    """`dtype="float64"` gives float64 outputs and gradients equal to the float32 layer's (the
-    group and log-polar kernels' matrix products came back float32 from Keras' torch `matmul`,
-    whose type rules turn 64 bits into 32, and failed in the convolution; the group batch norm
-    mixed its float32 statistics with float64 variables on TensorFlow)."""
-    case = CASES[name]
+@pytest.mark.parametrize("name", sorted(FLOAT64_CASES))
+def test_a_float64_layer_keeps_float64_and_agrees_with_float32(name):
+    """`dtype="float64"` gives float64 outputs (inference and training calls) and gradients,
+    equal to the float32 layer's. (The group and log-polar kernels' matrix products and the
+    max pooling came back float32 from Keras' torch ops, whose type rules turn 64 bits into
+    32, and failed in the convolution; the group batch norm mixed float32 statistics with
+    float64 variables on TensorFlow.) Not asserted: float64 precision, which Keras' torch
+    `matmul` and `mean` do not give (README)."""
+    case = FLOAT64_CASES[name]
     single = case.make("channels_last")
     x = image((8, 8), case.channels, "channels_last")
     _outputs(single, x)
@@ -250,6 +263,10 @@ def test_a_float64_layer_computes_and_differentiates_in_float64(name):
     double = type(single).from_config({**single.get_config(), "dtype": "float64"})
     x = x.astype("float64")
     double(x)
+    double.set_weights([w.astype(keras.backend.standardize_dtype(v.dtype))
+                        for w, v in zip(single.get_weights(), double.weights)])
+    trained = _as_list(double(x, training=True))  # batch statistics, moving averages
+    assert {keras.backend.standardize_dtype(y.dtype) for y in trained} == {"float64"}
     double.set_weights([w.astype(keras.backend.standardize_dtype(v.dtype))
                         for w, v in zip(single.get_weights(), double.weights)])
     got = _as_list(double(x, training=False))

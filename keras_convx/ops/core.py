@@ -149,8 +149,8 @@ def matmul_last(x, w):
     lead = keras.ops.shape(x)[:-1]
     # K from the weight: inside a traced function (TensorFlow's fit) x's last axis can be None.
     y = keras.ops.matmul(keras.ops.reshape(x, (-1, w.shape[0])), w)
-    if x.dtype == w.dtype:  # float64 stays float64 (Keras' torch matmul returns float32)
-        y = keras.ops.cast(y, x.dtype)
+    if keras.backend.standardize_dtype(x.dtype) == "float64":  # Keras' torch matmul returns
+        y = keras.ops.cast(y, "float64")  # float64 products as float32 (64 bits → 32)
     return keras.ops.reshape(y, (*lead, w.shape[-1]))
 
 
@@ -172,7 +172,7 @@ def static_take(x, indices, axis=0):
     one_hot = keras.ops.cast(one_hot, x.dtype)
     last = len(x.shape) - 1  # explicit axes: a negative permutation breaks torch's ONNX
     y = keras.ops.tensordot(keras.ops.moveaxis(x, axis, last), one_hot, axes=1)
-    y = keras.ops.moveaxis(y, last, axis)
+    y = keras.ops.cast(keras.ops.moveaxis(y, last, axis), x.dtype)  # (torch: float64 → float32)
     if indices.ndim != 1:
         y = keras.ops.reshape(y, (*x.shape[:axis], *indices.shape, *x.shape[axis + 1:]))
     return y
@@ -227,7 +227,7 @@ def moments(x, axes, synchronized=False):
     summed = dispatcher.backend_query("cross_process_sum", None,
                                       args=(keras.ops.stack([total, squares, count]),))
     mean = summed[0] / summed[2]
-    return mean, keras.ops.maximum(summed[1] / summed[2] - keras.ops.square(mean), 0.0)
+    return mean, keras.ops.relu(summed[1] / summed[2] - keras.ops.square(mean))  # (dtype kept)
 
 
 def _keep_everything(fn, x, variables):

@@ -184,8 +184,8 @@ def _pool_forward(x, offsets, kernel_size, strides, mode):
             part = window_slice(x, (dy, dx), kernel_size, strides)
             if acc is None:
                 acc = part
-            elif mode == "max":
-                acc = keras.ops.maximum(acc, part)
+            elif mode == "max":  # (cast: Keras' torch maximum returns float64 as float32)
+                acc = keras.ops.cast(keras.ops.maximum(acc, part), x.dtype)
             else:
                 acc = acc + part
         if acc is None:  # an empty region pools to 0
