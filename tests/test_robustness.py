@@ -210,6 +210,9 @@ def _outputs(layer, x):
     return [harness.to_numpy(y) for y in _as_list(layer(x, training=False))]
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the bias heuristic is Keras' TensorFlow "
+                    "add (each layer's two data formats are compared on every backend in "
+                    "tests/harness.py); eager jax compiles every op anew at each of the widths")
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_channels_first_is_channels_last_transposed_at_every_width(name):
     """The same weights give the transposed result on the transposed input at every width
