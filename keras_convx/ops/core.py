@@ -123,6 +123,15 @@ def conv2d(x, kernel, strides=1, padding="valid", data_format="channels_last", d
     return keras.ops.conv(x, kernel, strides, padding, data_format, dilation_rate)
 
 
+def matmul(a, b):
+    """`keras.ops.matmul(a, b)`, float64 kept float64: Keras 3.15's type rules turn 64 bits
+    into 32, so its torch `matmul` returns a float64 product as float32."""
+    y = keras.ops.matmul(a, b)
+    if keras.backend.standardize_dtype(a.dtype) == "float64":
+        y = keras.ops.cast(y, "float64")
+    return y
+
+
 def matmul_last(x, w):
     """`x @ w` over the last axis of `x` (any rank ≥ 2) as ONE 2-D matrix product.
 
@@ -148,9 +157,7 @@ def matmul_last(x, w):
         return keras.ops.matmul(x, w)
     lead = keras.ops.shape(x)[:-1]
     # K from the weight: inside a traced function (TensorFlow's fit) x's last axis can be None.
-    y = keras.ops.matmul(keras.ops.reshape(x, (-1, w.shape[0])), w)
-    if keras.backend.standardize_dtype(x.dtype) == "float64":  # Keras' torch matmul returns
-        y = keras.ops.cast(y, "float64")  # float64 products as float32 (64 bits → 32)
+    y = matmul(keras.ops.reshape(x, (-1, w.shape[0])), w)
     return keras.ops.reshape(y, (*lead, w.shape[-1]))
 
 

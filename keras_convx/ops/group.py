@@ -18,6 +18,7 @@ import numpy as np
 
 from keras_convx import arguments
 from keras_convx.ops import dispatcher
+from keras_convx.ops.core import matmul
 from keras_convx.ops.core import matmul_last
 from keras_convx.ops.core import static_take
 from keras_convx.ops.core import strided_slice
@@ -57,8 +58,7 @@ def stack_kernels(flat, maps):
     if maps is None:
         return flat
     rows = flat.shape[0]
-    product = keras.ops.matmul(keras.ops.cast(maps, flat.dtype), keras.ops.reshape(flat, (rows, -1)))
-    product = keras.ops.cast(product, flat.dtype)  # (Keras' torch matmul: float64 → float32)
+    product = matmul(keras.ops.cast(maps, flat.dtype), keras.ops.reshape(flat, (rows, -1)))
     return keras.ops.reshape(product, (maps.shape[0], *flat.shape[1:]))
 
 

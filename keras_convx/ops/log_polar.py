@@ -25,6 +25,7 @@ import keras
 import numpy as np
 
 from keras_convx.ops.core import conv_output_length
+from keras_convx.ops.core import matmul
 from keras_convx.ops.core import matmul_last
 from keras_convx.ops.core import window_slice
 from keras_convx.ops.core import zero_pad
@@ -240,8 +241,7 @@ def synthesize_kernel(kernel, center_kernel, pmatrix, kernel_size):
     if center_kernel is not None:
         weights = keras.ops.concatenate([weights, keras.ops.reshape(center_kernel, (1, cin * cout))], 0)
     p = keras.ops.convert_to_tensor(np.asarray(pmatrix), dtype=kernel.dtype)
-    dense = keras.ops.cast(keras.ops.matmul(p, weights), kernel.dtype)  # (a float64 product
-    # comes back float32 from Keras' torch matmul: its type rules turn 64 bits into 32)
+    dense = matmul(p, weights)
     return keras.ops.reshape(dense, (kh, kw, cin, cout))
 
 
