@@ -7,7 +7,7 @@ Public namespaces (explicit re-exports only):
   `keras_convx.callbacks`
 - `keras_convx.pruning` (with `keras_convx.compaction`), `keras_convx.training`,
   `keras_convx.analysis`, `keras_convx.focus`, `keras_convx.folding`,
-  `keras_convx.export`
+  `keras_convx.export`, `keras_convx.fit_steps` (the optimizer step inside a callback)
 """
 
 __version__ = "0.1.0.dev0"
@@ -18,6 +18,7 @@ from keras_convx import callbacks  # noqa: E402,F401
 from keras_convx import compaction  # noqa: E402,F401
 from keras_convx import constraints  # noqa: E402,F401
 from keras_convx import export  # noqa: E402,F401
+from keras_convx import fit_steps  # noqa: E402,F401
 from keras_convx import focus  # noqa: E402,F401
 from keras_convx import folding  # noqa: E402,F401
 from keras_convx import initializers  # noqa: E402,F401

@@ -8,6 +8,7 @@ import numpy as np
 
 from keras_convx import arguments
 from keras_convx import analysis
+from keras_convx import fit_steps
 from keras_convx import focus
 from keras_convx.ops import focus as focus_ops
 from keras_convx.pruning_callbacks import Pruning  # noqa: F401  (the pruning callbacks)
@@ -25,10 +26,14 @@ class GradientFlow(keras.callbacks.Callback):
     backward pass, without updating anything — and records the task-loss gradient norm of
     every layer's own weights, of every shared `FilterBasis`, and each basis' orthonormality
     error ‖B Bᵀ − I‖²/s². Only those steps read the model (on JAX, reading the model forces a
-    state sync, so `every_n_steps` keeps the cost bounded).
+    state sync, so `every_n_steps` keeps the cost bounded). Steps are the optimizer's
+    (`keras_convx.fit_steps.FitSteps`), so a resumed run goes on counting where it stopped;
+    with `steps_per_execution` > 1 the measurement is taken after the execution that reaches
+    a multiple of `every_n_steps`, and recorded at that execution's last step.
 
     Where the numbers go:
-    - `self.records`: a list of dicts `{"step", "epoch", "kind", "name", "value"}`;
+    - `self.records`: a list of dicts `{"step", "epoch", "kind", "name", "value"}`
+      (`step`: the optimizer's step count when measured);
     - the epoch logs (hence `History` and the progress bar): a few summaries of the
       end-of-epoch measurement, `grad_norm/min`, `grad_norm/median`, `grad_norm/max` over the
       layers and, when the model shares bases, `basis_grad_norm/max` and
@@ -68,7 +73,8 @@ class GradientFlow(keras.callbacks.Callback):
         self.loss = loss
         self.csv_path = None if csv_path is None else os.fspath(csv_path)
         self.records = []
-        self._step = 0
+        self.steps = fit_steps.FitSteps(self)
+        self._step = 0  # the optimizer's step count after the latest execution
         self._epoch = 0
         self._last = (None, [])  # (step, rows) of the latest measurement
 
@@ -79,6 +85,7 @@ class GradientFlow(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._step = self.steps.epoch_begin()
 
     def _measure(self):
         flow = analysis.gradient_flow(self.model, self.data, loss=self.loss)
@@ -102,13 +109,16 @@ class GradientFlow(keras.callbacks.Callback):
         return rows
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self._step % self.every_n_steps == 0:
+        # measured after the execution that reaches a multiple of every_n_steps (with
+        # steps_per_execution > 1 an execution may pass one: it is measured at its end)
+        previous, self._step = self._step, self.steps.execution_end(batch)
+        if self._step // self.every_n_steps > previous // self.every_n_steps:
             self._measure()
 
     def on_epoch_end(self, epoch, logs=None):
         # an epoch ending on a measured step reuses that step's rows (no duplicate records;
         # an epoch that ran no batch reuses the last rows too: the weights did not change)
+        self._step = self.steps.optimizer_iterations()  # synced at an epoch's end
         step, rows = self._last
         if step != self._step:
             rows = self._measure()

@@ -4,6 +4,7 @@
 import keras
 
 from keras_convx import arguments
+from keras_convx import fit_steps
 from keras_convx import pruning
 
 __all__ = ["Pruning", "SynapticPruning"]
@@ -12,8 +13,11 @@ __all__ = ["Pruning", "SynapticPruning"]
 class _ScheduledPruning(keras.callbacks.Callback):
     """The schedule loop both pruning callbacks share: at each optimizer step `t` where
     `schedule(t)` says so (before that step runs) `_update(target)` sets the masks; the
-    step is the optimizer's `iterations`, read when training starts (so a restored run
-    continues exactly); per-layer sparsity goes into the epoch logs."""
+    step is the optimizer's own (`keras_convx.fit_steps.FitSteps`: its `iterations` read at
+    every epoch's start, so a restored run continues exactly); per-layer sparsity goes into
+    the epoch logs. With `steps_per_execution` > 1 the masks can change only between
+    executions: an execution whose steps include due ones starts with the target of its
+    last due step."""
 
     name = "Pruning"
 
@@ -22,19 +26,13 @@ class _ScheduledPruning(keras.callbacks.Callback):
         self.schedule = pruning.get_schedule(schedule)
         self.verbose = arguments.integer("verbose", verbose, minimum=0)
         self.updates = []
-        self._step = None
+        self.steps = fit_steps.FitSteps(self)
 
-    def on_train_begin(self, logs=None):
-        self._step = None
-
-    def _steps_per_batch(self):
-        return int(getattr(self.model, "steps_per_execution", 1) or 1)
+    def on_epoch_begin(self, epoch, logs=None):
+        self.steps.epoch_begin()
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self._step is None:  # after every on_train_begin (BackupAndRestore restores there)
-            self._step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-        due = [t for t in range(self._step, self._step + self._steps_per_batch())
-               if self.schedule.should_prune(t)]
+        due = [t for t in self.steps.execution(batch) if self.schedule.should_prune(t)]
         if not due:
             return
         if keras.backend.backend() == "jax" and hasattr(self.model, "jax_state_sync"):
@@ -46,9 +44,6 @@ class _ScheduledPruning(keras.callbacks.Callback):
             # On its own line, as Keras' callbacks print (not into the progress bar's line).
             print(f"\n{self.name}: step {due[-1]}: target {target:.3f}, sparsity {total:.3f}",
                   flush=True)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._step += self._steps_per_batch()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:

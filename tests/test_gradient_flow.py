@@ -95,17 +95,18 @@ def test_callback_logs_history_csv_and_plot(tmp_path):
     png = os.path.join(tmp_path, "flow.png")
     flow.plot(png)
     assert os.path.getsize(png) > 0
-    # an epoch that ends on a measured step is measured once (the step's records, logged)
+    # an epoch that ends on a measured step is measured once (the step's records, logged);
+    # steps are the optimizer's: this model has run 8 already
     flow = callbacks.GradientFlow((x[:4], y[:4]), every_n_steps=2)
     history = model.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=[flow])
-    assert [r["step"] for r in flow.records if r["name"] == "head"] == [2, 4, 6, 8]
+    assert [r["step"] for r in flow.records if r["name"] == "head"] == [10, 12, 14, 16]
     assert history.history["grad_norm/max"][-1] == pytest.approx(
-        max(flow.series("grad_norm")[8].values()))
-    # a second fit with the same callback counts on: two more steps, measured at 10 (once)
+        max(flow.series("grad_norm")[16].values()))
+    # a second fit with the same callback counts on: two more steps, measured at 18 (once)
     history = model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[flow])
-    assert [r["step"] for r in flow.records if r["name"] == "head"] == [2, 4, 6, 8, 10]
+    assert [r["step"] for r in flow.records if r["name"] == "head"] == [10, 12, 14, 16, 18]
     assert history.history["grad_norm/max"] == [pytest.approx(
-        max(flow.series("grad_norm")[10].values()))]
+        max(flow.series("grad_norm")[18].values()))]
 
 
 def test_bad_arguments():

@@ -1,0 +1,137 @@
+"""The callbacks count optimizer steps, not hook calls (`keras_convx.fit_steps.FitSteps`).
+
+With `model.compile(steps_per_execution=n)` Keras calls a callback's batch hooks once per
+execution of n steps (jax, tensorflow; torch accepts only 1), an epoch's last execution runs
+the steps left over, and the hooks' step index restarts every epoch. Every keras_convx
+callback that acts on steps (`Pruning`, `SynapticPruning` share one loop; `GradientFlow`)
+must agree with the optimizer's `iterations`, also in a resumed run. Before `FitSteps`,
+Pruning counted 18 steps where the optimizer ran 14 and GradientFlow recorded hook calls.
+"""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+
+import keras_convx
+from keras_convx import callbacks
+from keras_convx import pruning
+from tests import harness
+
+BATCHES = 7  # per epoch: 14 samples in batches of 2
+EPOCHS = 2
+DUE = range(0, 13, 2)  # PolynomialDecay(begin_step=0, end_step=12, frequency=2)
+
+
+def _spe_values():
+    return (1, 3) if keras.backend.backend() != "torch" else (1,)
+
+
+def _executions(spe, epochs=EPOCHS, first_epoch=0):
+    """[(first step, stop)] of every execution, written from Keras' documented loop."""
+    out = []
+    for epoch in range(first_epoch, epochs):
+        for begin in range(0, BATCHES, spe):
+            out.append((epoch * BATCHES + begin, epoch * BATCHES + min(begin + spe, BATCHES)))
+    return out
+
+
+def _model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+        keras.layers.Flatten(), keras.layers.Dense(3, name="head")])
+    return pruning.make_prunable(model)
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.random((2 * BATCHES, 6, 6, 1)).astype("float32"), rng.integers(0, 3, 2 * BATCHES)
+
+
+def _compile(model, spe, run_eagerly=False):
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  steps_per_execution=spe, run_eagerly=run_eagerly)
+    return model
+
+
+def _schedule():
+    return pruning.PolynomialDecay(0.0, 0.5, begin_step=0, end_step=12, frequency=2)
+
+
+class _Ends(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.steps, self.ends = keras_convx.fit_steps.FitSteps(self), []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.steps.epoch_begin()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(self.steps.execution_end(batch))
+
+
+@pytest.mark.parametrize("run_eagerly", [False, True], ids=["compiled", "eager"])
+@pytest.mark.parametrize("spe", [1, 3])
+def test_callback_steps_are_the_optimizers(spe, run_eagerly):
+    if spe not in _spe_values():
+        pytest.skip("Keras' torch trainer accepts only steps_per_execution=1")
+    x, y = _data()
+    model = _compile(_model(), spe, run_eagerly)
+    prune = callbacks.Pruning(_schedule())
+    flow = callbacks.GradientFlow((x[:4], y[:4]), every_n_steps=2)
+    ends = _Ends()
+    model.fit(x, y, batch_size=2, epochs=EPOCHS, shuffle=False, verbose=0,
+              callbacks=[prune, flow, ends])
+    assert int(harness.to_numpy(model.optimizer.iterations)) == EPOCHS * BATCHES
+    executions = _executions(spe)
+    assert ends.ends == [stop for _, stop in executions]
+    # an update before each execution holding due steps, with the target of its last one
+    expected = [max(t for t in DUE if lo <= t < hi)
+                for lo, hi in executions if any(lo <= t < hi for t in DUE)]
+    assert [step for step, _, _ in prune.updates] == expected
+    assert [target for _, target, _ in prune.updates] == pytest.approx(
+        [_schedule().sparsity_at(step) for step in expected])
+    # a measurement after each execution reaching a multiple of 2, and at each epoch's end
+    measured = {hi for lo, hi in executions if hi // 2 > lo // 2}
+    measured |= {BATCHES * (epoch + 1) for epoch in range(EPOCHS)}
+    assert sorted(flow.series()) == sorted(measured)
+    assert len(flow.records) == len(measured) * 2  # conv, head: no step measured twice
+
+
+@pytest.mark.parametrize("spe", [1, 3])
+def test_resumed_run_continues_the_schedule_under_steps_per_execution(spe):
+    """Interrupted when epoch 1 begins (step 7, between the updates at 6 and 8) and resumed
+    by `keras.callbacks.BackupAndRestore`: the resumed run's updates are the uninterrupted
+    run's from step 7 on, and its masks end equal."""
+    if spe not in _spe_values():
+        pytest.skip("Keras' torch trainer accepts only steps_per_execution=1")
+    x, y = _data()
+    fit_kwargs = dict(batch_size=2, epochs=EPOCHS, shuffle=False, verbose=0)
+    full = _compile(_model(), spe)
+    full_cb = callbacks.Pruning(_schedule())
+    full.fit(x, y, callbacks=[full_cb], **fit_kwargs)
+    with tempfile.TemporaryDirectory() as tmp:
+        backup = os.path.join(tmp, "backup")
+        first = _compile(_model(), spe)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            first.fit(x, y, callbacks=[callbacks.Pruning(_schedule()),
+                                       keras.callbacks.BackupAndRestore(backup),
+                                       harness.InterruptAtEpoch(1)], **fit_kwargs)
+        resumed = _compile(_model(seed=1), spe)
+        cb = callbacks.Pruning(_schedule())
+        resumed.fit(x, y, callbacks=[cb, keras.callbacks.BackupAndRestore(backup)],
+                    **fit_kwargs)
+    assert [u[0] for u in cb.updates] == [u[0] for u in full_cb.updates if u[0] >= BATCHES]
+    assert [u[0] for u in cb.updates] == [
+        max(t for t in DUE if lo <= t < hi)
+        for lo, hi in _executions(spe, first_epoch=1) if any(lo <= t < hi for t in DUE)]
+    layers = list(zip(pruning.masked_layers(full), pruning.masked_layers(resumed)))
+    assert [a.name for a, _ in layers] == ["conv", "head"]
+    for a, b in layers:
+        for name, mask in a.pruning_masks.items():
+            np.testing.assert_array_equal(harness.to_numpy(mask),
+                                          harness.to_numpy(b.pruning_masks[name]))
+    assert pruning.sparsity(resumed) == pytest.approx(pruning.sparsity(full))
