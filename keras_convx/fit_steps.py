@@ -50,34 +50,35 @@ class FitSteps:
     def __init__(self, callback):
         self.callback = callback
         self.epoch_start = None
+        self.per_execution = 1
+        self.epoch_steps = None
 
     def optimizer_iterations(self):
-        """The optimizer's `iterations` (read it only where the state is synced)."""
+        """The optimizer's `iterations`. Read it only where the state is synced: on jax,
+        a callback's `model` property syncs the whole training state at every access."""
         return int(keras.ops.convert_to_numpy(self.callback.model.optimizer.iterations))
 
     def epoch_begin(self):
-        """Call from `on_epoch_begin`: reads the step the epoch starts at."""
-        self.epoch_start = self.optimizer_iterations()
-        return self.epoch_start
-
-    def _per_execution(self):
-        return max(int(getattr(self.callback.model, "steps_per_execution", 1) or 1), 1)
-
-    def _epoch_steps(self):
+        """Call from `on_epoch_begin`: reads the step the epoch starts at, and the sizes the
+        batch hooks need (so that they never touch the model)."""
+        model = self.callback.model
+        self.per_execution = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
         steps = (self.callback.params or {}).get("steps")
-        return int(steps) if steps else None
+        self.epoch_steps = int(steps) if steps else None
+        self.epoch_start = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        return self.epoch_start
 
     def execution(self, begin_step):
         """The optimizer steps (a `range`) the execution starting at `begin_step` runs."""
         if self.epoch_start is None:  # a hook called outside `fit`'s epoch loop
             self.epoch_begin()
-        stop = begin_step + self._per_execution()
-        epoch_steps = self._epoch_steps()
-        if epoch_steps is not None:
-            stop = min(stop, epoch_steps)
+        stop = begin_step + self.per_execution
+        if self.epoch_steps is not None:
+            stop = min(stop, self.epoch_steps)
         return range(self.epoch_start + begin_step, self.epoch_start + max(stop, begin_step))
 
     def execution_end(self, end_step):
         """The optimizer's step count after the execution that ends at `end_step`."""
-        begin_step = end_step - self._per_execution() + 1
-        return self.execution(begin_step).stop
+        if self.epoch_start is None:
+            self.epoch_begin()
+        return self.execution(end_step - self.per_execution + 1).stop

@@ -135,3 +135,39 @@ def test_resumed_run_continues_the_schedule_under_steps_per_execution(spe):
             np.testing.assert_array_equal(harness.to_numpy(mask),
                                           harness.to_numpy(b.pruning_masks[name]))
     assert pruning.sparsity(resumed) == pytest.approx(pruning.sparsity(full))
+
+
+def _count_real_syncs(model):
+    """Wraps `model.jax_state_sync` to count the calls that copy the training state back (a
+    call when the state is already attached returns at once)."""
+    calls = []
+    sync = model.jax_state_sync
+
+    def counted():
+        calls.append(getattr(model, "_jax_state", None) and not model._jax_state_synced)
+        sync()
+
+    model.jax_state_sync = counted
+    return calls
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="only jax keeps the state apart")
+@pytest.mark.parametrize("spe", [1, 3])
+def test_callbacks_sync_jax_state_only_to_act(spe):
+    """On jax, a callback's `model` property copies the whole training state back into the
+    variables (and the next step reloads it). Between their actions the callbacks must not
+    touch it: the real syncs of a `fit` with them are the plain `fit`'s (one per epoch) plus
+    one per mask update made inside an epoch (not before its first execution)."""
+    x, y = _data()
+    fit_kwargs = dict(batch_size=2, epochs=EPOCHS, shuffle=False, verbose=0)
+    plain = _compile(_model(), spe)
+    plain_calls = _count_real_syncs(plain)
+    plain.fit(x, y, **fit_kwargs)
+    model = _compile(_model(), spe)
+    calls = _count_real_syncs(model)
+    prune = callbacks.Pruning(_schedule())
+    flow = callbacks.GradientFlow((x[:4], y[:4]), every_n_steps=100)  # epoch ends only
+    model.fit(x, y, callbacks=[prune, flow, _Ends()], **fit_kwargs)
+    mid_epoch = [step for step, _, _ in prune.updates if step % BATCHES >= spe]
+    assert mid_epoch  # the schedule acts inside epochs
+    assert sum(map(bool, calls)) == sum(map(bool, plain_calls)) + len(mid_epoch)
