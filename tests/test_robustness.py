@@ -9,6 +9,8 @@
   naming the layer and what it expects.
 """
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -190,6 +192,40 @@ def test_conv_refuses_an_image_smaller_than_its_valid_window(name):
         layer.compute_output_shape((None, k - 1, k + 4, case.channels))
     with pytest.raises(ValueError, match="smaller than kernel_size"):
         layer(keras.Input((k - 1, k + 4, case.channels)))
+
+
+@pytest.mark.parametrize("argument", ["dilation_rate", "groups"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_standard_conv_argument_is_used_or_refused(name, argument):
+    """`dilation_rate=2` or `groups=2`: every layer either refuses it with an error naming it,
+    or uses it: the output has `compute_output_shape`'s shape (padding "valid", stride 1), the
+    config keeps it, and the layer differs from its twin with 1 (dilated: other outputs from
+    the same weights; grouped: fewer weights). The group and shared-basis convolutions used
+    to accept both, ignore them in the convolution and drop them from the config, while
+    their output shape was computed with the dilation."""
+    case = CASES[name]
+    config = dict(case.make("channels_last").get_config(), name=None)
+    if "padding" in config:
+        config.update(padding="valid", strides=1)
+    cls = type(case.make("channels_last"))
+    channels = case.channels * (2 if argument == "groups" else 1)
+    x = image((11, 11), channels, "channels_last")
+    try:
+        layer = cls.from_config({**config, argument: 2})
+    except (TypeError, ValueError) as error:
+        message = str(error).split("Exception encountered:")[-1]  # from_config's wrapping
+        assert re.search(rf"supports only {argument}=1|Unrecognized keyword arguments passed to "
+                         rf"{cls.__name__}: {{'{argument}'", message), message
+        return
+    twin = cls.from_config(config)
+    y, y_twin = layer(x), twin(x)
+    assert tuple(y.shape) == tuple(layer.compute_output_shape(x.shape))
+    assert cls.from_config(layer.get_config()).get_config()[argument] in (2, (2, 2))
+    if argument == "groups":
+        assert layer.count_params() < twin.count_params()
+    else:
+        twin.set_weights(layer.get_weights())
+        assert tuple(y.shape) != tuple(twin(x).shape)
 
 
 @pytest.mark.parametrize("name", ["LogPolarConv2D", "SynapticConv2D"])

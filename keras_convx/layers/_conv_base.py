@@ -78,7 +78,7 @@ class BaseConv2D(keras.layers.Layer):
 
     Class attributes:
         conv_arguments: the optional standard arguments the subclass takes and saves in its
-            config (`"dilation_rate"`, `"groups"`); the others are fixed at 1.
+            config (`"dilation_rate"`, `"groups"`); the others must be 1 (ValueError).
         conv_objects: {name: default} of the initializers, regularizers and constraints the
             layer takes as keyword arguments and saves in its config.
         bias_repeats: 1, or |G| for group layers (one bias per field, shared by its |G|
@@ -126,6 +126,11 @@ class BaseConv2D(keras.layers.Layer):
                 "strides > 1 is not supported together with dilation_rate > 1 (as Conv2D). "
                 f"Received: strides={strides}, dilation_rate={dilation_rate}")
         self.groups = arguments.integer("groups", groups)
+        for name, given, value in (("dilation_rate", dilation_rate, max(self.dilation_rate)),
+                                   ("groups", groups, self.groups)):
+            if name not in self.conv_arguments and value != 1:  # not silently ignored
+                raise ValueError(
+                    f"{type(self).__name__} supports only {name}=1. Received: {name}={given!r}")
         if self.filters % self.groups:
             raise ValueError(
                 f"Expected groups to divide filters. Received: groups={groups}, "
