@@ -188,3 +188,44 @@ def array(name, value, ndim=None):
         raise ValueError(f"Expected {name} to have rank {ranks}. Received: "
                          f"{name}.shape={result.shape}")
     return result
+
+
+def members(name, value, candidates, kind, accept=None):
+    """The members of `candidates` (objects with a `.name`, such as layers) that `value`
+    selects, in `value`'s order: None → all of them; otherwise one member or name, or a
+    list, tuple or set of them. TypeError for another kind of value; ValueError for a name or
+    object that is not among the candidates (the message lists the candidates' names), except
+    an object for which `accept(object)` is true (e.g. a layer of the right class outside
+    the model).
+
+    >>> class Layer:
+    ...     def __init__(self, name):
+    ...         self.name = name
+    >>> conv, head = Layer("conv"), Layer("head")
+    >>> [m.name for m in members("layers", "head", [conv, head], "layers")]
+    ['head']
+    >>> members("layers", ["conv", "cnov"], [conv, head], "layers")
+    Traceback (most recent call last):
+    ValueError: Expected layers to name layers of the model: ['conv', 'head']. Received: 'cnov'
+    """
+    candidates = list(candidates)
+    if value is None:
+        return candidates
+    items = list(value) if isinstance(value, (list, tuple, set)) else [value]
+    by_name = {getattr(c, "name", None): c for c in candidates}
+    chosen = []
+    for item in items:
+        if isinstance(item, str):
+            member = by_name.get(item)
+        elif hasattr(item, "name"):
+            known = any(item is c for c in candidates) or (accept is not None and accept(item))
+            member = item if known else None
+        else:
+            raise TypeError(f"Expected {name} to be {kind} or their names (a list of them). "
+                            f"Received: {name} containing {item!r}")
+        if member is None:
+            raise ValueError(f"Expected {name} to name {kind} of the model: {sorted(by_name)}. "
+                             f"Received: {getattr(item, 'name', item)!r}")
+        if not any(member is c for c in chosen):
+            chosen.append(member)
+    return chosen

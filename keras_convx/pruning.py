@@ -296,7 +296,7 @@ def prune(model, sparsity, scope="global", criterion="strength", layers=None,
             strengths being comparable across layers) or `"layer"` (each layer pruned to
             `sparsity` on its own).
         criterion: `"strength"`, `"kernel_l1"` or a callable (see `importance`).
-        layers: optional subset of the prunable layers.
+        layers: optional subset of the prunable layers (layers or names).
         normalization: None (raw scores, the paper), `"channel"` or `"layer"`: scores divided
             by their root mean square per output channel / per layer before the global
             ranking (`keras_convx.ops.synaptic.normalize_scores`). With a batch norm after
@@ -319,7 +319,8 @@ def prune(model, sparsity, scope="global", criterion="strength", layers=None,
     arguments.choice("scope", scope, SCOPES)
     check_criterion(criterion)
     check_normalization(normalization)
-    layers = list(layers) if layers is not None else prunable_layers(model)
+    layers = arguments.members("layers", layers, prunable_layers(model), "SynapticConv2D layers",
+                               accept=lambda layer: isinstance(layer, SynapticConv2D))
     if not layers:
         raise ValueError(
             "Expected a model with at least one keras_convx.layers.SynapticConv2D to prune; "
@@ -384,7 +385,8 @@ def make_synaptic(model, layers=None, **overrides):
 
     Args:
         model: a Functional or built Sequential model.
-        layers: optional names of the Conv2D layers to convert (default: all).
+        layers: optional Conv2D layers (or their names) to convert (default: all);
+            ValueError for a name the model's Conv2D layers do not have.
         **overrides: SynapticConv2D arguments for the converted layers (e.g.
             `strength_regularizer=keras.regularizers.L1(1e-3)`).
 
@@ -400,10 +402,11 @@ def make_synaptic(model, layers=None, **overrides):
     >>> np.allclose(synaptic.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     True
     """
-    names = None if layers is None else set(layers)
+    convs = [layer for layer in graph.all_layers(model) if type(layer) is keras.layers.Conv2D]
+    names = {layer.name for layer in arguments.members("layers", layers, convs, "Conv2D layers")}
 
     def replace(layer):
-        if type(layer) is not keras.layers.Conv2D or (names is not None and layer.name not in names):
+        if type(layer) is not keras.layers.Conv2D or layer.name not in names:
             return None
         new = SynapticConv2D.from_conv2d(layer, **overrides)
         return new, lambda n: None

@@ -12,6 +12,7 @@ from keras_convx import arguments
 from keras_convx import keras_compat
 from keras_convx.ops.core import to_numpy
 from keras_convx.ops.synaptic import NORMALIZATIONS
+from keras_convx.prunable import PrunableMixin
 from keras_convx.prunable import masked_layers
 from keras_convx.prunable import parse_granularity
 from keras_convx.prunable import prunable_weights
@@ -128,7 +129,7 @@ def update_masks(model, sparsity, criterion="magnitude", layers=None, scope="lay
         sparsity: float in [0, 1).
         criterion: `"magnitude"` or `callable(layer, attribute, values) -> scores` (NumPy,
             the weight's shape; larger means more important).
-        layers: optional subset of the prunable layers.
+        layers: optional subset of the prunable layers (layers or names).
         scope: `"layer"` (each layer pruned to `sparsity`: tfmot's) or `"global"` (one
             ranking over all the layers' units, `torch.nn.utils.prune.global_unstructured`'s:
             a unit's score is its mean |w|, so channels of different sizes compare; needs one
@@ -147,7 +148,8 @@ def update_masks(model, sparsity, criterion="magnitude", layers=None, scope="lay
     if not (criterion == "magnitude" or callable(criterion)):
         raise ValueError("Expected criterion to be 'magnitude' or a callable. "
                          f"Received: criterion={criterion!r}")
-    layers = list(layers) if layers is not None else masked_layers(model)
+    layers = arguments.members("layers", layers, masked_layers(model), "prunable layers",
+                               accept=lambda layer: isinstance(layer, PrunableMixin))
     if not layers:
         raise ValueError("Expected a model from keras_convx.pruning.make_prunable (it has no "
                          "prunable layer).")

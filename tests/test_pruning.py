@@ -488,3 +488,57 @@ def test_compact_rejects_subclassed_models():
     net(np.zeros((1, 5, 5, 2), "float32"))
     with pytest.raises(ValueError, match="Functional or Sequential"):
         pruning.compact(net)
+
+
+def _plain_cnn():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, name="c1")(inputs)
+    h = keras.layers.Conv2D(8, 3, name="c2")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+
+
+def _layers_argument_cases():
+    """(function of `layers` → the names it acted on, the names it may act on) of every
+    public function taking a `layers` subset."""
+    def synaptic(layers):
+        model = pruning.make_synaptic(_plain_cnn(), layers=layers)
+        return sorted(l.name for l in pruning.prunable_layers(model))
+
+    def prunable(layers):
+        model = pruning.make_prunable(_plain_cnn(), layers=layers)
+        return sorted(l.name for l in pruning.masked_layers(model))
+
+    def update_masks(layers):
+        model = pruning.make_prunable(_plain_cnn())
+        report = pruning.update_masks(model, 0.5, layers=layers)
+        return sorted(name for name, value in report.items() if name != "total" and value > 0)
+
+    def prune(layers):
+        model = pruning.make_synaptic(_plain_cnn())
+        report = pruning.prune(model, 0.5, scope="layer", layers=layers)
+        return sorted(name for name, value in report.items() if name != "total" and value > 0)
+
+    return {"make_synaptic": (synaptic, ["c1", "c2"]), "make_prunable": (prunable, ["c1", "c2", "head"]),
+            "update_masks": (update_masks, ["c1", "c2", "head"]), "prune": (prune, ["c1", "c2"])}
+
+
+@pytest.mark.parametrize("function", ["make_synaptic", "make_prunable", "update_masks", "prune"])
+def test_layers_argument_takes_names_and_refuses_unknown_ones(function):
+    """`layers=` of every pruning function: one name acts on that layer alone (make_synaptic
+    used to read "c2" as the set of its characters and convert nothing), a list on its
+    members, a name the model lacks (or of a layer the function cannot act on) is a
+    ValueError naming it, another kind of value a TypeError (update_masks and prune used to
+    fail on a name with an AttributeError)."""
+    run, candidates = _layers_argument_cases()[function]
+    assert run("c2") == ["c2"]
+    assert run(["c1", "c2"]) == ["c1", "c2"]
+    assert run(None) == candidates
+    with pytest.raises(ValueError, match="'c3'"):
+        run(["c1", "c3"])
+    if "pool" not in candidates:
+        with pytest.raises(ValueError, match="'pool'"):
+            run("pool")
+    with pytest.raises(TypeError, match="layers"):
+        run([3])
