@@ -28,8 +28,8 @@ import keras
 from keras_convx import arguments
 from keras_convx import keras_compat
 
-__all__ = ["accepts_training", "all_layers", "graph_of", "layer_nodes", "plain_conv_config",
-           "producer", "rewrite"]
+__all__ = ["accepts_training", "all_layers", "graph_of", "last_layers", "layer_nodes",
+           "plain_conv_config", "producer", "rewrite"]
 
 
 def graph_of(model):
@@ -70,6 +70,54 @@ def producer(tensor):
 def all_layers(model):
     """Every layer of `model`, nested models' layers included, in model order (not the model)."""
     return keras_compat.flatten_layers(model)
+
+
+def last_layers(model, stop):
+    """The layers `stop(layer)` is true for whose output reaches a model output through no
+    other such layer: the model's outputs followed back through every other layer
+    (activations, pooling, normalisation, reshapes, merges: all their inputs) and into nested
+    Functional or Sequential models (a nested model's input continues with the tensor it was
+    called on). A nested model without a graph is followed through to its inputs.
+
+    Example:
+
+    >>> inputs = keras.Input((8, 8, 1))
+    >>> h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    >>> h = keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling2D()(h))
+    >>> model = keras.Model(inputs, keras.layers.Activation("softmax", name="probs")(h))
+    >>> [layer.name for layer in keras_convx.graph.last_layers(
+    ...     model, lambda layer: isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)))]
+    ['logits']
+    """
+    found, seen = [], set()
+    stack = [(tensor, None) for tensor in keras.tree.flatten(graph_of(model).outputs)]
+    while stack:
+        tensor, outer = stack.pop()
+        layer, node = producer(tensor)
+        if (id(node), id(outer)) in seen:
+            continue
+        seen.add((id(node), id(outer)))
+        if stop(layer):
+            if not any(layer is other for other in found):
+                found.append(layer)
+            continue
+        called_on = keras.tree.flatten(node.input_tensors)
+        if isinstance(layer, keras.layers.InputLayer):
+            if outer is not None:  # a nested model's input: the tensor it was called on
+                inputs, called, parent = outer
+                stack.extend((t, parent) for i, t in zip(inputs, called) if i is tensor)
+            continue
+        if isinstance(layer, keras.Model):
+            try:
+                inner = graph_of(layer)
+            except ValueError:  # no graph to follow: through to its inputs
+                stack.extend((t, outer) for t in called_on)
+                continue
+            context = (keras.tree.flatten(inner.inputs), called_on, outer)
+            stack.extend((t, context) for t in keras.tree.flatten(inner.outputs))
+            continue
+        stack.extend((t, outer) for t in called_on)
+    return found
 
 
 def data_formats(model):

@@ -30,7 +30,6 @@ import keras
 
 from keras_convx import arguments
 from keras_convx import graph
-from keras_convx import keras_compat
 from keras_convx._registry import register
 from keras_convx.layers import GroupConv2D
 from keras_convx.layers import GroupLiftConv2D
@@ -278,7 +277,7 @@ def _why_not(layer, granularity, output_layers):
         return f"{type(layer).__name__} is not a prunable layer type"
     kind = granularity[0]
     if kind == "channel" and layer.name in output_layers:
-        return "it produces a model output (its channels are the model's)"
+        return "its channels reach a model output (through no other prunable layer)"
     if kind == "m:n":
         n = granularity[2]
         for name, (_, in_axes, _) in spec.items():
@@ -346,7 +345,8 @@ def make_prunable(model, granularity="weight", layers=None, round_to=1, verbose=
                              f"{item!r}.")
     if any(isinstance(layer, PrunableMixin) for layer in graph.all_layers(model)):
         raise ValueError("The model is already prunable (make_prunable was applied to it).")
-    output_layers = {keras_compat.producer(t)[0].name for t in model.outputs}
+    # the layers whose channels are the model's outputs (through activations, pooling, ...)
+    output_layers = {layer.name for layer in graph.last_layers(model, is_prunable)}
     plan, left = {}, {}
     for layer in graph.all_layers(model):
         selected, named = _selected(layer, items)

@@ -133,6 +133,61 @@ def test_channel_granularity_prunes_whole_output_channels_with_round_to():
         prunable.make_prunable(model, granularity={"head": "channel"})
 
 
+def _heads():
+    """Models whose last prunable layer ("last") does not make the output itself: its
+    channels still are the model's outputs."""
+    def body():
+        inputs = keras.Input((8, 8, 3))
+        return inputs, keras.layers.Conv2D(6, 3, name="conv")(inputs)
+
+    def softmax_float32():  # Keras' mixed-precision head
+        inputs, h = body()
+        h = keras.layers.Dense(4, name="last")(keras.layers.GlobalAveragePooling2D()(h))
+        return keras.Model(inputs, keras.layers.Activation("softmax", dtype="float32")(h))
+
+    def conv_then_pool():  # all-convolutional classifier
+        inputs, h = body()
+        h = keras.layers.Conv2D(4, 1, name="last")(h)
+        return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(h))
+
+    def dropout_softmax():
+        inputs, h = body()
+        h = keras.layers.Dense(4, name="last")(keras.layers.Flatten()(h))
+        return keras.Model(inputs, keras.layers.Softmax()(keras.layers.Dropout(0.1)(h)))
+
+    def nested_head():
+        inputs, h = body()
+        head = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="last"),
+                                 keras.layers.ReLU()], name="head_model")
+        return keras.Model(inputs, head(keras.layers.GlobalAveragePooling2D()(h)))
+
+    def two_heads_concatenated():
+        inputs, h = body()
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        a = keras.layers.Dense(2, name="last")(h)
+        b = keras.layers.Dense(2, name="other")(h)
+        return keras.Model(inputs, keras.layers.Concatenate()([a, b]))
+
+    return {f.__name__: f for f in (softmax_float32, conv_then_pool, dropout_softmax,
+                                    nested_head, two_heads_concatenated)}
+
+
+@pytest.mark.parametrize("head", sorted(_heads()))
+def test_channel_granularity_never_prunes_what_reaches_an_output(head):
+    """A channel-pruned layer whose channels reach an output through layers that do not mix
+    channels (an activation, pooling, dropout, a nested model, a concatenation) stays dense,
+    as the layer making the output does; the convolution before it is pruned. Only the
+    output's own producer used to be kept: half the classes of a softmax head in float32
+    (Keras' mixed-precision advice) were zeroed."""
+    model = _heads()[head]()
+    pruned = prunable.make_prunable(model, granularity="channel")
+    masked = {layer.name for layer in prunable.masked_layers(pruned)}
+    assert "conv" in masked and "last" not in masked and "other" not in masked
+    assert pruning.update_masks(pruned, 0.5)["conv"] == 0.5  # 3 of its 6 channels
+    with pytest.raises(ValueError, match="'last' cannot be pruned.*reach a model output"):
+        prunable.make_prunable(model, granularity="channel", layers=["last"])
+
+
 def test_m_by_n_pattern_holds_in_every_group():
     model = _model()
     pruned = prunable.make_prunable(model, granularity="2:4")
