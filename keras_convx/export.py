@@ -47,15 +47,13 @@ class _SlicedMaxPooling2D(keras.layers.Layer):
         if self.data_format == "channels_first":
             x = keras.ops.transpose(x, (0, 2, 3, 1))
         (kh, kw), (sh, sw) = self.pool_size, self.strides
-        h, w = int(x.shape[1]), int(x.shape[2])  # static sizes (PyTorch traces them)
-        if self.padding == "same":
+        if self.padding == "same":  # the padding needs the sizes (PyTorch traces them)
+            h, w = int(x.shape[1]), int(x.shape[2])
             oh, ow = (h + sh - 1) // sh, (w + sw - 1) // sw
             ph, pw = max((oh - 1) * sh + kh - h, 0), max((ow - 1) * sw + kw - w, 0)
             x = keras.ops.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2),
                                   (0, 0)), constant_values=float(np.finfo("float32").min))
-        else:
-            oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-        y = None
+        y = None  # "valid": the slices need no size (a symbolic one stays symbolic)
         for i in range(kh):
             for j in range(kw):
                 part = window_slice(x, (i, j), (kh, kw), (sh, sw))
@@ -158,13 +156,14 @@ def runtime(path):
     return predict
 
 
-def _export_file(model, path, fmt):
-    """Writes `path` (Keras' own exporter; LiteRT from JAX/PyTorch through TensorFlow)."""
+def _export_file(model, path, fmt, x):
+    """Writes `path` (Keras' own exporter; LiteRT from JAX/PyTorch through TensorFlow); `x`:
+    a batch the model runs on."""
     backend = keras.backend.backend()
     if fmt == "onnx" and any(_needs_sliced_pooling(layer, backend)
                              for layer in graph.all_layers(model)):  # nested models' too
         model = graph.rewrite(model, _portable_pooling)
-        model(np.zeros((1, *model.inputs[0].shape[1:]), "float32"))  # the exporter needs a call
+        model(x[:1])  # the exporter needs a call
     if fmt == "onnx" or backend == "tensorflow":
         with dispatcher.portable_mode():  # no XLA functions, no gathers in the trace
             model.export(path, format="onnx" if fmt == "onnx" else "litert", verbose=False)
@@ -187,7 +186,7 @@ def _export_file(model, path, fmt):
 def _export_and_verify(model, path, fmt, inputs, atol, rtol):
     """Exports and compares; returns the largest |difference|. Raises on any failure."""
     references = [_reference(model, x) for x in inputs]  # also "calls" a fresh clone
-    _export_file(model, path, fmt)
+    _export_file(model, path, fmt, inputs[0])
     run = runtime(path)
     worst = 0.0
     for x, expected in zip(inputs, references):
@@ -229,6 +228,19 @@ def _culprits(model, fmt, atol, rtol):
 
 
 _SUFFIX = {"onnx": ".onnx", "litert": ".tflite"}
+
+
+def _unknown_size_hint(model):
+    """What to try when a model of unknown image size failed to export: Keras' exporters
+    trace it at a placeholder size (PyTorch's at 1 pixel, where a "valid" window larger than
+    one pixel cannot run) or with symbolic sizes (jax2onnx, where a strided window's size
+    arithmetic may not lower)."""
+    shape = model.inputs[0].shape[1:] if len(model.inputs) == 1 else ()
+    if not any(d is None for d in shape):
+        return ""
+    return ("; the model's input size is unknown ({}), which Keras' exporter traces at a "
+            "placeholder or symbolic size: a model on a fixed size, keras.Input((H, W, C)), "
+            "may export".format(tuple(shape)))
 
 
 def _check_export_args(model, path, sample_inputs, atol, rtol, fold_first):
@@ -282,7 +294,7 @@ def _export(model, path, fmt, sample_inputs, atol, rtol, fold_first):
         first = str(error).strip().splitlines()[0][:300] if str(error) else type(error).__name__
         raise ExportError(
             f"{label} export of model {model.name!r} on the {keras.backend.backend()} backend "
-            f"failed: {first}{where}"
+            f"failed: {first}{where}{_unknown_size_hint(exported)}"
         ) from error
     return {
         "path": os.fspath(path),

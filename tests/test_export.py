@@ -229,6 +229,34 @@ def test_channels_first_model_folds_exports_and_verifies(fmt, tmp_path):
 @pytest.mark.parametrize("kwargs", [dict(), dict(pool_size=3, strides=2, padding="same"),
                                     dict(pool_size=(3, 2), strides=(2, 1))],
                          ids=["2x2", "3x3-s2-same", "3x2-s2x1"])
+def test_max_pooling_at_an_unknown_size_exports_or_says_to_fix_the_size(kwargs, tmp_path):
+    """Keras' MaxPooling2D on an unknown image size: from TensorFlow the ONNX file stays
+    dynamic (verified on two sizes); from jax (jax2onnx cannot lower the strided windows of a
+    symbolic size) and PyTorch (Keras traces unknown sizes at 1 pixel, and bakes the "same"
+    padding in) the ExportError says to fix the input size, and at a fixed size the file
+    verifies. `to_onnx` used to fail first on building its pooling replacement (it called
+    the model on a batch of size None)."""
+    pytest.importorskip("onnxruntime")  # the "export" extra
+
+    def model(size):
+        inputs = keras.Input((size, size, 3))
+        x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+        built = keras.Model(inputs, keras.layers.MaxPooling2D(**kwargs)(x))
+        _randomise(built)
+        return built
+
+    if keras.backend.backend() == "tensorflow":
+        assert export.to_onnx(model(None), tmp_path / "m.onnx")["max_abs_difference"] < 1e-5
+    else:
+        with pytest.raises(export.ExportError, match=r"input size is unknown \(\(None, None, "
+                                                     r"3\)\).*keras\.Input\(\(H, W, C\)\)"):
+            export.to_onnx(model(None), tmp_path / "m.onnx")
+    assert export.to_onnx(model(12), tmp_path / "f.onnx")["max_abs_difference"] < 1e-5
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(pool_size=3, strides=2, padding="same"),
+                                    dict(pool_size=(3, 2), strides=(2, 1))],
+                         ids=["2x2", "3x3-s2-same", "3x2-s2x1"])
 def test_max_pooling_exports_to_onnx(kwargs, tmp_path):
     """Keras' own MaxPooling2D reaches ONNX Runtime on JAX too (a strided-slice form there)."""
     pytest.importorskip("onnxruntime")  # the "export" extra
