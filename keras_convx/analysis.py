@@ -200,9 +200,12 @@ def gradient_flow(model, data, loss=None, training=True):
     batch-norm statistics stay as they are).
 
     Args:
-        model: a built `keras.Model`.
+        model: a built single-output `keras.Model`, or a training wrapper with a
+            `focus_model` (`keras_convx.training.PairwiseConsistency`: its classifier is
+            differentiated with the wrapper's compiled loss).
         data: a batch `(x, y)`.
-        loss: a Keras loss (name, instance or callable); default the compiled loss.
+        loss: a Keras loss (name, instance or callable); default the compiled loss (one loss:
+            a list or dict of losses is a ValueError).
         training: the forward pass's `training` flag (default True, as in a training step).
 
     Returns:
@@ -234,9 +237,19 @@ def gradient_flow(model, data, loss=None, training=True):
     loss = loss if loss is not None else getattr(model, "loss", None)
     if loss is None:
         raise ValueError("Pass loss=... (the model is not compiled with a loss).")
+    # a training wrapper (PairwiseConsistency) differentiates the classifier it trains: its
+    # task loss, without the wrapper's extra views
+    net = getattr(model, "focus_model", model)
+    outputs = getattr(net, "outputs", None) or [None]  # a subclassed model: not known
+    if isinstance(loss, (list, tuple, dict)) or len(outputs) > 1:
+        raise ValueError(
+            "gradient_flow differentiates one loss of a single-output model. Received: "
+            f"{len(outputs)} outputs, loss={loss!r}")
     loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
-    value, grads = autodiff.loss_and_gradients(model, x, y, loss_fn, training=training)
-    by_id = {id(v): g for v, g in zip(model.trainable_variables, grads)}
+    if not callable(loss_fn):
+        raise TypeError(f"Expected loss to be a Keras loss or a callable. Received: loss={loss!r}")
+    value, grads = autodiff.loss_and_gradients(net, x, y, loss_fn, training=training)
+    by_id = {id(v): g for v, g in zip(net.trainable_variables, grads)}
 
     def norm(variables):
         squares = [

@@ -118,3 +118,46 @@ def test_bad_arguments():
         analysis.gradient_flow(_dense_model(), (np.zeros((2, 4)), np.zeros((2, 2))))
     with pytest.raises(ValueError, match="data"):
         analysis.gradient_flow(_dense_model(), np.zeros((2, 4)), loss="mse")
+
+
+def _classifier():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(3, 3, padding="same", name="conv")(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(2, name="head")(h))
+
+
+def test_a_pairwise_consistency_wrapper_reports_its_classifier():
+    """GradientFlow on `PairwiseConsistency` (whose training call returns the outputs with
+    the feature map) measures the classifier's task loss: the same numbers as on the
+    classifier compiled with that loss (it used to hand the pair to the loss and fail)."""
+    from keras_convx.training import PairwiseConsistency
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 2, 8)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    classifier = _classifier()
+    wrapper = PairwiseConsistency(classifier)
+    wrapper.compile("sgd", loss)
+    got = analysis.gradient_flow(wrapper, (x, y))
+    expected = analysis.gradient_flow(classifier, (x, y), loss=loss)
+    assert got["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert list(got["gradient_norms"]) == ["conv", "head"]
+    for name, value in expected["gradient_norms"].items():
+        assert got["gradient_norms"][name] == pytest.approx(value, rel=1e-5)
+    flow = callbacks.GradientFlow((x[:4], y[:4]), every_n_steps=1)
+    wrapper.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[flow])
+    assert sorted(flow.series()) == [1, 2]
+
+
+def test_several_losses_are_refused_by_name():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(1)(inputs)])
+    model.compile("sgd", ["mse", "mse"])
+    data = (np.zeros((2, 4)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="one loss of a single-output model.*2 outputs"):
+        analysis.gradient_flow(model, data)
+    with pytest.raises(TypeError, match="loss="):
+        analysis.gradient_flow(_dense_model(), data, loss=3)
