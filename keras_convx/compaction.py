@@ -383,11 +383,16 @@ def compact(model, return_report=False):
             shift = np.einsum("hwio,i->o", kernel[:, :, folded], in_const[folded])
             bias = (np.zeros(kernel.shape[-1]) if bias is None else bias) + shift
             use_bias = layer.bias is not None or bool(np.any(shift != 0))
-            new = keras.layers.Conv2D(
-                **graph.plain_conv_config(layer, filters=len(keep_out), use_bias=use_bias))
-            weights = [kernel[:, :, keep_in][..., keep_out].astype(np.float32)]
+            if isinstance(layer, SynapticConv2D):  # its regularizers act on s and V, not k
+                config = graph.plain_conv_config(layer)
+            else:  # a Conv2D keeps its initializers, regularizers and constraints
+                config = layer.get_config()
+            new = keras.layers.Conv2D.from_config(
+                dict(config, filters=len(keep_out), use_bias=use_bias))
+            dtype = keras.backend.standardize_dtype(layer.variable_dtype)
+            weights = [kernel[:, :, keep_in][..., keep_out].astype(dtype)]
             if use_bias:
-                weights.append(bias[keep_out].astype(np.float32))
+                weights.append(bias[keep_out].astype(dtype))
             return new, lambda n: n.set_weights(weights)
         if kind == "dense":
             kernel, bias = analysis.kernels[id(layer)]
@@ -397,9 +402,10 @@ def compact(model, return_report=False):
             config["use_bias"] = layer.bias is not None or bool(np.any(shift != 0))
             config["units"] = len(keep_out)
             new = layer.__class__.from_config(config)
-            weights = [kernel[keep_in][:, keep_out].astype(np.float32)]
+            dtype = keras.backend.standardize_dtype(layer.variable_dtype)
+            weights = [kernel[keep_in][:, keep_out].astype(dtype)]
             if config["use_bias"]:
-                weights.append(bias[keep_out].astype(np.float32))
+                weights.append(bias[keep_out].astype(dtype))
             return new, lambda n: n.set_weights(weights)
         if isinstance(layer, keras.layers.BatchNormalization):
             new = layer.__class__.from_config(layer.get_config())

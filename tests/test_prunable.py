@@ -429,6 +429,42 @@ def test_channel_pruned_plain_model_compacts_through_conv_and_dense():
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_compact_keeps_each_layers_objects_and_dtype(dtype):
+    """What `compact` rebuilds keeps what the layer was trained with: a Conv2D's and a
+    Dense's initializers, regularizers and constraints (so training goes on as before: the
+    same penalty terms), and float64 weights in float64 (outputs equal to 1e-12). The conv
+    layers used to come back without them, and every weight was rounded to float32."""
+    keras.utils.set_random_seed(2)
+    objects = dict(kernel_regularizer=keras.regularizers.L2(1e-3),
+                   bias_regularizer=keras.regularizers.L1(1e-4),
+                   kernel_constraint=keras.constraints.MaxNorm(3.0),
+                   kernel_initializer="he_normal")
+    x = keras.Input((8, 8, 3), dtype=dtype)
+    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1", dtype=dtype,
+                            **objects)(x)
+    y = keras.layers.Conv2D(6, 3, padding="same", name="c2", dtype=dtype, **objects)(y)
+    y = keras.layers.GlobalAveragePooling2D(dtype=dtype)(y)
+    y = keras.layers.Dense(4, name="out", dtype=dtype, **objects)(y)
+    pruned = prunable.make_prunable(keras.Model(x, y), granularity="channel")
+    pruning.update_masks(pruned, 0.5)
+    small, report = pruning.compact(pruned, return_report=True)
+    assert report["conv_channels_kept"] == {"c1": (3, 4), "c2": (4, 3)}
+    for name in ("c1", "c2", "out"):
+        config = small.get_layer(name).get_config()
+        for key, value in objects.items():
+            assert config[key] == pruned.get_layer(name).get_config()[key], (name, key)
+        assert small.get_layer(name).kernel.dtype == dtype
+    assert len(small.losses) == len(pruned.losses) == 6
+    # c1's kept kernel slices are the pruned layer's, bit for bit (no rounding to float32)
+    keep = np.flatnonzero(_masks(pruned.get_layer("c1"))["_kernel"].reshape(-1, 8)[0])
+    np.testing.assert_array_equal(to_numpy(small.get_layer("c1").kernel),
+                                  _weights(pruned.get_layer("c1"))["_kernel"][..., keep])
+    xs = np.random.default_rng(0).standard_normal((4, 8, 8, 3)).astype(dtype)
+    np.testing.assert_allclose(to_numpy(small(xs)), to_numpy(pruned(xs)), rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_global_scope_ranks_all_layers_together():
     """One threshold over every layer's units: the layer with the smaller weights loses more,
     every kept |w| ≥ every pruned |w| across layers, the total is the target; channels of
