@@ -140,14 +140,12 @@ class GradientFlow(keras.callbacks.Callback):
 
     def plot(self, path=None, ax=None, kind="grad_norm"):
         """Plots `kind` per layer (model order), one line per measurement step; saves to
-        `path` if given. Needs matplotlib. Returns the matplotlib Axes."""
-        import matplotlib  # noqa: PLC0415
+        `path` if given. Needs matplotlib. Returns the matplotlib Axes (on a Figure of its
+        own unless `ax` is given: pyplot's backend and figures are left alone)."""
+        from matplotlib.figure import Figure  # noqa: PLC0415
 
-        if ax is None:
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt  # noqa: PLC0415
-
-            _, ax = plt.subplots(figsize=(6, 3.5))
+        if ax is None:  # a Figure of its own: pyplot's backend and figure list untouched
+            ax = Figure(figsize=(6, 3.5)).subplots()
         series = self.series(kind)
         for step, values in sorted(series.items()):
             ax.plot(range(len(values)), list(values.values()), marker="o", ms=3,
@@ -263,15 +261,15 @@ class FocusArea(keras.callbacks.Callback):
     def plot(self, path=None, num_images=8):
         """Images (top row) and their focus maps with the τ contours (bottom row) of the
         latest measurement; saves to `path` if given. Returns the matplotlib Figure."""
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        from matplotlib.figure import Figure  # noqa: PLC0415
 
         if self.maps is None:
             self.measure()
         n = min(num_images, len(self.images))
-        fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
+        # a Figure of its own: pyplot's backend and figure list untouched (one per epoch
+        # with plot_path would otherwise pile up there)
+        fig = Figure(figsize=(1.6 * n, 3.4))
+        axes = fig.subplots(2, n, squeeze=False)
         channels_first = arguments.data_format(self._plan.data_format) == "channels_first"
         for i in range(n):
             image = self.images[i]
@@ -289,5 +287,4 @@ class FocusArea(keras.callbacks.Callback):
         fig.tight_layout()
         if path is not None:
             fig.savefig(path, dpi=110)
-            plt.close(fig)
         return fig
