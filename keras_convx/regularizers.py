@@ -46,6 +46,9 @@ class Orthonormal(keras.regularizers.Regularizer):
 
     def __call__(self, x):
         sb.check_kernel_rank(x, "regularizers.Orthonormal")
+        # float32 for every variable dtype: Keras 3.15 adds the penalties up in float32 on
+        # TensorFlow, where a float64 one fails the step (as Keras' own L2 does in a float64
+        # model)
         x = keras.ops.cast(x, "float32")
         rows = x.shape[-1]
         normalizer = self.normalizer if self.normalizer is not None else float(rows * rows)
