@@ -30,8 +30,9 @@ def _fold_conv(layer):
     equivalent = layer.equivalent_conv()
     if equivalent is None:
         return None
-    kernel = to_numpy(equivalent[0], "float32")
-    bias = None if equivalent[1] is None else to_numpy(equivalent[1], "float32")
+    dtype = keras.backend.standardize_dtype(layer.variable_dtype)  # float64 stays float64
+    kernel = to_numpy(equivalent[0], dtype)
+    bias = None if equivalent[1] is None else to_numpy(equivalent[1], dtype)
     pads = equivalent[2] if len(equivalent) > 2 else None
     groups = getattr(layer, "groups", 1)
     if pads is None:
@@ -53,7 +54,8 @@ def _fold_batch_norm(layer):
         momentum=layer.momentum, epsilon=layer.epsilon, center=layer.center, scale=layer.scale,
         dtype=layer.dtype_policy, trainable=layer.trainable, name=layer.name,
     )
-    weights = [to_numpy(v, "float32") for v in layer.equivalent_batch_norm()]
+    dtype = keras.backend.standardize_dtype(layer.variable_dtype)
+    weights = [to_numpy(v, dtype) for v in layer.equivalent_batch_norm()]
     return bn, lambda new: new.set_weights(weights)
 
 

@@ -360,6 +360,27 @@ FOLDS = {"LogPolarConv2D", "GroupLiftConv2D", "GroupConv2D", "GroupBatchNormaliz
          "SharedBasisConv2D", "SynapticConv2D"}
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="float64 computed in float64: TensorFlow (jax has x64 off, Keras' torch "
+                           "matmul computes float64 in float32)")
+@pytest.mark.parametrize("name", sorted(n for n in layer_cases.CASES
+                                        if n.split("-")[0] in FOLDS and n != "LogPolarConv2D-max"))
+def test_a_float64_layer_folds_to_float64_core_layers(name):
+    """A float64 layer's fold holds float64 weights: its outputs agree to 1e-12 (they were
+    rounded to float32 on the way: about 1e-7)."""
+    case = layer_cases.CASES[name]
+    config = dict(case.make("channels_last").get_config(), dtype="float64")
+    layer = type(case.make("channels_last")).from_config(config)
+    inputs = keras.Input((9, 9, case.channels), dtype="float64")
+    model = keras.Model(inputs, layer(inputs))
+    _randomise(model)
+    folded = export.fold(model)
+    assert {keras.backend.standardize_dtype(w.dtype) for w in folded.weights} == {"float64"}
+    x = _rand(2, 9, 9, case.channels, seed=4).astype("float64")
+    np.testing.assert_allclose(harness.to_numpy(folded(x, training=False)),
+                               harness.to_numpy(model(x, training=False)), rtol=1e-12, atol=1e-12)
+
+
 def test_foldable_needs_a_built_layer():
     with pytest.raises(ValueError, match="built"):
         export.foldable(layers.GroupConv2D(2, 3, group="p4"))

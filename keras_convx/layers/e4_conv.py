@@ -84,7 +84,8 @@ class E4Conv2D(keras.layers.Layer):
             everything. On the CPU at stride 1 (torch: eager) the layer keeps only its input
             without it (the whole layer runs by bands of rows, `keras_convx.ops.e4.e4_apply`),
             and recompute changes less.
-        kernel_initializer: initializer of the three kernels (default `"he_normal"`).
+        kernel_initializer: initializer of the reduction and encoder kernels (default
+            `"he_normal"`); the generator kernel always starts Glorot-uniform.
         bias_initializer: initializer of the generator bias.
         kernel_regularizer, kernel_constraint: applied to the three kernels.
         activity_regularizer: as for any layer.
