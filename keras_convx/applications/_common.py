@@ -1,6 +1,26 @@
 """Building blocks shared by the CIFAR ResNet builders (the official PyTorch defaults)."""
 
+import functools
+
 import keras
+
+
+def channels_last(builder):
+    """Decorates an application builder: its model is built channels_last (the layout every
+    builder documents) whatever `keras.config.image_data_format()` the user set, which is
+    restored after. Layers that take the global default (Keras' Conv2D, pooling) would
+    otherwise mix formats with the ones pinned to channels_last."""
+
+    @functools.wraps(builder)
+    def build(*args, **kwargs):
+        previous = keras.config.image_data_format()
+        keras.config.set_image_data_format("channels_last")
+        try:
+            return builder(*args, **kwargs)
+        finally:
+            keras.config.set_image_data_format(previous)
+
+    return build
 
 
 def he_fan_out():

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from keras_convx import arguments
+from keras_convx.applications import _common
 from keras_convx.layers import E4Conv2D
 from keras_convx.layers import GroupBatchNormalization
 from keras_convx.layers import GroupConv2D
@@ -41,6 +42,7 @@ def _bn(group, name):
     return GroupBatchNormalization(group, momentum=0.9, epsilon=1e-5, name=name)
 
 
+@_common.channels_last
 def e4net_mnist_rot(
     size="normal",
     input_shape=(28, 28, 1),
@@ -102,6 +104,7 @@ def e4net_mnist_rot(
     return keras.Model(inputs, outputs, name=name or f"e4net_mnist_rot_{size}")
 
 
+@_common.channels_last
 def e4_resnet18(
     group="p4",
     num_classes=10,

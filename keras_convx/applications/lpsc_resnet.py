@@ -3,6 +3,7 @@
 import keras
 
 from keras_convx import arguments
+from keras_convx.applications import _common
 from keras_convx.applications._common import bn as _bn
 from keras_convx.applications._common import conv3x3 as _conv3x3
 from keras_convx.applications._common import he_fan_out as _he_fan_out
@@ -30,6 +31,7 @@ def _basic_block(x, filters, strides, name, first_conv=None):
     return keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
+@_common.channels_last
 def lpsc_resnet20(input_shape=(32, 32, 3), num_classes=10, variant="stem", depth=20,
                   implementation="auto", name=None):
     """CIFAR ResNet (default depth 20) with log-polar space convolutions.
@@ -81,15 +83,15 @@ def lpsc_resnet20(input_shape=(32, 32, 3), num_classes=10, variant="stem", depth
     for stage, filters in enumerate((16, 32, 64)):
         for block in range(blocks):
             strides = 2 if stage > 0 and block == 0 else 1
-            name = f"stage{stage + 1}_block{block + 1}"
+            block_name = f"stage{stage + 1}_block{block + 1}"
             first = None
             if variant == "cc" and stage == 0:
-                def first(t, name=name, strides=strides, filters=filters):
-                    return keras.layers.Concatenate(name=f"{name}_concat")([
-                        _conv3x3(filters // 2, strides, f"{name}_conv1")(t),
-                        _lpsc(filters // 2, 5, 2, 6, 3.0, strides, implementation, f"{name}_lpsc1")(t),
+                def first(t, prefix=block_name, strides=strides, filters=filters):
+                    return keras.layers.Concatenate(name=f"{prefix}_concat")([
+                        _conv3x3(filters // 2, strides, f"{prefix}_conv1")(t),
+                        _lpsc(filters // 2, 5, 2, 6, 3.0, strides, implementation, f"{prefix}_lpsc1")(t),
                     ])
-            x = _basic_block(x, filters, strides, name, first)
+            x = _basic_block(x, filters, strides, block_name, first)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name=name or f"lpsc_resnet{depth}_{variant}")

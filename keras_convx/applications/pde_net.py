@@ -4,12 +4,14 @@ on an image grid)."""
 import keras
 
 from keras_convx import arguments
+from keras_convx.applications import _common
 from keras_convx.layers.pde import DiffusionConv2D
 from keras_convx.layers.pde import HyperbolicConv2D
 
 KINDS = ("diffusion", "hyperbolic")
 
 
+@_common.channels_last
 def pde_net(
     input_shape=(8, 8, 1),
     num_classes=10,

@@ -3,6 +3,7 @@
 import keras
 
 from keras_convx import arguments
+from keras_convx.applications import _common
 from keras_convx._registry import register
 from keras_convx.applications._common import bn as _bn
 from keras_convx.applications._common import conv3x3 as _conv3x3
@@ -61,6 +62,7 @@ def _block(x, filters, strides, shortcut, name, convs):
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
+@_common.channels_last
 def resnet_cifar(
     depth=32,
     num_classes=10,
