@@ -265,7 +265,7 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
     if images.ndim != 4:
         raise ValueError(f"Expected images to be a 4-D batch. Received: images.shape={images.shape}")
     if classes is not None:
-        classes = np.asarray(classes).reshape(-1).astype("int32")
+        classes = np.asarray(classes).reshape(-1)
         if len(classes) != len(images):
             raise ValueError(
                 f"Expected one class per image. Received: {len(classes)} classes for "
@@ -283,6 +283,16 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
 def compute_focus_maps(plan, images, classes=None, batch_size=64):
     """NumPy focus maps (N, H, W) and explained classes (N,) of `images` under a
     `FocusPlan` (classes default to the predictions)."""
+    if classes is not None:
+        classes = np.asarray(classes)
+        if not (np.issubdtype(classes.dtype, np.integer) or classes.size == 0):
+            raise TypeError(f"Expected classes to be integer class indices. Received: classes "
+                            f"of dtype {classes.dtype}")
+        wrong = classes[(classes < 0) | (classes >= plan.num_classes)]
+        if wrong.size:
+            raise ValueError(f"Expected classes in [0, {plan.num_classes}) (the model's "
+                             f"outputs). Received: classes containing {wrong[:5].tolist()}")
+        classes = classes.astype("int32")
     size = image_size(images, plan.data_format)
     maps, explained = [], []
     for start in range(0, len(images), batch_size):

@@ -241,6 +241,15 @@ def test_focus_area_bad_arguments():
         analysis.focus_area(model, _rand(1, 12, 12, 3), feature_layer="nope")
     with pytest.raises(ValueError, match="one class per image"):
         analysis.focus_area(model, _rand(2, 12, 12, 3), classes=[1])
+    # a class the model does not have, or not an index (they used to give all-zero maps on
+    # tensorflow and jax, a RuntimeError deep in torch, or be truncated)
+    classes = model.output_shape[-1]
+    with pytest.raises(ValueError, match=rf"classes in \[0, {classes}\).*\[{classes}\]"):
+        analysis.focus_area(model, _rand(2, 12, 12, 3), classes=[0, classes])
+    with pytest.raises(ValueError, match=r"classes in \[0, .*\[-1\]"):
+        analysis.focus_area(model, _rand(2, 12, 12, 3), classes=[-1, 0])
+    with pytest.raises(TypeError, match="integer class indices"):
+        analysis.focus_area(model, _rand(2, 12, 12, 3), classes=[0.5, 1.0])
     with pytest.raises(ValueError, match="method='cam'"):
         analysis.focus_area(_flatten_model(), _rand(1, 6, 6, 2), method="cam")
 

@@ -81,6 +81,9 @@ def e4net_mnist_rot(
     """
     size = arguments.choice("size", size, tuple(_MNIST_SIZES))
     group = gops.check_group(group)
+    num_classes = arguments.integer("num_classes", num_classes)
+    dropout = arguments.number("dropout", dropout, 0, 1, exclusive_maximum=True)
+    official_compat = arguments.boolean("official_compat", official_compat)
     fields, k, r, per_slice = _MNIST_SIZES[size]
 
     def e4(i):
@@ -152,6 +155,11 @@ def e4_resnet18(
     (None, 10)
     """
     group = gops.check_group(group)
+    num_classes = arguments.integer("num_classes", num_classes)
+    e4 = arguments.boolean("e4", e4)
+    dropout = arguments.number("dropout", dropout, 0, 1, exclusive_maximum=True)
+    fields_per_slice = arguments.integer("fields_per_slice", fields_per_slice)
+    official_compat = arguments.boolean("official_compat", official_compat)
     widths = tuple(widths or _resnet_widths(group))
     if len(widths) != 4:
         raise ValueError(f"Expected widths to be 4 stage widths. Received: widths={widths!r}")

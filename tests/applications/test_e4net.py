@@ -143,3 +143,13 @@ def test_bad_arguments():
         e4_resnet18("q8")
     with pytest.raises(ValueError, match="fields_per_slice"):
         e4_resnet18("p4", fields_per_slice=3)
+    # checked before any layer is built (fields_per_slice=0 used to divide by zero, e4="no"
+    # was taken for True, a fractional class count reached the Dense layer)
+    for kwargs, name in ((dict(fields_per_slice=0), "fields_per_slice"), (dict(e4="no"), "e4"),
+                         (dict(num_classes=2.5), "num_classes"), (dict(dropout=1.0), "dropout"),
+                         (dict(official_compat=1), "official_compat")):
+        with pytest.raises((TypeError, ValueError), match=rf"Expected {name} "):
+            e4_resnet18("p4", **kwargs)
+    for kwargs, name in ((dict(num_classes=0), "num_classes"), (dict(dropout=-0.1), "dropout")):
+        with pytest.raises(ValueError, match=rf"Expected {name} "):
+            e4net_mnist_rot("normal", **kwargs)
