@@ -170,7 +170,10 @@ def initialize(job_addresses=None, num_processes=None, process_id=None, *, timeo
                                              timeout)
         keras_compat.fix_tensorflow_multi_worker(processes.is_tensorflow_distributed_value)
         return strategy
-    if process_id == 0:
+    # torchrun's agent already serves the coordinator's port (torch's rendezvous then joins
+    # it as a client): only a port this process must open itself is checked
+    agent_store = backend == "torch" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    if process_id == 0 and not agent_store:
         _check_port_free(*addresses[0])
     if backend == "jax":
         processes.join_jax(coordinator, num_processes, process_id, timeout)

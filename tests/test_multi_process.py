@@ -224,6 +224,35 @@ def test_a_port_in_use_is_refused():
             multi_process.initialize(addresses, 2, 0, timeout=5)
 
 
+def test_torchrun_launches_two_processes_with_no_arguments(tmp_path):
+    """Under `torchrun` (its agent serves the coordinator's port: TORCHELASTIC_USE_AGENT_STORE)
+    `initialize()` with no arguments joins every process (rank 0 used to refuse the port as
+    in use), and an all-reduce sees both ranks."""
+    if BACKEND != "torch":
+        pytest.skip("torchrun launches PyTorch jobs")
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import torch\n"
+        "from keras_convx import multi_process\n"
+        "multi_process.initialize(timeout=60)\n"
+        "value = torch.tensor([float(torch.distributed.get_rank() + 1)])\n"
+        "torch.distributed.all_reduce(value)\n"
+        "import sys\n"
+        "sys.stdout.write(f'sum {int(value)} world {torch.distributed.get_world_size()}\\n')\n"
+        "torch.distributed.destroy_process_group()\n")
+    port = _free_ports(1)[0]
+    env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=ROOT)
+    for name in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                 "KERAS_DISTRIBUTION_PROCESS_ID"):
+        env.pop(name, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+         "--master-addr=localhost", f"--master-port={port}", str(script)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.count("sum 3 world 2") == 2, result.stdout[-2000:]
+
+
 def test_tensorflow_needs_every_address():
     if BACKEND != "tensorflow":
         pytest.skip("JAX and PyTorch take the coordinator's address alone")
