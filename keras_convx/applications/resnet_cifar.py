@@ -133,6 +133,11 @@ def resnet_cifar(
     shortcut = arguments.choice("shortcut", shortcut, SHORTCUTS, lower=False)
     orthonormal_factor = arguments.number("orthonormal_factor", orthonormal_factor, 0)
     blocks = (depth - 2) // 6
+    if shared_bases is not None and blocks < 2:
+        raise ValueError(
+            "shared_bases needs depth >= 14: each stage's first block keeps its own convs, so "
+            f"a depth-{depth} network has none to share. Received: depth={depth}, "
+            f"shared_bases={shared_bases}")
     inputs = keras.Input(input_shape)
     x = keras.layers.ReLU(name="stem_relu")(_bn("stem_bn")(_conv3x3(16, 1, "stem_conv")(inputs)))
     bases = []

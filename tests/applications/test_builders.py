@@ -13,7 +13,7 @@ BUILDERS = {
     "e4_resnet18": lambda **kw: applications.e4_resnet18(input_shape=(16, 16, 3), **kw),
     "lpsc_resnet20": lambda **kw: applications.lpsc_resnet20(input_shape=(16, 16, 3), **kw),
     "pde_net": lambda **kw: applications.pde_net(depth=2, width=4, **kw),
-    "resnet_cifar": lambda **kw: applications.resnet_cifar(depth=8, input_shape=(16, 16, 3),
+    "resnet_cifar": lambda **kw: applications.resnet_cifar(depth=14, input_shape=(16, 16, 3),
                                                            shared_bases=4, **kw),
 }
 

@@ -123,6 +123,8 @@ def test_trains_and_saves_with_shared_bases():
         ({"shortcut": "C"}, "shortcut"),
         ({"orthonormal_factor": -1.0}, "orthonormal_factor"),
         ({"num_classes": 0}, "num_classes"),
+        # one block per stage: nothing to share (it used to build the plain network silently)
+        ({"depth": 8, "shared_bases": 8}, "shared_bases needs depth >= 14"),
     ],
 )
 def test_bad_arguments(kwargs, match):
