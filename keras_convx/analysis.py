@@ -259,10 +259,10 @@ def gradient_flow(model, data, loss=None, training=True):
         ]
         return float(np.sqrt(sum(squares)))
 
-    bases = _filter_bases(model)
+    bases = _filter_bases(net)
     basis_ids = {id(b.kernel) for b in bases}
     norms = {}
-    for layer in _leaf_layers(model):
+    for layer in _leaf_layers(net):
         own = [v for v in layer.trainable_weights if id(v) not in basis_ids]
         if own:
             norms[layer.name] = norm(own)

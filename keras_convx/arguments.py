@@ -211,7 +211,8 @@ def members(name, value, candidates, kind, accept=None):
     candidates = list(candidates)
     if value is None:
         return candidates
-    items = list(value) if isinstance(value, (list, tuple, set)) else [value]
+    one = isinstance(value, str) or hasattr(value, "name") or not hasattr(value, "__iter__")
+    items = [value] if one else list(value)
     by_name = {getattr(c, "name", None): c for c in candidates}
     chosen = []
     for item in items:

@@ -236,9 +236,10 @@ class FocusArea(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._plan = focus.FocusPlan(self.model, self.feature_layer, self.method,
                                          self.data_format)
-        if self.target == "label":
-            self.labels = keras.ops.convert_to_numpy(
-                focus_ops.labels_to_classes(self._labels, self._plan.num_classes))
+        if self.target == "label":  # checked before the first epoch trains
+            self.labels = focus.check_classes("labels", keras.ops.convert_to_numpy(
+                focus_ops.labels_to_classes(self._labels, self._plan.num_classes)),
+                self._plan.num_classes)
 
     def measure(self):
         """Computes the maps now; returns {τ: mean focus area}."""

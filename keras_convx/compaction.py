@@ -169,7 +169,7 @@ class _Analysis:
                 kernel, bias = self.kernels[id(layer)]
                 dead = np.all(kernel == 0, axis=tuple(range(kernel.ndim - 1)))
                 values = np.zeros(kernel.shape[-1]) if bias is None else bias.copy()
-                values = self._activate(layer.activation, values)
+                values = self._activate(layer, values)
                 const[out] = np.where(dead, values, np.nan)
             elif kind == "pass":
                 const[out] = self._through(layer, const[ins[0]], node)
@@ -180,11 +180,16 @@ class _Analysis:
         return const
 
     @staticmethod
-    def _activate(activation, values):
-        if activation is None:
+    def _dtype(layer):
+        """The NumPy dtype constants go through `layer` in: float64 for a float64 layer."""
+        return np.float64 if layer.compute_dtype == "float64" else np.float32
+
+    @classmethod
+    def _activate(cls, layer, values):
+        if layer.activation is None:
             return values
-        return to_numpy(activation(ops.convert_to_tensor(values.astype(np.float32)))).astype(
-            np.float64)
+        x = ops.convert_to_tensor(values.astype(cls._dtype(layer)))
+        return to_numpy(layer.activation(x)).astype(np.float64)
 
     def _through(self, layer, values, node):
         """A pass-through layer applied to per-channel constants (NaN: not constant)."""
@@ -192,13 +197,14 @@ class _Analysis:
         if not finite.any():
             return values
         t = node.input_tensors[0]
-        fill = np.where(finite, values, 0.0).astype(np.float32)
+        dtype = self._dtype(layer)
+        fill = np.where(finite, values, 0.0).astype(dtype)
         if len(t.shape) == 4:
             shape = [1, 1, 1, 1]
             shape[self.channel_axis] = fill.size
             spatial = [d or 6 for d in (t.shape[1:3] if self.channel_axis == -1 else t.shape[2:4])]
             x = np.ones((1, *spatial, 1) if self.channel_axis == -1 else (1, 1, *spatial),
-                        np.float32) * fill.reshape(shape)
+                        dtype) * fill.reshape(shape)
         else:
             x = fill[None]
         y = to_numpy(layer(ops.convert_to_tensor(x), training=False)
@@ -315,8 +321,10 @@ def count_params_and_macs(model):
 def compact(model, return_report=False):
     """A smaller model with identical outputs: pruned channels physically removed.
 
-    Every `SynapticConv2D` becomes a plain `Conv2D` and every `make_prunable` twin its plain
-    class (as in `strip`), and over the whole Functional / Sequential graph:
+    Every `SynapticConv2D` becomes a plain `Conv2D` (without its regularizers and
+    constraints, which act on s and V) and every `make_prunable` twin its plain class (as in
+    `strip`; a Conv2D or Dense keeps its initializers, regularizers and constraints), and
+    over the whole Functional / Sequential graph:
     - an input channel of a conv (or a feature of a Dense) whose connections to the kept
       outputs are all pruned is not needed by that layer;
     - a channel that is constant over space (an output channel or Dense unit whose

@@ -36,7 +36,9 @@ class Orthonormal(keras.constraints.Constraint):
                 "Orthonormal needs filters <= fan_in to make the filters orthonormal. "
                 f"Received a kernel of shape {tuple(w.shape)} ({rows} filters, fan_in {fan_in})."
             )
-        projected = sb.orthonormal_projection(keras.ops.cast(w, "float32"))
+        # in float32 (float64 for a float64 kernel), whatever the variable's lower precision
+        dtype = "float64" if keras.backend.standardize_dtype(w.dtype) == "float64" else "float32"
+        projected = sb.orthonormal_projection(keras.ops.cast(w, dtype))
         return keras.ops.cast(projected, w.dtype)
 
     def get_config(self):

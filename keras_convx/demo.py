@@ -324,13 +324,11 @@ def train_and_evaluate(builder, data, epochs, batch_size=32, seed=0, verbose=1):
 
 
 def _plot(results, data, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: the session's backend stays as it is
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for r in results:
         axes[0].plot(r["history"]["val_accuracy"], label=r["model"])
     axes[0].set(xlabel="epoch", ylabel="test accuracy (upright)", title="training")
@@ -344,10 +342,10 @@ def _plot(results, data, out):
     axes[1].set(ylabel="accuracy", ylim=(0, 1), title="test accuracy per rotation")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "accuracy.png"), dpi=100)
-    plt.close(fig)
 
     x_test = data[2]
-    fig, axes = plt.subplots(len(ROTATIONS), 8, figsize=(8, 4.4))
+    fig = Figure(figsize=(8, 4.4))
+    axes = fig.subplots(len(ROTATIONS), 8)
     for row, deg in enumerate(ROTATIONS):
         for col in range(8):
             axes[row, col].imshow(rotate(x_test[:8], deg)[col, ..., 0], cmap="gray")
@@ -355,7 +353,6 @@ def _plot(results, data, out):
         axes[row, 0].set_title(f"{deg}°", fontsize=8, loc="left")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "samples.png"), dpi=100)
-    plt.close(fig)
 
 
 def format_table(results):

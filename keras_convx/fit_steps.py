@@ -73,8 +73,9 @@ class FitSteps:
 
     def execution(self, begin_step):
         """The optimizer steps (a `range`) the execution starting at `begin_step` runs."""
-        if self.epoch_start is None:  # a hook called outside `fit`'s epoch loop
-            self.epoch_begin()
+        if self.epoch_start is None:  # the batch indices restart every epoch: unanchored
+            raise RuntimeError("FitSteps needs epoch_begin() called from the callback's "
+                               "on_epoch_begin before its batch hooks use it.")
         stop = begin_step + self.per_execution
         if self.epoch_steps is not None:
             stop = min(stop, self.epoch_steps)
@@ -82,6 +83,4 @@ class FitSteps:
 
     def execution_end(self, end_step):
         """The optimizer's step count after the execution that ends at `end_step`."""
-        if self.epoch_start is None:
-            self.epoch_begin()
         return self.execution(end_step - self.per_execution + 1).stop

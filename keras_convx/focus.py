@@ -13,8 +13,8 @@ from keras_convx import arguments
 from keras_convx import graph
 from keras_convx.ops import focus as focus_ops
 
-__all__ = ["FOCUS_METHODS", "FocusPlan", "check_threshold", "compute_focus_maps", "focus_area",
-           "image_size"]
+__all__ = ["FOCUS_METHODS", "FocusPlan", "check_classes", "check_threshold", "compute_focus_maps",
+           "focus_area", "image_size"]
 
 FOCUS_METHODS = ("auto", "cam", "grad_cam")
 # Layers between the global pooling and the dense head, or after the head, that leave the
@@ -280,19 +280,32 @@ def focus_area(model, images, threshold=0.5, classes=None, feature_layer=None, m
     }
 
 
+def check_classes(name, classes, num_classes):
+    """Integer class indices in [0, num_classes) → an int32 NumPy array; TypeError for
+    another dtype, ValueError naming the indices out of range.
+
+    >>> check_classes("classes", [2, 0], 3).tolist()
+    [2, 0]
+    >>> check_classes("classes", [3], 3)
+    Traceback (most recent call last):
+    ValueError: Expected classes in [0, 3) (the model's outputs). Received: classes containing [3]
+    """
+    classes = np.asarray(classes)
+    if not (np.issubdtype(classes.dtype, np.integer) or classes.size == 0):
+        raise TypeError(f"Expected {name} to be integer class indices. Received: {name} of "
+                        f"dtype {classes.dtype}")
+    wrong = classes[(classes < 0) | (classes >= num_classes)]
+    if wrong.size:
+        raise ValueError(f"Expected {name} in [0, {num_classes}) (the model's outputs). "
+                         f"Received: {name} containing {wrong[:5].tolist()}")
+    return classes.astype("int32")
+
+
 def compute_focus_maps(plan, images, classes=None, batch_size=64):
     """NumPy focus maps (N, H, W) and explained classes (N,) of `images` under a
     `FocusPlan` (classes default to the predictions)."""
     if classes is not None:
-        classes = np.asarray(classes)
-        if not (np.issubdtype(classes.dtype, np.integer) or classes.size == 0):
-            raise TypeError(f"Expected classes to be integer class indices. Received: classes "
-                            f"of dtype {classes.dtype}")
-        wrong = classes[(classes < 0) | (classes >= plan.num_classes)]
-        if wrong.size:
-            raise ValueError(f"Expected classes in [0, {plan.num_classes}) (the model's "
-                             f"outputs). Received: classes containing {wrong[:5].tolist()}")
-        classes = classes.astype("int32")
+        classes = check_classes("classes", classes, plan.num_classes)
     size = image_size(images, plan.data_format)
     maps, explained = [], []
     for start in range(0, len(images), batch_size):

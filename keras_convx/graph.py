@@ -72,12 +72,14 @@ def all_layers(model):
     return keras_compat.flatten_layers(model)
 
 
-def last_layers(model, stop):
+def last_layers(model, stop, through=None):
     """The layers `stop(layer)` is true for whose output reaches a model output through no
     other such layer: the model's outputs followed back through every other layer
     (activations, pooling, normalisation, reshapes, merges: all their inputs) and into nested
     Functional or Sequential models (a nested model's input continues with the tensor it was
-    called on). A nested model without a graph is followed through to its inputs.
+    called on). A nested model without a graph is followed through to its inputs. A stop
+    layer for which `through(layer)` is true (e.g. a depthwise convolution, which keeps
+    channels apart) is reported and followed through as well.
 
     Example:
 
@@ -89,7 +91,7 @@ def last_layers(model, stop):
     ...     model, lambda layer: isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)))]
     ['logits']
     """
-    found, seen = [], set()
+    found, seen, contexts = [], set(), [None]  # contexts live on: their ids stay unique
     stack = [(tensor, None) for tensor in keras.tree.flatten(graph_of(model).outputs)]
     while stack:
         tensor, outer = stack.pop()
@@ -97,11 +99,13 @@ def last_layers(model, stop):
         if (id(node), id(outer)) in seen:
             continue
         seen.add((id(node), id(outer)))
+        called_on = keras.tree.flatten(node.input_tensors)
         if stop(layer):
             if not any(layer is other for other in found):
                 found.append(layer)
+            if through is not None and through(layer):
+                stack.extend((t, outer) for t in called_on)
             continue
-        called_on = keras.tree.flatten(node.input_tensors)
         if isinstance(layer, keras.layers.InputLayer):
             if outer is not None:  # a nested model's input: the tensor it was called on
                 inputs, called, parent = outer
@@ -114,6 +118,7 @@ def last_layers(model, stop):
                 stack.extend((t, outer) for t in called_on)
                 continue
             context = (keras.tree.flatten(inner.inputs), called_on, outer)
+            contexts.append(context)
             stack.extend((t, context) for t in keras.tree.flatten(inner.outputs))
             continue
         stack.extend((t, outer) for t in called_on)

@@ -172,7 +172,10 @@ def initialize(job_addresses=None, num_processes=None, process_id=None, *, timeo
         return strategy
     # torchrun's agent already serves the coordinator's port (torch's rendezvous then joins
     # it as a client): only a port this process must open itself is checked
-    agent_store = backend == "torch" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    agent_store = (backend == "torch"
+                   and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+                   and addresses[0] == _address(f"{os.environ.get('MASTER_ADDR')}:"
+                                                f"{os.environ.get('MASTER_PORT')}"))
     if process_id == 0 and not agent_store:
         _check_port_free(*addresses[0])
     if backend == "jax":

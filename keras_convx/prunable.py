@@ -270,6 +270,12 @@ def _selected(layer, items):
     return False, False
 
 
+def _depthwise_only(layer):
+    """True for a layer whose every prunable weight keeps channels apart (no input axis):
+    its output channels are its input channels."""
+    return all(len(in_axes) != 1 for _, in_axes, _ in prunable_weights(layer).values())
+
+
 def _why_not(layer, granularity, output_layers):
     """None when `layer` can take `granularity`, else the reason (a sentence)."""
     spec = prunable_weights(layer)
@@ -309,7 +315,9 @@ def make_prunable(model, granularity="weight", layers=None, round_to=1, verbose=
         layers: which layers to make prunable: names, classes or predicates (a list of them);
             default every prunable layer.
         round_to: int ≥ 1; with `"channel"`, the kept channel count is a multiple of it.
-        verbose: 1 prints the layers left dense, with the reason.
+        verbose: 1 prints the layers left dense, with the reason (e.g. with `"channel"`, a
+            layer whose channels reach a model output through activations, pooling, merges,
+            depthwise convolutions or nested models: `keras_convx.graph.last_layers`).
 
     A layer that cannot take its granularity (e.g. 3 input channels for `"2:4"`, a model
     output layer for `"channel"`) is left dense when it was selected implicitly, and is a
@@ -346,7 +354,8 @@ def make_prunable(model, granularity="weight", layers=None, round_to=1, verbose=
     if any(isinstance(layer, PrunableMixin) for layer in graph.all_layers(model)):
         raise ValueError("The model is already prunable (make_prunable was applied to it).")
     # the layers whose channels are the model's outputs (through activations, pooling, ...)
-    output_layers = {layer.name for layer in graph.last_layers(model, is_prunable)}
+    output_layers = {layer.name for layer in graph.last_layers(
+        model, is_prunable, through=_depthwise_only)}
     plan, left = {}, {}
     for layer in graph.all_layers(model):
         selected, named = _selected(layer, items)

@@ -171,3 +171,20 @@ def test_callbacks_sync_jax_state_only_to_act(spe):
     mid_epoch = [step for step, _, _ in prune.updates if step % BATCHES >= spe]
     assert mid_epoch  # the schedule acts inside epochs
     assert sum(map(bool, calls)) == sum(map(bool, plain_calls)) + len(mid_epoch)
+
+
+def test_fit_steps_needs_its_epoch_anchor():
+    """The batch hooks' indices restart every epoch: FitSteps used without `epoch_begin`
+    (from `on_epoch_begin`) is an error, not a count that drifts."""
+    class Unanchored(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.steps = keras_convx.fit_steps.FitSteps(self)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps.execution_end(batch)
+
+    x, y = _data()
+    with pytest.raises(RuntimeError, match="epoch_begin"):
+        _compile(_model(), 1).fit(x, y, batch_size=2, epochs=1, verbose=0,
+                                  callbacks=[Unanchored()])

@@ -345,6 +345,11 @@ def test_callback_plots_leave_pyplot_alone(tmp_path):
 
 def test_focus_area_callback_bad_arguments():
     x = _rand(4, 8, 8, 1)
+    model = cam_model(size=8, channels=1, classes=3)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"labels in \[0, 3\).*\[5\]"):  # before any epoch
+        model.fit(x, np.zeros(4), epochs=1, verbose=0,
+                  callbacks=[callbacks.FocusArea((x, [0, 1, 5, 2]), target="label")])
     with pytest.raises(ValueError, match="thresholds"):
         callbacks.FocusArea(x, thresholds=(0.2, 1.0))
     with pytest.raises(ValueError, match="thresholds"):

@@ -370,6 +370,20 @@ def test_constraint_projects_onto_orthonormal_rows():
         np.testing.assert_allclose(projected, nearest, atol=2e-5)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="float64 computed in float64: TensorFlow (jax has x64 off, Keras' torch "
+                           "matmul computes float64 in float32)")
+def test_constraint_keeps_a_float64_kernel_in_float64():
+    """A float64 kernel is projected in float64: its rows orthonormal to 1e-12 and the polar
+    factor to 1e-12 (it was projected in float32: 1e-7)."""
+    w = _rand(3, 3, 4, 6, seed=2).astype(np.float64)
+    projected = _np(constraints.Orthonormal()(keras.ops.convert_to_tensor(w)))
+    assert projected.dtype == np.float64
+    m = w.reshape(-1, 6).T
+    u, _, vt = np.linalg.svd(m, full_matrices=False)
+    np.testing.assert_allclose(projected, (u @ vt).T.reshape(w.shape), atol=1e-12)
+
+
 def test_constraint_keeps_the_basis_orthonormal_through_training():
     basis = FilterBasis(4, 3, kernel_constraint=constraints.Orthonormal())
     model = _two_user_model(basis)

@@ -1,4 +1,8 @@
-"""The papers' architectures as builder functions returning uncompiled `keras.Model`s."""
+"""The papers' architectures as builder functions returning uncompiled `keras.Model`s.
+
+Every builder makes a channels_last model, whatever `keras.config.image_data_format()` says
+(it is set to channels_last while the model is built, then restored: build models from one
+thread at a time)."""
 
 from keras_convx.applications.e4net import e4_resnet18
 from keras_convx.applications.e4net import e4net_mnist_rot
