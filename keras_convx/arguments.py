@@ -192,8 +192,8 @@ def array(name, value, ndim=None):
 
 def members(name, value, candidates, kind, accept=None):
     """The members of `candidates` (objects with a `.name`, such as layers) that `value`
-    selects, in `value`'s order: None → all of them; otherwise one member or name, or a
-    list, tuple or set of them. TypeError for another kind of value; ValueError for a name or
+    selects, in `value`'s order: None → all of them; otherwise one member or name, or any
+    iterable of them (not a string). TypeError for another kind of value; ValueError for a name or
     object that is not among the candidates (the message lists the candidates' names), except
     an object for which `accept(object)` is true (e.g. a layer of the right class outside
     the model).

@@ -174,8 +174,8 @@ def initialize(job_addresses=None, num_processes=None, process_id=None, *, timeo
     # it as a client): only a port this process must open itself is checked
     agent_store = (backend == "torch"
                    and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-                   and addresses[0] == _address(f"{os.environ.get('MASTER_ADDR')}:"
-                                                f"{os.environ.get('MASTER_PORT')}"))
+                   and "%s:%d" % addresses[0] == f"{os.environ.get('MASTER_ADDR')}:"
+                                                  f"{os.environ.get('MASTER_PORT')}")
     if process_id == 0 and not agent_store:
         _check_port_free(*addresses[0])
     if backend == "jax":

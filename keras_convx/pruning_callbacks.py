@@ -65,8 +65,9 @@ class Pruning(_ScheduledPruning):
     layers); the pruned weights and their optimizer slots are set to exactly zero and pruned
     units stay pruned. Between updates the callback reads nothing (on JAX an update forces one
     state sync, so the schedule's `frequency` bounds that cost); the masks act inside the
-    compiled train step. The step is the optimizer's `iterations`, read at every epoch's start
-    (`keras_convx.fit_steps.FitSteps`), so a run restored by `keras.callbacks.BackupAndRestore` or from a `.keras` checkpoint
+    compiled train step. The step is the optimizer's `iterations`, read at every epoch's
+    start (`keras_convx.fit_steps.FitSteps`), so a run restored by
+    `keras.callbacks.BackupAndRestore` or from a `.keras` checkpoint
     continues the schedule exactly.
 
     Logs: `sparsity` and `sparsity/<layer>` in the epoch logs, so in `History`, and in
