@@ -22,6 +22,11 @@ import pytest
 
 BACKEND = keras.backend.backend()
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
+# For tests of float64 precision: only TensorFlow computes a float64 layer in float64 (jax has
+# x64 off; Keras' torch matmul computes float64 in float32).
+FLOAT64_PRECISION = pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="float64 computed in float64: TensorFlow (jax has x64 off, "
+                                    "Keras' torch matmul computes float64 in float32)")
 
 
 class HarnessError(AssertionError):

@@ -360,9 +360,7 @@ FOLDS = {"LogPolarConv2D", "GroupLiftConv2D", "GroupConv2D", "GroupBatchNormaliz
          "SharedBasisConv2D", "SynapticConv2D"}
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="float64 computed in float64: TensorFlow (jax has x64 off, Keras' torch "
-                           "matmul computes float64 in float32)")
+@harness.FLOAT64_PRECISION
 @pytest.mark.parametrize("name", sorted(n for n in layer_cases.CASES
                                         if n.split("-")[0] in FOLDS and n != "LogPolarConv2D-max"))
 def test_a_float64_layer_folds_to_float64_core_layers(name):

@@ -38,6 +38,13 @@ def _executions(spe, epochs=EPOCHS, first_epoch=0):
     return out
 
 
+def _expected_updates(executions):
+    """The step of each mask update: one before every execution holding due steps, with the
+    target of its last one."""
+    return [max(t for t in DUE if lo <= t < hi)
+            for lo, hi in executions if any(lo <= t < hi for t in DUE)]
+
+
 def _model(seed=0):
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([
@@ -88,9 +95,7 @@ def test_callback_steps_are_the_optimizers(spe, run_eagerly):
     assert int(harness.to_numpy(model.optimizer.iterations)) == EPOCHS * BATCHES
     executions = _executions(spe)
     assert ends.ends == [stop for _, stop in executions]
-    # an update before each execution holding due steps, with the target of its last one
-    expected = [max(t for t in DUE if lo <= t < hi)
-                for lo, hi in executions if any(lo <= t < hi for t in DUE)]
+    expected = _expected_updates(executions)
     assert [step for step, _, _ in prune.updates] == expected
     assert [target for _, target, _ in prune.updates] == pytest.approx(
         [_schedule().sparsity_at(step) for step in expected])
@@ -125,9 +130,7 @@ def test_resumed_run_continues_the_schedule_under_steps_per_execution(spe):
         resumed.fit(x, y, callbacks=[cb, keras.callbacks.BackupAndRestore(backup)],
                     **fit_kwargs)
     assert [u[0] for u in cb.updates] == [u[0] for u in full_cb.updates if u[0] >= BATCHES]
-    assert [u[0] for u in cb.updates] == [
-        max(t for t in DUE if lo <= t < hi)
-        for lo, hi in _executions(spe, first_epoch=1) if any(lo <= t < hi for t in DUE)]
+    assert [u[0] for u in cb.updates] == _expected_updates(_executions(spe, first_epoch=1))
     layers = list(zip(pruning.masked_layers(full), pruning.masked_layers(resumed)))
     assert [a.name for a, _ in layers] == ["conv", "head"]
     for a, b in layers:

@@ -370,9 +370,7 @@ def test_constraint_projects_onto_orthonormal_rows():
         np.testing.assert_allclose(projected, nearest, atol=2e-5)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="float64 computed in float64: TensorFlow (jax has x64 off, Keras' torch "
-                           "matmul computes float64 in float32)")
+@harness.FLOAT64_PRECISION
 def test_constraint_keeps_a_float64_kernel_in_float64():
     """A float64 kernel is projected in float64: its rows orthonormal to 1e-12 and the polar
     factor to 1e-12 (it was projected in float32: 1e-7)."""
