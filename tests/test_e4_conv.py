@@ -767,3 +767,14 @@ def test_recompute_runs_the_forward_pass_again_for_the_gradients(monkeypatch):
         harness.layer_gradients(layer, x, np.ones((2, 6, 6, 16), "float32"))
         counts[flag] = len(calls)
     assert counts[True] > counts[False] >= 1, counts
+
+
+@pytest.mark.parametrize("rows, cols", [(8, 8), (11, 7), (1, 1), (2, 3)])
+def test_stride_2_pooling_averages_the_pixels_inside_each_window(rows, cols):
+    """The generator's 2×2 stride-2 "same" pooling: each output pixel is the mean of its
+    window's pixels inside the image (a window past an odd edge holds fewer)."""
+    x = np.random.default_rng(0).standard_normal((2, rows, cols, 3)).astype("float32")
+    want = np.stack([np.stack([x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(axis=(1, 2))
+                               for j in range(-(-cols // 2))], 1) for i in range(-(-rows // 2))], 1)
+    got = harness.to_numpy(e4ops.average_pool_2x2_same(keras.ops.convert_to_tensor(x)))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

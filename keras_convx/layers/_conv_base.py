@@ -182,8 +182,10 @@ class BaseConv2D(keras.layers.Layer):
         channel axis) if there is one, then the activation if there is one."""
         if self.bias is not None:
             bias = keras.ops.cast(self.bias, self.compute_dtype)
-            if self.bias_repeats > 1:
-                bias = keras.ops.repeat(bias, self.bias_repeats)
+            if self.bias_repeats > 1:  # each entry n times (torch.compile traces no
+                # `ops.repeat`: its repeat_interleave has a data-dependent output shape)
+                bias = keras.ops.reshape(keras.ops.broadcast_to(
+                    bias[:, None], (bias.shape[0], self.bias_repeats)), (-1,))
             shape = (1, -1, 1, 1) if self.data_format == "channels_first" else (1, 1, 1, -1)
             y = y + keras.ops.reshape(bias, shape)
         if self.activation is not None:

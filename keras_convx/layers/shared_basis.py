@@ -141,11 +141,14 @@ class SharedBasisConv2D(BaseConv2D):
                            dtype=self.dtype_policy, name="basis_bn")
             if self.basis_bn_synchronized and keras.backend.backend() == "tensorflow":
                 self.basis_bn = keras.layers.BatchNormalization(synchronized=True, **options)
-            elif self.basis_bn_synchronized and keras.backend.backend() == "torch":
+            elif keras.backend.backend() == "torch":
                 # Keras refuses synchronized=True off TensorFlow: the same batch norm with
-                # its moments summed over the torch.distributed processes.
+                # its moments summed over the torch.distributed processes. Unsynchronized
+                # too, Keras' own moments read its axes from a tracked list, which
+                # torch.compile cannot trace (a graph break in every training step).
                 self.basis_bn = keras_compat.batch_normalization_with_moments(
-                    functools.partial(ops_core.moments, synchronized=True), **options)
+                    functools.partial(ops_core.moments, synchronized=self.basis_bn_synchronized),
+                    **options)
             else:
                 self.basis_bn = keras.layers.BatchNormalization(**options)
 

@@ -18,6 +18,7 @@ import functools
 import types
 
 import keras
+import numpy as np
 import torch
 import torch.utils.checkpoint
 
@@ -61,9 +62,18 @@ def log_polar_region_pool(x, pmatrix, kernel_size, strides, mode):
     return _compiled_slice_pool(lp.region_offsets(pmatrix), tuple(kernel_size), tuple(strides), mode)(x)
 
 
-@fast
+# Under torch.compile the offsets are a constant of the trace: dynamo would trace
+# `region_offsets`' NumPy as tensor operations, and its nonzero is data-dependent (a break).
+_constant_offsets = torch.compiler.assume_constant_result(lp.region_offsets)
+
+
+@register_fast_path(FAST_PATHS)  # not opt-in: nothing to compile (with opt-in, compiled)
 def log_polar_region_max(x, pmatrix, kernel_size, strides, mode):
-    return log_polar_region_pool(x, pmatrix, kernel_size, strides, mode)
+    """Max pooling of the regions as shifted slices (`ops.log_polar.pool_by_slices`)."""
+    if opt_in_fast_paths():
+        return log_polar_region_pool(x, pmatrix, kernel_size, strides, mode)
+    return lp.pool_by_slices(x, pmatrix=None, kernel_size=kernel_size, strides=strides,
+                             mode=mode, offsets=_constant_offsets(pmatrix))
 
 
 def _platform():
@@ -86,6 +96,18 @@ def _cross_process_sum(x):
 
 
 QUERIES = {"platform": _platform, "traced": _traced, "cross_process_sum": _cross_process_sum}
+
+
+@register_fast_path(FAST_PATHS)  # not opt-in: nothing to compile
+def constant(value, dtype, like):
+    """`ops.core.constant`: `torch.as_tensor` on `like`'s device, which torch.compile traces
+    (Keras' `convert_to_tensor` reads the array's dtype: a graph break). Eagerly, from a
+    writable copy (the tables are read-only, which torch warns about)."""
+    if not isinstance(dtype, torch.dtype):
+        dtype = getattr(torch, keras.backend.standardize_dtype(dtype))
+    if not torch.compiler.is_compiling():
+        value = np.array(value)
+    return torch.as_tensor(value, dtype=dtype, device=like.device)
 
 
 @register_fast_path(FAST_PATHS, portable=True)  # not opt-in; torch.onnx traces it

@@ -161,6 +161,32 @@ def matmul_last(x, w):
     return keras.ops.reshape(y, (*lead, w.shape[-1]))
 
 
+def _keras_constant(value, dtype, like):
+    return keras.ops.convert_to_tensor(value, dtype=dtype)
+
+
+def constant(value, dtype, like):
+    """A NumPy array (a table, a fixed kernel) as a tensor of `dtype`, beside tensor `like`.
+
+    Use it, not `keras.ops.convert_to_tensor`, for the constants a layer's `call` converts:
+    on torch it is `torch.as_tensor` on `like`'s device (the `constant` fast path), because
+    Keras 3.15's conversion reads the array's `dtype`, which torch.compile cannot trace (each
+    conversion was a graph break, and dynamo then ran whole functions eagerly).
+
+    Args:
+        value: a NumPy array or Python number.
+        dtype: the tensor's dtype (a Keras dtype name or a backend dtype).
+        like: a tensor of the computation (its device is used where the backend has one).
+
+    Example:
+
+    >>> x = keras.ops.ones((2, 3))
+    >>> keras.ops.convert_to_numpy(x * constant(np.arange(3), x.dtype, x)).tolist()
+    [[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]]
+    """
+    return dispatcher.dispatch("constant", _keras_constant)(value, dtype, like)
+
+
 def static_take(x, indices, axis=0):
     """`keras.ops.take(x, indices, axis)` for a static NumPy index array.
 

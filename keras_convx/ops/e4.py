@@ -23,6 +23,26 @@ from keras_convx.ops.dispatcher import dispatch
 from keras_convx.ops.dispatcher import reference_only
 
 
+def average_pool_2x2_same(x):
+    """2×2 average pooling with stride 2 and "same" padding of channels_last `x`: a window
+    past the bottom or right edge averages its pixels inside the image, as Keras' "same".
+
+    Written as a "valid" pooling of `x` with its last row and column repeated once (such a
+    window holds one image pixel and its copy). Keras' torch backend pads "same" poolings
+    with replicate padding, whose backward torch.compile's inductor lowered with wrong
+    strides: a compiled training step failed at odd image sizes.
+
+    Example:
+
+    >>> x = keras.ops.reshape(keras.ops.arange(3.0), (1, 1, 3, 1))
+    >>> keras.ops.convert_to_numpy(average_pool_2x2_same(x)).ravel().tolist()
+    [0.5, 2.0]
+    """
+    x = keras.ops.concatenate([x, x[:, -1:]], axis=1)
+    x = keras.ops.concatenate([x, x[:, :, -1:]], axis=2)
+    return keras.ops.average_pool(x, 2, 2, "valid", "channels_last")
+
+
 def generator_features(x, reduce, gamma, beta, strides, epsilon):
     """E4's generator input (B, H', W', C_r·|G| + 1) for channels_last `x`: `x` average-pooled
     by `strides` (when > 1), reduced (`x @ reduce`), normalised per image and reduced field
@@ -36,7 +56,7 @@ def generator_features(x, reduce, gamma, beta, strides, epsilon):
     ...                        keras.ops.zeros((1, 1)), 1, 1e-5)   # (2, 8, 8, 5)
     """
     if strides > 1:
-        x = keras.ops.average_pool(x, strides, strides, "same", "channels_last")
+        x = average_pool_2x2_same(x)
     t = keras.ops.cast(matmul_last(x, reduce), "float32")
     t = gops.group_norm_relu(t, gamma, beta, gamma.shape[0], epsilon)
     t = keras.ops.cast(t, x.dtype)

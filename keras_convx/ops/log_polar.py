@@ -24,6 +24,7 @@ about k_h·k_w shifted adds, which XLA and torch.compile fuse into one pass over
 import keras
 import numpy as np
 
+from keras_convx.ops.core import constant
 from keras_convx.ops.core import conv_output_length
 from keras_convx.ops.core import matmul
 from keras_convx.ops.core import matmul_last
@@ -84,7 +85,7 @@ def _pool_depthwise(x, pmatrix, kernel_size, strides, mode):
     channels = x.shape[-1]
     n_out = pmatrix.shape[1]
     kernel = np.broadcast_to(pmatrix.reshape(kh, kw, 1, n_out), (kh, kw, channels, n_out))
-    kernel = keras.ops.convert_to_tensor(np.ascontiguousarray(kernel), dtype=x.dtype)
+    kernel = constant(np.ascontiguousarray(kernel), x.dtype, x)
     y = keras.ops.depthwise_conv(x, kernel, strides=strides, padding="valid")
     y = keras.ops.reshape(y, (*keras.ops.shape(y)[:3], channels, n_out))
     return keras.ops.transpose(y, (0, 1, 2, 4, 3))
@@ -149,7 +150,7 @@ def unpool_by_slices(dy, offsets, kernel_size, materialize=None):
     kh, kw = kernel_size
     weights = np.array([w[0] if w else 0.0 for _, w in offsets], np.float64)
     if np.any(weights != 1.0):
-        scale = keras.ops.convert_to_tensor(weights.reshape(-1, 1), dtype=dy.dtype)
+        scale = constant(weights.reshape(-1, 1), dy.dtype, dy)
         dy = dy * scale
     dyp = zero_pad(dy, ((0, 0), (0, 0), (kw - 1, kw - 1), (0, 0), (0, 0)))
     regions_of = {}  # window offset -> the regions holding it (the centre can be in two)
@@ -240,7 +241,7 @@ def synthesize_kernel(kernel, center_kernel, pmatrix, kernel_size):
     weights = keras.ops.reshape(kernel, (rings * sectors, cin * cout))
     if center_kernel is not None:
         weights = keras.ops.concatenate([weights, keras.ops.reshape(center_kernel, (1, cin * cout))], 0)
-    p = keras.ops.convert_to_tensor(np.asarray(pmatrix), dtype=kernel.dtype)
+    p = constant(np.asarray(pmatrix), kernel.dtype, kernel)
     dense = matmul(p, weights)
     return keras.ops.reshape(dense, (kh, kw, cin, cout))
 
