@@ -62,9 +62,11 @@ def log_polar_region_pool(x, pmatrix, kernel_size, strides, mode):
     return _compiled_slice_pool(lp.region_offsets(pmatrix), tuple(kernel_size), tuple(strides), mode)(x)
 
 
-# Under torch.compile the offsets are a constant of the trace: dynamo would trace
-# `region_offsets`' NumPy as tensor operations, and its nonzero is data-dependent (a break).
-_constant_offsets = torch.compiler.assume_constant_result(lp.region_offsets)
+@torch.compiler.assume_constant_result
+def _constant_offsets(pmatrix):
+    """`region_offsets(pmatrix)`, a constant of the trace under torch.compile: dynamo would
+    trace its NumPy as tensor operations, and its nonzero is data-dependent (a break)."""
+    return lp.region_offsets(pmatrix)
 
 
 @register_fast_path(FAST_PATHS)  # not opt-in: nothing to compile (with opt-in, compiled)
@@ -107,6 +109,7 @@ def constant(value, dtype, like):
         dtype = getattr(torch, keras.backend.standardize_dtype(dtype))
     if not torch.compiler.is_compiling():
         value = np.array(value)
+    like = getattr(like, "value", like)  # a Keras variable: its torch tensor
     return torch.as_tensor(value, dtype=dtype, device=like.device)
 
 

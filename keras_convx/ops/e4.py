@@ -44,8 +44,8 @@ def average_pool_2x2_same(x):
 
 
 def generator_features(x, reduce, gamma, beta, strides, epsilon):
-    """E4's generator input (B, H', W', C_r·|G| + 1) for channels_last `x`: `x` average-pooled
-    by `strides` (when > 1), reduced (`x @ reduce`), normalised per image and reduced field
+    """E4's generator input (B, H', W', C_r·|G| + 1) for channels_last `x`: `x` (at `strides`
+    2, average-pooled 2×2 by `average_pool_2x2_same`; `strides` is 1 or 2), reduced (`x @ reduce`), normalised per image and reduced field
     in float32 (`ops.group.group_norm_relu`), cast back, and a column of ones (the bias' row
     of `block`).
 
@@ -55,7 +55,9 @@ def generator_features(x, reduce, gamma, beta, strides, epsilon):
     >>> f = generator_features(x, keras.ops.ones((4, 4)), keras.ops.ones((1, 1)),
     ...                        keras.ops.zeros((1, 1)), 1, 1e-5)   # (2, 8, 8, 5)
     """
-    if strides > 1:
+    if strides not in (1, 2):
+        raise ValueError(f"Expected strides to be 1 or 2. Received: strides={strides}")
+    if strides == 2:
         x = average_pool_2x2_same(x)
     t = keras.ops.cast(matmul_last(x, reduce), "float32")
     t = gops.group_norm_relu(t, gamma, beta, gamma.shape[0], epsilon)

@@ -241,7 +241,7 @@ def synthesize_kernel(kernel, center_kernel, pmatrix, kernel_size):
     weights = keras.ops.reshape(kernel, (rings * sectors, cin * cout))
     if center_kernel is not None:
         weights = keras.ops.concatenate([weights, keras.ops.reshape(center_kernel, (1, cin * cout))], 0)
-    p = constant(np.asarray(pmatrix), kernel.dtype, kernel)
+    p = constant(np.asarray(pmatrix), weights.dtype, weights)
     dense = matmul(p, weights)
     return keras.ops.reshape(dense, (kh, kw, cin, cout))
 
