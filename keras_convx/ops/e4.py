@@ -45,9 +45,9 @@ def average_pool_2x2_same(x):
 
 def generator_features(x, reduce, gamma, beta, strides, epsilon):
     """E4's generator input (B, H', W', C_r·|G| + 1) for channels_last `x`: `x` (at `strides`
-    2, average-pooled 2×2 by `average_pool_2x2_same`; `strides` is 1 or 2), reduced (`x @ reduce`), normalised per image and reduced field
-    in float32 (`ops.group.group_norm_relu`), cast back, and a column of ones (the bias' row
-    of `block`).
+    2, average-pooled 2×2 by `average_pool_2x2_same`; `strides` is 1 or 2), reduced
+    (`x @ reduce`), normalised per image and reduced field in float32
+    (`ops.group.group_norm_relu`), cast back, and a column of ones (the bias' row of `block`).
 
     Example:
 
