@@ -65,16 +65,44 @@ def test_set_reference_only_validates():
         ops.set_reference_only("yes")
 
 
-def test_environment_switch_and_lazy_backend_import():
-    """KERAS_CONVX_REFERENCE=1 forces the reference path; importing keras_convx imports no
-    backend module of ours until an op asks for one."""
-    code = (
+def test_environment_switch_and_backend_module_import():
+    """KERAS_CONVX_REFERENCE=1 forces the reference path and imports no backend module of
+    ours; otherwise importing keras_convx imports the active backend's (and no other's), so
+    that no op's first call, perhaps inside a torch.compile trace, imports it."""
+    reference = (
         "import sys, keras_convx\n"
         "from keras_convx import ops\n"
         "assert ops.reference_only()\n"
         "assert not [m for m in sys.modules if m.startswith('keras_convx.ops._')], sys.modules\n"
     )
     env = dict(os.environ, KERAS_CONVX_REFERENCE="1")
+    subprocess.run([sys.executable, "-c", reference], env=env, check=True)
+    backend = keras.backend.backend()
+    active = (
+        "import sys, keras_convx\n"
+        "ours = {m for m in sys.modules if m in ('keras_convx.ops._jax', "
+        "'keras_convx.ops._tensorflow', 'keras_convx.ops._torch')}\n"
+        f"assert ours == {{'keras_convx.ops._{backend}'}}, ours\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_CONVX_REFERENCE"}
+    subprocess.run([sys.executable, "-c", active], env=env, check=True)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="a torch.compile graph break")
+def test_first_fast_path_call_inside_torch_compile_is_one_graph():
+    """A fresh process: a layer built symbolically (no fast path called yet), then its first
+    eager-shaped call inside torch.compile(fullgraph=True). Importing the fast-path module
+    there was a graph break ("import_module ... marked as skipped")."""
+    code = (
+        "import keras, torch\n"
+        "from keras_convx import layers\n"
+        "layer = layers.LogPolarConv2D(4, 5, rings=2, sectors=6, growth_rate=3.0)\n"
+        "layer(keras.Input((None, None, 3)))\n"
+        "f = torch.compile(lambda v: layer(v), fullgraph=True, dynamic=False, "
+        "backend='aot_eager')\n"
+        "f(torch.randn(2, 8, 8, 3))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_CONVX_REFERENCE"}
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
 
 

@@ -27,3 +27,9 @@ __all__ = [
     "set_opt_in_fast_paths",
     "set_reference_only",
 ]
+
+# The active backend's fast-path module is imported with keras_convx.ops rather than at the
+# first op that asks for it: that call can be inside a torch.compile trace, where an import is
+# a graph break (dynamo does not trace importlib). Under KERAS_CONVX_REFERENCE=1 nothing is.
+if not reference_only():
+    available_fast_paths()

@@ -4,9 +4,11 @@ Every op of `keras_convx.ops` that has a faster backend-specific implementation 
 `dispatch(name, reference_fn)` and runs whatever comes back. The reference path is written
 with `keras.ops` only and is always available; fast paths live in the private modules
 `keras_convx.ops._jax`, `keras_convx.ops._tensorflow` and `keras_convx.ops._torch` (and the
-modules they load: `_pallas`, `_jax_e4`, `_tensorflow_e4`, `_torch_e4`), which are imported
-lazily, the first time an op asks for a fast path on that backend. Outside `keras_convx.ops`,
-no module of keras_convx imports jax, tensorflow or torch.
+modules they load: `_jax_e4`, `_tensorflow_e4`, `_torch_e4`; `_pallas` only when asked for).
+The active backend's module is imported with `keras_convx.ops` (an import at an op's first
+call could fall inside a torch.compile trace, where it breaks the graph), except under
+`KERAS_CONVX_REFERENCE=1`; another backend's, the first time an op asks for it. Outside
+`keras_convx.ops`, no module of keras_convx imports jax, tensorflow or torch.
 
 Forcing the reference path (for tests and debugging):
 
