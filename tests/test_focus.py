@@ -403,3 +403,15 @@ def test_images_layout_is_the_models_or_asked_for_when_it_mixes():
     with pytest.raises(ValueError, match="pass data_format"):
         analysis.focus_area(mixed, _rand(2, 3, 12, 12))
     assert training.PairwiseConsistency(mixed, data_format="channels_first").data_format == "channels_first"
+
+
+def test_focus_maths_takes_an_empty_batch():
+    """A batch of no images (an empty last shard) gives empty maps, masks and class sets:
+    Keras' max/min refuse tensors with no elements on TensorFlow (eagerly) and torch, even
+    where the reduced axes are not empty (this failed on both)."""
+    maps = focus.focus_maps(np.zeros((0, 2, 2), "float32"), (4, 4))
+    assert harness.to_numpy(maps).shape == (0, 4, 4)
+    for region in ("mask", "box"):
+        assert harness.to_numpy(focus.erase_masks(maps, 0.5, region)).shape == (0, 4, 4)
+    chosen = focus.relevance_mask(np.zeros((0, 10), "float32"), np.zeros((0,), "int32"), top_k=3)
+    assert harness.to_numpy(chosen).shape == (0, 10)

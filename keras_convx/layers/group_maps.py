@@ -274,8 +274,8 @@ class GroupPooling(keras.layers.Layer):
     def call(self, inputs):
         fields = gops.split_fields(inputs, self.order, self.data_format)
         axis = 4 if self.data_format == "channels_last" else 2
-        if self.pooling == "max":  # amax: Keras' torch `max` refuses an empty batch
-            return keras.ops.amax(fields, axis=axis)
+        if self.pooling == "max":  # (any batch size: Keras' max refuses an empty one)
+            return ops_core.reduce_max(fields, axis=axis)
         return keras.ops.mean(fields, axis=axis)
 
     def compute_output_shape(self, input_shape):

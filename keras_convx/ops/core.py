@@ -211,6 +211,47 @@ def static_take(x, indices, axis=0):
     return y
 
 
+def _reduce_extremum(x, axis, keepdims, largest):
+    if keras.backend.backend() == "tensorflow":
+        # Keras' TensorFlow max/min assert, when eager, that x has elements at all, even where
+        # the reduced axes have some (an empty batch); with an `initial` they reduce at once.
+        x = keras.ops.convert_to_tensor(x)
+        bound = -math.inf if largest else math.inf
+        reduce = keras.ops.max if largest else keras.ops.min
+        return reduce(x, axis=axis, keepdims=keepdims, initial=bound)
+    # (torch's Keras max/min refuse any empty tensor; amax/amin reduce axis by axis)
+    reduce = keras.ops.amax if largest else keras.ops.amin
+    return reduce(x, axis=axis, keepdims=keepdims)
+
+
+def reduce_max(x, axis, keepdims=False):
+    """The largest float value along `axis` (an int or a tuple), for any batch size.
+
+    `keras.ops.max` and `amax` refuse a tensor with no elements on TensorFlow (eagerly) and
+    torch (`max`) even where the reduced axes are not empty: an empty batch, a filtered or
+    last shard, reduced over its other axes, must give an empty result.
+
+    Example:
+
+    >>> keras.ops.convert_to_numpy(reduce_max(keras.ops.zeros((0, 3, 4)), axis=2)).shape
+    (0, 3)
+    >>> keras.ops.convert_to_numpy(reduce_max(keras.ops.eye(3), axis=(0, 1))).tolist()
+    1.0
+    """
+    return _reduce_extremum(x, axis, keepdims, largest=True)
+
+
+def reduce_min(x, axis, keepdims=False):
+    """The smallest float value along `axis`, for any batch size (see `reduce_max`).
+
+    Example:
+
+    >>> keras.ops.convert_to_numpy(reduce_min(keras.ops.zeros((0, 2)), axis=1)).shape
+    (0,)
+    """
+    return _reduce_extremum(x, axis, keepdims, largest=False)
+
+
 def replicas_in_sync():
     """How many replicas each compute their own share of a training step's loss.
 

@@ -20,6 +20,9 @@ training step on every backend. Shapes: feature maps `A` are (B, h, w, K) channe
 
 from keras import ops
 
+from keras_convx.ops.core import reduce_max
+from keras_convx.ops.core import reduce_min
+
 RELEVANCE = ("top_k", "all")
 REGIONS = ("mask", "box")
 TARGETS = ("label", "prediction")
@@ -67,8 +70,8 @@ def resize_maps(maps, size):
 
 def normalize_maps(maps, epsilon=1e-12):
     """Per-image min-max normalisation of (B, H, W) maps to [0, 1] (constant → zeros)."""
-    low = ops.min(maps, axis=(1, 2), keepdims=True)
-    high = ops.max(maps, axis=(1, 2), keepdims=True)
+    low = reduce_min(maps, axis=(1, 2), keepdims=True)  # (any batch size, an empty one too)
+    high = reduce_max(maps, axis=(1, 2), keepdims=True)
     return (maps - low) / ops.maximum(high - low, epsilon)
 
 
@@ -88,8 +91,8 @@ def erase_masks(maps, threshold, region="mask"):
     """(B, H, W) float {0, 1}: pixels to erase — `M ≥ τ`, or that set's bounding box."""
     mask = ops.cast(maps >= threshold, "float32")
     if region == "box":
-        rows = _any_before_and_after(ops.max(mask, axis=2))
-        cols = _any_before_and_after(ops.max(mask, axis=1))
+        rows = _any_before_and_after(reduce_max(mask, axis=2))
+        cols = _any_before_and_after(reduce_max(mask, axis=1))
         mask = rows[:, :, None] * cols[:, None, :]
     return ops.stop_gradient(mask)
 
@@ -130,7 +133,7 @@ def relevance_mask(probabilities, classes, relevance="top_k", top_k=5):
     if relevance == "all" or top_k >= num_classes:
         return ops.ones_like(probabilities)
     _, indices = ops.top_k(ops.stop_gradient(probabilities), top_k)
-    chosen = ops.max(ops.one_hot(indices, num_classes), axis=1)
+    chosen = reduce_max(ops.one_hot(indices, num_classes), axis=1)
     return ops.maximum(chosen, ops.one_hot(ops.cast(classes, "int32"), num_classes))
 
 

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from keras_convx.ops.core import conv2d
+from keras_convx.ops.core import reduce_max
 from keras_convx.ops.core import zero_pad
 
 GRID_GRADIENT_NORM_SQUARED = 8.0
@@ -219,7 +220,7 @@ def graph_gradient_norm_bound(edge_index, edge_weight, num_nodes):
     w2 = keras.ops.reshape(keras.ops.square(_valid_weight(edge_weight, valid)), (-1,))
     segments = keras.ops.shape(edge_weight)[0] * num_nodes
     degree = keras.ops.segment_sum(w2, src, segments) + keras.ops.segment_sum(w2, dst, segments)
-    return 2.0 * keras.ops.max(keras.ops.reshape(degree, (-1, num_nodes)), axis=1)
+    return 2.0 * reduce_max(keras.ops.reshape(degree, (-1, num_nodes)), axis=1)
 
 
 def invalid_edges(edge_index, num_nodes):
