@@ -187,11 +187,6 @@ def _check_data_formats(cls, init_kwargs, input_shape, x, reference_layer, refer
     _check_output_shape("data_format", layer, symbolic, (None, *cf_shape[1:]))
 
 
-def mixed_precision_skip_reason(policy):
-    """Why `policy` cannot run on this backend on this machine, or None."""
-    return None
-
-
 MIXED_TOLERANCE = {"mixed_float16": 3e-3, "mixed_bfloat16": 3e-2}  # ‖y − y32‖ / ‖y32‖
 
 
@@ -201,9 +196,6 @@ def _check_mixed_precision(cls, init_kwargs, x, reference_layer, reference_y):
     wrong cast or a float16 overflow in the middle shows), and one finite fit step."""
     expected = to_numpy(keras.ops.cast(reference_y, "float32")).astype(np.float64)
     for policy in MIXED_POLICIES:
-        reason = mixed_precision_skip_reason(policy)
-        if reason:
-            continue
         layer = cls(**dict(init_kwargs, dtype=policy))
         y = layer(x)
         compute = keras.mixed_precision.DTypePolicy(policy).compute_dtype

@@ -1,5 +1,7 @@
 """The harness itself: it passes a correct layer and catches each kind of broken one."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -204,3 +206,30 @@ def test_finite_differences_of_a_non_contiguous_array():
     w = np.asfortranarray(np.arange(6.0).reshape(2, 3))
     grad = harness.finite_difference_gradient(lambda a: a**2, [w], 0, np.ones((2, 3)))
     np.testing.assert_allclose(grad, 2 * w, rtol=1e-6)
+
+
+# Modules whose absence turns tests into skips (`pytest.importorskip`): the "export" and
+# "dev" extras that `make test` installs.
+_SKIP_IF_MISSING = ("onnx", "onnxruntime", "tf2onnx", "ai_edge_litert", "matplotlib")
+
+
+@pytest.mark.skipif(not os.environ.get("KERAS_CONVX_REQUIRE_EXTRAS"),
+                    reason="checked under `make test` (KERAS_CONVX_REQUIRE_EXTRAS=1), which "
+                    "installs every extra")
+def test_make_test_has_what_the_conditional_skips_need():
+    """Under `make test` (CI) no test may skip for a missing extra or an untracked allocator:
+    a broken install would otherwise show as skips, not failures."""
+    import importlib  # noqa: PLC0415
+
+    missing = []
+    for name in _SKIP_IF_MISSING:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    assert not missing, f"`make test` lacks {missing}: the tests needing them would skip"
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # noqa: PLC0415
+
+        if not tf.config.list_logical_devices("GPU"):  # the memory tests measure the CPU
+            tf.config.experimental.reset_memory_stats("CPU:0")  # raises where untracked

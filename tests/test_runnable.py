@@ -67,6 +67,10 @@ RUNS_ON = {
 
 def test_every_script_says_where_it_runs():
     assert sorted(RUNS_ON) == sorted(os.path.relpath(s, ROOT) for s in SCRIPTS)
+    # a misspelt backend would skip its script everywhere, silently
+    known = {"tensorflow", "jax", "torch"}
+    wrong = {s: b for s, b in RUNS_ON.items() if not b or not set(b) <= known}
+    assert not wrong, f"RUNS_ON names no backend or an unknown one: {wrong}"
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: os.path.relpath(p, ROOT))
@@ -92,13 +96,44 @@ def test_demo_prints_table_and_writes_plots(tmp_path):
         assert (tmp_path / "out" / name).exists(), name
 
 
-@pytest.mark.skipif(keras.backend.backend() != "jax", reason="--help is the same on every "
-                    "backend: checked once (under jax)")
-@pytest.mark.parametrize("script", [*SCRIPTS, "-m keras_convx.demo"],
-                         ids=lambda p: os.path.relpath(p, ROOT) if os.path.isabs(p) else p)
-def test_help_names_fast_and_out(script):
-    cmd = [sys.executable, *(script.split() if script.startswith("-m") else [script]), "--help"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+_HELP_ALL = """
+import contextlib, io, json, runpy, sys
+results = {}
+for script in json.loads(sys.argv[1]):
+    sys.argv = [script, "--help"]
+    out, code = io.StringIO(), None
+    with contextlib.redirect_stdout(out):
+        try:
+            if script.startswith("-m "):
+                runpy.run_module(script[3:], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(script, run_name="__main__")
+        except SystemExit as stop:
+            code = stop.code
+    results[script] = [code, out.getvalue()]
+print(json.dumps(results))
+"""
+HELP_SCRIPTS = [*SCRIPTS, "-m keras_convx.demo"]
+
+
+@pytest.fixture(scope="module")
+def help_texts():
+    """Every script's `--help`, run in ONE fresh process (argparse exits before any work: one
+    interpreter's imports instead of one per script)."""
+    import json  # noqa: PLC0415
+
+    proc = subprocess.run([sys.executable, "-c", _HELP_ALL, json.dumps(HELP_SCRIPTS)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, KERAS_BACKEND="jax"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "--fast" in proc.stdout and "--out" in proc.stdout
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="--help is the same on every "
+                    "backend: checked once (under jax)")
+@pytest.mark.parametrize("script", HELP_SCRIPTS,
+                         ids=lambda p: os.path.relpath(p, ROOT) if os.path.isabs(p) else p)
+def test_help_names_fast_and_out(script, help_texts):
+    code, text = help_texts[script]
+    assert code == 0, f"--help exited with {code}, not argparse's 0 (None: it did not exit)"
+    assert "--fast" in text and "--out" in text, text[-500:]
