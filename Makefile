@@ -9,6 +9,7 @@ EPOCHS ?= 8
 OUT ?= demo_out
 BACKEND ?= jax
 JOBS ?= 2
+SPLITS ?= 2
 
 .PHONY: install demo test bench clean
 
@@ -24,7 +25,7 @@ demo: $(STAMP)
 	$(PY) -m keras_convx.demo --backend $(BACKEND) --epochs $(EPOCHS) --out $(OUT)
 
 test: $(STAMP)
-	$(PY) tools/run_matrix.py --backends $(BACKENDS) --jobs $(JOBS) $(PYTEST_ARGS)
+	KERAS_CONVX_REQUIRE_EXTRAS=1 $(PY) tools/run_matrix.py --backends $(BACKENDS) --jobs $(JOBS) --splits $(SPLITS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

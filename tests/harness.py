@@ -543,10 +543,16 @@ def check_recompute_trains_alike(make_layer, channels, data_format, size, jit_co
     """Layers with `recompute=True` give the same outputs and, after one `fit` epoch (3 images
     in batches of 2: the partial batch retraces TensorFlow with an unknown batch size), the
     same weights as with `recompute=False`, per weight (float32 or mixed bfloat16: the rerun
-    reads the weights as the forward pass rounded them)."""
+    reads the weights as the forward pass rounded them). Torch compiled (`jit_compile=True`),
+    where the layers do not rerun (`ops.core.recompute` runs `fn` as it is inside
+    torch.compile), trains on 4 images: a partial batch recompiled each model's step for a
+    dynamic batch size, 20-45 s of inductor each, testing torch.compile, not recompute (the
+    every-layer compiled sweep of tests/test_robustness.py recompiles for new sizes)."""
     rng = np.random.default_rng(5)
     rows, cols = (11, 9) if size is None else (size, size)
-    shape = (3, rows, cols, channels) if data_format == "channels_last" else (3, channels, rows, cols)
+    images = 4 if BACKEND == "torch" and jit_compile is True else 3
+    shape = ((images, rows, cols, channels) if data_format == "channels_last"
+             else (images, channels, rows, cols))
     x, target = (rng.standard_normal(shape).astype("float32") for _ in range(2))
     models = {flag: recompute_stack(make_layer, flag, channels, data_format, size=size,
                                     policy=policy) for flag in (False, True)}

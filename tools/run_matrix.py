@@ -1,13 +1,20 @@
 """Run the test suite once per Keras backend, each in its own process.
 
-Usage: python tools/run_matrix.py [--backends tensorflow jax torch] [--jobs N] [pytest args...]
+Usage: python tools/run_matrix.py [--backends tensorflow jax torch] [--jobs N] [--splits N]
+                                  [--store-durations] [pytest args...]
 
-`--jobs 2` runs two backends at once (the suite is mostly single-threaded compilation, so on
-a 2-core machine this shortens the wall time); each backend's output is printed when it
-finishes. Prints one summary line per backend and exits non-zero if any backend fails.
+`--jobs 2` runs two pytest processes at once (the suite is mostly single-threaded
+compilation, so on a 2-core machine this shortens the wall time); each one's output is
+printed when it finishes. `--splits N` cuts each backend's tests into N groups of about equal
+time (pytest-split, from the recorded durations in tools/test_durations/<backend>.json), so
+that the backends' unequal times even out over the jobs: the longest groups start first.
+`--store-durations` runs each backend whole and records its durations there (refresh them
+after adding slow tests; a test without a record counts as the average).
+Prints one summary line per process and exits non-zero if any fails.
 """
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -16,39 +23,80 @@ import tempfile
 import time
 
 ALL_BACKENDS = ("tensorflow", "jax", "torch")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DURATIONS = os.path.join(ROOT, "tools", "test_durations")
+
+
+def _durations_path(backend):
+    return os.path.join(DURATIONS, f"{backend}.json")
+
+
+def recorded_seconds(backend):
+    try:
+        with open(_durations_path(backend)) as f:
+            return sum(json.load(f).values())
+    except FileNotFoundError:
+        return 0.0
+
+
+def plan_jobs(backends, splits, store):
+    """[(label, backend, extra pytest args, estimated seconds)], longest first."""
+    jobs = []
+    for backend in backends:
+        if store:
+            os.makedirs(DURATIONS, exist_ok=True)
+            jobs.append((backend, backend, ["--store-durations", "--clean-durations",
+                                            "--durations-path", _durations_path(backend)],
+                         recorded_seconds(backend)))
+        elif splits == 1:
+            jobs.append((backend, backend, [], recorded_seconds(backend)))
+        else:
+            for group in range(1, splits + 1):
+                jobs.append((f"{backend} {group}/{splits}", backend,
+                             ["--splits", str(splits), "--group", str(group),
+                              "--splitting-algorithm", "duration_based_chunks",
+                              "--durations-path", _durations_path(backend)],
+                             recorded_seconds(backend) / splits))
+    return sorted(jobs, key=lambda job: -job[3])  # stable: ties keep the backends' order
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=list(ALL_BACKENDS))
     parser.add_argument("--jobs", type=int, default=1,
-                        help="backends run at the same time (each in its own process)")
+                        help="pytest processes run at the same time")
+    parser.add_argument("--splits", type=int, default=1,
+                        help="groups each backend's tests are cut into (by recorded duration)")
+    parser.add_argument("--store-durations", action="store_true",
+                        help="run each backend whole and record its tests' durations")
     args, pytest_args = parser.parse_known_args(argv)
     unknown = [b for b in args.backends if b not in ALL_BACKENDS]
     if unknown:
         parser.error(f"unknown backend(s) {unknown}; accepted: {list(ALL_BACKENDS)}")
-
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.splits < 1:
+        parser.error(f"--splits must be >= 1, got {args.splits}")
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    pending = list(args.backends)
-    running = []  # (backend, process, log file, start time)
+    pending = plan_jobs(args.backends, args.splits, args.store_durations)
+    order = [job[0] for job in sorted(pending, key=lambda job: (
+        args.backends.index(job[1]), job[0]))]
+    running = []  # (label, process, log file, start time)
     finished = {}
     while pending or running:
         while pending and len(running) < args.jobs:
-            backend = pending.pop(0)
+            label, backend, extra, _ = pending.pop(0)
             env = dict(os.environ, KERAS_BACKEND=backend, PYTHONHASHSEED="0")
             env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-            cmd = [sys.executable, "-m", "pytest", "tests", *pytest_args]
-            print(f"=== KERAS_BACKEND={backend}: {' '.join(cmd[1:])} (started)", flush=True)
+            cmd = [sys.executable, "-m", "pytest", "tests", *extra, *pytest_args]
+            print(f"=== KERAS_BACKEND={label}: {' '.join(cmd[1:])} (started)", flush=True)
             log = tempfile.TemporaryFile(mode="w+")
-            proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log,
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
                                     stderr=subprocess.STDOUT, text=True)
-            running.append((backend, proc, log, time.time()))
+            running.append((label, proc, log, time.time()))
         time.sleep(0.5)
         for entry in list(running):
-            backend, proc, log, start = entry
+            label, proc, log, start = entry
             if proc.poll() is None:
                 continue
             running.remove(entry)
@@ -56,19 +104,21 @@ def main(argv=None):
             log.seek(0)
             output = log.read()
             log.close()
-            print(f"=== KERAS_BACKEND={backend}: finished in {elapsed:.0f} s", flush=True)
+            print(f"=== KERAS_BACKEND={label}: finished in {elapsed:.0f} s", flush=True)
             sys.stdout.write(output)
             sys.stdout.flush()
             tail = [line for line in output.strip().splitlines() if line.strip()]
             summary = tail[-1] if tail else "(no output)"
-            finished[backend] = (backend, proc.returncode, re.sub(r"=+", "", summary).strip(),
-                                 elapsed)
-    results = [finished[backend] for backend in args.backends]
+            code = proc.returncode
+            if code == 5 and args.splits > 1:  # pytest's "no tests collected": a selection
+                code = 0  # (-k, a path) can leave one group of a split empty
+            finished[label] = (label, code, re.sub(r"=+", "", summary).strip(), elapsed)
+    results = [finished[label] for label in order]
 
     print("\n=== test matrix summary")
-    for backend, rc, summary, elapsed in results:
+    for label, rc, summary, elapsed in results:
         status = "PASS" if rc == 0 else "FAIL"
-        print(f"{backend:<11} {status}  {summary}  [{elapsed:.0f} s]")
+        print(f"{label:<16} {status}  {summary}  [{elapsed:.0f} s]")
     total = sum(r[3] for r in results)
     print(f"total {total:.0f} s of test time")
     return 0 if all(r[1] == 0 for r in results) else 1

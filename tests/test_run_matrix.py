@@ -1,0 +1,57 @@
+"""tools/run_matrix.py, the runner behind `make test`: its plan of pytest processes."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BACKENDS = ["tensorflow", "jax", "torch"]
+
+
+def _runner():
+    spec = importlib.util.spec_from_file_location(
+        "run_matrix", os.path.join(ROOT, "tools", "run_matrix.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_backend_has_recorded_durations():
+    """Without a record pytest-split cuts a backend by test count, not time."""
+    for backend in BACKENDS:
+        with open(os.path.join(ROOT, "tools", "test_durations", f"{backend}.json")) as f:
+            durations = json.load(f)
+        assert len(durations) > 500 and all(v >= 0 for v in durations.values()), backend
+
+
+def test_split_plan_covers_every_group_once_longest_first():
+    runner = _runner()
+    jobs = runner.plan_jobs(BACKENDS, 2, store=False)
+    assert sorted((backend, extra[3]) for _, backend, extra, _ in jobs) == sorted(
+        (b, str(g)) for b in BACKENDS for g in (1, 2))
+    for label, backend, extra, _ in jobs:
+        assert extra[:2] == ["--splits", "2"] and extra[extra.index("--durations-path") + 1] \
+            == os.path.join(ROOT, "tools", "test_durations", f"{backend}.json"), label
+    estimates = [estimate for *_, estimate in jobs]
+    assert estimates == sorted(estimates, reverse=True) and estimates[0] > 0
+    # the longest backend's groups first (recorded: jax's)
+    longest = max(BACKENDS, key=runner.recorded_seconds)
+    assert {jobs[0][1], jobs[1][1]} == {longest}
+
+
+def test_unsplit_and_store_plans():
+    runner = _runner()
+    assert [extra for _, _, extra, _ in runner.plan_jobs(["jax"], 1, store=False)] == [[]]
+    (_, _, extra, _), = runner.plan_jobs(["jax"], 2, store=True)  # stores whole runs
+    assert "--store-durations" in extra and "--splits" not in extra
+
+
+@pytest.mark.parametrize("argv, message", [(["--splits", "0"], "--splits"),
+                                           (["--jobs", "0"], "--jobs"),
+                                           (["--backends", "numpy"], "unknown backend")])
+def test_bad_arguments_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _runner().main(argv)
+    assert message in capsys.readouterr().err
