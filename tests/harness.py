@@ -547,7 +547,8 @@ def check_recompute_trains_alike(make_layer, channels, data_format, size, jit_co
     where the layers do not rerun (`ops.core.recompute` runs `fn` as it is inside
     torch.compile), trains on 4 images: a partial batch recompiled each model's step for a
     dynamic batch size, 20-45 s of inductor each, testing torch.compile, not recompute (the
-    every-layer compiled sweep of tests/test_robustness.py recompiles for new sizes)."""
+    every-layer compiled sweep of tests/test_robustness.py changes the batch size with the
+    image size, under torch.compile too)."""
     rng = np.random.default_rng(5)
     rows, cols = (11, 9) if size is None else (size, size)
     images = 4 if BACKEND == "torch" and jit_compile is True else 3

@@ -415,3 +415,23 @@ def test_focus_maths_takes_an_empty_batch():
         assert harness.to_numpy(focus.erase_masks(maps, 0.5, region)).shape == (0, 4, 4)
     chosen = focus.relevance_mask(np.zeros((0, 10), "float32"), np.zeros((0,), "int32"), top_k=3)
     assert harness.to_numpy(chosen).shape == (0, 10)
+
+
+def test_empty_safe_reductions_agree_with_numpy_and_refuse_non_floats():
+    """`ops.core.reduce_max/reduce_min` (the reductions behind the focus maths and
+    GroupPooling): NumPy's max/min on filled tensors, any axes and keepdims, NaN kept."""
+    from keras_convx.ops import core
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype("float32")
+    x[1, 2, 3] = np.nan
+    for axis in (1, 2, (1, 2)):
+        for keepdims in (False, True):
+            np.testing.assert_array_equal(
+                harness.to_numpy(core.reduce_max(x, axis=axis, keepdims=keepdims)),
+                np.max(x, axis=axis, keepdims=keepdims))
+            np.testing.assert_array_equal(
+                harness.to_numpy(core.reduce_min(x, axis=axis, keepdims=keepdims)),
+                np.min(x, axis=axis, keepdims=keepdims))
+    for bad in (np.ones((2, 3), "int32"), np.ones((2, 3), bool)):
+        with pytest.raises(TypeError, match="float tensors"):
+            core.reduce_max(bad, axis=1)

@@ -210,7 +210,7 @@ def test_finite_differences_of_a_non_contiguous_array():
 
 # Modules whose absence turns tests into skips (`pytest.importorskip`): the "export" and
 # "dev" extras that `make test` installs.
-_SKIP_IF_MISSING = ("onnx", "onnxruntime", "tf2onnx", "ai_edge_litert", "matplotlib")
+_SKIP_IF_MISSING = ("onnx", "onnxruntime", "tf2onnx", "ai_edge_litert", "matplotlib", "torch")
 
 
 @pytest.mark.skipif(not os.environ.get("KERAS_CONVX_REQUIRE_EXTRAS"),

@@ -3,7 +3,7 @@ training on the same global batches (tests/multi_process.py, real processes on l
 JAX `jax.distributed` (2 processes × 2 CPU devices, `DataParallel`), TensorFlow
 `MultiWorkerMirroredStrategy` (2 workers), PyTorch `torch.distributed` (gloo) with
 `DistributedDataParallel`. Weights, batch-norm statistics, masks, penalty and losses of the
-every-family model (its group layers c8) and of the same model inside
+every-family model (its group layers p4, then c8) and of the same model inside
 `PairwiseConsistency`; the chief's checkpoint restores on one process; bad set-ups fail fast
 with a clear error.
 """
@@ -83,12 +83,11 @@ def _log(out, world, rank):
         return handle.read()[-8000:]
 
 
-# c8: the steerable basis off the pixel grid, and the 90° rotations on it. Before the basis'
-# band limit followed escnn's (it aliased), c8's two-process tensorflow run ended 1.8e-3 from
-# the one-process run; since, 9.5e-7 (tensorflow), 1.2e-7 (torch), 2.4e-7 (jax). p4's layers
-# run on several devices in tests/test_distribution.py; a second group here repeated the
-# processes' machinery for ~45-75 s per backend (p4 measured ≤ 7.2e-7, TensorFlow).
-@pytest.fixture(scope="module", params=["c8"])
+# p4 (rotations on the pixel grid) and c8 (the steerable basis off it). Before the basis' band
+# limit followed escnn's (it aliased), c8's two-process tensorflow run ended 1.8e-3 from the
+# one-process run; since, 9.5e-7 (tensorflow), 1.2e-7 (torch), 2.4e-7 (jax). (Both: the
+# several-device tests of tests/test_distribution.py train c8 only.)
+@pytest.fixture(scope="module", params=["p4", "c8"])
 def run(tmp_path_factory, request):
     out = tmp_path_factory.mktemp("multi_process")
     addresses = _addresses(2)

@@ -73,9 +73,10 @@ def test_keras_file_from_another_backend(written, writer, name):
 
 
 # (writer, model) of the compiled runs on each reader: across the matrix every writer's
-# every compiled model runs compiled once (each reader compiles the two models once, not
-# once per writer: the compilation is the same whatever wrote the file, 35-50 s per model
-# on torch; every writer's every file loads in the test above).
+# every compiled model runs compiled once, and each reader compiles each model once, not once
+# per writer (35-50 s per model on torch; the model is the same whatever wrote the file, and
+# every writer's every file loads and predicts in the test above). Each reader runs a file
+# written on torch, whose saved optimizer must be compiled again (below), and one not.
 _COMPILED_PAIRS = {"tensorflow": [("jax", "all"), ("torch", "pairwise")],
                    "jax": [("torch", "all"), ("tensorflow", "pairwise")],
                    "torch": [("tensorflow", "all"), ("jax", "pairwise")]}

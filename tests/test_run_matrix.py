@@ -46,12 +46,29 @@ def test_unsplit_and_store_plans():
     assert [extra for _, _, extra, _ in runner.plan_jobs(["jax"], 1, store=False)] == [[]]
     (_, _, extra, _), = runner.plan_jobs(["jax"], 2, store=True)  # stores whole runs
     assert "--store-durations" in extra and "--splits" not in extra
+    assert "--clean-durations" in extra  # a whole run replaces the record
+    (_, _, extra, _), = runner.plan_jobs(["jax"], 2, store=True, selective=True)
+    assert "--clean-durations" not in extra  # a selection (-k, a path) merges into it
 
 
 @pytest.mark.parametrize("argv, message", [(["--splits", "0"], "--splits"),
                                            (["--jobs", "0"], "--jobs"),
-                                           (["--backends", "numpy"], "unknown backend")])
+                                           (["--backends", "numpy"], "unknown backend"),
+                                           (["--backends", "jax", "jax"], "twice")])
 def test_bad_arguments_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit):
         _runner().main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_an_empty_group_passes_only_beside_a_passing_one():
+    runner = _runner()
+    finished = {"jax 1/2": ("jax 1/2", 5, "no tests ran", 1.0),
+                "jax 2/2": ("jax 2/2", 0, "3 passed", 1.0),
+                "torch 1/2": ("torch 1/2", 5, "no tests ran", 1.0),
+                "torch 2/2": ("torch 2/2", 5, "no tests ran", 1.0),
+                "tensorflow": ("tensorflow", 5, "no tests ran", 1.0)}
+    codes = {label: runner.empty_group_passes(result, finished)[1]
+             for label, result in finished.items()}
+    assert codes == {"jax 1/2": 0, "jax 2/2": 0, "torch 1/2": 5, "torch 2/2": 5,
+                     "tensorflow": 5}

@@ -39,8 +39,9 @@ def test_there_are_guides_and_examples():
 # What a script does on the other backends is covered there by the tests: every layer is
 # swept on every backend (tests/test_robustness.py, the layer contracts), every application
 # trains and round-trips on every backend (tests/applications/), and the demo (jax) trains
-# the models the family guides train. The backends are chosen to balance the matrix' two
-# paths (jax alone; tensorflow then torch), the documented backend where it fits:
+# the models the family guides train. The backends were chosen to balance the matrix' two
+# paths when each backend ran whole (`make test` now splits each backend by recorded time),
+# the documented backend where it fits:
 # - jax: getting_started, the distributed guide (Keras has no torch distribution API; its
 #   TensorFlow route is tests/test_distribution.py's), the log-polar, PDE and
 #   pairwise-consistency guides;

@@ -39,13 +39,15 @@ def recorded_seconds(backend):
         return 0.0
 
 
-def plan_jobs(backends, splits, store):
-    """[(label, backend, extra pytest args, estimated seconds)], longest first."""
+def plan_jobs(backends, splits, store, selective=False):
+    """[(label, backend, extra pytest args, estimated seconds)], longest first. `selective`:
+    pytest args select tests, so a stored record is merged into, not replaced."""
     jobs = []
     for backend in backends:
         if store:
             os.makedirs(DURATIONS, exist_ok=True)
-            jobs.append((backend, backend, ["--store-durations", "--clean-durations",
+            clean = [] if selective else ["--clean-durations"]
+            jobs.append((backend, backend, ["--store-durations", *clean,
                                             "--durations-path", _durations_path(backend)],
                          recorded_seconds(backend)))
         elif splits == 1:
@@ -58,6 +60,17 @@ def plan_jobs(backends, splits, store):
                               "--durations-path", _durations_path(backend)],
                              recorded_seconds(backend) / splits))
     return sorted(jobs, key=lambda job: -job[3])  # stable: ties keep the backends' order
+
+
+def empty_group_passes(result, finished):
+    """A split group that ran no test (pytest's exit code 5: a selection, -k or a path, can
+    leave one group empty) passes when another group of its backend ran and passed."""
+    label, code, summary, elapsed = result
+    backend = label.split()[0]
+    others = [r[1] for r in finished.values() if r[0] != label and r[0].split()[0] == backend]
+    if code == 5 and " " in label and 0 in others:
+        return label, 0, summary, elapsed
+    return result
 
 
 def main(argv=None):
@@ -73,12 +86,15 @@ def main(argv=None):
     unknown = [b for b in args.backends if b not in ALL_BACKENDS]
     if unknown:
         parser.error(f"unknown backend(s) {unknown}; accepted: {list(ALL_BACKENDS)}")
+    if len(set(args.backends)) != len(args.backends):
+        parser.error(f"--backends names a backend twice: {args.backends}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.splits < 1:
         parser.error(f"--splits must be >= 1, got {args.splits}")
 
-    pending = plan_jobs(args.backends, args.splits, args.store_durations)
+    pending = plan_jobs(args.backends, args.splits, args.store_durations,
+                        selective=bool(pytest_args))
     order = [job[0] for job in sorted(pending, key=lambda job: (
         args.backends.index(job[1]), job[0]))]
     running = []  # (label, process, log file, start time)
@@ -109,11 +125,9 @@ def main(argv=None):
             sys.stdout.flush()
             tail = [line for line in output.strip().splitlines() if line.strip()]
             summary = tail[-1] if tail else "(no output)"
-            code = proc.returncode
-            if code == 5 and args.splits > 1:  # pytest's "no tests collected": a selection
-                code = 0  # (-k, a path) can leave one group of a split empty
-            finished[label] = (label, code, re.sub(r"=+", "", summary).strip(), elapsed)
-    results = [finished[label] for label in order]
+            finished[label] = (label, proc.returncode, re.sub(r"=+", "", summary).strip(),
+                               elapsed)
+    results = [empty_group_passes(finished[label], finished) for label in order]
 
     print("\n=== test matrix summary")
     for label, rc, summary, elapsed in results:

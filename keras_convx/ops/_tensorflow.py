@@ -1,4 +1,4 @@
-"""Fast paths for the tensorflow backend, imported lazily by `keras_convx.ops.dispatcher` only.
+"""Fast paths for the tensorflow backend, imported by `keras_convx.ops.dispatcher` only.
 
 Each function here has the signature of the reference op it replaces and is registered
 under that op's name. This is the only module allowed to import tensorflow.

@@ -212,10 +212,13 @@ def static_take(x, indices, axis=0):
 
 
 def _reduce_extremum(x, axis, keepdims, largest):
+    x = keras.ops.convert_to_tensor(x)
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if "float" not in dtype:  # (±inf below is a float bound)
+        raise TypeError(f"reduce_max/reduce_min take float tensors. Received: dtype={dtype}")
     if keras.backend.backend() == "tensorflow":
         # Keras' TensorFlow max/min assert, when eager, that x has elements at all, even where
         # the reduced axes have some (an empty batch); with an `initial` they reduce at once.
-        x = keras.ops.convert_to_tensor(x)
         bound = -math.inf if largest else math.inf
         reduce = keras.ops.max if largest else keras.ops.min
         return reduce(x, axis=axis, keepdims=keepdims, initial=bound)
@@ -230,6 +233,9 @@ def reduce_max(x, axis, keepdims=False):
     `keras.ops.max` and `amax` refuse a tensor with no elements on TensorFlow (eagerly) and
     torch (`max`) even where the reduced axes are not empty: an empty batch, a filtered or
     last shard, reduced over its other axes, must give an empty result.
+
+    Raises:
+        TypeError: for a tensor that is not of a float dtype.
 
     Example:
 
