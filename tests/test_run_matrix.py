@@ -96,17 +96,3 @@ def test_no_split_boundary_falls_inside_a_module_with_an_expensive_fixture():
             if path in _FIXTURE_MODULES:
                 assert not start < half < end, (backend, path, start, half, end)
             start = end
-
-
-def test_lanes_hold_equal_time_and_keep_a_backends_groups_apart():
-    runner = _runner()
-    jobs = [("jax 1/2", "jax", [], 1140.0), ("jax 2/2", "jax", [], 1140.0),
-            ("tensorflow 1/2", "tensorflow", [], 705.0), ("tensorflow 2/2", "tensorflow", [], 705.0),
-            ("torch 1/2", "torch", [], 607.0), ("torch 2/2", "torch", [], 604.0)]
-    lanes = runner.plan_lanes(jobs, 2)
-    assert sorted(job for lane in lanes for job in lane) == sorted(jobs)
-    totals = [sum(job[3] for job in lane) for lane in lanes]
-    assert max(totals) - min(totals) <= 10
-    assert lanes[0][0][1] != lanes[1][0][1]  # not jax beside jax from the start
-    assert [job[3] for job in lanes[0]] == sorted((job[3] for job in lanes[0]), reverse=True)
-    assert runner.plan_lanes(jobs, 1) == [sorted(jobs, key=lambda job: -job[3])]

@@ -3,11 +3,12 @@
 Usage: python tools/run_matrix.py [--backends tensorflow jax torch] [--jobs N] [--splits N]
                                   [--store-durations] [pytest args...]
 
-`--jobs 2` runs two lanes of pytest processes at once (the suite is mostly single-threaded
+`--jobs 2` runs two pytest processes at once (the suite is mostly single-threaded
 compilation, so on a 2-core machine this shortens the wall time); each process's output is
 printed when it finishes. `--splits N` cuts each backend's tests into N groups of about equal
 time (pytest-split, from the recorded durations in tools/test_durations/<backend>.json), so
-that the backends' unequal times even out over the lanes (`plan_lanes`).
+that the backends' unequal times even out over the jobs: the longest groups start first, and
+each freed job takes the next (what runs long is made up for by what follows).
 `--store-durations` runs each backend whole and records its durations there (refresh them
 after adding slow tests; a test without a record counts as the average).
 Prints one summary line per process and exits non-zero if any fails.
@@ -62,19 +63,6 @@ def plan_jobs(backends, splits, store, selective=False):
     return sorted(jobs, key=lambda job: -job[3])  # stable: ties keep the backends' order
 
 
-def plan_lanes(jobs, lanes):
-    """The jobs dealt to `lanes` queues, each run in turn: every job to the lane with the
-    least estimated time so far (longest first), then every other lane's queue reversed, so
-    that the two groups of one backend (started together, they contend most: measured +7 %
-    for jax's two groups side by side) run beside other backends' groups."""
-    queues, totals = [[] for _ in range(lanes)], [0.0] * lanes
-    for job in sorted(jobs, key=lambda job: -job[3]):
-        lane = totals.index(min(totals))
-        queues[lane].append(job)
-        totals[lane] += job[3]
-    return [queue[::-1] if i % 2 else queue for i, queue in enumerate(queues)]
-
-
 def empty_group_passes(result, finished):
     """A split group that ran no test (pytest's exit code 5: a selection, -k or a path, can
     leave one group empty) passes when another group of its backend ran and passed."""
@@ -110,14 +98,12 @@ def main(argv=None):
                      selective=bool(pytest_args))
     order = [job[0] for job in sorted(jobs, key=lambda job: (
         args.backends.index(job[1]), job[0]))]
-    queues = plan_lanes(jobs, args.jobs)
-    running = []  # (label, process, log file, start time, lane)
+    pending = list(jobs)  # longest first
+    running = []  # (label, process, log file, start time)
     finished = {}
-    while any(queues) or running:
-        for lane, queue in enumerate(queues):
-            if not queue or any(entry[4] == lane for entry in running):
-                continue
-            label, backend, extra, _ = queue.pop(0)
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            label, backend, extra, _ = pending.pop(0)
             env = dict(os.environ, KERAS_BACKEND=backend, PYTHONHASHSEED="0")
             env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
             cmd = [sys.executable, "-m", "pytest", "tests", *extra, *pytest_args]
@@ -125,10 +111,10 @@ def main(argv=None):
             log = tempfile.TemporaryFile(mode="w+")
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
                                     stderr=subprocess.STDOUT, text=True)
-            running.append((label, proc, log, time.time(), lane))
+            running.append((label, proc, log, time.time()))
         time.sleep(0.5)
         for entry in list(running):
-            label, proc, log, start, _ = entry
+            label, proc, log, start = entry
             if proc.poll() is None:
                 continue
             running.remove(entry)
