@@ -18,11 +18,15 @@ def _runner():
     return module
 
 
+def _recorded(backend):
+    with open(os.path.join(_runner().DURATIONS, f"{backend}.json")) as f:
+        return json.load(f)
+
+
 def test_every_backend_has_recorded_durations():
     """Without a record pytest-split cuts a backend by test count, not time."""
     for backend in BACKENDS:
-        with open(os.path.join(ROOT, "tools", "test_durations", f"{backend}.json")) as f:
-            durations = json.load(f)
+        durations = _recorded(backend)
         assert len(durations) > 500 and all(v >= 0 for v in durations.values()), backend
 
 
@@ -33,7 +37,7 @@ def test_split_plan_covers_every_group_once_longest_first():
         (b, str(g)) for b in BACKENDS for g in (1, 2))
     for label, backend, extra, _ in jobs:
         assert extra[:2] == ["--splits", "2"] and extra[extra.index("--durations-path") + 1] \
-            == os.path.join(ROOT, "tools", "test_durations", f"{backend}.json"), label
+            == os.path.join(runner.DURATIONS, f"{backend}.json"), label
     estimates = [estimate for *_, estimate in jobs]
     assert estimates == sorted(estimates, reverse=True) and estimates[0] > 0
     # the longest backend's groups first (recorded: jax's)
@@ -84,8 +88,7 @@ def test_no_split_boundary_falls_inside_a_module_with_an_expensive_fixture():
     pytest collects them) where the recorded time reaches half; that point must not fall
     strictly inside a module above (after refreshing the records, check this again)."""
     for backend in BACKENDS:
-        with open(os.path.join(ROOT, "tools", "test_durations", f"{backend}.json")) as f:
-            durations = json.load(f)
+        durations = _recorded(backend)
         per_file = {}
         for nodeid, seconds in durations.items():
             path = nodeid.split("::")[0]
