@@ -136,7 +136,7 @@ def main():
         report["model_parallel_weights"] = largest_difference(single, sharded)
         report["model_parallel_sharded"] = sorted(
             v.path for v in sharded.weights if not v.value.sharding.is_fully_replicated)
-    bn_single, bn_parallel = single.get_layer("group_bn"), parallel.get_layer("group_bn")
+    bn_single, bn_parallel = single.get_layer("group_bn_c8"), parallel.get_layer("group_bn_c8")
     report["group_bn_statistics"] = max(
         float(np.max(np.abs(keras.ops.convert_to_numpy(getattr(bn_single, name))
                             - keras.ops.convert_to_numpy(getattr(bn_parallel, name)))))

@@ -10,10 +10,13 @@ from keras_convx import layers
 BATCH = 16  # the global batch
 
 
-def every_family_model(group="p4"):
+def every_family_model(groups="p4"):
     """Every layer family: one shared FilterBasis (with the globally normalised
-    orthonormality penalty), synaptic masks, group batch norm; the group layers (of `group`)
-    in channels_first, the others in channels_last."""
+    orthonormality penalty), synaptic masks, group batch norm; the group layers in
+    channels_first, the others in channels_last. `groups`: a group name or a tuple of them,
+    one branch of group layers per group (its batch norm named `group_bn_<group>`), the
+    branches' invariant maps concatenated (one feature map for Grad-CAM to explain)."""
+    groups = (groups,) if isinstance(groups, str) else tuple(groups)
     basis = layers.FilterBasis(4, 3, name="basis")
     layers.apply_global_orthonormal([basis], 1.0)
     inputs = keras.Input((12, 12, 1))
@@ -28,17 +31,22 @@ def every_family_model(group="p4"):
     # The group layers run channels_first (both data formats are trained distributed).
     df = "channels_first"
     x = keras.layers.Permute((3, 1, 2))(x)
+    maps = [_group_branch(x, group, df) for group in groups]
+    x = maps[0] if len(maps) == 1 else keras.layers.Concatenate(axis=1)(maps)
+    x = keras.layers.GlobalAveragePooling2D(data_format=df)(x)
+    outputs = keras.layers.Dense(5)(x)
+    return keras.Model(inputs, outputs)
+
+
+def _group_branch(x, group, df):
     x = layers.GroupLiftConv2D(2, 3, group=group, padding="same", data_format=df)(x)
     x = layers.GroupBatchNormalization(group=group, synchronized=True, data_format=df,
-                                       name="group_bn")(x)
+                                       name=f"group_bn_{group}")(x)
     x = keras.layers.ReLU()(x)
     x = layers.E4Conv2D(2, 3, group=group, reduction_ratio=1, slices=2, data_format=df)(x)
     x = layers.GroupConv2D(2, 3, group=group, padding="same", activation="relu",
                            data_format=df)(x)
-    x = layers.GroupPooling(group=group, data_format=df)(x)
-    x = keras.layers.GlobalAveragePooling2D(data_format=df)(x)
-    outputs = keras.layers.Dense(5)(x)
-    return keras.Model(inputs, outputs)
+    return layers.GroupPooling(group=group, data_format=df)(x)
 
 
 def data(seed=0):

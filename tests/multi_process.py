@@ -1,7 +1,8 @@
 """One process of a multi-process training run, or the single-process reference.
 
-`python -m tests.multi_process --out DIR [--world 2 --rank R --addresses A,B] [--group G]`
-trains the every-family model (tests/family_model.py; its group layers of G, p4 by default)
+`python -m tests.multi_process --out DIR [--world 2 --rank R --addresses A,B] [--groups G,H]`
+trains the every-family model (tests/family_model.py; a branch of group layers per group G, H;
+p4 and c8 by default)
 two SGD steps on global batches of 16, with the synaptic pruning callback firing, then the
 same model inside `PairwiseConsistency`, and writes DIR/rank<R>.npz (weights of both,
 batch-norm statistics, masks) and DIR/rank<R>.json (losses). With --world 2 it joins the job through
@@ -32,7 +33,7 @@ ARGS.add_argument("--rank", type=int, default=0)
 ARGS.add_argument("--addresses", default="")
 ARGS.add_argument("--timeout", type=float, default=120)
 ARGS.add_argument("--dump-after", type=float, default=0)  # seconds; 0: never
-ARGS.add_argument("--group", default="p4")  # of the group layers
+ARGS.add_argument("--groups", default="p4,c8")  # one branch of group layers each
 OPTIONS = ARGS.parse_args()
 # A process that hangs (or aborts) leaves every thread's Python stack in its log, shortly
 # before the test would kill it (`--dump-after`); the tests print the logs of a process they
@@ -84,7 +85,7 @@ def batches(x, y):
 def train(strategy, wrap=None, prune=False):
     keras.utils.set_random_seed(0)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = every_family_model(OPTIONS.group)
+        model = every_family_model(OPTIONS.groups.split(","))
         trained = wrap(model) if wrap else model
         trained.compile(optimizer=keras.optimizers.SGD(0.1),
                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -112,9 +113,10 @@ def main():
     model, _, history = train(strategy, prune=True)
     for i, w in enumerate(model.get_weights()):
         arrays[f"weights_{i}"] = w
-    for name in ("moving_mean", "moving_variance"):
-        arrays[f"group_bn_{name}"] = keras.ops.convert_to_numpy(
-            getattr(model.get_layer("group_bn"), name))
+    for group in OPTIONS.groups.split(","):
+        for name in ("moving_mean", "moving_variance"):
+            arrays[f"group_bn_{group}_{name}"] = keras.ops.convert_to_numpy(
+                getattr(model.get_layer(f"group_bn_{group}"), name))
     arrays["mask"] = keras.ops.convert_to_numpy(model.get_layer("synaptic").mask)
     report["loss"] = history["loss"][-1]
     report["regularization"] = float(sum(keras.ops.convert_to_numpy(v) for v in model.losses))

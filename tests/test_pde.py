@@ -504,36 +504,40 @@ def test_graph_layers_refuse_float_indices(cls):
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
-@pytest.mark.parametrize("cls", [GraphDiffusion, GraphHyperbolic])
-def test_traced_out_of_range_edges_never_read_another_graph(cls, jit_compile):
+def test_traced_out_of_range_edges_never_read_another_graph(jit_compile):
     """Inside a traced/compiled step the values are unknown: the op masks the bad edges.
     Changing only graph 1's features must leave graph 0's output unchanged, and graph 0 must
-    equal its output without the bad edge (negative and too-large indices)."""
+    equal its output without the bad edge (negative and too-large indices). Both graph layers
+    are outputs of one model: one compilation (torch.compile took 60-85 s per model, cold
+    cache, 2 cores)."""
     x, edges = _two_graphs()
     bad = edges.copy()
     bad[0, 1, 2], bad[0, 0, 5] = 8, -3  # would be graph 1's node 2 / graph -1's node 3
     xi, ei = keras.Input((6, 3)), keras.Input((2, edges.shape[-1]), dtype="int32")
-    model = keras.Model([xi, ei], cls()([xi, ei]))
-    model.compile(loss="mse", jit_compile=jit_compile)
+    pdes = [GraphDiffusion(), GraphHyperbolic()]
+    model = keras.Model([xi, ei], [layer([xi, ei]) for layer in pdes])
+    model.compile(loss=["mse", "mse"], jit_compile=jit_compile)
     if not jit_compile and keras.backend.backend() != "tensorflow":
         # jax and torch run an uncompiled step eagerly: the values are known, so refused
         with pytest.raises(ValueError, match="edge_index must hold node numbers"):
             model.predict([x, bad], verbose=0)
         return
-    y = model.predict([x, bad], verbose=0)
+    ys = model.predict([x, bad], verbose=0)
     x_moved = x.copy()
     x_moved[1] += 5.0
-    np.testing.assert_array_equal(model.predict([x_moved, bad], verbose=0)[0], y[0])
+    moved = model.predict([x_moved, bad], verbose=0)
     # graph 0 with the two bad edges dropped (weight 0) gives the same output
     weights = np.ones(edges.shape[::2], "float32")
     weights[0, [2, 5]] = 0.0
     clean = edges.copy()
     clean[0, 1, 2], clean[0, 0, 5] = 0, 0
-    layer = model.layers[-1]
-    expected = harness.to_numpy(layer([x, clean, weights]))
-    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
-    # the masked edges also get no gradient to any node of another graph
-    model.train_on_batch([x, bad], np.zeros_like(y))
+    for layer, y, y_moved in zip(pdes, ys, moved):
+        name = type(layer).__name__
+        np.testing.assert_array_equal(y_moved[0], y[0], err_msg=name)
+        expected = harness.to_numpy(layer([x, clean, weights]))
+        np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6, err_msg=name)
+    # the compiled training step runs with the bad edges too, its loss finite
+    assert np.all(np.isfinite(model.train_on_batch([x, bad], [np.zeros_like(y) for y in ys])))
 
 
 @pytest.mark.parametrize("cls", [GraphDiffusion, GraphHyperbolic])
