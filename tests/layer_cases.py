@@ -67,9 +67,20 @@ def image(hw, channels, data_format, batch=2, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 
 
+def _adapter(channels, data_format, name):
+    """A 1×1 Conv2D to `channels`, run channels_last: TensorFlow's CPU convolution has no NCHW
+    kernel without oneDNN (which TensorFlow enables by default only on CPUs with AVX-512
+    features; on an AVX2-only CPU Keras' channels_first `Conv2D` raises UnimplementedError)."""
+    conv = keras.layers.Conv2D(channels, 1, name=name)
+    if data_format == "channels_last":
+        return conv
+    return keras.Sequential(
+        [keras.layers.Permute((2, 3, 1)), conv, keras.layers.Permute((3, 1, 2))], name=f"{name}_cf")
+
+
 def all_layers_model(data_format, size=(None, None)):
-    """Every case on its own branch of one model: a 1×1 Conv2D adapts the shared 8-channel
-    input to the case's channel count. `size`: the input's (H, W), unknown by default.
+    """Every case on its own branch of one model: a 1×1 Conv2D (`_adapter`) adapts the shared
+    8-channel input to the case's channel count. `size`: the input's (H, W), unknown by default.
     Returns (model, eager function of x)."""
     if data_format == "channels_last":
         shape = (*size, ALL_LAYERS_CHANNELS)
@@ -79,8 +90,7 @@ def all_layers_model(data_format, size=(None, None)):
     branches, outputs = [], []
     for name in sorted(CASES):
         case = CASES[name]
-        adapter = keras.layers.Conv2D(case.channels, 1, data_format=data_format,
-                                      name=f"adapt_{name}".replace("-", "_"))
+        adapter = _adapter(case.channels, data_format, f"adapt_{name}".replace("-", "_"))
         layer = case.make(data_format)
         branches.append((adapter, layer))
         outputs.append(keras.layers.Identity(name=name.replace("-", "_"))(layer(adapter(inputs))))
