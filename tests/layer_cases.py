@@ -69,8 +69,8 @@ def image(hw, channels, data_format, batch=2, seed=0):
 
 def _adapter(channels, data_format, name):
     """A 1×1 Conv2D to `channels`, run channels_last: TensorFlow's CPU convolution has no NCHW
-    kernel without oneDNN (which TensorFlow enables by default only on CPUs with AVX-512
-    features; on an AVX2-only CPU Keras' channels_first `Conv2D` raises UnimplementedError)."""
+    kernel without oneDNN, which TensorFlow leaves off by default on some x86 CPUs (on an
+    AVX2-only AMD EPYC Keras' channels_first `Conv2D` raised UnimplementedError)."""
     conv = keras.layers.Conv2D(channels, 1, name=name)
     if data_format == "channels_last":
         return conv

@@ -582,7 +582,8 @@ def test_recompute_trains_like_keeping_everything(jit_compile, data_format, size
     """`recompute=True` (each layer keeps its input alone and reruns its forward pass in the
     backward pass) gives the same outputs and `fit` updates as keeping everything
     (`harness.check_recompute_trains_alike`; torch reruns in eager mode only), in every pair of
-    jit_compile × (format, size) × policy. On tensorflow and torch the layers run fused by
+    jit_compile × (format, size) × policy (on torch the compiled rows are channels_first, mixed
+    bfloat16: `harness.recompute_cases`). On tensorflow and torch the layers run fused by
     bands: in the eager call, and in `fit` (tensorflow: its graph at a static size without
     XLA; torch: its eager steps, not under torch.compile)."""
     calls = _count_fused_layer(monkeypatch)

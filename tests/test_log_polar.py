@@ -505,7 +505,8 @@ def test_recompute_trains_like_keeping_everything(jit_compile, data_format, size
                                                   implementation):
     """`recompute=True` gives the same outputs and `fit` updates as keeping the pooled maps
     (`harness.check_recompute_trains_alike`), on the pool and the dense path, in every pair of
-    jit_compile × (format, size) × policy × implementation."""
+    jit_compile × (format, size) × policy × implementation (on torch the compiled rows are
+    channels_first, mixed bfloat16: `harness.recompute_cases`)."""
     harness.check_recompute_trains_alike(_lpsc(implementation), 8, data_format, size,
                                          jit_compile, policy)
 

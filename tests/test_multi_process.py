@@ -84,8 +84,8 @@ def _log(out, world, rank):
 
 
 # The model has a branch of p4 group layers (rotations on the pixel grid) and one of c8 (the
-# steerable basis off it): one job of three processes trains both (two jobs, one per group,
-# took 60-70 s each on jax and tensorflow). Before the basis' band limit followed escnn's (it
+# steerable basis off it): one two-process job and its one-process reference train both
+# (with a job per group, each took 70-72 s on jax, 59-61 s on tensorflow). Before the basis' band limit followed escnn's (it
 # aliased), c8's two-process tensorflow run ended 1.8e-3 from the one-process run; since,
 # 9.5e-7 (tensorflow), 1.2e-7 (torch), 2.4e-7 (jax). (The several-device tests of
 # tests/test_distribution.py train c8 only.)

@@ -51,7 +51,7 @@ def test_every_layer_serves_any_image_size_from_a_saved_model(data_format, tmp_p
     model, _ = all_layers_model(data_format)
     kwargs = {"jax2tf_kwargs": {"with_gradient": False}} if BACKEND == "jax" else {}
     # widths other than the adapters' channel counts (3, 8, 12, 16): Keras' channels_first
-    # Conv2D is wrong eagerly on TensorFlow where they meet (tests/test_robustness.py)
+    # Conv2D was wrong eagerly on TensorFlow where they met, when the adapters ran it
     _export_and_serve(model, os.fspath(tmp_path / "model"), [(9, 10), (11, 7)], data_format,
                       **kwargs)
 
