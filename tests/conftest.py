@@ -1,16 +1,6 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# XLA's CPU backend compiles every op of an eager jax test and every jitted step (and
-# TensorFlow's jit_compile steps): with LLVM at optimisation level 0 tests/test_group_conv.py
-# took 87 s on jax instead of 119 s (2 cores). XLA's HLO passes (fusion, buffer assignment)
-# are unchanged, only the machine code is less optimised; the numeric and temp-byte tests
-# pass with it. `make bench` and `make demo` keep XLA's default, and so do the suite's
-# subprocesses that set XLA_FLAGS afresh (the multi-process and several-device jobs); the
-# others (guides in fast mode) inherit it.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_backend_optimization_level=0").strip()
 # TensorFlow turns oneDNN on by default on some x86 CPUs only; without it (seen on an
 # AVX2-only AMD EPYC) its CPU Conv2D has no NCHW kernel, and a test model with a Keras
 # channels_first Conv2D fails eagerly there. On, as on the machines where the suite passed
