@@ -20,6 +20,8 @@ import keras
 import numpy as np
 import pytest
 
+from tests import layer_cases
+
 BACKEND = keras.backend.backend()
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 # For tests of float64 precision: only TensorFlow computes a float64 layer in float64 (jax has
@@ -475,7 +477,7 @@ def recompute_stack(make_layer, recompute, channels, data_format="channels_last"
     layers `make_layer(recompute, data_format, policy)`; `size` None: unknown rows and cols."""
     shape = (size, size, channels) if data_format == "channels_last" else (channels, size, size)
     inputs = keras.Input(shape)
-    h = keras.layers.Conv2D(channels, 1, data_format=data_format, dtype=policy)(inputs)
+    h = layer_cases.conv1x1(channels, data_format, dtype=policy)(inputs)
     for _ in range(depth):
         h = make_layer(recompute, data_format, policy)(h)
     return keras.Model(inputs, h)

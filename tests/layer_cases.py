@@ -67,19 +67,21 @@ def image(hw, channels, data_format, batch=2, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 
 
-def _adapter(channels, data_format, name):
+def conv1x1(channels, data_format, name=None, dtype=None):
     """A 1×1 Conv2D to `channels`, run channels_last: TensorFlow's CPU convolution has no NCHW
     kernel without oneDNN, which TensorFlow leaves off by default on some x86 CPUs (on an
-    AVX2-only AMD EPYC Keras' channels_first `Conv2D` raised UnimplementedError)."""
-    conv = keras.layers.Conv2D(channels, 1, name=name)
+    AVX2-only AMD EPYC Keras' channels_first `Conv2D` raised UnimplementedError; with oneDNN
+    on, it still did in mixed bfloat16)."""
+    conv = keras.layers.Conv2D(channels, 1, name=name, dtype=dtype)
     if data_format == "channels_last":
         return conv
     return keras.Sequential(
-        [keras.layers.Permute((2, 3, 1)), conv, keras.layers.Permute((3, 1, 2))], name=f"{name}_cf")
+        [keras.layers.Permute((2, 3, 1)), conv, keras.layers.Permute((3, 1, 2))],
+        name=f"{name}_cf" if name else None)
 
 
 def all_layers_model(data_format, size=(None, None)):
-    """Every case on its own branch of one model: a 1×1 Conv2D (`_adapter`) adapts the shared
+    """Every case on its own branch of one model: a 1×1 Conv2D (`conv1x1`) adapts the shared
     8-channel input to the case's channel count. `size`: the input's (H, W), unknown by default.
     Returns (model, eager function of x)."""
     if data_format == "channels_last":
@@ -90,7 +92,7 @@ def all_layers_model(data_format, size=(None, None)):
     branches, outputs = [], []
     for name in sorted(CASES):
         case = CASES[name]
-        adapter = _adapter(case.channels, data_format, f"adapt_{name}".replace("-", "_"))
+        adapter = conv1x1(case.channels, data_format, f"adapt_{name}".replace("-", "_"))
         layer = case.make(data_format)
         branches.append((adapter, layer))
         outputs.append(keras.layers.Identity(name=name.replace("-", "_"))(layer(adapter(inputs))))
