@@ -35,6 +35,7 @@ ARGS.add_argument("--timeout", type=float, default=120)
 ARGS.add_argument("--dump-after", type=float, default=0)  # seconds; 0: never
 ARGS.add_argument("--groups", default="p4,c8")  # one branch of group layers each
 OPTIONS = ARGS.parse_args()
+GROUPS = OPTIONS.groups.split(",")
 # A process that hangs (or aborts) leaves every thread's Python stack in its log, shortly
 # before the test would kill it (`--dump-after`); the tests print the logs of a process they
 # had to kill.
@@ -85,7 +86,7 @@ def batches(x, y):
 def train(strategy, wrap=None, prune=False):
     keras.utils.set_random_seed(0)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = every_family_model(OPTIONS.groups.split(","))
+        model = every_family_model(GROUPS)
         trained = wrap(model) if wrap else model
         trained.compile(optimizer=keras.optimizers.SGD(0.1),
                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -113,7 +114,7 @@ def main():
     model, _, history = train(strategy, prune=True)
     for i, w in enumerate(model.get_weights()):
         arrays[f"weights_{i}"] = w
-    for group in OPTIONS.groups.split(","):
+    for group in GROUPS:
         for name in ("moving_mean", "moving_variance"):
             arrays[f"group_bn_{group}_{name}"] = keras.ops.convert_to_numpy(
                 getattr(model.get_layer(f"group_bn_{group}"), name))
